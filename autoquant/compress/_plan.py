@@ -1,0 +1,177 @@
+"""CompressionPlan: per-layer bit widths and structured pruning ratios, as versioned JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoquant.errors import PlanError
+
+__all__ = ["PLAN_FORMAT", "CompressionPlan", "LayerSpec", "WEIGHT_BITS", "ACT_BITS"]
+
+PLAN_FORMAT = "autoquant.plan"
+PLAN_VERSION = 1
+WEIGHT_BITS = (2, 3, 4, 5, 6, 7, 8)
+ACT_BITS = (8,)
+FLOAT = "float"
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What to do to one layer. ``None`` bits mean float (fp32)."""
+
+    weight_bits: int | None = None
+    act_bits: int | None = None
+    prune_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.weight_bits is not None and self.weight_bits not in WEIGHT_BITS:
+            raise PlanError(f"weight_bits must be one of {list(WEIGHT_BITS)} or \"float\", got {self.weight_bits!r}")
+        if self.act_bits is not None and self.act_bits not in ACT_BITS:
+            raise PlanError(f"act_bits must be one of {list(ACT_BITS)} or \"float\", got {self.act_bits!r}")
+        if self.act_bits is not None and self.weight_bits is None:
+            raise PlanError("act_bits needs weight_bits: integer activations feed an integer kernel only")
+        if not isinstance(self.prune_ratio, (int, float)) or not 0.0 <= self.prune_ratio < 1.0:
+            raise PlanError(f"prune_ratio must be in [0, 1), got {self.prune_ratio!r}")
+
+    @property
+    def integer(self) -> bool:
+        """Runs an integer kernel (weights and input activations quantized)."""
+        return self.weight_bits is not None and self.act_bits is not None
+
+    @property
+    def identity(self) -> bool:
+        return self.weight_bits is None and self.prune_ratio == 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "weight_bits": FLOAT if self.weight_bits is None else self.weight_bits,
+            "act_bits": FLOAT if self.act_bits is None else self.act_bits,
+            "prune_ratio": self.prune_ratio,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, where: str = "") -> LayerSpec:
+        unknown = set(data) - {"weight_bits", "act_bits", "prune_ratio"}
+        if unknown:
+            raise PlanError(f"{where}unknown keys {sorted(unknown)}: a layer takes weight_bits, act_bits, prune_ratio")
+
+        def bits(key: str) -> int | None:
+            value = data.get(key, FLOAT)
+            if value == FLOAT or value is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise PlanError(f"{where}{key} must be an integer or \"float\", got {value!r}")
+            return value
+
+        try:
+            return cls(weight_bits=bits("weight_bits"), act_bits=bits("act_bits"),
+                       prune_ratio=float(data.get("prune_ratio", 0.0)))
+        except PlanError as exc:
+            raise PlanError(f"{where}{exc}") from None
+        except (TypeError, ValueError):
+            raise PlanError(f"{where}prune_ratio must be a number in [0, 1), got {data.get('prune_ratio')!r}") from None
+
+
+@dataclass(frozen=True)
+class CompressionPlan:
+    """Layer name -> LayerSpec. Layers not named stay fp32 and unpruned."""
+
+    layers: Mapping[str, LayerSpec] = field(default_factory=dict)
+    channel_multiple: int = 8
+
+    def __post_init__(self) -> None:
+        if self.channel_multiple < 1:
+            raise PlanError(f"channel_multiple must be >= 1, got {self.channel_multiple}")
+        object.__setattr__(self, "layers", dict(self.layers))
+
+    def spec(self, name: str) -> LayerSpec:
+        return self.layers.get(name, LayerSpec())
+
+    @property
+    def is_identity(self) -> bool:
+        return all(s.identity for s in self.layers.values())
+
+    @property
+    def quantized(self) -> bool:
+        return any(s.weight_bits is not None for s in self.layers.values())
+
+    def validate(self, table: Any) -> CompressionPlan:
+        """Check the plan against a LayerTable: known names, no pruned action head."""
+        names = list(table.names)
+        for name, spec in self.layers.items():
+            if name not in names:
+                raise PlanError(f"plan names layer {name!r}, which the network does not have; layers are {names}")
+            info = table[name]
+            if spec.prune_ratio > 0 and not info.prunable:
+                why = "is the action head" if info.action_head else "is not prunable"
+                raise PlanError(f"layer {name!r} {why} and cannot be pruned: set its prune_ratio to 0")
+        return self
+
+    @classmethod
+    def uniform(cls, table: Any, *, weight_bits: int | None = 8, act_bits: int | None = 8,
+                prune_ratio: float = 0.0, channel_multiple: int = 8) -> CompressionPlan:
+        """The same spec on every layer (no pruning of the action head)."""
+        layers = {
+            layer.name: LayerSpec(weight_bits, act_bits, prune_ratio if layer.prunable else 0.0)
+            for layer in table
+        }
+        return cls(layers, channel_multiple=channel_multiple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": PLAN_FORMAT,
+            "version": PLAN_VERSION,
+            "channel_multiple": self.channel_multiple,
+            "layers": {name: spec.to_json() for name, spec in self.layers.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> CompressionPlan:
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            raise PlanError(f"not an autoquant plan: expected a JSON object with \"format\": \"{PLAN_FORMAT}\"")
+        if data.get("version") != PLAN_VERSION:
+            raise PlanError(f"plan version {data.get('version')!r} is not supported (this autoquant reads {PLAN_VERSION})")
+        layers = data.get("layers")
+        if not isinstance(layers, dict):
+            raise PlanError("a plan's \"layers\" must be an object of layer name -> spec")
+        specs = {}
+        for name, spec in layers.items():
+            if not isinstance(spec, dict):
+                raise PlanError(f"layer {name!r}: expected an object, got {type(spec).__name__}")
+            specs[name] = LayerSpec.from_json(spec, where=f"layer {name!r}: ")
+        multiple = data.get("channel_multiple", 8)
+        if isinstance(multiple, bool) or not isinstance(multiple, int):
+            raise PlanError(f"channel_multiple must be an integer, got {multiple!r}")
+        return cls(specs, channel_multiple=multiple)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> CompressionPlan:
+        path = Path(path)
+        if not path.is_file():
+            raise PlanError(f"plan file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PlanError(f"{path}: not valid JSON ({exc})") from exc
+        return cls.from_json(data)
+
+    def describe(self) -> str:
+        """A compact one-line summary, e.g. 'conv1 w8a8 p0.50, fc1 w4a8'."""
+        parts = []
+        for name, s in self.layers.items():
+            if s.identity:
+                continue
+            text = name
+            if s.weight_bits is not None:
+                text += f" w{s.weight_bits}" + (f"a{s.act_bits}" if s.act_bits else "af")
+            if s.prune_ratio:
+                text += f" p{s.prune_ratio:.2f}"
+            parts.append(text)
+        return ", ".join(parts) or "fp32"

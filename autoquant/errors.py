@@ -1,0 +1,53 @@
+"""Typed errors. Each one is a single line for the user: what was expected,
+what came, and how to fix it. The CLI prints it and exits with ``exit_code``."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AutoquantError",
+    "EnvMismatchError",
+    "ExportError",
+    "KernelMismatchError",
+    "PlanError",
+    "PolicyLoadError",
+    "TargetError",
+    "UsageError",
+]
+
+
+class AutoquantError(Exception):
+    """Base class of every error autoquant raises on purpose."""
+
+    exit_code: int = 2
+
+
+class UsageError(AutoquantError):
+    """A command-line option or argument is wrong."""
+
+
+class PolicyLoadError(AutoquantError):
+    """A policy file is missing, corrupt, of an unknown layout, or unsafe to load."""
+
+
+class EnvMismatchError(AutoquantError):
+    """The environment does not fit the network (observation or action shape)."""
+
+
+class PlanError(AutoquantError):
+    """A compression plan names unknown layers or invalid values."""
+
+
+class TargetError(AutoquantError):
+    """A hardware target is unknown, misconfigured or unreachable."""
+
+
+class ExportError(AutoquantError):
+    """A compressed network could not be exported to ONNX."""
+
+    exit_code = 1
+
+
+class KernelMismatchError(AutoquantError):
+    """A plan asked for integer kernels and onnxruntime ran float ones."""
+
+    exit_code = 1

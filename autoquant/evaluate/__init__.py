@@ -1,0 +1,23 @@
+"""Recorded states, fidelity on them, and episodes with the network in the loop."""
+
+from __future__ import annotations
+
+from autoquant.evaluate._episodes import EpisodeStats, ci95, paired_comparison, play_episodes, random_actor
+from autoquant.evaluate._evaluation import Evaluation, episode_seeds, evaluate, onnx_actor
+from autoquant.evaluate._fidelity import fidelity
+from autoquant.evaluate._states import StateSet, record_states
+
+__all__ = [
+    "EpisodeStats",
+    "Evaluation",
+    "StateSet",
+    "ci95",
+    "episode_seeds",
+    "evaluate",
+    "fidelity",
+    "onnx_actor",
+    "paired_comparison",
+    "play_episodes",
+    "random_actor",
+    "record_states",
+]

@@ -1,0 +1,94 @@
+"""StateSet: observations recorded from rollouts of the fp32 policy, for calibration,
+fine-tuning and fidelity."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autoquant.errors import AutoquantError
+from autoquant.policy._bundle import PolicyBundle
+from autoquant.policy._envs import make_env
+
+__all__ = ["StateSet", "record_states"]
+
+STATES_FORMAT = "autoquant.states"
+
+
+@dataclass(frozen=True)
+class StateSet:
+    """Prepared (float32, network-ready) observations and where they came from."""
+
+    states: np.ndarray
+    env_id: str
+    seed: int
+    epsilon: float
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def save(self, path: str | Path) -> None:
+        meta = {"format": STATES_FORMAT, "version": 1, "env_id": self.env_id, "seed": self.seed,
+                "epsilon": self.epsilon}
+        with open(path, "wb") as f:
+            np.savez_compressed(f, states=self.states, meta=np.array(json.dumps(meta)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> StateSet:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                states = data["states"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise AutoquantError(f"{path}: not an autoquant state set ({exc})") from exc
+        if meta.get("format") != STATES_FORMAT:
+            raise AutoquantError(f"{path}: not an autoquant state set")
+        return cls(states=states, env_id=meta["env_id"], seed=meta["seed"], epsilon=meta["epsilon"])
+
+
+def record_states(
+    bundle: PolicyBundle,
+    *,
+    n: int = 1024,
+    seed: int = 0,
+    epsilon: float = 0.05,
+    n_envs: int = 4,
+    stride: int | None = None,
+    act: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> StateSet:
+    """Play the fp32 policy (``epsilon`` of actions random, to widen coverage) and keep
+    every ``stride``-th observation (default 1; 4 for image observations) until ``n``."""
+    if bundle.env_id is None:
+        raise AutoquantError("recording states needs an environment: pass --env")
+    act = act or bundle.predict
+    stride = stride or (4 if len(bundle.input_shape) == 3 else 1)
+    rng = np.random.default_rng(seed)
+    envs = [make_env(bundle.env_id) for _ in range(n_envs)]
+    for k, env in enumerate(envs):
+        env.action_space.seed(seed + k)
+    obs = [env.reset(seed=seed + k)[0] for k, env in enumerate(envs)]
+    next_seed = seed + n_envs
+    kept: list[np.ndarray] = []
+    step = 0
+    try:
+        while len(kept) < n:
+            batch = np.stack(obs)
+            if step % stride == 0:
+                kept.extend(bundle.prepare(batch)[: n - len(kept)])
+            actions = act(batch)
+            for k, env in enumerate(envs):
+                a = env.action_space.sample() if rng.random() < epsilon else actions[k]
+                o, _, terminated, truncated, _ = env.step(a)
+                if terminated or truncated:
+                    o, _ = env.reset(seed=next_seed)
+                    next_seed += 1
+                obs[k] = o
+            step += 1
+    finally:
+        for env in envs:
+            env.close()
+    return StateSet(states=np.stack(kept).astype(np.float32), env_id=bundle.env_id, seed=seed, epsilon=epsilon)

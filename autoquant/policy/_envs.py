@@ -1,0 +1,140 @@
+"""Environment construction: id aliases, Atari wrappers, and the zoo's YAML metadata."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from autoquant.errors import EnvMismatchError, PolicyLoadError
+
+__all__ = ["canonical_env_id", "env_id_from_metadata", "is_atari", "make_env", "read_zoo_yaml"]
+
+# Ids that moved in gymnasium; the policies keep working under the new id.
+_ALIASES = {
+    "LunarLander-v2": "LunarLander-v3",
+    "LunarLanderContinuous-v2": "LunarLanderContinuous-v3",
+    "BipedalWalker-v3": "BipedalWalker-v3",
+    "Pendulum-v0": "Pendulum-v1",
+}
+
+_ATARI_FRAME_STACK = 4
+
+
+def canonical_env_id(env_id: str) -> str:
+    """The gymnasium id to build for ``env_id`` (old ids mapped to their successors)."""
+    return _ALIASES.get(env_id, env_id)
+
+
+def is_atari(env_id: str) -> bool:
+    return env_id.startswith("ALE/") or "NoFrameskip" in env_id
+
+
+def _registry_has(env_id: str) -> bool:
+    if is_atari(env_id):
+        _register_atari()
+    return env_id in gym.registry
+
+
+def _register_atari() -> None:
+    try:
+        import ale_py
+    except ImportError as exc:  # pragma: no cover - ale-py is a declared dependency
+        raise EnvMismatchError(
+            "Atari environments need ale-py: pip install 'gymnasium[atari]'"
+        ) from exc
+    gym.register_envs(ale_py)
+
+
+def make_env(env_id: str, *, render_mode: str | None = None) -> Any:
+    """Build ``env_id`` as the policies of this project were trained on it.
+
+    Atari ids get SB3's ``AtariWrapper`` (noop reset, frame skip 4, fire reset,
+    84x84 grayscale; no life-loss termination and no reward clipping, since we
+    evaluate) and a 4-frame stack, oldest first, channels first, zero padded at
+    reset exactly as SB3's ``VecFrameStack``.
+    """
+    env_id = canonical_env_id(env_id)
+    if not _registry_has(env_id):
+        raise EnvMismatchError(
+            f"unknown environment id {env_id!r}: pass a gymnasium id such as CartPole-v1 "
+            "or PongNoFrameskip-v4 with --env"
+        )
+    if is_atari(env_id):
+        from stable_baselines3.common.atari_wrappers import AtariWrapper
+
+        env = gym.make(env_id, render_mode=render_mode)
+        env = AtariWrapper(env, terminal_on_life_loss=False, clip_reward=False)
+        env = gym.wrappers.FrameStackObservation(env, _ATARI_FRAME_STACK, padding_type="zero")
+        return _ChannelsFirstStack(env)
+    try:
+        return gym.make(env_id, render_mode=render_mode)
+    except gym.error.DependencyNotInstalled as exc:
+        raise EnvMismatchError(f"environment {env_id!r} needs an extra package: {exc}") from exc
+
+
+class _ChannelsFirstStack(gym.ObservationWrapper):
+    """(stack, H, W, 1) frames -> (stack, H, W), as SB3's VecTransposeImage gives."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        shape = space.shape[:-1] if space.shape[-1] == 1 else space.shape
+        self.observation_space = gym.spaces.Box(low=0, high=255, shape=shape, dtype=np.uint8)
+
+    def observation(self, observation: Any) -> Any:
+        return np.asarray(observation).reshape(self.observation_space.shape)
+
+
+# --- The zoo's config.yml / args.yml -------------------------------------------------
+#
+# They are written with python-object tags (an OrderedDict built by a call). A safe
+# loader refuses them; we accept exactly that one tag and build a plain dict from its
+# argument, so nothing is executed.
+
+_ODICT_TAG = "tag:yaml.org,2002:python/object/apply:collections.OrderedDict"
+
+
+def read_zoo_yaml(path: Path) -> dict[str, Any]:
+    """Parse a zoo ``config.yml``/``args.yml`` without executing anything."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    def _odict(loader: yaml.SafeLoader, node: yaml.Node) -> dict[str, Any]:
+        (pairs,) = loader.construct_sequence(node, deep=True)
+        return {str(k): v for k, v in pairs}
+
+    _Loader.add_constructor(_ODICT_TAG, _odict)
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise PolicyLoadError(f"{path}: not a zoo YAML file this tool can read safely ({first})") from exc
+    if not isinstance(data, dict):
+        raise PolicyLoadError(f"{path}: expected a mapping, found {type(data).__name__}")
+    return data
+
+
+_ENV_ID = re.compile(r"^[A-Za-z][\w/\-]*-v\d+$")
+
+
+def env_id_from_metadata(policy_path: Path) -> str | None:
+    """The env id a policy file implies: the zoo's ``args.yml`` next to it, else a
+    file name that is a registered id (``CartPole-v1.zip``)."""
+    args = policy_path.parent / "args.yml"
+    if args.is_file():
+        try:
+            env = read_zoo_yaml(args).get("env")
+        except PolicyLoadError:
+            env = None
+        if isinstance(env, str) and _ENV_ID.match(env):
+            return canonical_env_id(env)
+    stem = policy_path.stem
+    if _ENV_ID.match(stem) and _registry_has(canonical_env_id(stem)):
+        return canonical_env_id(stem)
+    return None

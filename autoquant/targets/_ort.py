@@ -1,0 +1,105 @@
+"""onnxruntime sessions: inference, and which kernels actually ran (from the profile)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FLOAT_OPS", "INTEGER_OPS", "KernelReport", "OrtRunner", "kernel_report", "make_session"]
+
+# Kernels that compute in integers; with the float ones, the kernels that hold a layer.
+INTEGER_OPS = frozenset({
+    "QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger",
+    "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+})
+FLOAT_OPS = frozenset({"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"})
+LAYER_OPS = INTEGER_OPS | FLOAT_OPS
+
+
+def make_session(model: bytes, *, threads: int = 1, profile_prefix: str | None = None) -> Any:
+    """A CPU onnxruntime session with a fixed thread count."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+class OrtRunner:
+    """Runs an ONNX policy network on batches of prepared observations."""
+
+    def __init__(self, model: bytes, *, threads: int = 1) -> None:
+        self.session = make_session(model, threads=threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        outs = [self.session.run(None, {self.input_name: x[i:i + batch_size]})[0]
+                for i in range(0, len(x), batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+
+
+@dataclass(frozen=True)
+class KernelReport:
+    """Which kernel computed each layer, read from an onnxruntime profile."""
+
+    layers: dict[str, str]  # layer -> "int8" | "float" | "unknown"
+    ops: dict[str, list[str]]  # layer -> kernel op types that ran for it
+    kernel_us: dict[str, float]  # op type -> mean microseconds per call, all nodes
+
+    def integer_layers(self) -> list[str]:
+        return [name for name, kind in self.layers.items() if kind == "int8"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layers": self.layers, "ops": self.ops, "kernel_us": self.kernel_us}
+
+
+def kernel_report(model: bytes, x: np.ndarray, layers: Sequence[str], *, runs: int = 5,
+                  threads: int = 1) -> KernelReport:
+    """Run ``model`` under the profiler and name the kernel that computed each layer.
+
+    Node names do not survive onnxruntime's fusions and layout transforms, but a
+    policy network is a chain: the layer kernels run in the layers' order, one each.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        session = make_session(model, threads=threads, profile_prefix=os.path.join(tmp, "prof"))
+        name = session.get_inputs()[0].name
+        feed = {name: np.ascontiguousarray(x[:1], dtype=np.float32)}
+        for _ in range(runs):
+            session.run(None, feed)
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+    sequence: list[str] = []
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+            continue
+        op = event.get("args", {}).get("op_name", "")
+        totals[op] = totals.get(op, 0.0) + float(event.get("dur", 0))
+        if op in LAYER_OPS:
+            sequence.append(op)
+    per_run = len(sequence) // runs
+    ops: dict[str, list[str]] = {}
+    kinds: dict[str, str] = {}
+    if per_run == len(layers):
+        for layer, op in zip(layers, sequence[:per_run]):
+            ops[layer] = [op]
+            kinds[layer] = "int8" if op in INTEGER_OPS else "float"
+    else:  # not a one-kernel-per-layer graph: say so rather than guess
+        kinds = {layer: "unknown" for layer in layers}
+        ops = {layer: sequence[:per_run] for layer in layers}
+    return KernelReport(layers=kinds, ops=ops,
+                        kernel_us={op: round(t / runs, 2) for op, t in sorted(totals.items())})
