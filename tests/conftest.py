@@ -1,0 +1,70 @@
+"""Shared fixtures: the reference policies in ../shared/policies (read in place, never
+copied), and small recorded state sets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICIES = Path(os.environ.get("AUTOQUANT_POLICIES", ROOT.parent / "shared" / "policies"))
+EXAMPLES = ROOT / "examples"
+
+warnings.filterwarnings("ignore", module="brevitas")
+
+
+def policy_path(*parts: str) -> Path:
+    path = POLICIES.joinpath(*parts)
+    if not path.is_file():
+        pytest.fail(f"reference policy {path} is missing: the tests read ../shared/policies "
+                    "(or AUTOQUANT_POLICIES)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cartpole_dqn_path() -> Path:
+    return policy_path("dqn-CartPole-v1", "CartPole-v1.zip")
+
+
+@pytest.fixture(scope="session")
+def pong_pt_path() -> Path:
+    return policy_path("dqn-PongNoFrameskip-v4", "dqn_pong.pt")
+
+
+@pytest.fixture(scope="session")
+def cartpole_dqn(cartpole_dqn_path: Path):  # type: ignore[no-untyped-def]
+    from autoquant.policy import load_policy
+
+    return load_policy(cartpole_dqn_path)
+
+
+@pytest.fixture(scope="session")
+def cartpole_states(cartpole_dqn):  # type: ignore[no-untyped-def]
+    from autoquant.evaluate import record_states
+
+    return record_states(cartpole_dqn, n=1024, seed=0)
+
+
+@pytest.fixture(scope="session")
+def pong(pong_pt_path: Path):  # type: ignore[no-untyped-def]
+    from autoquant.policy import load_policy
+
+    return load_policy(pong_pt_path, env_id="PongNoFrameskip-v4")
+
+
+@pytest.fixture(scope="session")
+def pong_states(pong):  # type: ignore[no-untyped-def]
+    from autoquant.evaluate import record_states
+
+    return record_states(pong, n=128, seed=0, n_envs=2)
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """``autoquant ARGS`` in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "autoquant", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)

@@ -1,0 +1,63 @@
+"""The commands as a user runs them: human output, and --json for scripts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import EXAMPLES, run_cli
+
+
+def test_import_is_cheap() -> None:
+    code = "import sys, autoquant; print(sorted(m for m in ('torch', 'onnxruntime', 'gymnasium', 'brevitas') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_inspect_prints_the_layer_table(pong_pt_path: Path) -> None:
+    proc = run_cli("inspect", "--policy", str(pong_pt_path), "--env", "PongNoFrameskip-v4")
+    assert proc.returncode == 0, proc.stderr
+    assert "conv1" in proc.stdout and "9,346,048" in proc.stdout and "PongNoFrameskip-v4" in proc.stdout
+
+
+def test_inspect_json_is_the_only_stdout(pong_pt_path: Path) -> None:
+    """The ALE banner and exporter chatter go to stderr; stdout parses as JSON."""
+    proc = run_cli("inspect", "--policy", str(pong_pt_path), "--env", "PongNoFrameskip-v4", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert [layer["name"] for layer in data["layers"]] == ["conv1", "conv2", "conv3", "fc1", "fc2"]
+    assert data["layers"][-1]["action_head"] is True
+    assert data["total_macs"] == 9_346_048
+
+
+def test_evaluate_json_reports_every_figure(tmp_path: Path) -> None:
+    policy = EXAMPLES / "cartpole_dqn.zip"
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"format": "autoquant.plan", "version": 1, "layers": {
+        "fc1": {"weight_bits": 8, "act_bits": 8, "prune_ratio": 0.5},
+        "fc2": {"weight_bits": 8, "act_bits": 8},
+        "fc3": {"weight_bits": 8, "act_bits": 8}}}))
+    out = tmp_path / "cartpole_int8.onnx"
+    proc = run_cli("evaluate", "--policy", str(policy), "--env", "CartPole-v1", "--plan", str(plan),
+                   "--episodes", "5", "--states", "512", "--save-onnx", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["fp32"]["reward"]["episodes"] == 5
+    assert data["plan"]["reward"]["seeds"] == data["fp32"]["reward"]["seeds"]
+    assert 0.0 <= data["plan"]["fidelity"]["action_agreement"] <= 1.0
+    assert data["plan"]["kernels"]["layers"] == {"fc1": "int8", "fc2": "int8", "fc3": "int8"}
+    assert data["plan"]["macs"] < data["fp32"]["macs"]
+    assert data["plan"]["size_bytes"] < data["fp32"]["size_bytes"]
+    assert data["latency"]["ratio"] > 0 and data["latency"]["reference"]["p10"] > 0
+    assert data["latency"]["facts"]["onnxruntime"]
+    assert "retention" in data["plan"]
+    assert out.is_file() and out.stat().st_size > 0
+
+
+def test_evaluate_without_plan_prints_fp32(tmp_path: Path) -> None:
+    proc = run_cli("evaluate", "--policy", str(EXAMPLES / "cartpole_dqn.zip"), "--env", "CartPole-v1",
+                   "--episodes", "3", "--states", "256")
+    assert proc.returncode == 0, proc.stderr
+    assert "reward" in proc.stdout and "latency p10 ms" in proc.stdout and "kernels" in proc.stdout
