@@ -18,6 +18,9 @@ from autoquant.targets._ort import KernelReport, OrtRunner, kernel_report
 __all__ = ["Evaluation", "episode_seeds", "evaluate", "onnx_actor"]
 
 
+HELD_OUT_SEED_OFFSET = 7919
+
+
 def episode_seeds(seed: int, episodes: int) -> list[int]:
     """Evaluation seeds: disjoint from the seeds states are recorded on (``seed`` + k)."""
     return [100_000 + 1_000 * seed + i for i in range(episodes)]
@@ -91,8 +94,11 @@ def evaluate(
         return result
 
     compressed = compress(bundle, plan, x, finetune_epochs=finetune_epochs, seed=seed)
-    cand_out = OrtRunner(compressed.onnx)(x)
-    ref_out = OrtRunner(reference)(x)
+    # Fidelity on states the compression never saw (other episodes than calibration's).
+    held_out = record_states(bundle, n=max(256, len(states) // 4), seed=seed + HELD_OUT_SEED_OFFSET).states
+    cand_out = OrtRunner(compressed.onnx)(held_out)
+    ref_out = OrtRunner(reference)(held_out)
+    result.extra["states"]["held_out"] = len(held_out)
     plan_json: dict[str, Any] = {
         "plan": plan.to_json(),
         "summary": plan.describe(),

@@ -12,7 +12,7 @@ __all__ = ["fidelity"]
 
 
 def fidelity(reference: np.ndarray, candidate: np.ndarray, action: ActionSpec) -> dict[str, Any]:
-    """Compare raw outputs of both networks on the same states.
+    """Compare raw outputs of both networks on the same (held-out) states.
 
     Discrete actions: ``action_agreement`` (share of states with the same greedy
     action). Continuous: ``action_error`` (mean |difference| of the actions, as a

@@ -17,7 +17,6 @@ __all__ = ["canonical_env_id", "env_id_from_metadata", "is_atari", "make_env", "
 _ALIASES = {
     "LunarLander-v2": "LunarLander-v3",
     "LunarLanderContinuous-v2": "LunarLanderContinuous-v3",
-    "BipedalWalker-v3": "BipedalWalker-v3",
     "Pendulum-v0": "Pendulum-v1",
 }
 
