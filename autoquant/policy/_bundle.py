@@ -17,7 +17,7 @@ __all__ = ["ActionSpec", "PolicyBundle"]
 
 # How a network's raw output becomes an action.
 #   argmax:   Q-values or logits of a Discrete action space.
-#   quantile: QR-DQN quantiles, (n_actions * n_quantiles) -> mean over quantiles -> argmax.
+#   quantile: QR-DQN quantiles, (n_quantiles x n_actions) -> mean over quantiles -> argmax.
 #   squash:   a Box action in [-1, 1] by tanh (SAC, TQC, TD3), optionally after clipping
 #             the mean (SAC's gSDE), then rescaled to the space's bounds.
 #   clip:     a Box action used as is, clipped to the space's bounds (PPO, A2C).
@@ -55,7 +55,8 @@ class ActionSpec:
         """The per-action values the policy ranks (Q-values for quantile nets)."""
         if self.kind == "quantile":
             assert self.n_actions is not None and self.n_quantiles is not None
-            return outputs.reshape(len(outputs), self.n_actions, self.n_quantiles).mean(axis=2)
+            # sb3-contrib's QuantileNetwork lays its output out as (n_quantiles, n_actions)
+            return outputs.reshape(len(outputs), self.n_quantiles, self.n_actions).mean(axis=1)
         return outputs
 
     def actions(self, outputs: np.ndarray) -> np.ndarray:
