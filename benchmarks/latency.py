@@ -360,7 +360,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         if "ms" in r:
             ms, ratio = r["ms"], r.get("ratio_to_torch_fp32", {})
-            timing = (f"{ms['p10']:.3f} | {ms['median']:.3f} | {ratio.get('p10', float('nan')):.2f} | "
+            timing = (f"{ms['p10']:.4f} | {ms['median']:.4f} | {ratio.get('p10', float('nan')):.2f} | "
                       f"{ratio.get('median', float('nan')):.2f}")
         else:
             timing = "- | - | - | -"
