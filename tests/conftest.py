@@ -68,3 +68,13 @@ def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """``autoquant ARGS`` in a subprocess, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "autoquant", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=600)
+
+
+def assert_same_actions(bundle, got, want) -> None:  # type: ignore[no-untyped-def]
+    """Discrete actions identical; continuous ones equal to float precision."""
+    import numpy as np
+
+    if bundle.action.discrete:
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, atol=1e-5)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from autoquant.policy import load_policy, make_env
+from tests.conftest import assert_same_actions
 
 
 def _model(name: str):  # type: ignore[no-untyped-def]
@@ -40,8 +41,4 @@ def test_algorithm_round_trip(name: str, tmp_path: Path) -> None:
     obs = np.stack([env.observation_space.sample() for _ in range(64)])
     env.close()
     want, _ = model.predict(obs, deterministic=True)
-    got = bundle.predict(obs)
-    if bundle.action.discrete:
-        np.testing.assert_array_equal(got, want)
-    else:
-        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert_same_actions(bundle, bundle.predict(obs), want)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autoquant.policy import analyse, load_policy, make_env
-from tests.conftest import policy_path
+from tests.conftest import assert_same_actions, policy_path
 
 
 def _observations(env_id: str, n: int = 64, seed: int = 0) -> np.ndarray:
@@ -74,11 +74,7 @@ def test_sb3_zip_reproduces_original_actions(folder: str, file: str, algo: str, 
     original = _sb3_policy(algo, bundle, _zip_state(path))
     obs = _observations(env_id, n=32 if algo == "dqn" and "Pong" in folder else 128)
     want, _ = original.predict(obs, deterministic=True)
-    got = bundle.predict(obs)
-    if bundle.action.discrete:
-        np.testing.assert_array_equal(got, want)
-    else:
-        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert_same_actions(bundle, bundle.predict(obs), want)
 
 
 def test_pong_state_dict_matches_the_zip(pong_pt_path: Path) -> None:
