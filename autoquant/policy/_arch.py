@@ -7,7 +7,6 @@ tensor shapes. Nothing here unpickles anything.
 
 from __future__ import annotations
 
-import math
 import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -314,6 +313,3 @@ def sb3_layout(
         f"action_net, actor.*); first keys: {keys[:3]}"
     )
 
-
-def flat_features(shape: Sequence[int]) -> int:
-    return int(math.prod(shape))
