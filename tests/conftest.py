@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.pg"]
+
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = Path(os.environ.get("AUTOQUANT_POLICIES", ROOT.parent / "shared" / "policies"))
 EXAMPLES = ROOT / "examples"

@@ -1,0 +1,260 @@
+"""Search commands: ``search`` and ``export``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from autoquant.cli import Command, register
+from autoquant.cli._engine import _non_negative, _positive, _strides
+from autoquant.errors import UsageError
+
+__all__ = ["CompareCommand", "ExportCommand", "SearchCommand"]
+
+
+def _retention(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.98, got {text!r}") from None
+    if not 0.0 < value <= 1.5:
+        raise argparse.ArgumentTypeError(f"expected a retention in (0, 1.5], got {text!r}")
+    return value
+
+
+class _Progress:
+    """trials, best so far, elapsed and ETA on stderr."""
+
+    def __init__(self, total: int, initial: int, quiet: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="trial", file=sys.stderr, disable=quiet,
+                        dynamic_ncols=True, desc="search")
+
+    def __call__(self, outcome: Any, runner: Any) -> None:
+        best = runner.best_latency
+        self.bar.set_postfix_str(f"best latency ratio {best:.3f}" if best is not None else "no feasible plan yet")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def summary_json(run: Any, confirmed: dict[str, Any] | None, wall_s: float) -> dict[str, Any]:
+    records = run.records()
+    out: dict[str, Any] = {
+        "run": str(run.folder), "agent": run.config.agent, "method": run.config.method,
+        "target": run.config.target, "trials": sum(1 for r in records if r["state"] in ("COMPLETE", "FAIL")),
+        "complete": sum(1 for r in records if r["state"] == "COMPLETE"),
+        "failed": sum(1 for r in records if r["state"] == "FAIL"),
+        "wall_s": round(wall_s, 1), "best": None,
+        "reference": {k: v for k, v in run.info["reference"].items() if k in ("onnxruntime_int8",)},
+    }
+    if confirmed is not None:
+        out["best"] = {
+            "trial": confirmed["trial"], "plan": confirmed["plan"], "summary": confirmed["summary"],
+            "latency_ratio": confirmed["search"]["latency_ratio"], "retention": confirmed["confirm"]["retention"],
+            "search_retention": confirmed["search"]["retention"], "size_ratio": confirmed["search"]["size_ratio"],
+            "size_bytes": confirmed["size_bytes"], "reward": confirmed["confirm"]["reward"]["mean"],
+            "fp32_reward": confirmed["confirm"]["fp32_reward"]["mean"],
+            "latency": _latency_of(run, confirmed["trial"]),
+        }
+    return out
+
+
+def _latency_of(run: Any, number: int) -> dict[str, Any] | None:
+    import json
+
+    for trial in run.study().get_trials(deepcopy=False):
+        if trial.number == number and "result" in trial.user_attrs:
+            return json.loads(trial.user_attrs["result"])["latency"]
+    return None
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by search and compare: the policy, target, budget and scoring."""
+    from autoquant.policy._arch import ACTIVATIONS
+
+    parser.add_argument("--policy", type=Path, help="SB3 .zip, torch state dict / TorchScript .pt")
+    parser.add_argument("--env", help="gymnasium id (default: what the file implies)")
+    parser.add_argument("--trust-pickle", action="store_true")
+    parser.add_argument("--activation", choices=sorted(ACTIVATIONS))
+    parser.add_argument("--conv-strides", type=_strides, metavar="S1,S2,...")
+    parser.add_argument("--target", default="host", help="hardware target (default host)")
+    parser.add_argument("--trials", type=_positive, default=200, help="trial budget (default 200)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--min-retention", type=_retention, default=0.98,
+                       help="reward retention floor vs fp32 on the same seeds (default 0.98)")
+    group.add_argument("--pareto", action="store_true", help="search a Pareto front (latency, reward, size)")
+    parser.add_argument("--episodes", type=_positive, default=10, help="episodes per played trial (default 10)")
+    parser.add_argument("--confirm-episodes", type=_positive, default=20,
+                        help="episodes on fresh seeds that confirm the best plan (default 20)")
+    parser.add_argument("--fidelity-floor", type=float, default=0.75,
+                        help="action agreement below which a trial is not played (default 0.75)")
+    parser.add_argument("--states", type=_positive, default=1024, help="recorded states (default 1024)")
+    parser.add_argument("--envs", type=_positive, default=8, help="environments stepped in lockstep")
+    parser.add_argument("--seed", type=_non_negative, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _config(args: argparse.Namespace, *, method: str, agent: str) -> Any:
+    from autoquant.search._run import RunConfig
+
+    return RunConfig(
+        policy=str(args.policy), env_id=args.env, trust_pickle=args.trust_pickle, activation=args.activation,
+        conv_strides=args.conv_strides, target=args.target, method=method, agent=agent, n_trials=args.trials,
+        mode="pareto" if args.pareto else "single", min_retention=args.min_retention, episodes=args.episodes,
+        confirm_episodes=args.confirm_episodes, fidelity_floor=args.fidelity_floor, n_states=args.states,
+        n_envs=args.envs, seed=args.seed, storage=getattr(args, "storage", None) or "study.db",
+        study_name=getattr(args, "study", None), argv=list(sys.argv),
+    )
+
+
+@register
+class SearchCommand(Command):
+    name = "search"
+    help = "search per-layer bit widths and pruning ratios, measured on the target and played"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        _add_run_arguments(parser)
+        parser.add_argument("--method", default="joint",
+                            help="search space: joint, prune, quant, or a .toml path (default joint)")
+        parser.add_argument("--agent", default="ddpg", help="ddpg, td3, sac, ppo, tpe, nsga2, random (default ddpg)")
+        parser.add_argument("--out", type=Path, help="run folder (default runs/<policy name>)")
+        parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+        parser.add_argument("--storage", help="Optuna storage URL shared by workers (default: SQLite in --out)")
+        parser.add_argument("--study", help="study name in --storage, the same for every worker of one search "
+                            "(default: the run folder's name)")
+
+    def run(self, args: argparse.Namespace) -> dict[str, Any]:
+        from autoquant.search._run import load_run, start_run
+
+        log = (lambda s: None) if args.quiet else (lambda s: print(f"autoquant: {s}", file=sys.stderr))
+        if args.resume:
+            if args.out is None:
+                raise UsageError("--resume needs --out, the run folder to continue")
+            run = load_run(args.out, n_trials=args.trials if "--trials" in sys.argv else None)
+        else:
+            if args.policy is None:
+                raise UsageError("search needs --policy (or --resume --out RUN)")
+            out = args.out or Path("runs") / args.policy.stem
+            run = start_run(out, _config(args, method=args.method, agent=args.agent), log=log)
+        start = time.perf_counter()
+        used = len([t for t in run.study().get_trials(deepcopy=False)])
+        progress = _Progress(run.config.n_trials, min(used, run.config.n_trials), args.quiet)
+        try:
+            run.search(progress=progress)
+        except KeyboardInterrupt:
+            progress.close()
+            print(f"autoquant: interrupted; the trials so far are in the study. Resume with:\n  "
+                  f"{run.resume_command()}", file=sys.stderr)
+            raise
+        progress.close()
+        log("confirming the best plan on fresh seeds")
+        confirmed = run.confirm()
+        run.write_report()
+        if confirmed is None:
+            log(f"no plan kept retention >= {run.config.min_retention}; see {run.folder / 'report.md'}")
+        return summary_json(run, confirmed, time.perf_counter() - start)
+
+    def render(self, result: dict[str, Any]) -> str:
+        lines = [f"run     {result['run']}  ({result['method']} / {result['agent']} on {result['target']}, "
+                 f"{result['complete']} complete, {result['failed']} failed, {result['wall_s']} s)"]
+        best = result["best"]
+        if best is None:
+            lines.append("best    no plan met the retention floor")
+        else:
+            lat = best.get("latency") or {}
+            lines += [
+                f"best    trial {best['trial']}: {best['summary']}",
+                f"        latency ratio {best['latency_ratio']:.3f} to fp32"
+                + (f" (p10 {lat['candidate']['p10']:.4f} ms vs {lat['reference']['p10']:.4f} ms)" if lat else ""),
+                f"        retention {best['retention']:.3f} on fresh seeds (reward {best['reward']:.2f} vs fp32 "
+                f"{best['fp32_reward']:.2f}); size {best['size_bytes']:,} bytes ({best['size_ratio']:.3f} of fp32)",
+            ]
+        ort = result["reference"].get("onnxruntime_int8") or {}
+        if "latency_ratio" in ort:
+            lines.append(f"ref     onnxruntime uniform int8: latency ratio {ort['latency_ratio']:.3f}, "
+                         f"retention {ort['retention']:.3f}")
+        lines.append(f"report  {Path(result['run']) / 'report.md'}")
+        return "\n".join(lines)
+
+
+@register
+class ExportCommand(Command):
+    name = "export"
+    help = "export a plan of a run as a runnable model"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("run", type=Path, help="run folder")
+        parser.add_argument("--trial", default="best", help="'best' (confirmed) or a trial number")
+        parser.add_argument("--format", choices=("onnx", "torch"), default="onnx")
+        parser.add_argument("--out", type=Path, required=True, help="output folder")
+
+    def run(self, args: argparse.Namespace) -> dict[str, Any]:
+        from autoquant.search._export import export_plan
+        from autoquant.search._run import load_run
+
+        if args.trial != "best" and not args.trial.isdigit():
+            raise UsageError(f"--trial must be 'best' or a trial number, got {args.trial!r}")
+        run = load_run(args.run)
+        return export_plan(run, args.trial, fmt=args.format, out=args.out)
+
+    def render(self, result: dict[str, Any]) -> str:
+        return "\n".join([f"exported trial {result['trial']} ({result['summary']}) as {result['format']}",
+                          *(f"  {f}" for f in result["files"])])
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+@register
+class CompareCommand(Command):
+    name = "compare"
+    help = "run several methods and agents on the same budget and seeds, and tabulate them"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        _add_run_arguments(parser)
+        parser.add_argument("--methods", type=_names, default=["prune", "quant", "joint"],
+                            help="comma-separated search spaces (default prune,quant,joint)")
+        parser.add_argument("--agents", type=_names, default=["ddpg", "tpe", "random"],
+                            help="comma-separated agents (default ddpg,tpe,random)")
+        parser.add_argument("--out", type=Path, required=True, help="comparison folder (resumable)")
+
+    def run(self, args: argparse.Namespace) -> dict[str, Any]:
+        from autoquant.search._compare import compare
+
+        if args.policy is None:
+            raise UsageError("compare needs --policy")
+        log = (lambda s: None) if args.quiet else (lambda s: print(f"autoquant: {s}", file=sys.stderr))
+        bars: list[_Progress] = []
+
+        def progress(label: str, total: int) -> _Progress:
+            for bar in bars:
+                bar.close()
+            bars.append(_Progress(total, 0, args.quiet))
+            bars[-1].bar.set_description(label)
+            return bars[-1]
+
+        try:
+            return compare(args.out, _config(args, method=args.methods[0], agent=args.agents[0]),
+                           methods=args.methods, agents=args.agents, log=log, progress=progress)
+        finally:
+            for bar in bars:
+                bar.close()
+
+    def render(self, result: dict[str, Any]) -> str:
+        def fmt(v: Any) -> str:
+            return "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+        head = ["combo", "best latency ratio", "retention", "hypervolume", "trials to 95%", "wall s"]
+        lines = [" | ".join(head)]
+        for row in result["rows"]:
+            lines.append(" | ".join(fmt(row.get(k)) for k in ("combo", "best_latency_ratio", "best_retention",
+                                                              "hypervolume", "trials_to_95", "wall_s")))
+        lines.append(f"table and plot: {Path(result['out']) / 'compare.md'}, {Path(result['out']) / 'compare.png'}")
+        return "\n".join(lines)

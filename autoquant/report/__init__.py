@@ -1,0 +1,26 @@
+"""Reports over plain trial records: Pareto fronts, hypervolume, best plans, plots,
+markdown, and comparisons of several searches. No search code is needed."""
+
+from __future__ import annotations
+
+from autoquant.report._best import best_feasible, best_so_far, trials_to_reach
+from autoquant.report._compare import compare_table, hypervolume_reference, write_compare
+from autoquant.report._hypervolume import hypervolume
+from autoquant.report._markdown import write_report
+from autoquant.report._pareto import DEFAULT_OBJECTIVES, pareto_front
+from autoquant.report._plots import plot_compare, plot_pareto
+
+__all__ = [
+    "DEFAULT_OBJECTIVES",
+    "best_feasible",
+    "best_so_far",
+    "compare_table",
+    "hypervolume",
+    "hypervolume_reference",
+    "pareto_front",
+    "plot_compare",
+    "plot_pareto",
+    "trials_to_reach",
+    "write_compare",
+    "write_report",
+]

@@ -1,0 +1,131 @@
+"""The markdown report of one search, with its Pareto plot next to it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from autoquant.report._best import best_feasible
+from autoquant.report._pareto import pareto_front
+from autoquant.report._plots import plot_pareto
+from autoquant.report._records import is_complete, is_played, value
+
+__all__ = ["write_report"]
+
+_RUN_FACTS = ("policy", "env", "target", "method", "agent", "trials", "seed")
+
+
+def fmt(number: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals, "n/a" when it is missing."""
+    if isinstance(number, bool) or number is None:
+        return "n/a"
+    try:
+        return f"{float(number):.{digits}f}"
+    except (TypeError, ValueError):
+        return "n/a"
+
+
+def cell(text: Any) -> str:
+    """Text safe inside a markdown table cell."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str) -> list[str]:
+    """Markdown table lines; ``align`` has one of "l", "r", "c" per column."""
+    marks = {"l": ":---", "r": "---:", "c": ":---:"}
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(marks[a] for a in align) + "|"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _fact(raw: Any) -> str:
+    if isinstance(raw, Mapping):
+        return ", ".join(f"{k}={_fact(v)}" for k, v in raw.items())
+    if isinstance(raw, (list, tuple)):
+        return ", ".join(_fact(v) for v in raw)
+    return str(raw)
+
+
+def _header(run_info: Mapping[str, Any], floor: float | None) -> list[str]:
+    name = run_info.get("policy", "search")
+    lines = [f"# autoquant report: {name}", ""]
+    keys = [k for k in _RUN_FACTS if k in run_info]
+    keys += [k for k in run_info if k not in _RUN_FACTS]  # device facts and anything else, in given order
+    lines += [f"- **{key}**: {_fact(run_info[key])}" for key in keys if run_info[key] is not None]
+    if floor is not None:
+        lines.append(f"- **retention floor**: {fmt(floor)}")
+    return lines
+
+
+def _summary(records: Sequence[Mapping[str, Any]], floor: float | None) -> str:
+    best = best_feasible(records)
+    if best is None:
+        bound = f" (retention >= {fmt(floor)})" if floor is not None else ""
+        return f"**Best feasible plan:** no plan met the floor{bound}."
+    ratio = value(best, "latency_ratio")
+    speed = f" ({1.0 / ratio:.2f}x the fp32 speed)" if ratio else ""
+    return (f"**Best feasible plan:** trial {best.get('number')}, `{cell(best.get('summary') or '(no summary)')}`: "
+            f"latency ratio {fmt(ratio)}{speed}, retention {fmt(best.get('retention'))}, "
+            f"size ratio {fmt(best.get('size_ratio'))}.")
+
+
+def _front(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    front = pareto_front(records)
+    lines = ["## Pareto front (latency ratio lower is better, retention higher is better)", ""]
+    if not front:
+        return lines + ["_No trial was both completed and played._"]
+    rows = [(r.get("number"), r.get("summary") or "(no summary)", fmt(r.get("latency_ratio")),
+             fmt(r.get("retention")), fmt(r.get("size_ratio")), "yes" if r.get("feasible") is True else "no")
+            for r in front]
+    return lines + table(("trial", "plan", "latency ratio", "retention", "size ratio", "feasible"), rows, "rlrrrc")
+
+
+def _references(references: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
+    lines = ["## Reference points", ""]
+    if not references:
+        return lines + ["_None given._"]
+    rows = [(name, fmt((p or {}).get("latency_ratio")), fmt((p or {}).get("retention")),
+             fmt((p or {}).get("size_ratio"))) for name, p in references.items()]
+    return lines + table(("reference", "latency ratio", "retention", "size ratio"), rows, "lrrr")
+
+
+def _counts(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    complete = [r for r in records if is_complete(r)]
+    played = sum(1 for r in complete if is_played(r))
+    states = Counter(str(r.get("state", "")).upper() for r in records)
+    failed = [r for r in records if str(r.get("state", "")).upper() == "FAIL"]
+    lines = ["## Trials", "",
+             f"- total: {len(records)}",
+             (f"- complete: {len(complete)} (played {played}, "
+              f"not played: failed fidelity screen {len(complete) - played})"),
+             f"- failed: {len(failed)}"]
+    errors = Counter(" ".join(str(r.get("error") or "(no error message)").split()) for r in failed)
+    lines += [f"  - {n} x `{message.replace('`', chr(39))}`" for message, n in errors.most_common()]
+    lines += [f"- {state.lower()}: {n}" for state, n in sorted(states.items()) if state not in ("COMPLETE", "FAIL")]
+    return lines
+
+
+def write_report(
+    path_md: str | Path,
+    records: Sequence[Mapping[str, Any]],
+    references: Mapping[str, Mapping[str, Any]] | None,
+    *,
+    floor: float | None,
+    run_info: Mapping[str, Any],
+    plot_name: str = "pareto.png",
+) -> None:
+    """Write the markdown report of one search to ``path_md`` and its Pareto plot
+    (``plot_pareto``) to ``plot_name`` in the same folder: run facts, the best feasible
+    plan, the Pareto front, the reference points, trial counts and failures, the plot."""
+    out = Path(path_md)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    records = list(records)
+    title = " / ".join(str(run_info[k]) for k in ("policy", "method", "agent", "target") if run_info.get(k))
+    plot_pareto(records, references, out.parent / plot_name, floor=floor, title=title or "autoquant search")
+    lines = _header(run_info, floor)
+    lines += ["", _summary(records, floor), ""]
+    lines += _front(records) + [""] + _references(references) + [""] + _counts(records)
+    lines += ["", "## Plot", "", f"![pareto]({plot_name})", ""]
+    out.write_text("\n".join(lines), encoding="utf-8")

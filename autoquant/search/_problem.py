@@ -1,0 +1,166 @@
+"""The search problem: a plan becomes a measured, played trial result.
+
+Every trial gets the cheap measurements (compress, export, kernels, latency on the
+target, fidelity on held-out states). Episodes, which dominate the cost, are played
+only when they can change the answer: see ``SearchRunner.should_play``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from autoquant.compress import CompressionPlan, compress, weight_bytes
+from autoquant.evaluate import EpisodeStats, fidelity, onnx_actor, paired_comparison, play_episodes
+from autoquant.policy._bundle import PolicyBundle
+from autoquant.policy._layers import LayerTable
+from autoquant.targets._base import Target
+from autoquant.targets._ort import OrtRunner
+
+__all__ = ["ProblemSettings", "SearchProblem", "TrialResult", "fidelity_score", "plan_key"]
+
+MODES = ("single", "pareto")
+
+
+def plan_key(plan: CompressionPlan, target_fingerprint: str) -> str:
+    """Identity of a measurement: the plan and the target it runs on."""
+    text = json.dumps({"plan": plan.to_json(), "target": target_fingerprint}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class ProblemSettings:
+    """How trials are scored and how much each one costs."""
+
+    mode: str = "single"
+    min_retention: float = 0.98
+    episodes: int = 10
+    fidelity_floor: float = 0.75
+    n_envs: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from autoquant.errors import UsageError
+
+        if self.mode not in MODES:
+            raise UsageError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not 0.0 < self.min_retention <= 1.5:
+            raise UsageError(f"--min-retention must be in (0, 1.5], got {self.min_retention}")
+        if self.episodes < 1:
+            raise UsageError(f"--episodes must be >= 1, got {self.episodes}")
+
+
+@dataclass
+class TrialResult:
+    """What one plan measured and played."""
+
+    key: str
+    summary: str
+    latency_ratio: float
+    latency: dict[str, Any]
+    size_bytes: int
+    size_ratio: float
+    macs_ratio: float
+    fidelity: dict[str, Any]
+    fidelity_score: float
+    kernels: dict[str, Any]
+    played: bool = False
+    skip_reason: str | None = None
+    reward: dict[str, Any] | None = None
+    retention: float | None = None
+    seconds: dict[str, float] | None = None
+
+    def feasible(self, min_retention: float) -> bool:
+        return self.played and self.retention is not None and self.retention >= min_retention
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrialResult:
+        return cls(**data)
+
+
+def fidelity_score(fid: dict[str, Any]) -> float:
+    """One number, higher is better: action agreement, or 1 - action error."""
+    if "action_agreement" in fid:
+        return float(fid["action_agreement"])
+    return float(1.0 - fid["action_error"])
+
+
+class SearchProblem:
+    """Plan -> TrialResult for one policy on one target, against fixed references."""
+
+    def __init__(
+        self,
+        bundle: PolicyBundle,
+        table: LayerTable,
+        target: Target,
+        *,
+        states: np.ndarray,
+        held_out: np.ndarray,
+        reference_onnx: bytes,
+        settings: ProblemSettings,
+        episode_seeds: list[int],
+        fp32_episodes: EpisodeStats,
+        random_episodes: EpisodeStats,
+        target_fingerprint: str,
+    ) -> None:
+        self.bundle = bundle
+        self.table = table
+        self.target = target
+        self.states = states
+        self.held_out = held_out
+        self.reference_onnx = reference_onnx
+        self.settings = settings
+        self.episode_seeds = episode_seeds
+        self.fp32_episodes = fp32_episodes
+        self.random_episodes = random_episodes
+        self.target_fingerprint = target_fingerprint
+        self.fp32_size = weight_bytes(table, CompressionPlan())
+        self.reference_outputs = OrtRunner(reference_onnx)(held_out)  # fp32 on held-out states
+
+    def key(self, plan: CompressionPlan) -> str:
+        return plan_key(plan, self.target_fingerprint)
+
+    def evaluate(self, plan: CompressionPlan,
+                 should_play: Callable[[float, float], tuple[bool, str | None]]) -> TrialResult:
+        """Compress, export, measure, screen on fidelity, and play if it can matter."""
+        t0 = time.perf_counter()
+        compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed)
+        t1 = time.perf_counter()
+        latency = self.target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
+        t2 = time.perf_counter()
+        fid = fidelity(self.reference_outputs, OrtRunner(compressed.onnx)(self.held_out), self.bundle.action)
+        score = fidelity_score(fid)
+        ratio = float(latency.ratio) if latency.ratio is not None else float(latency.value)
+        result = TrialResult(
+            key=self.key(plan), summary=plan.describe(), latency_ratio=ratio, latency=latency.to_json(),
+            size_bytes=compressed.size_bytes, size_ratio=compressed.size_bytes / self.fp32_size,
+            macs_ratio=compressed.table.total_macs / self.table.total_macs, fidelity=fid,
+            fidelity_score=score, kernels=compressed.kernels.to_json() if compressed.kernels else {},
+        )
+        play, reason = should_play(ratio, score)
+        t3 = time.perf_counter()
+        if play:
+            episodes = self.play(compressed.onnx, self.episode_seeds)
+            paired = paired_comparison(episodes, self.fp32_episodes, self.random_episodes)
+            result.played = True
+            result.reward = {**episodes.to_json(), "paired": paired}
+            result.retention = paired["retention"]
+        else:
+            result.skip_reason = reason
+        t4 = time.perf_counter()
+        result.seconds = {"compress": round(t1 - t0, 3), "measure": round(t2 - t1, 3),
+                          "fidelity": round(t3 - t2, 3), "play": round(t4 - t3, 3)}
+        return result
+
+    def play(self, model: bytes, seeds: list[int]) -> EpisodeStats:
+        return play_episodes(onnx_actor(self.bundle, model), self.bundle.env_id, seeds,  # type: ignore[arg-type]
+                             n_envs=self.settings.n_envs)

@@ -1,0 +1,543 @@
+"""Meta-RL agents: a gymnasium ``CompressionEnv`` and stable-baselines3 DDPG, TD3, SAC, PPO.
+
+One episode is one plan is one trial. The env takes one step per compressible layer
+that has a free choice (layers with a single choice of bits and ratio are applied
+silently, but their cost and position still count in the features and the budget).
+
+Observation (float32, bounded in [-1, 1]), per step: the layer's position (index/L),
+is-conv, log2 of its input and output channels (normalised by the network's largest),
+kernel area and stride (normalised by the network's largest), its share of the
+network's parameters and MACs, its sensitivity (fidelity loss on the held-out states of
+the network with only this layer at its most aggressive choice, computed once when
+the agent starts), the previous layer's executed action (the centres of its chosen
+bins), and the budget used so far (estimated size and MAC fractions of the layers
+already decided).
+
+Action: ``Box(-1, 1, (2,))``, (bits, prune), each mapped by equal bins onto the layer's
+choices: bit widths from float (most precise) to the fewest bits, pruning ratios
+ascending. With a budget in the space (``max_size_ratio`` / ``max_macs_ratio``) each
+choice is clipped, as in HAQ / AMC, to the least aggressive one that still lets the
+plan meet the budget if every later layer took its most aggressive choice (the most
+aggressive one when none does). Costs are estimated from the LayerTable
+(``plan_cost``), never by compressing.
+
+Reward, 0 on every step but the last; on the last the trial runs and, with
+``ratio`` its measured latency ratio to the fp32 reference:
+
+- failed trial (no result): -2
+- played, retention >= min_retention: ``-log(ratio)``; in pareto mode
+  ``- 0.25 * log(size_ratio)`` is added
+- played, retention below the floor: ``-log(ratio) - 1 - 10 * (min_retention - retention)``
+- not played, failed the fidelity screen:
+  ``-log(ratio) - 1 - 5 * max(0, fidelity_floor - fidelity_score)``
+- not played, cannot beat the best feasible latency: ``-log(ratio) - 0.5``
+
+Unlike Galen's reward, being faster than a target is never punished: there is no
+target, only "faster, while the policy still plays".
+
+Off-policy agents (DDPG, TD3, SAC) learn after every step (one gradient step each),
+after a few random warm-up episodes; DDPG and TD3 explore with Gaussian noise whose
+scale decays per episode to a floor, so exploration never vanishes. When a study is
+resumed their replay buffer is first filled with the study's finished trials.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import optuna
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.noise import ActionNoise
+
+from autoquant.compress import CompressionPlan, LayerSpec, compress, kept_count
+from autoquant.errors import AutoquantError, UsageError
+from autoquant.evaluate import fidelity
+from autoquant.policy._layers import LayerTable
+from autoquant.search._agents import Agent, AgentContext, register_agent
+from autoquant.search._problem import (
+    ProblemSettings,
+    SearchProblem,
+    TrialResult,
+    fidelity_score,
+)
+from autoquant.search._space import ACT_BITS, FLOAT, SearchSpace
+from autoquant.search._study import ProposalSampler, SearchRunner
+from autoquant.targets._ort import OrtRunner
+
+__all__ = [
+    "OBS_DIM",
+    "CompressionEnv",
+    "DecayingNormalNoise",
+    "RLAgent",
+    "bin_centre",
+    "bin_index",
+    "layer_features",
+    "layer_sensitivity",
+    "plan_cost",
+    "trial_reward",
+    "warm_start",
+]
+
+OBS_DIM = 13
+OFF_POLICY = ("ddpg", "td3", "sac")
+_EPS = 1e-9
+
+
+# --- bins ----------------------------------------------------------------------------
+
+
+def bin_index(value: float, n: int) -> int:
+    """Which of ``n`` equal bins of [-1, 1] holds ``value`` (clipped into the range)."""
+    v = float(np.clip(np.nan_to_num(value), -1.0, 1.0))
+    return min(n - 1, math.floor((v + 1.0) / 2.0 * n))
+
+
+def bin_centre(index: int, n: int) -> float:
+    """The centre of bin ``index`` of ``n`` equal bins of [-1, 1]."""
+    return -1.0 + (2 * index + 1) / n
+
+
+# --- reward --------------------------------------------------------------------------
+
+
+def trial_reward(result: TrialResult | None, settings: ProblemSettings) -> float:
+    """The episode's reward for a trial outcome (see the module docstring)."""
+    if result is None:
+        return -2.0
+    speed = -math.log(max(result.latency_ratio, _EPS))
+    if result.played:
+        retention = result.retention if result.retention is not None else 0.0
+        if retention >= settings.min_retention:
+            bonus = -0.25 * math.log(max(result.size_ratio, _EPS)) if settings.mode == "pareto" else 0.0
+            return speed + bonus
+        return speed - 1.0 - 10.0 * (settings.min_retention - retention)
+    if result.fidelity_score < settings.fidelity_floor:
+        return speed - 1.0 - 5.0 * max(0.0, settings.fidelity_floor - result.fidelity_score)
+    return speed - 0.5  # screened out: it cannot beat the best feasible latency
+
+
+# --- costs and features --------------------------------------------------------------
+
+
+def _layer_costs(table: LayerTable, bits: Sequence[int | None], ratios: Sequence[float],
+                 multiple: int) -> list[tuple[float, float]]:
+    """(weight bytes, MACs) per layer after pruning and quantization, estimated."""
+    out = []
+    in_frac = 1.0
+    for layer, b, ratio in zip(table, bits, ratios):
+        kept = kept_count(layer.channels, ratio, multiple) if ratio > 0 else layer.channels
+        out_frac = kept / layer.channels
+        weights = (layer.params - layer.channels) * in_frac * out_frac
+        out.append((weights * (b or 32) / 8 + kept * 4, layer.macs * in_frac * out_frac))
+        in_frac = out_frac
+    return out
+
+
+def plan_cost(table: LayerTable, plan: CompressionPlan) -> tuple[float, float]:
+    """Estimated (size ratio, MACs ratio) of ``plan`` against the fp32 network, without
+    compressing: pruning ``p`` of a layer keeps ``kept_count`` of its outputs and the
+    same share of the next layer's inputs; weights take the plan's bits, biases 32."""
+    specs = [plan.spec(layer.name) for layer in table]
+    costs = _layer_costs(table, [s.weight_bits for s in specs], [s.prune_ratio for s in specs],
+                         plan.channel_multiple)
+    return (sum(c[0] for c in costs) / (4.0 * table.total_params),
+            sum(c[1] for c in costs) / table.total_macs)
+
+
+def _geometry(layer: Any, net: Any) -> tuple[float, float]:
+    """(kernel area, stride) of a layer; 1, 1 for Linear."""
+    if layer.type != "conv":
+        return 1.0, 1.0
+    module = dict(net.named_children()).get(layer.name) if net is not None else None
+    if module is not None and hasattr(module, "kernel_size"):
+        kh, kw = module.kernel_size
+        return float(kh * kw), float(module.stride[0])
+    out_numel = float(np.prod(layer.out_shape))
+    area = layer.macs / max(out_numel * layer.in_shape[0], 1.0)
+    stride = round(layer.in_shape[1] / layer.out_shape[1]) if len(layer.out_shape) > 1 else 1
+    return float(area), float(max(stride, 1))
+
+
+def layer_features(table: LayerTable, sensitivity: Sequence[float], net: Any = None) -> np.ndarray:
+    """The static part of each layer's observation, shape (layers, 9), values in [0, 1]:
+    index/L, is-conv, log2 in / out channels, kernel area, stride, params share,
+    MACs share, sensitivity."""
+    n = len(table)
+    log_in = [math.log2(max(layer.in_shape[0], 1)) for layer in table]
+    log_out = [math.log2(max(layer.out_shape[0], 1)) for layer in table]
+    top_log = max(max(log_in), max(log_out), 1.0)
+    geometry = [_geometry(layer, net) for layer in table]
+    top_area = max(g[0] for g in geometry)
+    top_stride = max(g[1] for g in geometry)
+    rows = []
+    for i, layer in enumerate(table):
+        rows.append([
+            i / n, float(layer.type == "conv"), log_in[i] / top_log, log_out[i] / top_log,
+            geometry[i][0] / top_area, geometry[i][1] / top_stride,
+            layer.params / table.total_params, layer.macs / table.total_macs,
+            float(np.clip(sensitivity[i], 0.0, 1.0)),
+        ])
+    return np.asarray(rows, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class _Choices:
+    """One layer's choices, ordered from least to most aggressive."""
+
+    name: str
+    bits: tuple[str, ...]  # trial values: "float", "8", ...
+    ratios: tuple[float, ...]
+    bits_param: str | None  # the trial parameter, when the choice is free
+    prune_param: str | None
+
+    @property
+    def free(self) -> bool:
+        return len(self.bits) > 1 or len(self.ratios) > 1
+
+    def weight_bits(self, index: int) -> int | None:
+        return None if self.bits[index] == FLOAT else int(self.bits[index])
+
+
+def _choices(space: SearchSpace, table: LayerTable) -> list[_Choices]:
+    by_name = {layer.name: layer for layer in space.layers}
+    dists = space.distributions()
+    out = []
+    for info in table:
+        layer = by_name.get(info.name)
+        if layer is None:
+            out.append(_Choices(info.name, (FLOAT,), (0.0,), None, None))
+            continue
+        bits = tuple(sorted(layer.bits_choices(), key=lambda b: (0, 0) if b == FLOAT else (1, -int(b))))
+        out.append(_Choices(layer.name, bits, tuple(sorted(layer.prune_ratios)),
+                            layer.bits_param if layer.bits_param in dists else None,
+                            layer.prune_param if layer.prune_param in dists else None))
+    return out
+
+
+# --- sensitivity ---------------------------------------------------------------------
+
+_SENSITIVITY: weakref.WeakKeyDictionary[SearchProblem, dict[tuple[Any, ...], float]] = \
+    weakref.WeakKeyDictionary()
+
+
+def layer_sensitivity(problem: SearchProblem, space: SearchSpace) -> list[float]:
+    """Per layer of ``problem.table``: the fidelity loss (1 - fidelity score, in [0, 1])
+    on the held-out states of the network with only that layer at its most aggressive
+    choice. Remembered per problem, so agents sharing a problem compute it once."""
+    cache = _SENSITIVITY.setdefault(problem, {})
+    reference = problem.reference_outputs
+    out = []
+    for choice in _choices(space, problem.table):
+        bits, ratio = choice.weight_bits(len(choice.bits) - 1), choice.ratios[-1]
+        key = (choice.name, bits, ratio, space.channel_multiple)
+        if bits is None and ratio == 0.0:
+            out.append(0.0)
+            continue
+        if key not in cache:
+            plan = CompressionPlan({choice.name: LayerSpec(bits, None if bits is None else ACT_BITS, ratio)},
+                                   channel_multiple=space.channel_multiple)
+            try:
+                compressed = compress(problem.bundle, plan, problem.states, verify_kernels=False,
+                                      seed=problem.settings.seed)
+                fid = fidelity(reference, OrtRunner(compressed.onnx)(problem.held_out), problem.bundle.action)
+                cache[key] = float(np.clip(1.0 - fidelity_score(fid), 0.0, 1.0))
+            except AutoquantError:
+                cache[key] = 1.0  # it does not even compress: as sensitive as can be
+        out.append(cache[key])
+    return out
+
+
+# --- the environment -----------------------------------------------------------------
+
+
+class CompressionEnv(gym.Env):  # type: ignore[misc]
+    """One episode = one plan = one trial through ``runner.run_trial``.
+
+    ``exhausted`` turns true when the runner says the budget is used; the episode
+    then ends with reward 0 and no trial.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+
+    def __init__(self, runner: SearchRunner, *, sensitivity: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.runner = runner
+        self.space: SearchSpace = runner.space
+        self.settings: ProblemSettings = runner.settings
+        self.table: LayerTable = runner.problem.table
+        self.layers = _choices(self.space, self.table)
+        self.decisions = [i for i, c in enumerate(self.layers) if c.free]
+        if not self.decisions:
+            raise UsageError(f"search space {self.space.name!r} leaves no free choice on any layer: "
+                             "give some layer more than one weight_bits or prune_ratios entry")
+        if sensitivity is None:
+            sensitivity = layer_sensitivity(runner.problem, self.space)
+        self.sensitivity = list(sensitivity)
+        self._static = layer_features(self.table, self.sensitivity, getattr(runner.problem.bundle, "net", None))
+        self._fp32_size = 4.0 * self.table.total_params
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(OBS_DIM,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        self.exhausted = False
+        self.last_outcome: Any = None
+        self._choice: list[tuple[int, int]] = [(0, 0)] * len(self.layers)
+        self._t = 0
+
+    @property
+    def steps_per_episode(self) -> int:
+        return len(self.decisions)
+
+    # --- gymnasium API ---
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._choice = [(0, 0)] * len(self.layers)
+        self._t = 0
+        return self._observation(0, self._choice), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._t >= len(self.decisions):
+            raise RuntimeError("the episode has ended: call reset() before step()")
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        i = self.decisions[self._t]
+        layer = self.layers[i]
+        wanted = (bin_index(a[0], len(layer.bits)), bin_index(a[1], len(layer.ratios)))
+        self._choice[i] = self._clip(i, wanted, self._choice)
+        self._t += 1
+        obs = self._observation(self._t, self._choice)
+        if self._t < len(self.decisions):
+            return obs, 0.0, False, False, {}
+        params = self.params(self._choice)
+        outcome = self.runner.run_trial(params)
+        self.last_outcome = outcome
+        if outcome is None:
+            self.exhausted = True
+            return obs, 0.0, True, False, {"params": params, "budget_used": True}
+        return obs, trial_reward(outcome.result, self.settings), True, False, \
+            {"params": params, "trial": outcome.number}
+
+    # --- plans, costs, clipping ---
+
+    def params(self, choice: Sequence[tuple[int, int]]) -> dict[str, Any]:
+        """Trial parameters of a full choice (bits index, ratio index per layer)."""
+        out: dict[str, Any] = {}
+        for layer, (b, r) in zip(self.layers, choice):
+            if layer.bits_param:
+                out[layer.bits_param] = layer.bits[b]
+            if layer.prune_param:
+                out[layer.prune_param] = layer.ratios[r]
+        return out
+
+    def choice_of(self, params: Mapping[str, Any]) -> list[tuple[int, int]] | None:
+        """The inverse of ``params``; None when they do not fit this space."""
+        out = []
+        for layer in self.layers:
+            try:
+                b = layer.bits.index(str(params[layer.bits_param])) if layer.bits_param else 0
+                r = layer.ratios.index(float(params[layer.prune_param])) if layer.prune_param else 0
+            except (KeyError, ValueError, TypeError):
+                return None
+            out.append((b, r))
+        return out
+
+    def _costs(self, choice: Sequence[tuple[int, int]]) -> list[tuple[float, float]]:
+        return _layer_costs(self.table, [c.weight_bits(b) for c, (b, _) in zip(self.layers, choice)],
+                            [c.ratios[r] for c, (_, r) in zip(self.layers, choice)], self.space.channel_multiple)
+
+    def _fits(self, choice: Sequence[tuple[int, int]]) -> bool:
+        costs = self._costs(choice)
+        size = sum(c[0] for c in costs) / self._fp32_size
+        macs = sum(c[1] for c in costs) / self.table.total_macs
+        return ((self.space.max_size_ratio is None or size <= self.space.max_size_ratio + _EPS)
+                and (self.space.max_macs_ratio is None or macs <= self.space.max_macs_ratio + _EPS))
+
+    def _clip(self, i: int, wanted: tuple[int, int], choice: Sequence[tuple[int, int]]) -> tuple[int, int]:
+        """The least aggressive choice at or beyond ``wanted`` that can still meet the budget."""
+        if self.space.max_size_ratio is None and self.space.max_macs_ratio is None:
+            return wanted
+        layer = self.layers[i]
+        nb, nr = len(layer.bits), len(layer.ratios)
+        trial = list(choice)
+        for j in range(i + 1, len(self.layers)):
+            trial[j] = (len(self.layers[j].bits) - 1, len(self.layers[j].ratios) - 1)
+        candidates = sorted(((b, r) for b in range(wanted[0], nb) for r in range(wanted[1], nr)),
+                            key=lambda c: (c[0] - wanted[0] + c[1] - wanted[1], c[1]))
+        for candidate in candidates:
+            trial[i] = candidate
+            if self._fits(trial):
+                return candidate
+        return nb - 1, nr - 1
+
+    # --- observations ---
+
+    def _observation(self, t: int, choice: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Observation before decision ``t`` (``t == steps_per_episode``: after the last)."""
+        obs = np.zeros(OBS_DIM, dtype=np.float32)
+        i = self.decisions[t] if t < len(self.decisions) else len(self.layers)
+        if t < len(self.decisions):
+            obs[:9] = self._static[i]
+        else:
+            obs[0] = 1.0
+        if i > 0:
+            prev = self.layers[i - 1]
+            b, r = choice[i - 1]
+            obs[9] = bin_centre(b, len(prev.bits))
+            obs[10] = bin_centre(r, len(prev.ratios))
+            done = self._costs(choice)[:i]
+            obs[11] = sum(c[0] for c in done) / self._fp32_size
+            obs[12] = sum(c[1] for c in done) / self.table.total_macs
+        return np.clip(obs, -1.0, 1.0)
+
+    def replay(self, params: Mapping[str, Any]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
+        """(observation, action, next observation) per step of the episode that proposes
+        ``params``, actions at the centres of the chosen bins; None if they do not fit."""
+        full = self.choice_of(params)
+        if full is None:
+            return None
+        choice = [(0, 0)] * len(self.layers)
+        for i, layer in enumerate(self.layers):
+            if not layer.free:
+                choice[i] = full[i]
+        steps = []
+        for t, i in enumerate(self.decisions):
+            obs = self._observation(t, choice)
+            layer = self.layers[i]
+            action = np.array([bin_centre(full[i][0], len(layer.bits)), bin_centre(full[i][1], len(layer.ratios))],
+                              dtype=np.float32)
+            choice[i] = full[i]
+            steps.append((obs, action, self._observation(t + 1, choice)))
+        return steps
+
+
+# --- exploration, stopping, warm start -------------------------------------------------
+
+
+class DecayingNormalNoise(ActionNoise):  # type: ignore[misc]
+    """Gaussian action noise whose scale shrinks by ``decay`` each episode, down to ``floor``."""
+
+    def __init__(self, size: int, *, sigma: float = 0.5, decay: float = 0.97, floor: float = 0.15) -> None:
+        super().__init__()
+        self.size = size
+        self.sigma = sigma
+        self.decay = decay
+        self.floor = floor
+
+    def __call__(self) -> np.ndarray:
+        return np.random.normal(0.0, self.sigma, self.size).astype(np.float32)
+
+    def reset(self) -> None:  # SB3 calls this at the end of every episode
+        self.sigma = max(self.floor, self.sigma * self.decay)
+
+    def __repr__(self) -> str:
+        return f"DecayingNormalNoise(sigma={self.sigma:.3f}, decay={self.decay}, floor={self.floor})"
+
+
+class _StopWhenSpent(BaseCallback):  # type: ignore[misc]
+    def __init__(self, env: CompressionEnv) -> None:
+        super().__init__()
+        self._env = env
+
+    def _on_step(self) -> bool:
+        return not self._env.exhausted
+
+
+def warm_start(model: Any, env: CompressionEnv, study: Any) -> int:
+    """Fill an off-policy model's replay buffer with the study's finished trials (each
+    COMPLETE trial with a result, replayed through ``env``); returns how many."""
+    n = 0
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        raw = trial.user_attrs.get("result")
+        steps = env.replay(trial.params) if raw else None
+        if not steps:
+            continue
+        result = TrialResult.from_json(json.loads(raw) if isinstance(raw, str) else raw)
+        reward = trial_reward(result, env.settings)
+        for k, (obs, action, nxt) in enumerate(steps):
+            last = k == len(steps) - 1
+            model.replay_buffer.add(obs[None], nxt[None], action[None], np.array([reward if last else 0.0]),
+                                    np.array([last]), [{}])
+        n += 1
+    return n
+
+
+# --- agents ----------------------------------------------------------------------------
+
+
+def _build(algo: str, env: CompressionEnv, runner: SearchRunner, seed: int) -> Any:
+    from stable_baselines3 import DDPG, PPO, SAC, TD3
+
+    steps = env.steps_per_episode
+    common: dict[str, Any] = {"seed": seed, "device": "cpu", "verbose": 0, "gamma": 1.0,
+                              "policy_kwargs": {"net_arch": [64, 64]}}
+    if algo == "ppo":
+        return PPO("MlpPolicy", env, n_steps=steps * 4, batch_size=steps * 4, **common)
+    history = len(runner.study.get_trials(deepcopy=False))
+    off = {"learning_starts": steps * min(5, max(2, runner.n_trials // 6)), "train_freq": (1, "step"),
+           "gradient_steps": 1, "batch_size": 64,
+           "buffer_size": max(10_000, steps * (runner.n_trials + history + 2))}
+    if algo == "sac":
+        return SAC("MlpPolicy", env, **off, **common)
+    cls = DDPG if algo == "ddpg" else TD3
+    return cls("MlpPolicy", env, action_noise=DecayingNormalNoise(2), **off, **common)
+
+
+@dataclass
+class RLAgent:
+    """A stable-baselines3 agent proposing one plan per episode of a CompressionEnv.
+
+    After ``run``: ``model`` is the trained SB3 model and ``warm_started`` the number of
+    earlier trials its replay buffer was filled with.
+    """
+
+    name: str
+    context: AgentContext
+    model: Any = field(default=None, repr=False)
+    warm_started: int = 0
+
+    def sampler(self) -> Any:
+        return ProposalSampler()
+
+    def run(self, runner: SearchRunner) -> None:
+        if runner.remaining() <= 0:
+            return
+        env = CompressionEnv(runner)
+        self.model = model = _build(self.name, env, runner, self.context.seed)
+        if self.name in OFF_POLICY:
+            self.warm_started = warm_start(model, env, runner.study)
+            model.learning_starts = max(0, model.learning_starts - self.warm_started * env.steps_per_episode)
+        callback = _StopWhenSpent(env)
+        first = True
+        while not env.exhausted and runner.remaining() > 0:
+            before = runner.used()
+            model.learn(total_timesteps=env.steps_per_episode * runner.remaining(), callback=callback,
+                        reset_num_timesteps=first, progress_bar=False)
+            first = False
+            if runner.used() == before:  # nothing ran: do not spin
+                break
+
+
+@register_agent("ddpg")
+def _ddpg(ctx: AgentContext) -> Agent:
+    return RLAgent("ddpg", ctx)
+
+
+@register_agent("td3")
+def _td3(ctx: AgentContext) -> Agent:
+    return RLAgent("td3", ctx)
+
+
+@register_agent("sac")
+def _sac(ctx: AgentContext) -> Agent:
+    return RLAgent("sac", ctx)
+
+
+@register_agent("ppo")
+def _ppo(ctx: AgentContext) -> Agent:
+    return RLAgent("ppo", ctx)

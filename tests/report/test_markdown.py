@@ -1,0 +1,44 @@
+"""The markdown report of one search."""
+
+from __future__ import annotations
+
+from autoquant.report import write_report
+from tests.report.helpers import FLOOR, assert_png, trial
+
+RUN_INFO = {"policy": "dqn-CartPole-v1", "env": "CartPole-v1", "target": "host", "method": "joint",
+            "agent": "tpe", "trials": 11, "seed": 0, "device": {"cpu": "Xeon 8480", "threads": 1}}
+
+
+def test_report_has_header_best_front_references_counts_and_plot(  # type: ignore[no-untyped-def]
+        tmp_path, records, references) -> None:
+    md = tmp_path / "report.md"
+    write_report(md, records, references, floor=FLOOR, run_info=RUN_INFO)
+    text = md.read_text()
+    for fact in ("**policy**: dqn-CartPole-v1", "**env**: CartPole-v1", "**target**: host", "**method**: joint",
+                 "**agent**: tpe", "**trials**: 11", "**seed**: 0", "cpu=Xeon 8480, threads=1",
+                 "**retention floor**: 0.950"):
+        assert fact in text
+    assert ("**Best feasible plan:** trial 6, `fc1 w4a8 \\| p0.25`: latency ratio 0.650 (1.54x the fp32 speed), "
+            "retention 0.960, size ratio 0.240.") in text
+    assert "| 1 | fc1 w8a8 p0.50, fc2 w8a8 | 0.700 | 0.980 | 0.260 | yes |" in text
+    assert "| 3 | plan 3 | 0.500 | 0.900 | 0.200 | no |" in text
+    assert "| 0 | fc1 w8a8, fc2 w8a8 | 0.900 | 1.000 | 0.500 | yes |" in text
+    assert "| 2 | plan 2 |" not in text                  # dominated
+    assert "| fp32 | 1.000 | 1.000 | 1.000 |" in text
+    assert "| onnxruntime int8 | 0.720 | 0.970 | 0.250 |" in text
+    assert "| torch eager | 1.800 | n/a | n/a |" in text
+    assert "- complete: 8 (played 7, not played: failed fidelity screen 1)" in text
+    assert "- failed: 2" in text and "  - 2 x `onnxruntime: int8 kernel missing`" in text
+    assert "- running: 1" in text
+    assert "![pareto](pareto.png)" in text
+    assert_png(tmp_path / "pareto.png")
+
+
+def test_report_says_when_no_plan_met_the_floor(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    md = tmp_path / "out" / "report.md"
+    write_report(md, [trial(0, 0.5, 0.4), trial(1, 0.6, None)], {}, floor=FLOOR, run_info={"policy": "p"},
+                 plot_name="front.png")
+    text = md.read_text()
+    assert "no plan met the floor (retention >= 0.950)" in text
+    assert "![pareto](front.png)" in text and "_None given._" in text
+    assert_png(tmp_path / "out" / "front.png")

@@ -1,0 +1,65 @@
+"""The conformance suite every agent passes: it records every trial of its budget in
+the study (failed ones with their error), proposes only plans of the space, and
+never measures the same plan twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autoquant.search import AGENTS, AgentContext, SearchRunner, load_space, make_agent, open_study
+from autoquant.search import _rl  # noqa: F401 - registers the meta-RL agents
+
+BUDGET = 6
+
+
+@pytest.fixture()
+def space(cartpole_problem):  # type: ignore[no-untyped-def]
+    return load_space("joint", cartpole_problem.table)
+
+
+def _run(name: str, space, problem, tmp_path: Path, budget: int = BUDGET):  # type: ignore[no-untyped-def]
+    agent = make_agent(name, AgentContext(space, "single", 0, budget))
+    study = open_study(f"sqlite:///{tmp_path / 'study.db'}", "s", "single", agent.sampler())
+    runner = SearchRunner(study, space, problem, n_trials=budget, agent=name)
+    agent.run(runner)
+    return study, runner
+
+
+@pytest.mark.parametrize("name", sorted(AGENTS))
+def test_agent_conformance(name: str, space, cartpole_problem, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    calls = []
+    real = cartpole_problem.evaluate
+
+    def flaky(plan, should_play):  # type: ignore[no-untyped-def]
+        calls.append(cartpole_problem.key(plan))
+        if len(calls) == 2:  # the second evaluation breaks: recorded, and the search goes on
+            raise RuntimeError("simulated export failure")
+        return real(plan, should_play)
+
+    cartpole_problem.evaluate = flaky
+    try:
+        study, runner = _run(name, space, cartpole_problem, tmp_path)
+    finally:
+        cartpole_problem.evaluate = real
+    trials = study.get_trials()
+    assert len(trials) == BUDGET
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL) for t in trials)
+    assert all(t.user_attrs["agent"] == name for t in trials)
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1 and "simulated export failure" in failed[0].user_attrs["error"]
+    distributions = space.distributions()
+    for trial in trials:
+        assert set(trial.params) == set(distributions)
+        assert all(trial.params[k] in distributions[k].choices for k in distributions)
+    assert len(calls) == len(set(calls))  # identical plans were served from the cache
+    assert runner.remaining() == 0
+
+
+def test_unknown_agent(space) -> None:  # type: ignore[no-untyped-def]
+    from autoquant.errors import UsageError
+
+    with pytest.raises(UsageError, match="tpe"):
+        make_agent("simulated-annealing", AgentContext(space, "single", 0, 5))

@@ -1,0 +1,33 @@
+"""`autoquant compare` on a small budget writes its table and plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import run_cli
+
+
+def test_compare_writes_table_and_plot(cartpole_dqn_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", "--policy", str(cartpole_dqn_path), "--methods", "prune,joint", "--agents", "tpe,random",
+            "--trials", "5", "--episodes", "3", "--confirm-episodes", "3", "--states", "256", "--out", str(out),
+            "--quiet", "--json"]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert sorted(row["combo"] for row in result["rows"]) == ["joint/random", "joint/tpe", "prune/random",
+                                                               "prune/tpe"]
+    for row in result["rows"]:
+        assert row["trials"] == 5 and row["wall_s"] is not None and row["hypervolume"] >= 0.0
+    data = json.loads((out / "compare.json").read_text())
+    assert data["floor"] == 0.98 and len(data["rows"]) == 4
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "hypervolume" in (out / "compare.md").read_text()
+    # every combination saw the same states and references
+    states = {(out / f"{c}" / "states.npz").read_bytes() for c in ("prune-tpe", "prune-random", "joint-tpe")}
+    assert len(states) == 1
+    # running it again resumes: the studies are complete, nothing is measured again
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert [r["trials"] for r in json.loads(again.stdout)["rows"]] == [5, 5, 5, 5]
