@@ -136,3 +136,26 @@ def test_two_workers_share_one_study_on_postgres(postgres_url: str, cartpole_dqn
     keys = [json.loads(t.user_attrs["result"])["key"] for t in counted
             if t.state == optuna.trial.TrialState.COMPLETE and not t.user_attrs["cached"]]
     assert len(keys) == len(set(keys))
+
+
+def test_ctrl_c_records_the_trial_and_prints_the_resume_command(cartpole_dqn_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoquant", "search", "--policy", str(cartpole_dqn_path), "--method", "quant",
+         "--agent", "random", "--trials", "40", "--out", str(out), "--quiet"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    seen: dict[int, str] = {}
+    while time.time() < deadline and proc.poll() is None and len(seen) < 2:
+        try:
+            seen = _completed(out / "study.db", "interrupted") if (out / "study.db").exists() else {}
+        except Exception:  # noqa: BLE001 - the schema may not exist yet
+            seen = {}
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()
+    assert f"autoquant search --out {out} --resume" in err.decode()
+    assert "Traceback" not in err.decode()
+    study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{out / 'study.db'}")
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False))
