@@ -5,6 +5,7 @@ from __future__ import annotations
 
 __all__ = [
     "AutoquantError",
+    "DeviceUnreachable",
     "EnvMismatchError",
     "ExportError",
     "KernelMismatchError",
@@ -39,6 +40,10 @@ class PlanError(AutoquantError):
 
 class TargetError(AutoquantError):
     """A hardware target is unknown, misconfigured or unreachable."""
+
+
+class DeviceUnreachable(TargetError):
+    """A remote device did not answer after the retries (down, or the network is)."""
 
 
 class ExportError(AutoquantError):

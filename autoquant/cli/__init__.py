@@ -47,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from autoquant.cli import _engine, _search  # noqa: F401 - register the commands
+    from autoquant.cli import _engine, _search, _targets  # noqa: F401 - register the commands
 
     parser = _Parser(prog="autoquant", description="Compress RL policies for a target device.")
     parser.add_argument("--version", action="version", version=f"autoquant {__version__}")
@@ -96,6 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("autoquant: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"autoquant: error: {exc.name} is not installed; 'autoquant {args.command}' needs the full "
+              "install: pip install 'autoquant[full]'", file=sys.stderr)
+        return 2
     except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug
         if args.debug:
             traceback.print_exc()

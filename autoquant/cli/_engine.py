@@ -42,18 +42,30 @@ def _non_negative(text: str) -> int:
     return value
 
 
-def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
-    from autoquant.policy._arch import ACTIVATIONS
+# The activations a state dict may use (autoquant.policy._arch.ACTIVATIONS), named
+# here so that building the parser imports no torch (the device side has none).
+ACTIVATION_NAMES = ("elu", "gelu", "leaky_relu", "relu", "sigmoid", "silu", "tanh")
 
+
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", required=True, type=Path,
                         help="SB3 .zip, torch state dict / TorchScript .pt")
     parser.add_argument("--env", help="gymnasium id (default: what the file implies)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow a .pt holding a pickled nn.Module (runs code from the file)")
-    parser.add_argument("--activation", choices=sorted(ACTIVATIONS),
+    parser.add_argument("--activation", choices=ACTIVATION_NAMES,
                         help="activation of a state-dict network (default relu, or the SB3 algorithm's)")
     parser.add_argument("--conv-strides", type=_strides, metavar="S1,S2,...",
                         help="conv strides of a state-dict CNN that is not the Nature CNN")
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="host", help="hardware target: a name from 'autoquant targets' "
+                        "or a .toml path (default host)")
+    parser.add_argument("--device", metavar="HOST:PORT", help="the board of a remote target "
+                        "(else AUTOQUANT_DEVICE, else the target's TOML)")
+    parser.add_argument("--secret-file", help="the device's shared secret (else AUTOQUANT_SECRET_FILE, "
+                        "else ~/.autoquant-secret)")
 
 
 def load_from_args(args: argparse.Namespace) -> Any:
@@ -120,7 +132,7 @@ class EvaluateCommand(Command):
         parser.add_argument("--plan", type=Path, help="compression plan JSON")
         parser.add_argument("--episodes", type=_non_negative, default=20,
                             help="episodes per policy, on shared seeds (default 20)")
-        parser.add_argument("--target", default="host", help="hardware target (default host)")
+        add_target_arguments(parser)
         parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
         parser.add_argument("--seed", type=_non_negative, default=0)
         parser.add_argument("--states", type=_positive, default=1024,
@@ -137,7 +149,8 @@ class EvaluateCommand(Command):
         from autoquant.targets import get_target
 
         plan = CompressionPlan.load(args.plan) if args.plan else None
-        target = None if args.no_latency else get_target(args.target)
+        target = None if args.no_latency else get_target(args.target, device=args.device,
+                                                          secret_file=args.secret_file)
         bundle = load_from_args(args)
         if bundle.env_id is None:
             raise UsageError(f"{args.policy}: the environment is unknown; pass --env (a gymnasium id)")

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from autoquant.cli import Command, register
-from autoquant.cli._engine import _non_negative, _positive, _strides
-from autoquant.errors import UsageError
+from autoquant.cli._engine import ACTIVATION_NAMES, _non_negative, _positive, _strides, add_target_arguments
+from autoquant.errors import DeviceUnreachable, UsageError
 
 __all__ = ["CompareCommand", "ExportCommand", "SearchCommand"]
 
@@ -76,14 +76,12 @@ def _latency_of(run: Any, number: int) -> dict[str, Any] | None:
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by search and compare: the policy, target, budget and scoring."""
-    from autoquant.policy._arch import ACTIVATIONS
-
     parser.add_argument("--policy", type=Path, help="SB3 .zip, torch state dict / TorchScript .pt")
     parser.add_argument("--env", help="gymnasium id (default: what the file implies)")
     parser.add_argument("--trust-pickle", action="store_true")
-    parser.add_argument("--activation", choices=sorted(ACTIVATIONS))
+    parser.add_argument("--activation", choices=ACTIVATION_NAMES)
     parser.add_argument("--conv-strides", type=_strides, metavar="S1,S2,...")
-    parser.add_argument("--target", default="host", help="hardware target (default host)")
+    add_target_arguments(parser)
     parser.add_argument("--trials", type=_positive, default=200, help="trial budget (default 200)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--min-retention", type=_retention, default=0.98,
@@ -105,7 +103,8 @@ def _config(args: argparse.Namespace, *, method: str, agent: str) -> Any:
 
     return RunConfig(
         policy=str(args.policy), env_id=args.env, trust_pickle=args.trust_pickle, activation=args.activation,
-        conv_strides=args.conv_strides, target=args.target, method=method, agent=agent, n_trials=args.trials,
+        conv_strides=args.conv_strides, target=args.target, device=args.device, secret_file=args.secret_file,
+        method=method, agent=agent, n_trials=args.trials,
         mode="pareto" if args.pareto else "single", min_retention=args.min_retention, episodes=args.episodes,
         confirm_episodes=args.confirm_episodes, fidelity_floor=args.fidelity_floor, n_states=args.states,
         n_envs=args.envs, seed=args.seed, storage=getattr(args, "storage", None) or "study.db",
@@ -136,7 +135,8 @@ class SearchCommand(Command):
         if args.resume:
             if args.out is None:
                 raise UsageError("--resume needs --out, the run folder to continue")
-            run = load_run(args.out, n_trials=args.trials if "--trials" in sys.argv else None)
+            run = load_run(args.out, n_trials=args.trials if "--trials" in sys.argv else None,
+                           device=args.device, secret_file=args.secret_file)
         else:
             if args.policy is None:
                 raise UsageError("search needs --policy (or --resume --out RUN)")
@@ -152,6 +152,10 @@ class SearchCommand(Command):
             print(f"autoquant: interrupted; the trials so far are in the study. Resume with:\n  "
                   f"{run.resume_command()}", file=sys.stderr)
             raise
+        except DeviceUnreachable as exc:
+            progress.close()
+            raise DeviceUnreachable(f"{exc} The trials so far are in the study; once the device is back, "
+                                    f"resume with: {run.resume_command()}") from exc
         progress.close()
         log("confirming the best plan on fresh seeds")
         confirmed = run.confirm()

@@ -124,7 +124,9 @@ class SearchProblem:
         self.random_episodes = random_episodes
         self.target_fingerprint = target_fingerprint
         self.fp32_size = weight_bytes(table, CompressionPlan())
-        self.reference_outputs = OrtRunner(reference_onnx)(held_out)  # fp32 on held-out states
+        # Fidelity uses the target's own numerics when it can run models (a device).
+        self._infer = getattr(target, "infer", None) or (lambda model, x: OrtRunner(model)(x))
+        self.reference_outputs = self._infer(reference_onnx, held_out)  # fp32 on held-out states
 
     def key(self, plan: CompressionPlan) -> str:
         return plan_key(plan, self.target_fingerprint)
@@ -137,7 +139,7 @@ class SearchProblem:
         t1 = time.perf_counter()
         latency = self.target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
         t2 = time.perf_counter()
-        fid = fidelity(self.reference_outputs, OrtRunner(compressed.onnx)(self.held_out), self.bundle.action)
+        fid = fidelity(self.reference_outputs, self._infer(compressed.onnx, self.held_out), self.bundle.action)
         score = fidelity_score(fid)
         ratio = float(latency.ratio) if latency.ratio is not None else float(latency.value)
         result = TrialResult(

@@ -27,7 +27,7 @@ import numpy as np
 
 from autoquant._version import __version__
 from autoquant.compress import CompressionPlan, compress, export_reference, onnxruntime_uniform_int8, weight_bytes
-from autoquant.errors import UsageError
+from autoquant.errors import DeviceUnreachable, UsageError
 from autoquant.evaluate import (
     EpisodeStats,
     StateSet,
@@ -65,6 +65,8 @@ class RunConfig:
     activation: str | None = None
     conv_strides: list[int] | None = None
     target: str = "host"
+    device: str | None = None
+    secret_file: str | None = None
     method: str = "joint"
     agent: str = "ddpg"
     n_trials: int = 200
@@ -244,8 +246,8 @@ def _load_bundle(config: RunConfig) -> Any:
                        activation=config.activation, conv_strides=config.conv_strides)
 
 
-def _target(name: str) -> Any:
-    return get_target(name)
+def _target(config: RunConfig) -> Any:
+    return get_target(config.target, device=config.device, secret_file=config.secret_file)
 
 
 def _accelerated(name: str) -> tuple[str, ...]:
@@ -257,7 +259,11 @@ def _build(folder: Path, info: dict[str, Any], config: RunConfig) -> Run:
     bundle = _load_bundle(config)
     table = analyse(bundle)
     space = load_space(config.method, table, accelerated_precisions=_accelerated(config.target))
-    target = _target(config.target)
+    target = _target(config)
+    fingerprint = _target_fingerprint(target)
+    if fingerprint != info["target"]["fingerprint"]:
+        raise UsageError(f"target {config.target!r} is now {fingerprint!r}, but this run measured on "
+                         f"{info['target']['fingerprint']!r}: latencies would not compare; start a new run")
     states = StateSet.load(folder / "states.npz")
     held_out = StateSet.load(folder / "held_out.npz").states
     ref = info["reference"]
@@ -298,7 +304,7 @@ def start_run(folder: Path, config: RunConfig, *, log: Callable[[str], None] = l
     config.env_id = bundle.env_id
     table = analyse(bundle)
     space = load_space(config.method, table, accelerated_precisions=_accelerated(config.target))
-    target = _target(config.target)
+    target = _target(config)
     make_agent(config.agent, AgentContext(space, config.mode, config.seed, config.n_trials))  # validates the name
     ProblemSettings(mode=config.mode, min_retention=config.min_retention, episodes=config.episodes)
     staging = folder.parent / f".{folder.name}.partial-{os.getpid()}"
@@ -367,9 +373,11 @@ def _ort_reference(bundle: Any, table: Any, target: Any, states: np.ndarray, hel
     """onnxruntime's own uniform int8, measured like a trial (a point on the report)."""
     try:
         model = onnxruntime_uniform_int8(reference, states)
-    except Exception as exc:  # noqa: BLE001 - a reference point that cannot be built is reported
+        latency = target.measure(model, reference, held[:1])
+    except Exception as exc:  # noqa: BLE001 - a reference point that cannot be had is reported, not fatal
+        if isinstance(exc, DeviceUnreachable):
+            raise
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-    latency = target.measure(model, reference, held[:1])
     episodes = play_episodes(onnx_actor(bundle, model), bundle.env_id, seeds, n_envs=n_envs)
     paired = paired_comparison(episodes, fp32, floor)
     size = weight_bytes(table, CompressionPlan.uniform(table))
@@ -379,7 +387,8 @@ def _ort_reference(bundle: Any, table: Any, target: Any, states: np.ndarray, hel
             "reward": episodes.to_json()}
 
 
-def load_run(folder: Path, *, n_trials: int | None = None) -> Run:
+def load_run(folder: Path, *, n_trials: int | None = None, device: str | None = None,
+             secret_file: str | None = None) -> Run:
     """Open an existing run folder (to resume it or export from it)."""
     folder = Path(folder)
     path = folder / "run.json"
@@ -395,6 +404,9 @@ def load_run(folder: Path, *, n_trials: int | None = None) -> Run:
     if _sha256(policy) != info["policy"]["sha256"]:
         raise UsageError(f"the run's policy {policy} changed since the run started (sha256 differs): "
                          "start a new run for the new file")
+    if device is not None or secret_file is not None:  # the board may have a new address
+        config.device = device or config.device
+        config.secret_file = secret_file or config.secret_file
     if n_trials is not None:
         config.n_trials = n_trials
         info["config"]["n_trials"] = n_trials

@@ -19,7 +19,7 @@ from typing import Any
 
 import optuna
 
-from autoquant.errors import AutoquantError
+from autoquant.errors import AutoquantError, DeviceUnreachable
 from autoquant.search._problem import SearchProblem, TrialResult
 from autoquant.search._space import SearchSpace
 
@@ -228,6 +228,10 @@ class SearchRunner:
             result = self.cache[key] if cached else self.problem.evaluate(plan, self.should_play)
         except KeyboardInterrupt:
             trial.set_user_attr(INTERRUPTED, "interrupted by the user")
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        except DeviceUnreachable as exc:  # not the plan's fault: stop, resume when it is back
+            trial.set_user_attr(INTERRUPTED, f"device unreachable: {exc}")
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
         except Exception as exc:  # noqa: BLE001 - a failed trial is a record, the study goes on

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,9 +33,13 @@ class TargetSpec:
     accelerated_precisions: tuple[str, ...] = ("fp32", "int8")
     cost_unit: str = "ms"
     protocol: MeasureProtocol = field(default_factory=MeasureProtocol)
+    device: str | None = None  # remote: HOST:PORT
+    secret_file: str | None = None  # remote: the shared secret
+    emulated_cpu: str | None = None  # emulated: qemu -cpu name
 
 
 _BUILDERS: dict[str, Callable[[TargetSpec], Target]] = {}
+DEFAULT_SECRET_FILE = "~/.autoquant-secret"
 
 
 def register_reach(reach: str) -> Callable[[Callable[[TargetSpec], Target]], Callable[[TargetSpec], Target]]:
@@ -50,7 +56,24 @@ def _local(spec: TargetSpec) -> Target:
     return HostTarget(spec.name, threads=spec.threads, protocol=spec.protocol)
 
 
-_KEYS = {"name", "description", "reach", "runtime", "threads", "accelerated_precisions", "cost_unit", "protocol"}
+@register_reach("remote")
+def _remote(spec: TargetSpec) -> Target:
+    from autoquant.targets._remote import RemoteTarget
+    from autoquant.targets._wire import read_secret
+
+    if not spec.device:
+        raise TargetError(
+            f"target {spec.name!r} measures on a device, and none is known: pass --device HOST:PORT, set "
+            f"AUTOQUANT_DEVICE, or put device = \"HOST:PORT\" in its TOML (on the board: autoquant device "
+            f"serve); without a board, use an emulated target such as --target arm-a72-emulated"
+        )
+    secret_file = os.path.expanduser(spec.secret_file or DEFAULT_SECRET_FILE)
+    return RemoteTarget(spec.name, spec.device, read_secret(secret_file), threads=spec.threads,
+                        protocol=spec.protocol)
+
+
+_KEYS = {"name", "description", "reach", "runtime", "threads", "accelerated_precisions", "cost_unit", "protocol",
+         "device", "secret_file", "emulated_cpu"}
 
 
 def load_target_spec(path: Path) -> TargetSpec:
@@ -76,6 +99,8 @@ def load_target_spec(path: Path) -> TargetSpec:
         reach=str(data.get("reach", "local")), runtime=str(data.get("runtime", "onnxruntime")),
         threads=threads, accelerated_precisions=tuple(data.get("accelerated_precisions", ("fp32", "int8"))),
         cost_unit=str(data.get("cost_unit", "ms")), protocol=proto,
+        device=data.get("device") or None, secret_file=data.get("secret_file") or None,
+        emulated_cpu=data.get("emulated_cpu") or None,
     )
 
 
@@ -84,8 +109,13 @@ def available_targets() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.toml"))} if folder.is_dir() else {}
 
 
-def get_target(name_or_path: str) -> Target:
-    """A target by name (``hw_targets/NAME.toml``) or by the path of a TOML file."""
+def get_target(name_or_path: str, *, device: str | None = None, secret_file: str | None = None) -> Target:
+    """A target by name (``hw_targets/NAME.toml``) or by the path of a TOML file.
+
+    For remote targets the device address comes from ``device``, else the
+    ``AUTOQUANT_DEVICE`` environment variable, else the TOML; the secret file
+    likewise (``AUTOQUANT_SECRET_FILE``, default ~/.autoquant-secret).
+    """
     path = Path(name_or_path)
     if not (path.suffix == ".toml" and path.is_file()):
         known = available_targets()
@@ -93,6 +123,9 @@ def get_target(name_or_path: str) -> Target:
             raise TargetError(f"unknown target {name_or_path!r}: use one of {sorted(known)} or a .toml path")
         path = known[name_or_path]
     spec = load_target_spec(path)
+    spec = dataclasses.replace(
+        spec, device=device or os.environ.get("AUTOQUANT_DEVICE") or spec.device,
+        secret_file=secret_file or os.environ.get("AUTOQUANT_SECRET_FILE") or spec.secret_file)
     builder = _BUILDERS.get(spec.reach)
     if builder is None:
         raise TargetError(

@@ -1,0 +1,79 @@
+"""Target commands: ``targets`` (list, check) and ``device serve`` (on the board)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from autoquant.cli import Command, register
+from autoquant.cli._engine import _positive
+
+__all__ = ["DeviceCommand", "TargetsCommand"]
+
+
+@register
+class TargetsCommand(Command):
+    name = "targets"
+    help = "list the hardware targets, or check one (reach it and print its device facts)"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--check", metavar="TARGET", help="reach this target and print its facts")
+        parser.add_argument("--device", metavar="HOST:PORT", help="the board of a remote target")
+        parser.add_argument("--secret-file", help="the device's shared secret")
+
+    def run(self, args: argparse.Namespace) -> dict[str, Any]:
+        from autoquant.targets import available_targets, get_target, load_target_spec
+
+        if args.check:
+            target = get_target(args.check, device=args.device, secret_file=args.secret_file)
+            return {"target": args.check, "facts": target.facts()}
+        rows = []
+        for name, path in available_targets().items():
+            spec = load_target_spec(path)
+            rows.append({"name": name, "reach": spec.reach, "description": spec.description,
+                         "cost_unit": spec.cost_unit, "accelerated_precisions": list(spec.accelerated_precisions)})
+        return {"targets": rows}
+
+    def render(self, result: dict[str, Any]) -> str:
+        if "facts" in result:
+            return "\n".join([f"target {result['target']}: reachable"] +
+                             [f"  {k}: {v}" for k, v in result["facts"].items()])
+        return "\n".join(f"{r['name']:<18} {r['reach']:<9} {r['cost_unit']:<13} {r['description']}"
+                         for r in result["targets"])
+
+
+@register
+class DeviceCommand(Command):
+    name = "device"
+    help = "run on the board: 'autoquant device serve' measures models for a searching workstation"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("action", choices=("serve",))
+        parser.add_argument("--host", default="127.0.0.1",
+                            help="address to listen on (default 127.0.0.1; 0.0.0.0 to accept the network)")
+        parser.add_argument("--port", type=int, default=7878)
+        parser.add_argument("--secret-file", required=True, help="file holding the shared secret")
+        parser.add_argument("--max-model-mb", type=_positive, default=64, help="request size cap (default 64)")
+        parser.add_argument("--max-seconds", type=_positive, default=120, help="run time cap per job (default 120)")
+        parser.add_argument("--max-calls", type=_positive, default=20_000, help="timed calls cap (default 20000)")
+
+    def run(self, args: argparse.Namespace) -> dict[str, Any]:
+        from autoquant.targets._server import DeviceLimits, serve
+
+        limits = DeviceLimits(max_body_bytes=args.max_model_mb << 20, max_seconds=float(args.max_seconds),
+                              max_calls=args.max_calls)
+
+        def ready(server: Any) -> None:
+            host, port = server.address
+            print(f"autoquant device: serving on {host}:{port} ({server.facts['cpu']}, onnxruntime "
+                  f"{server.facts['onnxruntime']})", file=sys.__stderr__, flush=True)
+
+        try:
+            serve(args.secret_file, host=args.host, port=args.port, limits=limits, ready=ready)
+        except KeyboardInterrupt:
+            pass
+        return {"stopped": True}
+
+    def render(self, result: dict[str, Any]) -> str:
+        return "autoquant device: stopped"

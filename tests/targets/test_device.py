@@ -1,0 +1,176 @@
+"""The device server and its client, for real, on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import optuna
+import pytest
+
+from autoquant.compress import CompressionPlan, compress, export_reference
+from autoquant.errors import DeviceUnreachable, TargetError
+from autoquant.policy import analyse
+from autoquant.targets import MeasureProtocol, OrtRunner, get_target
+from autoquant.targets._remote import RemoteTarget
+from autoquant.targets._wire import pack, read_secret, sign_request
+from tests.conftest import ROOT, run_cli
+from tests.targets.device import start_device
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory):  # type: ignore[no-untyped-def]
+    dev = start_device(tmp_path_factory.mktemp("device"))
+    yield dev
+    dev.stop()
+
+
+def _client(device, **kw) -> RemoteTarget:  # type: ignore[no-untyped-def]
+    return RemoteTarget("arm", device.address, read_secret(str(device.secret_file)),
+                        protocol=MeasureProtocol(warmup=10, calls=200), **kw)
+
+
+def _alive(device) -> None:  # type: ignore[no-untyped-def]
+    assert _client(device).facts()["onnxruntime"]
+
+
+def test_facts_measure_and_infer(device, cartpole_dqn, cartpole_states) -> None:  # type: ignore[no-untyped-def]
+    target = _client(device)
+    facts = target.facts()
+    assert {"cpu", "features", "cores", "governor", "onnxruntime", "machine"} <= set(facts)
+    reference = export_reference(cartpole_dqn)
+    compressed = compress(cartpole_dqn, CompressionPlan.uniform(analyse(cartpole_dqn)), cartpole_states.states)
+    result = target.measure(compressed.onnx, reference, cartpole_states.states[:1], layers=["fc1", "fc2", "fc3"])
+    assert result.calls == 200 and result.ratio is not None and result.ratio > 0
+    assert result.facts["where"] == f"remote device {device.address}"
+    assert result.facts["kernels"]["layers"] == {"fc1": "int8", "fc2": "int8", "fc3": "int8"}
+    x = cartpole_states.states[:300]
+    np.testing.assert_allclose(target.infer(compressed.onnx, x), OrtRunner(compressed.onnx)(x), atol=1e-6)
+
+
+def test_wrong_secret_is_refused(device, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    wrong = RemoteTarget("arm", device.address, b"x" * 32, retries=0)
+    with pytest.raises(TargetError, match="secret"):
+        wrong.facts()
+    _alive(device)
+
+
+def _raw(device, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:  # type: ignore[no-untyped-def]
+    req = urllib.request.Request(f"http://{device.address}{path}", data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, {}
+    except urllib.error.HTTPError as exc:
+        from autoquant.targets._wire import unpack
+
+        return exc.code, unpack(exc.read())[0]
+
+
+def test_replayed_and_stale_requests_are_refused(device) -> None:  # type: ignore[no-untyped-def]
+    secret = read_secret(str(device.secret_file))
+    body = pack({})
+    headers = sign_request(secret, "POST", "/v1/facts", body)
+    assert _raw(device, "/v1/facts", body, headers)[0] == 200
+    status, answer = _raw(device, "/v1/facts", body, headers)
+    assert status == 401 and "replayed" in answer["error"]
+    stale = sign_request(secret, "POST", "/v1/facts", body)
+    stale["X-Autoquant-Timestamp"] = f"{time.time() - 3600:.3f}"  # (signature now wrong too)
+    assert _raw(device, "/v1/facts", body, stale)[0] == 401
+    _alive(device)
+
+
+def test_garbage_and_oversized_and_custom_ops_are_refused(device, pong) -> None:  # type: ignore[no-untyped-def]
+    secret = read_secret(str(device.secret_file))
+    garbage = os.urandom(4096)
+    status, answer = _raw(device, "/v1/measure", garbage, sign_request(secret, "POST", "/v1/measure", garbage))
+    assert status == 400 and "malformed" in answer["error"]
+    target = _client(device, retries=0)
+    x = np.zeros((1, 4, 84, 84), np.float32)
+    big = export_reference(pong)  # 6.7 MB > the 4 MB cap of this server
+    with pytest.raises(TargetError, match="the cap"):
+        target.measure(big, None, x)
+    body = pack({"protocol": {}}, {"model": big, "x": x})  # a client that does not check first
+    status, answer = _raw(device, "/v1/measure", body, sign_request(secret, "POST", "/v1/measure", body))
+    assert status == 413 and "exceeds the cap" in answer["error"]
+    node = oh.make_node("Mystery", ["obs"], ["out"], domain="com.example")
+    graph = oh.make_graph([node], "g", [oh.make_tensor_value_info("obs", 1, [1, 4])],
+                          [oh.make_tensor_value_info("out", 1, [1, 2])])
+    custom = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("com.example", 1)])
+    with pytest.raises(TargetError, match="not standard ONNX"):
+        target.measure(custom.SerializeToString(), None, np.zeros((1, 4), np.float32))
+    with pytest.raises(TargetError, match="not an ONNX model"):
+        target.measure(b"\x08\x07" * 50, None, np.zeros((1, 4), np.float32))
+    _alive(device)
+
+
+def test_arm_without_a_device_names_the_ways(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("AUTOQUANT_DEVICE", raising=False)
+    with pytest.raises(TargetError, match=r"--device.*AUTOQUANT_DEVICE.*emulated"):
+        get_target("arm")
+    proc = run_cli("targets", "--check", "arm")
+    assert proc.returncode == 2 and "--device" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unreachable_device_is_one_clear_error(tmp_path: Path) -> None:
+    from tests.targets.device import free_port
+
+    secret = tmp_path / "s"
+    secret.write_text("k" * 32)
+    target = RemoteTarget("arm", f"127.0.0.1:{free_port()}", read_secret(str(secret)), retries=1)
+    with pytest.raises(DeviceUnreachable, match="unreachable"):
+        target.facts()
+
+
+def _completed(db: Path, name: str) -> dict[int, str]:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    return {t.number: t.user_attrs["result"] for t in study.get_trials(deepcopy=False)
+            if t.state == optuna.trial.TrialState.COMPLETE}
+
+
+def test_search_on_the_device_survives_its_death(cartpole_dqn_path: Path, tmp_path: Path) -> None:
+    device = start_device(tmp_path, max_model_mb=8)
+    out = tmp_path / "remote"
+    cmd = [sys.executable, "-m", "autoquant", "search", "--policy", str(cartpole_dqn_path), "--method", "quant",
+           "--agent", "random", "--trials", "10", "--target", "arm", "--device", device.address,
+           "--secret-file", str(device.secret_file), "--out", str(out), "--quiet", "--episodes", "3"]
+    try:
+        search = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 300
+        before: dict[int, str] = {}
+        while time.time() < deadline and search.poll() is None and len(before) < 3:
+            try:
+                before = _completed(out / "study.db", "remote") if (out / "study.db").exists() else {}
+            except Exception:  # noqa: BLE001 - schema still being created
+                before = {}
+            time.sleep(0.2)
+        device.stop()  # the board dies mid-search
+        _, err = search.communicate(timeout=180)
+        assert search.returncode == 2, err.decode()
+        assert "unreachable" in err.decode() and "--resume" in err.decode()
+        info = json.loads((out / "run.json").read_text())
+        assert info["target"]["facts"]["device"] == device.address
+        assert info["target"]["facts"]["onnxruntime"]
+        device.restart()
+        resumed = run_cli("search", "--out", str(out), "--resume", "--quiet", "--json")
+        assert resumed.returncode == 0, resumed.stderr
+        after = _completed(out / "study.db", "remote")
+        assert all(after[n] == before[n] for n in before)
+        study = optuna.load_study(study_name="remote", storage=f"sqlite:///{out / 'study.db'}")
+        counted = [t for t in study.get_trials() if "interrupted" not in t.user_attrs]
+        assert len(counted) == 10
+        assert all(json.loads(t.user_attrs["result"])["latency"]["facts"]["where"].startswith("remote device")
+                   for t in counted if t.state == optuna.trial.TrialState.COMPLETE)
+    finally:
+        device.stop()
+        if "search" in locals() and search.poll() is None:
+            search.send_signal(signal.SIGKILL)
