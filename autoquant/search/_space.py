@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from autoquant.compress import WEIGHT_BITS, CompressionPlan, LayerSpec
+from autoquant._resources import resource_dir
 from autoquant.errors import UsageError
 from autoquant.policy._layers import LayerTable
 
@@ -21,7 +22,7 @@ ACT_BITS = 8  # integer layers take 8-bit activations (the int8 kernels)
 
 def spaces_dir() -> Path:
     """``search_spaces/`` of this checkout."""
-    return Path(__file__).resolve().parents[2] / "search_spaces"
+    return resource_dir("search_spaces")
 
 
 def available_spaces() -> dict[str, Path]:

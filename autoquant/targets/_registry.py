@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoquant._resources import resource_dir
 from autoquant.errors import TargetError
 from autoquant.targets._base import MeasureProtocol, Target
 
@@ -18,7 +19,7 @@ __all__ = ["TargetSpec", "available_targets", "get_target", "load_target_spec", 
 
 def targets_dir() -> Path:
     """``hw_targets/`` of this checkout."""
-    return Path(__file__).resolve().parents[2] / "hw_targets"
+    return resource_dir("hw_targets")
 
 
 @dataclass(frozen=True)

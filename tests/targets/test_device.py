@@ -174,3 +174,21 @@ def test_search_on_the_device_survives_its_death(cartpole_dqn_path: Path, tmp_pa
         device.stop()
         if "search" in locals() and search.poll() is None:
             search.send_signal(signal.SIGKILL)
+
+
+def test_device_install_needs_no_torch(tmp_path: Path) -> None:
+    """`pip install "autoquant[device]"` on a board: onnxruntime and numpy, and the
+    server runs from there."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"{ROOT}[device]"],
+                         capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    listed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format=json"],
+                            capture_output=True, text=True, check=True).stdout
+    names = {p["name"].lower() for p in json.loads(listed)}
+    assert {"onnxruntime", "numpy", "autoquant"} <= names
+    assert not names & {"torch", "gymnasium", "stable-baselines3", "brevitas", "optuna"}
+    targets = subprocess.run([str(venv / "bin" / "autoquant"), "targets"], capture_output=True, text=True,
+                             cwd=tmp_path)
+    assert targets.returncode == 0 and "arm" in targets.stdout

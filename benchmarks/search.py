@@ -1,0 +1,611 @@
+"""Search agents and search spaces compared at equal budgets, against onnxruntime's int8.
+
+For two policy networks, the Nature-CNN Q-network of a DQN on Pong
+(``dqn-PongNoFrameskip-v4/dqn_pong.pt``, the headline) and the DQN MLP on
+LunarLander (``dqn-LunarLander-v2/LunarLander-v2.zip``, played on LunarLander-v3),
+five searches run with the same trial budget, seed, recorded states, reference
+episodes and retention floor (``autoquant.search._compare.compare``):
+
+  joint/ddpg    the meta-RL agent (DDPG) on the joint space (bits + pruning)
+  joint/tpe     Optuna's TPE on the joint space
+  joint/random  seeded random search on the joint space
+  prune/tpe     TPE on pruning ratios only (fp32 weights)
+  quant/tpe     TPE on bit widths only (nothing pruned)
+
+so agents are compared on one space (the first three rows) and spaces with one
+agent (joint/tpe, prune/tpe, quant/tpe). Every trial is measured like
+``autoquant search`` does it: compress, export, onnxruntime latency against the
+fp32 export in the same window (latency ratio, lower is faster), fidelity screen,
+and episodes played only when the trial can still beat the best feasible plan.
+Each search's best plans are confirmed on fresh seeds.
+
+For each network it writes the comparison table (best latency ratio at the
+retention floor and its retention, hypervolume of (latency ratio, retention),
+trials to reach 95 % of the best speed-up, wall time), the confirmed plan of each
+search, onnxruntime's own uniform static int8 as a reference point (measured once
+per network at set-up, like a trial) and the headline: the fastest autoquant plan
+at the floor against onnxruntime int8 (speed-up factor = int8 latency ratio /
+plan latency ratio).
+
+Retention floors: LunarLander 0.98. Pong 0.9: a Pong trial plays only
+``--pong-episodes`` (3) episodes, because one episode of a policy that rallies
+lasts up to 27,000 agent steps; per-episode rewards differ by more than 10 points
+between seeds while the fp32-minus-random gap is only about 15, so retention
+measured on 3 paired episodes moves by 0.2 or more with no change in the policy's
+quality. A floor of 0.98 would mostly test that noise; 0.9 allows it a margin,
+and the confirmation on 5 fresh seeds guards against plans that passed by luck.
+The Pong checkpoint is partially trained and may be replaced: its reward is read
+from the run, never assumed.
+
+Run from the repository root (about 45 minutes on 2 cores; resumable: run the
+same command again after an interruption, finished trials are kept):
+
+    python benchmarks/search.py                       # full run, writes benchmarks/results/
+    python benchmarks/search.py --quick               # tiny budgets, prints only
+    python benchmarks/search.py --networks lunarlander --lunarlander-trials 60
+
+Run folders go to ``benchmarks/work/search/<network>/<method>-<agent>/`` (git
+ignored; ``--out DIR`` for another place, ``--fresh`` to start over). Policies are
+read from ``../shared/policies`` relative to the repository root (``--policies DIR``).
+Latency ratios are only comparable within one network's run: absolute timings
+drift with the machine's load, so nothing else should run during the benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_POLICIES = REPO / ".." / "shared" / "policies"
+DEFAULT_RESULTS = REPO / "benchmarks" / "results"
+DEFAULT_WORK = REPO / "benchmarks" / "work" / "search"
+
+COMBOS: tuple[tuple[str, str], ...] = (
+    ("joint", "ddpg"), ("joint", "tpe"), ("joint", "random"), ("prune", "tpe"), ("quant", "tpe"),
+)
+# compare() runs the product methods x agents; the five combos are two products.
+GROUPS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("joint",), ("ddpg", "tpe", "random")),
+    (("prune", "quant"), ("tpe",)),
+)
+SETTINGS = ("trials", "episodes", "confirm_episodes", "envs", "states", "min_retention")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one search of a network may spend, and its retention floor."""
+
+    trials: int
+    episodes: int
+    confirm_episodes: int
+    envs: int
+    states: int
+    min_retention: float
+
+
+@dataclass(frozen=True)
+class Network:
+    key: str
+    title: str
+    path: str  # relative to the policies directory
+    env_id: str | None  # None: implied by the file
+    full: Budget
+    quick: Budget
+
+
+NETWORKS = (
+    Network("pong", "Nature-CNN Q-network (DQN, PongNoFrameskip-v4)", "dqn-PongNoFrameskip-v4/dqn_pong.pt",
+            "PongNoFrameskip-v4",
+            full=Budget(trials=12, episodes=3, confirm_episodes=5, envs=3, states=512, min_retention=0.9),
+            quick=Budget(trials=2, episodes=1, confirm_episodes=1, envs=1, states=64, min_retention=0.9)),
+    Network("lunarlander", "MLP Q-network (DQN, LunarLander-v3)", "dqn-LunarLander-v2/LunarLander-v2.zip", None,
+            full=Budget(trials=30, episodes=10, confirm_episodes=20, envs=8, states=1024, min_retention=0.98),
+            quick=Budget(trials=3, episodes=2, confirm_episodes=2, envs=2, states=128, min_retention=0.98)),
+)
+
+
+def _quiet() -> None:
+    """Silence the exporters' and quantizers' warnings and onnxruntime's log."""
+    warnings.filterwarnings("ignore")
+    logging.getLogger().setLevel(logging.ERROR)
+    for name in ("onnxruntime", "brevitas", "torch", "root", "optuna"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+
+
+def _isa_flags() -> str:
+    """The CPU's vector extensions that decide which int8 kernels onnxruntime picks."""
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp")
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return " ".join(flag for flag in wanted if flag in have) or "none of " + ", ".join(wanted)
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _rel(path: Path) -> str:
+    """A path as the command line from the repository root would write it."""
+    return os.path.relpath(Path(path).resolve(), REPO)
+
+
+def _clock() -> str:
+    return time.strftime("%H:%M:%S")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or isinstance(value, bool):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+# --- running one network ---------------------------------------------------------------------
+
+
+def base_config(network: Network, policies: Path, budget: Budget, seed: int, argv: list[str]) -> Any:
+    from autoquant.search._run import RunConfig
+
+    return RunConfig(
+        policy=str((policies / network.path).resolve()), env_id=network.env_id, method="joint", agent="ddpg",
+        n_trials=budget.trials, min_retention=budget.min_retention, episodes=budget.episodes,
+        confirm_episodes=budget.confirm_episodes, n_states=budget.states, n_envs=budget.envs, seed=seed,
+        argv=argv,
+    )
+
+
+_CHECKED = ("policy", "target", "mode", "min_retention", "episodes", "confirm_episodes", "fidelity_floor",
+            "n_states", "n_envs", "seed")
+
+
+def check_existing(folder: Path, config: Any, method: str, agent: str) -> None:
+    """A run folder left by an earlier invocation must have been asked the same (budget aside)."""
+    path = folder / "run.json"
+    if not path.is_file():
+        return
+    stored = json.loads(path.read_text())["config"]
+    wanted = {**dataclasses.asdict(config), "method": method, "agent": agent}
+    if config.env_id is not None and stored.get("env_id") not in (config.env_id, None):
+        wanted_env = config.env_id
+        raise SystemExit(f"error: {_rel(folder)} was run on {stored.get('env_id')}, not {wanted_env}; "
+                         "pass --fresh or another --out")
+    differs = {k: (stored.get(k), wanted[k]) for k in (*_CHECKED, "method", "agent") if stored.get(k) != wanted[k]}
+    if differs:
+        text = ", ".join(f"{k}={old!r} there, {new!r} asked" for k, (old, new) in differs.items())
+        raise SystemExit(f"error: {_rel(folder)} was made with other settings ({text}); "
+                         "pass --fresh to start over, or another --out")
+
+
+def prepare(out: Path, base: Any, log: Callable[[str], None]) -> None:
+    """Create the five run folders up front, all sharing the first one's recorded states
+    and reference episodes (compare() shares only within one methods x agents product)."""
+    from autoquant.search._run import load_run, start_run
+
+    first_method, first_agent = COMBOS[0]
+    first_folder = out / f"{first_method}-{first_agent}"
+    for method, agent in COMBOS:
+        check_existing(out / f"{method}-{agent}", base, method, agent)
+    if (first_folder / "run.json").is_file():
+        first = load_run(first_folder)
+    else:
+        log(f"setting up {_rel(first_folder)}: recording states, playing fp32, random and onnxruntime int8")
+        first = start_run(first_folder, dataclasses.replace(base, method=first_method, agent=first_agent), log=log)
+    for method, agent in COMBOS[1:]:
+        folder = out / f"{method}-{agent}"
+        if not (folder / "run.json").is_file():
+            start_run(folder, dataclasses.replace(base, method=method, agent=agent, study_name=None),
+                      share_from=first)
+
+
+class Progress:
+    """One line per trial; and when each combo started, to time search + confirmation."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, float] = {}
+        self.order: list[str] = []
+
+    def log(self, text: str) -> None:
+        print(f"  [{_clock()}] {text}", flush=True)
+
+    def combo(self, label: str, total: int) -> Callable[[Any, Any], None]:
+        self.started[label] = time.perf_counter()
+        self.order.append(label)
+        start = self.started[label]
+
+        def report(outcome: Any, runner: Any) -> None:
+            result = outcome.result
+            if outcome.error:
+                what = f"FAILED {outcome.error}"
+            elif result is None:
+                what = "no result"
+            else:
+                played = (f"retention {result.retention:.3f}" if result.played and result.retention is not None
+                          else f"not played ({result.skip_reason})")
+                what = (f"{result.summary or 'fp32'}: latency ratio {result.latency_ratio:.3f}, {played}"
+                        + (" [cached]" if outcome.cached else ""))
+            best = runner.best_latency
+            print(f"    {label} #{outcome.number} ({time.perf_counter() - start:.0f} s) {what}; best "
+                  f"{_fmt(best)}", flush=True)
+
+        return report
+
+    def totals(self, end: float) -> dict[str, float]:
+        """Seconds from each combo's start to the next one's (its search, confirmation and report)."""
+        out = {}
+        for i, label in enumerate(self.order):
+            nxt = self.started[self.order[i + 1]] if i + 1 < len(self.order) else end
+            out[label] = nxt - self.started[label]
+        return out
+
+
+def _counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    return {
+        "complete": sum(1 for r in records if r.get("state") == "COMPLETE"),
+        "failed": sum(1 for r in records if r.get("state") == "FAIL"),
+        "played": sum(1 for r in records if r.get("played")),
+        "feasible": sum(1 for r in records if r.get("feasible")),
+        "cached": sum(1 for r in records if r.get("cached")),
+    }
+
+
+def _confirmed(folder: Path) -> dict[str, Any] | None:
+    path = folder / "best" / "confirm.json"
+    if not path.is_file():
+        failed = folder / "confirm_failed.json"
+        if failed.is_file():
+            attempts = json.loads(failed.read_text()).get("attempts", [])
+            return {"confirmed": False, "attempts": [{"trial": a["trial"], "summary": a["summary"],
+                                                      "retention": a["retention"]} for a in attempts]}
+        return None
+    data = json.loads(path.read_text())
+    return {"confirmed": True, "trial": data["trial"], "summary": data["summary"],
+            "latency_ratio": data["search"]["latency_ratio"], "search_retention": data["search"]["retention"],
+            "retention": data["confirm"]["retention"], "episodes": data["confirm"]["episodes"],
+            "reward": data["confirm"]["reward"]["mean"], "fp32_reward": data["confirm"]["fp32_reward"]["mean"],
+            "random_reward": data["confirm"]["random_reward"]["mean"],
+            "attempts": [{"trial": a["trial"], "summary": a["summary"], "retention": a["retention"]}
+                         for a in data.get("attempts", [])]}
+
+
+def run_network(network: Network, policies: Path, out: Path, budget: Budget, seed: int,
+                argv: list[str]) -> dict[str, Any]:
+    """The five searches on one network, their combined comparison, and the headline."""
+    from autoquant.report import write_compare
+    from autoquant.search._compare import compare
+    from autoquant.search._run import load_run
+
+    out.mkdir(parents=True, exist_ok=True)
+    base = base_config(network, policies, budget, seed, argv)
+    progress = Progress()
+    t0 = time.perf_counter()
+    prepare(out, base, progress.log)
+    setup_s = time.perf_counter() - t0
+    for methods, agents in GROUPS:
+        compare(out, base, methods=methods, agents=agents, log=progress.log, progress=progress.combo)
+    end = time.perf_counter()
+    combo_totals = progress.totals(end)
+
+    runs = {f"{m}/{a}": load_run(out / f"{m}-{a}") for m, a in COMBOS}
+    results = {}
+    for label, run in runs.items():
+        records = run.records()
+        times = [r["wall_s"] for r in records if r.get("wall_s") is not None]
+        results[label] = {"records": records, "wall_s": max(times) if times else None}
+    first = runs[f"{COMBOS[0][0]}/{COMBOS[0][1]}"]
+    ref = first.info["reference"]
+    ort = ref.get("onnxruntime_int8") or {}
+    references: dict[str, Any] = {"fp32": {"latency_ratio": 1.0, "retention": 1.0, "size_ratio": 1.0}}
+    if "latency_ratio" in ort:
+        references["onnxruntime int8"] = {k: ort.get(k) for k in ("latency_ratio", "retention", "size_ratio")}
+    rows = write_compare(out, results, floor=budget.min_retention, references=references)
+    for row in rows:
+        label = row["combo"]
+        records = results[label]["records"]
+        best = next((r for r in records if r["number"] == row["best_trial"]), None)
+        row["best_plan"] = best["summary"] if best else None
+        row["counts"] = _counts(records)
+        row["confirm"] = _confirmed(runs[label].folder)
+        row["total_s"] = combo_totals.get(label)
+    return {
+        "title": network.title,
+        "policy": _rel(policies / network.path),
+        "env_id": first.problem.bundle.env_id,
+        "settings": {**dataclasses.asdict(budget), "seed": seed, "fidelity_floor": base.fidelity_floor,
+                     "target": base.target},
+        "reference": {
+            "seeds": ref["seeds"],
+            "fp32_reward": ref["fp32"]["mean"], "fp32_rewards": ref["fp32"]["rewards"],
+            "fp32_lengths": ref["fp32"]["lengths"],
+            "random_reward": ref["random"]["mean"],
+            "onnxruntime_int8": {k: v for k, v in ort.items() if k != "reward"}
+            | ({"reward": ort["reward"]["mean"], "rewards": ort["reward"]["rewards"]} if "reward" in ort else {}),
+        },
+        "target_facts": first.info["target"]["facts"],
+        "rows": rows,
+        "headline": headline(rows, ort, budget.min_retention),
+        "setup_s": setup_s,
+        "wall_s": end - t0,
+    }
+
+
+def headline(rows: Sequence[Mapping[str, Any]], ort: Mapping[str, Any], floor: float) -> dict[str, Any]:
+    """The fastest plan at the floor (search-time and confirmed) against onnxruntime int8."""
+    out: dict[str, Any] = {"floor": floor, "onnxruntime_int8_latency_ratio": ort.get("latency_ratio"),
+                           "onnxruntime_int8_retention": ort.get("retention"),
+                           "onnxruntime_int8_meets_floor": (ort["retention"] >= floor
+                                                            if ort.get("retention") is not None else None)}
+    searched = [r for r in rows if r.get("best_latency_ratio") is not None]
+    if searched:
+        best = min(searched, key=lambda r: r["best_latency_ratio"])
+        out["search_best"] = {"combo": best["combo"], "trial": best["best_trial"], "plan": best["best_plan"],
+                              "latency_ratio": best["best_latency_ratio"], "retention": best["best_retention"]}
+    confirmed = [r for r in rows if (r.get("confirm") or {}).get("confirmed")]
+    if confirmed:
+        best = min(confirmed, key=lambda r: r["confirm"]["latency_ratio"])
+        c = best["confirm"]
+        out["confirmed_best"] = {"combo": best["combo"], "trial": c["trial"], "plan": c["summary"],
+                                 "latency_ratio": c["latency_ratio"], "retention": c["retention"],
+                                 "episodes": c["episodes"]}
+    ratio = ort.get("latency_ratio")
+    for key in ("search_best", "confirmed_best"):
+        if key in out and ratio:
+            out[key]["speedup_vs_onnxruntime_int8"] = ratio / out[key]["latency_ratio"]
+    return out
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def network_markdown(key: str, data: Mapping[str, Any], png: str | None) -> str:
+    s, ref, head = data["settings"], data["reference"], data["headline"]
+    ort = ref["onnxruntime_int8"]
+    lines = [f"### {data['title']}", "",
+             f"`{data['policy']}` on {data['env_id']}; {s['trials']} trials per search, {s['episodes']} episodes "
+             f"per played trial ({s['envs']} envs in lockstep), {s['confirm_episodes']} fresh episodes to confirm, "
+             f"{s['states']} recorded states, retention floor {s['min_retention']}, fidelity screen "
+             f"{s['fidelity_floor']}, seed {s['seed']}, target {s['target']}.", "",
+             f"Reference episodes (seeds {ref['seeds'][0]}..{ref['seeds'][-1]}): fp32 reward "
+             f"{ref['fp32_reward']:.2f} ({', '.join(_fmt(float(x), 1) for x in ref['fp32_rewards'])}), "
+             f"acting at random {ref['random_reward']:.2f}.", ""]
+    if "latency_ratio" in ort:
+        agreement = (ort.get("fidelity") or {}).get("action_agreement")
+        lines += [f"onnxruntime uniform static int8 (reference point): latency ratio {ort['latency_ratio']:.3f}, "
+                  f"retention {ort['retention']:.3f} (reward {_fmt(ort.get('reward'), 2)}), size ratio "
+                  f"{ort['size_ratio']:.3f}, action agreement {_fmt(agreement)}.", ""]
+    else:
+        lines += [f"onnxruntime uniform int8 could not be built: {ort.get('error')}", ""]
+    headers = ["combo", "best latency ratio", "its retention", "hypervolume", "trials to 95 %", "search wall s",
+               "total s", "speed-up vs ort int8", "played / feasible / failed", "confirmed (fresh seeds)"]
+    lines += ["| " + " | ".join(headers) + " |", "|:---|" + "---:|" * 8 + ":---|"]
+    for row in data["rows"]:
+        c = row.get("confirm")
+        if c is None:
+            confirm = "no feasible plan"
+        elif c["confirmed"]:
+            confirm = f"#{c['trial']} ratio {c['latency_ratio']:.3f}, retention {c['retention']:.3f}"
+        else:
+            confirm = "none kept the floor (" + ", ".join(f"#{a['trial']} {a['retention']:.2f}"
+                                                          for a in c["attempts"]) + ")"
+        counts = row["counts"]
+        speedup = (row.get("speedup_vs") or {}).get("onnxruntime int8")
+        lines.append("| " + " | ".join([
+            row["combo"], _fmt(row["best_latency_ratio"]), _fmt(row["best_retention"]),
+            _fmt(row["hypervolume"], 4), _fmt(row["trials_to_95"]), _fmt(row["wall_s"], 0),
+            _fmt(row.get("total_s"), 0), _fmt(speedup, 2) + ("x" if speedup is not None else ""),
+            f"{counts['played']} / {counts['feasible']} / {counts['failed']}", confirm]) + " |")
+    lines.append("")
+    lines += ["Best plan of each search:", ""]
+    lines += [f"- {row['combo']}: " + (f"trial {row['best_trial']}: {row['best_plan']}" if row["best_plan"]
+                                        else "no plan met the floor") for row in data["rows"]]
+    lines.append("")
+    lines.append("**Headline:** " + headline_text(head))
+    lines.append("")
+    if png:
+        lines += [f"![{key} compare]({png})", ""]
+    return "\n".join(lines)
+
+
+def headline_text(head: Mapping[str, Any]) -> str:
+    ort_ratio, ort_ret = head.get("onnxruntime_int8_latency_ratio"), head.get("onnxruntime_int8_retention")
+    ort_text = (f"onnxruntime uniform int8 {ort_ratio:.3f} (retention {ort_ret:.3f}, "
+                + ("meets" if head.get("onnxruntime_int8_meets_floor") else "misses") + f" the floor {head['floor']})"
+                if ort_ratio is not None else "onnxruntime uniform int8 unavailable")
+    parts = []
+    for key, what in (("confirmed_best", "confirmed on fresh seeds"), ("search_best", "at search time")):
+        best = head.get(key)
+        if not best:
+            continue
+        factor = best.get("speedup_vs_onnxruntime_int8")
+        parts.append(f"fastest plan {what}: {best['combo']} trial {best['trial']} ({best['plan']}), latency "
+                     f"ratio {best['latency_ratio']:.3f} at retention {best['retention']:.3f}"
+                     + (f" = {factor:.2f}x the speed of onnxruntime int8" if factor else ""))
+    if not parts:
+        return f"no autoquant plan met the floor {head['floor']}; {ort_text}."
+    return "; ".join(parts) + f"; vs {ort_text}."
+
+
+def document(results: Mapping[str, Any], sections: Sequence[str], facts_md: str) -> str:
+    combos = ", ".join(f"{m}/{a}" for m, a in COMBOS)
+    return (
+        "# Search: meta-RL agent vs TPE vs random, joint vs prune-only vs quant-only\n\n"
+        f"autoquant {results['autoquant_version']}. Reproduce from the repository root "
+        f"(total {results['total_wall_s'] / 60:.1f} min here):\n\n"
+        f"    {results['command']}\n\n"
+        f"Five searches per network ({combos}) with the same budget, seed, recorded states, "
+        "reference episodes and retention floor, run by `autoquant.search._compare.compare`. "
+        "Latency ratio = p10 latency of the compressed ONNX model / the fp32 ONNX export, timed "
+        "interleaved in one window on the target (batch 1, 1 thread); retention = (R_plan - R_random) / "
+        "(R_fp32 - R_random) on the same seeds. A trial plays episodes only when it passes the fidelity "
+        "screen and could beat the best feasible plan so far.\n\n"
+        "Columns: **best latency ratio** / **its retention**: the fastest played trial at or above the "
+        "floor (search seeds); **hypervolume**: area dominated in (latency ratio, retention) from "
+        "(1.5, floor - 0.1); **trials to 95 %**: trials until a search is within 95 % of the best speed-up "
+        "any search on the network found; **search wall s**: first trial start to last trial end; "
+        "**total s**: the search plus its confirmation and report, this invocation; **speed-up vs ort int8**: "
+        "onnxruntime int8's latency ratio / the best latency ratio; **confirmed**: the best feasible plans "
+        "replayed on fresh seeds, the first that keeps the floor.\n\n"
+        f"## Device\n\n{facts_md}\n\n## Results\n\n" + "\n".join(sections)
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policies", type=Path, default=None,
+                        help="directory holding the policies (default: ../shared/policies from the repo root)")
+    parser.add_argument("--networks", nargs="+", choices=[n.key for n in NETWORKS],
+                        default=[n.key for n in NETWORKS], help="which networks to search")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="work folder for the run folders (default benchmarks/work/search, git ignored; "
+                             "with --quick a temporary folder). Resumable: the same command continues")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="where search.json, search.md and search/<network>/compare.png go (default "
+                             "benchmarks/results; with --quick: --out if given, else nothing is written)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete the chosen networks' run folders under --out first")
+    parser.add_argument("--quick", action="store_true", help="smoke run with tiny budgets")
+    parser.add_argument("--seed", type=int, default=0)
+    for network in NETWORKS:
+        for name in SETTINGS:
+            default = getattr(network.full, name)
+            flag = f"--{network.key}-{name.replace('_', '-')}"
+            parser.add_argument(flag, type=type(default), default=None, dest=f"{network.key}_{name}",
+                                help=f"{network.key}: {name.replace('_', ' ')} (default {default}; "
+                                     f"--quick {getattr(network.quick, name)})")
+    args = parser.parse_args(argv)
+    args.budgets = {}
+    for network in NETWORKS:
+        budget = network.quick if args.quick else network.full
+        changes = {name: getattr(args, f"{network.key}_{name}") for name in SETTINGS
+                   if getattr(args, f"{network.key}_{name}") is not None}
+        budget = dataclasses.replace(budget, **changes)
+        if min(budget.trials, budget.episodes, budget.confirm_episodes, budget.envs, budget.states) < 1:
+            parser.error(f"{network.key}: budgets must be positive")
+        if not 0.0 < budget.min_retention <= 1.5:
+            parser.error(f"{network.key}: the retention floor must be in (0, 1.5]")
+        args.budgets[network.key] = budget
+    return args
+
+
+def _command_args(argv: list[str]) -> list[str]:
+    """The arguments with any path written relative to the repo root."""
+    paths = ("--policies", "--out", "--results")
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg in paths:
+            out.extend([arg, _rel(Path(next(it, ".")))])
+        elif arg.startswith(tuple(p + "=" for p in paths)):
+            key, value = arg.split("=", 1)
+            out.append(f"{key}={_rel(Path(value))}")
+        else:
+            out.append(arg)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _quiet()
+    import torch
+
+    import autoquant
+    from autoquant.errors import AutoquantError
+
+    policies = (args.policies if args.policies is not None else DEFAULT_POLICIES).resolve()
+    networks = [n for n in NETWORKS if n.key in args.networks]
+    missing = [n.path for n in networks if not (policies / n.path).is_file()]
+    if missing:
+        print(f"error: policy files not found under {_rel(policies)}: {', '.join(missing)} "
+              "(pass --policies DIR)", file=sys.stderr)
+        return 2
+    raw_argv = sys.argv[1:] if argv is None else list(argv)
+    command = shlex.join(["python", "benchmarks/search.py", *_command_args(raw_argv)])
+    if args.results is not None:
+        results_dir: Path | None = args.results
+    elif args.quick:
+        results_dir = args.out
+    else:
+        results_dir = DEFAULT_RESULTS
+
+    tmp = tempfile.TemporaryDirectory(prefix="autoquant-search-") if args.quick and args.out is None else None
+    work = Path(tmp.name) if tmp is not None else (args.out if args.out is not None else DEFAULT_WORK)
+    results: dict[str, Any] = {"autoquant_version": autoquant.__version__, "command": command,
+                               "combos": [f"{m}/{a}" for m, a in COMBOS], "networks": {}}
+    sections: list[str] = []
+    facts: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    try:
+        for network in networks:
+            budget = args.budgets[network.key]
+            out = work / network.key
+            if args.fresh and out.exists():
+                shutil.rmtree(out)
+            print(f"\n{network.title}: {network.path} ({budget}); run folders in {_rel(out)}", flush=True)
+            try:
+                data = run_network(network, policies, out, budget, args.seed, ["benchmarks/search.py", *raw_argv])
+            except AutoquantError as exc:
+                print(f"error: {network.key}: {exc}", file=sys.stderr)
+                return 2
+            facts = facts or {**data["target_facts"], "isa": _isa_flags(), "torch": torch.__version__}
+            png = None
+            if results_dir is not None:
+                target = results_dir / "search" / network.key / "compare.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(out / "compare.png", target)
+                png = os.path.relpath(target, results_dir)
+            data["compare_png"] = png
+            results["networks"][network.key] = data
+            section = network_markdown(network.key, data, png)
+            sections.append(section)
+            print("\n" + section, flush=True)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    results["total_wall_s"] = time.perf_counter() - t0
+    results["facts"] = facts
+    facts_md = "\n".join(f"- {k}: {v}" for k, v in facts.items())
+    print("Device facts:\n" + facts_md)
+    print(f"total {results['total_wall_s'] / 60:.1f} min")
+    if results_dir is not None:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        (results_dir / "search.json").write_text(json.dumps(_clean(results), indent=2) + "\n")
+        (results_dir / "search.md").write_text(document(results, sections, facts_md))
+        print(f"\nwrote {_rel(results_dir / 'search.json')} and {_rel(results_dir / 'search.md')}")
+    return 0
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: non-finite floats become None."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+if __name__ == "__main__":
+    sys.exit(main())
