@@ -195,7 +195,8 @@ class ExportCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("run", type=Path, help="run folder")
         parser.add_argument("--trial", default="best", help="'best' (confirmed) or a trial number")
-        parser.add_argument("--format", choices=("onnx", "torch"), default="onnx")
+        parser.add_argument("--format", choices=("onnx", "torch", "actorq"), default="onnx",
+                            help="onnx, torch, or actorq (a bundle for quantized actors; default onnx)")
         parser.add_argument("--out", type=Path, required=True, help="output folder")
 
     def run(self, args: argparse.Namespace) -> dict[str, Any]:

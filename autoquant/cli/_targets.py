@@ -21,10 +21,21 @@ class TargetsCommand(Command):
         parser.add_argument("--check", metavar="TARGET", help="reach this target and print its facts")
         parser.add_argument("--device", metavar="HOST:PORT", help="the board of a remote target")
         parser.add_argument("--secret-file", help="the device's shared secret")
+        parser.add_argument("--setup-emulation", action="store_true",
+                            help="prepare the emulated Arm targets (qemu-user, an arm64 Python with "
+                                 "onnxruntime, the instruction-count plugin); cached, about a minute")
+        parser.add_argument("--cpus", default="cortex-a72,cortex-a76",
+                            help="CPUs to prepare for emulation (default cortex-a72,cortex-a76)")
 
     def run(self, args: argparse.Namespace) -> dict[str, Any]:
         from autoquant.targets import available_targets, get_target, load_target_spec
 
+        if args.setup_emulation:
+            from autoquant.targets._emulated import setup_emulation
+
+            cpus = [c.strip() for c in args.cpus.split(",") if c.strip()]
+            folder = setup_emulation(cpus, log=lambda s: print(s, file=sys.stderr))
+            return {"emulation": str(folder), "cpus": cpus}
         if args.check:
             target = get_target(args.check, device=args.device, secret_file=args.secret_file)
             return {"target": args.check, "facts": target.facts()}
@@ -36,6 +47,8 @@ class TargetsCommand(Command):
         return {"targets": rows}
 
     def render(self, result: dict[str, Any]) -> str:
+        if "emulation" in result:
+            return f"emulation ready in {result['emulation']} for {', '.join(result['cpus'])}"
         if "facts" in result:
             return "\n".join([f"target {result['target']}: reachable"] +
                              [f"  {k}: {v}" for k, v in result["facts"].items()])

@@ -1,5 +1,6 @@
-"""Export a run's plan as a runnable model: ONNX (what was timed and played), or
-TorchScript of the pruned network with its weights quantized (fake-quantized)."""
+"""Export a run's plan as a runnable model: ONNX (what was timed and played),
+TorchScript of the pruned network with its weights quantized (fake-quantized), or an
+ActorQ bundle that quantized actors apply to each broadcast of learner weights."""
 
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ def torch_model(compressed: Any) -> nn.Sequential:
 
 
 def export_plan(run: Any, trial: int | str, *, fmt: str, out: Path) -> dict[str, Any]:
+    if fmt == "actorq":
+        from autoquant.actorq._bundle import export_run
+
+        return export_run(run, trial, out=Path(out))
     number, plan = run.plan_of(trial if trial == "best" else int(trial))
     compressed = run.compress(plan)
     out = Path(out)

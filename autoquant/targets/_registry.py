@@ -73,6 +73,15 @@ def _remote(spec: TargetSpec) -> Target:
                         protocol=spec.protocol)
 
 
+@register_reach("emulated")
+def _emulated(spec: TargetSpec) -> Target:
+    from autoquant.targets._emulated import EmulatedTarget
+
+    if not spec.emulated_cpu:
+        raise TargetError(f"target {spec.name!r} is emulated but names no emulated_cpu (e.g. \"cortex-a72\")")
+    return EmulatedTarget(spec.name, spec.emulated_cpu, runs=spec.protocol.calls, warmup=spec.protocol.warmup)
+
+
 _KEYS = {"name", "description", "reach", "runtime", "threads", "accelerated_precisions", "cost_unit", "protocol",
          "device", "secret_file", "emulated_cpu"}
 

@@ -1,0 +1,54 @@
+"""ActorQ: quantized actors for actor-learner reinforcement learning.
+
+The learner trains in fp32 and broadcasts its weights; actors collect experience with
+a quantized copy. The plan autoquant found is the recipe each actor applies to every
+broadcast, shipped as a bundle (``autoquant export RUN --format actorq --out DIR``, or
+``write_bundle`` of a CompressedPolicy compressed with ``rounding="nearest"``)::
+
+    quantizer = ActorQuantizer("actor/")                 # once per actor (or learner)
+    policy = quantizer.build(learner.policy.state_dict())  # per broadcast, fp32 in
+    actions, _ = policy.predict(obs)                      # SB3's predict signature
+
+Which side quantizes: either. When the broadcast's size matters (many actors, a
+network between learner and actors), quantize centrally: the learner calls
+``quantizer.quantize(state_dict)`` once per broadcast and sends the payload (int8
+weights, per-channel scales, int32 biases: about a quarter of the fp32 bytes, less
+with pruning), and each actor calls ``quantizer.build_quantized(payload)``. Actors
+that receive the fp32 state dict quantize it themselves with ``build``. Both give the
+same network. What each broadcast recomputes and what stays fixed is written in the
+bundle's manifest (``broadcast``).
+"""
+
+from __future__ import annotations
+
+from autoquant.actorq._bundle import (
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    ActorBundle,
+    ActorQError,
+    BundleFormatError,
+    LayerRecipe,
+    NetworkMismatchError,
+    SlotSpec,
+    load_bundle,
+    target_entry,
+    write_bundle,
+)
+from autoquant.actorq._quantizer import ActorPolicy, ActorQuantizer, encode_layer
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BUNDLE_VERSION",
+    "ActorBundle",
+    "ActorPolicy",
+    "ActorQError",
+    "ActorQuantizer",
+    "BundleFormatError",
+    "LayerRecipe",
+    "NetworkMismatchError",
+    "SlotSpec",
+    "encode_layer",
+    "load_bundle",
+    "target_entry",
+    "write_bundle",
+]

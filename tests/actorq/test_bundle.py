@@ -1,0 +1,363 @@
+"""ActorQ bundles: exported from a real search (CartPole DQN) and through the library
+(Pong Nature-CNN, 50 % pruned int8), rebuilt from learner weights, refused by networks
+they do not fit."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import shutil
+import statistics
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import policy_path, run_cli
+
+
+def _state_dict_of_zip(path: Path) -> dict[str, torch.Tensor]:
+    with zipfile.ZipFile(path) as z:
+        return torch.load(io.BytesIO(z.read("policy.pth")), weights_only=True, map_location="cpu")
+
+
+def _assert_reproduces(got: np.ndarray, want: np.ndarray) -> None:
+    """Same greedy action on >= 99.5 % of the states, outputs within a small tolerance."""
+    agreement = float(np.mean(got.argmax(axis=1) == want.argmax(axis=1)))
+    assert agreement >= 0.995, f"actions agree on {agreement:.3%} of the states"
+    scale = float(np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * scale + 1e-6)
+
+
+def _assert_one_line_refusal(exc: BaseException, *words: str) -> None:
+    from autoquant.actorq import NetworkMismatchError
+    from autoquant.errors import AutoquantError
+
+    assert isinstance(exc, NetworkMismatchError) and isinstance(exc, AutoquantError)
+    text = str(exc)
+    assert "\n" not in text and len(text) < 400, text
+    for word in words:
+        assert word in text, text
+
+
+# --- a bundle exported from a real CartPole DQN search ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cartpole_export(cartpole_dqn_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A 6-trial random joint search, and the bundle of a complete trial that quantizes and prunes."""
+    import optuna
+
+    root = tmp_path_factory.mktemp("actorq_cartpole")
+    run = root / "run"
+    proc = run_cli("search", "--policy", str(cartpole_dqn_path), "--method", "joint", "--agent", "random",
+                   "--trials", "6", "--out", str(run), "--quiet", "--episodes", "3", "--confirm-episodes", "3",
+                   "--states", "256", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads((run / "run.json").read_text())
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=info["study_name"], storage=f"sqlite:///{run / 'study.db'}")
+    chosen = None
+    for trial in study.get_trials(deepcopy=False):
+        plan = trial.user_attrs.get("plan")
+        if trial.state.name != "COMPLETE" or not plan:
+            continue
+        specs = plan["layers"].values()
+        if any(s["act_bits"] != "float" for s in specs) and any(s["prune_ratio"] > 0 for s in specs):
+            chosen = trial
+            break
+    assert chosen is not None, "no complete trial both quantizes and prunes"
+    out = root / "actor"
+    proc = run_cli("export", str(run), "--trial", str(chosen.number), "--format", "actorq", "--out", str(out),
+                   "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {"run": run, "out": out, "trial": chosen, "cli": json.loads(proc.stdout), "info": info}
+
+
+def test_cartpole_bundle_is_versioned_json_and_arrays(cartpole_export: dict[str, Any]) -> None:
+    from autoquant.actorq import BUNDLE_FORMAT, BUNDLE_VERSION
+
+    out, trial = cartpole_export["out"], cartpole_export["trial"]
+    assert sorted(p.name for p in out.iterdir()) == ["actorq.json", "arrays.npz", "graph.onnx", "plan.json",
+                                                     "template.onnx"]
+    manifest = json.loads((out / "actorq.json").read_text())
+    assert manifest["format"] == BUNDLE_FORMAT and manifest["version"] == BUNDLE_VERSION
+    assert manifest["autoquant_version"] and manifest["libraries"]["onnxruntime"]
+    assert manifest["plan"] == trial.user_attrs["plan"]
+    with np.load(out / "arrays.npz", allow_pickle=False) as arrays:  # no pickles inside
+        kept = {key: arrays[key] for key in arrays.files}
+
+    from autoquant.compress import kept_count
+
+    for name, spec in manifest["plan"]["layers"].items():
+        layer = manifest["layers"][name]
+        fp = next(e for e in manifest["fingerprint"]["layers"] if e["name"] == name)
+        assert fp["source"].startswith("q_net.q_net.") and fp["weight_key"] == f"{fp['source']}.weight"
+        assert layer["weight_bits"] == (None if spec["weight_bits"] == "float" else spec["weight_bits"])
+        if spec["prune_ratio"] > 0:
+            indices = kept[layer["kept_out"]]
+            assert len(indices) == kept_count(fp["weight_shape"][0], spec["prune_ratio"], 8)
+            assert len(set(indices.tolist())) == len(indices) and indices.max() < fp["weight_shape"][0]
+        if spec["act_bits"] != "float":
+            bits = spec["weight_bits"]
+            assert layer["weight_quant"]["granularity"] == "per_channel"
+            assert layer["weight_quant"]["int_max"] == 2 ** (bits - 1) - 1
+            act = layer["input_activation"]
+            assert act["granularity"] == "per_tensor" and act["bits"] == 8 and act["scale"] > 0
+            assert isinstance(act["signed"], bool) and act["zero_point"] == 0
+    assert manifest["fingerprint"]["layers"][0]["weight_shape"] == [256, 4]
+    assert manifest["activations"] and all({"scale", "zero_point", "bits", "signed"} <= set(a)
+                                           for a in manifest["activations"])
+    assert manifest["target"]["name"] == "host" and "int8" in manifest["target"]["accelerated_precisions"]
+    result = json.loads(trial.user_attrs["result"])
+    assert manifest["measured"]["trial"] == trial.number
+    assert manifest["measured"]["latency_ratio"] == result["latency_ratio"]
+    assert manifest["measured"]["fp32_reward"]["mean"] == cartpole_export["info"]["reference"]["fp32"]["mean"]
+    assert "reward" in manifest["measured"] and "retention" in manifest["measured"]
+    broadcast = manifest["broadcast"]
+    assert any("integer weights" in s for s in broadcast["recomputed"])
+    assert any("activation" in s for s in broadcast["fixed"]) and any("kept" in s for s in broadcast["fixed"])
+    payload = broadcast["payload_bytes"]
+    assert payload["central"] < payload["fp32_state_dict"] / 4
+    assert cartpole_export["cli"]["format"] == "actorq"
+
+
+def test_cartpole_rebuild_reproduces_the_exported_plan(cartpole_export: dict[str, Any],
+                                                       cartpole_dqn_path: Path) -> None:
+    from autoquant.actorq import ActorQuantizer
+    from autoquant.evaluate import StateSet
+    from autoquant.targets._ort import OrtRunner
+
+    quantizer = ActorQuantizer(cartpole_export["out"])
+    learner = _state_dict_of_zip(cartpole_dqn_path)  # the SB3 DQN policy.state_dict(), q_net_target too
+    policy = quantizer.build(learner)
+    run = cartpole_export["run"]
+    states = np.concatenate([StateSet.load(run / "held_out.npz").states, StateSet.load(run / "states.npz").states])
+    template = OrtRunner((cartpole_export["out"] / "template.onnx").read_bytes())(states)
+    got = policy.forward(states)
+    _assert_reproduces(got, template)
+    # SB3's predict: one observation -> one action, a batch -> a batch; no recurrent state.
+    action, state = policy.predict(states[0])
+    assert state is None and action.shape == () and int(action) == int(template[0].argmax())
+    actions, _ = policy.predict(states[:5], deterministic=False)  # DQN acts greedily, as SB3's DQN policy
+    np.testing.assert_array_equal(actions, template[:5].argmax(axis=1))
+    # Central quantization: the learner's payload builds the same actor.
+    payload = quantizer.quantize(learner)
+    assert {v.dtype for k, v in payload.items() if k.endswith("/weight")} == {np.dtype(np.int8)}
+    np.testing.assert_array_equal(quantizer.build_quantized(payload).forward(states), got)
+
+
+def test_cartpole_bundle_refuses_other_networks(cartpole_export: dict[str, Any], pong_pt_path: Path) -> None:
+    from autoquant.actorq import ActorQuantizer, NetworkMismatchError
+
+    quantizer = ActorQuantizer(cartpole_export["out"])
+    lunar = _state_dict_of_zip(policy_path("dqn-LunarLander-v2", "LunarLander-v2.zip"))
+    with pytest.raises(NetworkMismatchError) as info:
+        quantizer.build(lunar)
+    _assert_one_line_refusal(info.value, "q_net.q_net.0.weight", "(256, 8)", "(256, 4)")
+    wider = {k: v for k, v in _state_dict_of_zip(cartpole_export["info"]["policy"]["path"]).items()}
+    wider["q_net.q_net.0.weight"] = torch.zeros(64, 4)
+    wider["q_net.q_net.0.bias"] = torch.zeros(64)
+    wider["q_net.q_net.2.weight"] = torch.zeros(64, 64)
+    with pytest.raises(NetworkMismatchError) as info:
+        quantizer.build(wider)
+    _assert_one_line_refusal(info.value, "(64, 4)")
+    pong = torch.load(pong_pt_path, weights_only=True)
+    with pytest.raises(NetworkMismatchError) as info:
+        quantizer.build(pong)
+    _assert_one_line_refusal(info.value, "q_net.q_net.0.weight", "original key names")
+    with pytest.raises(NetworkMismatchError) as info:
+        quantizer.build_quantized({"actorq/fc1/weight": np.zeros((3, 3), np.int8)})
+    _assert_one_line_refusal(info.value, "payload")
+
+
+def test_altered_or_foreign_bundles_are_refused(cartpole_export: dict[str, Any], tmp_path: Path) -> None:
+    from autoquant.actorq import BundleFormatError, load_bundle
+
+    bad = tmp_path / "altered"
+    shutil.copytree(cartpole_export["out"], bad)
+    data = bytearray((bad / "template.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (bad / "template.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleFormatError, match="sha256"):
+        load_bundle(bad)
+    newer = tmp_path / "newer"
+    shutil.copytree(cartpole_export["out"], newer)
+    manifest = json.loads((newer / "actorq.json").read_text())
+    manifest["version"] = 99
+    (newer / "actorq.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleFormatError, match="version 99"):
+        load_bundle(newer)
+    with pytest.raises(BundleFormatError, match="not an ActorQ bundle"):
+        load_bundle(tmp_path)
+
+
+# --- the Pong Nature-CNN, 50 % pruned int8, through the library --------------------------------
+
+
+def _prune_like(net: torch.nn.Sequential, input_shape: tuple[int, ...], kept: dict[str, list[int]]
+                ) -> torch.nn.Sequential:
+    """``net`` with exactly the bundle's channels kept, by Torch-Pruning's own dependency graph
+    (an independent account of which inputs go across Flatten)."""
+    import torch_pruning as tp
+
+    net = copy.deepcopy(net)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    graph = tp.DependencyGraph().build_dependency(net, example_inputs=torch.zeros((1, *input_shape)))
+    for name, module in net.named_children():
+        if name not in kept:
+            continue
+        drop = sorted(set(range(module.weight.shape[0])) - set(kept[name]))
+        fn = tp.prune_conv_out_channels if isinstance(module, torch.nn.Conv2d) else tp.prune_linear_out_channels
+        graph.get_pruning_group(module, fn, idxs=drop).prune()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+@pytest.fixture(scope="module")
+def pong_bundle(pong, pong_states, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from autoquant.actorq import load_bundle, write_bundle
+    from autoquant.compress import CompressionPlan, compress
+    from autoquant.policy import analyse
+
+    plan = CompressionPlan.uniform(analyse(pong), weight_bits=8, act_bits=8, prune_ratio=0.5)
+    compressed = compress(pong, plan, pong_states.states, rounding="nearest")
+    out = tmp_path_factory.mktemp("actorq_pong")
+    write_bundle(compressed, out)
+    return compressed, load_bundle(out)
+
+
+def test_pong_rebuild_reproduces_the_plan_across_flatten(pong_bundle, pong_states, pong_pt_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from autoquant.actorq import ActorQuantizer
+    from autoquant.targets._ort import OrtRunner
+
+    compressed, bundle = pong_bundle
+    fc1 = next(r for r in bundle.layers if r.name == "fc1")
+    conv3 = next(r for r in bundle.layers if r.name == "conv3")
+    assert conv3.kept_out is not None and len(conv3.kept_out) == 32
+    assert fc1.slots["weight"].shape == (256, 32 * 7 * 7) and fc1.weight_shape == (512, 3136)
+    learner = torch.load(pong_pt_path, weights_only=True)  # plain nn.Sequential keys: 0.weight, ..., 9.bias
+    quantizer = ActorQuantizer(bundle)
+    policy = quantizer.build(learner)
+    states = pong_states.states
+    template = OrtRunner(compressed.onnx)(states)
+    _assert_reproduces(policy.forward(states), template)
+    # The rebuilt fc1 integers are the exported ones: the Flatten expansion picks the right columns.
+    payload = quantizer.quantize(learner)
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load_from_string(bundle.template).graph.initializer}
+    for name, value in payload.items():
+        np.testing.assert_array_equal(value, inits[name], err_msg=name)
+    # predict takes raw uint8 frames, as the env gives them.
+    frames = np.clip(np.rint(states[:4] * 255), 0, 255).astype(np.uint8)
+    actions, _ = policy.predict(frames)
+    assert actions.shape == (4,) and actions.dtype.kind == "i"
+
+
+def test_pong_rebuild_follows_new_learner_weights(pong_bundle, pong, pong_states, pong_pt_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """New weights of a broadcast: the rebuilt actor is what Brevitas exports for them with the
+    bundle's fixed kept channels and activation ranges."""
+    from autoquant.actorq import ActorQuantizer
+    from autoquant.compress import export_onnx
+    from autoquant.targets._ort import OrtRunner
+
+    compressed, bundle = pong_bundle
+    learner = torch.load(pong_pt_path, weights_only=True)
+    generator = torch.Generator().manual_seed(1)
+    moved = {k: v + 0.05 * v.std() * torch.randn(v.shape, generator=generator) for k, v in learner.items()}
+    policy = ActorQuantizer(bundle).build({k: v.numpy() for k, v in moved.items()})  # numpy arrays work too
+
+    full = copy.deepcopy(pong.net)
+    with torch.no_grad():
+        for name, module in full.named_children():
+            source = pong.layer_sources.get(name)
+            if source is not None:
+                module.weight.copy_(moved[f"{source}.weight"])
+                module.bias.copy_(moved[f"{source}.bias"])
+    pruned = {name: m for name, m in _prune_like(full, pong.input_shape, compressed.kept).named_children()
+              if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    reference_model = copy.deepcopy(compressed.net)  # Brevitas, calibrated activation ranges kept
+    with torch.no_grad():
+        for name, module in reference_model.named_children():
+            if name in pruned:
+                module.weight.copy_(pruned[name].weight)
+                module.bias.copy_(pruned[name].bias)
+    reference = OrtRunner(export_onnx(reference_model, pong.input_shape, quantized=True))(pong_states.states)
+    got = policy.forward(pong_states.states)
+    _assert_reproduces(got, reference)
+    assert not np.array_equal(got, OrtRunner(compressed.onnx)(pong_states.states)), "the new weights were not used"
+
+
+def test_pong_bundle_refuses_other_networks(pong_bundle, cartpole_dqn_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from autoquant.actorq import ActorQuantizer, NetworkMismatchError
+
+    quantizer = ActorQuantizer(pong_bundle[1])
+    with pytest.raises(NetworkMismatchError) as info:
+        quantizer.build(_state_dict_of_zip(cartpole_dqn_path))
+    _assert_one_line_refusal(info.value, "'0.weight'")
+    narrow = {"0.weight": np.zeros((32, 4, 8, 8), np.float32), "0.bias": np.zeros(32, np.float32),
+              "2.weight": np.zeros((64, 32, 4, 4), np.float32), "2.bias": np.zeros(64, np.float32),
+              "4.weight": np.zeros((64, 64, 3, 3), np.float32), "4.bias": np.zeros(64, np.float32),
+              "7.weight": np.zeros((256, 3136), np.float32), "7.bias": np.zeros(256, np.float32),
+              "9.weight": np.zeros((6, 256), np.float32), "9.bias": np.zeros(6, np.float32)}
+    with pytest.raises(NetworkMismatchError) as info:
+        quantizer.build(narrow)
+    _assert_one_line_refusal(info.value, "'7.weight'", "(256, 3136)", "(512, 3136)")
+
+
+def test_pong_build_is_fast_and_needs_no_torch_model(pong_bundle, pong_pt_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A broadcast rebuild is numpy + one onnxruntime session: well under a second."""
+    import pickle
+
+    from autoquant.actorq import ActorQuantizer
+
+    learner = {k: v.numpy() for k, v in torch.load(pong_pt_path, weights_only=True).items()}
+    quantizer = pickle.loads(pickle.dumps(ActorQuantizer(pong_bundle[1])))  # shippable to remote actors
+    quantizer.build(learner)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        quantizer.build(learner)
+        times.append(time.perf_counter() - start)
+    assert statistics.median(times) < 0.5, times
+
+
+@pytest.mark.parametrize("layers", [
+    {"fc1": (8, 8, 0.0), "fc2": (None, None, 0.75), "fc3": (6, 8, 0.0)},  # a pruned float layer between int8 ones
+    {"fc1": (4, None, 0.5), "fc2": (8, 8, 0.5)},  # weight-only quantization (float bias), float head
+    {"fc1": (None, None, 0.5), "fc2": (None, None, 0.5)},  # pruning only: a float graph
+    {"fc1": (2, 8, 0.5), "fc2": (3, 8, 0.5), "fc3": (5, None, 0.0)},  # sub-8-bit weights
+], ids=["float-between-int8", "weight-only", "prune-only", "low-bits"])
+def test_every_kind_of_layer_rebuilds_bit_exactly(layers, cartpole_dqn, cartpole_dqn_path: Path,  # type: ignore[no-untyped-def]
+                                                  cartpole_states, tmp_path: Path) -> None:
+    from autoquant.actorq import ActorQuantizer, write_bundle
+    from autoquant.compress import CompressionPlan, LayerSpec, compress
+    from autoquant.targets._ort import OrtRunner
+
+    plan = CompressionPlan({name: LayerSpec(*spec) for name, spec in layers.items()})
+    compressed = compress(cartpole_dqn, plan, cartpole_states.states, rounding="nearest")
+    write_bundle(compressed, tmp_path)
+    policy = ActorQuantizer(tmp_path).build(_state_dict_of_zip(cartpole_dqn_path))
+    states = cartpole_states.states
+    np.testing.assert_array_equal(policy.forward(states), OrtRunner(compressed.onnx)(states))
+
+
+def test_write_bundle_refuses_gptq_rounding(pong, pong_states, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A plan whose weights are not round-to-nearest of the learner's is not a recipe actors can follow."""
+    from autoquant.actorq import ActorQError, write_bundle
+    from autoquant.compress import CompressionPlan, LayerSpec, compress
+
+    plan = CompressionPlan({"fc2": LayerSpec(8, 8)})
+    compressed = compress(pong, plan, pong_states.states[:64], rounding="gptq")
+    with pytest.raises(ActorQError, match="rounding='nearest'"):
+        write_bundle(compressed, tmp_path / "b")
+    assert not (tmp_path / "b" / "actorq.json").exists()
