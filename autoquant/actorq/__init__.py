@@ -17,6 +17,9 @@ with pruning), and each actor calls ``quantizer.build_quantized(payload)``. Acto
 that receive the fp32 state dict quantize it themselves with ``build``. Both give the
 same network. What each broadcast recomputes and what stays fixed is written in the
 bundle's manifest (``broadcast``).
+
+``run_actorq`` (``autoquant actorq run``) is the whole loop: Ray actors with the bundle's
+quantized policy (or fp32, for comparison) feed an fp32 stable-baselines3 DQN learner.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from autoquant.actorq._bundle import (
     write_bundle,
 )
 from autoquant.actorq._quantizer import ActorPolicy, ActorQuantizer, encode_layer
+from autoquant.actorq._run import ActorRunConfig, DQNConfig, Fp32ActorBuilder, dqn_preset, run_actorq
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -43,12 +47,17 @@ __all__ = [
     "ActorPolicy",
     "ActorQError",
     "ActorQuantizer",
+    "ActorRunConfig",
     "BundleFormatError",
+    "DQNConfig",
+    "Fp32ActorBuilder",
     "LayerRecipe",
     "NetworkMismatchError",
     "SlotSpec",
+    "dqn_preset",
     "encode_layer",
     "load_bundle",
+    "run_actorq",
     "target_entry",
     "write_bundle",
 ]

@@ -47,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from autoquant.cli import _engine, _search, _targets  # noqa: F401 - register the commands
+    from autoquant.cli import _actorq, _engine, _search, _targets  # noqa: F401 - register the commands
 
     parser = _Parser(prog="autoquant", description="Compress RL policies for a target device.")
     parser.add_argument("--version", action="version", version=f"autoquant {__version__}")

@@ -17,7 +17,9 @@ from autoquant.errors import KernelMismatchError
 from autoquant.policy._bundle import PolicyBundle
 from autoquant.policy._layers import LayerTable, analyse, analyse_module
 
-__all__ = ["CompressedPolicy", "compress", "export_reference"]
+__all__ = ["GPTQ_AUTO_MAX_PARAMS", "CompressedPolicy", "compress", "export_reference"]
+
+GPTQ_AUTO_MAX_PARAMS = 500_000
 
 
 @dataclass(eq=False)
@@ -72,19 +74,23 @@ def compress(
     finetune_epochs: int = 0,
     finetune_lr: float = 1e-4,
     advantage_weight: float = 10.0,
-    rounding: str = "gptq",
+    rounding: str = "auto",
     verify_kernels: bool = True,
     seed: int = 0,
 ) -> CompressedPolicy:
-    """Prune, quantize (calibrated on ``states``, prepared observations; weights
-    rounded by GPTQ, or to nearest with ``rounding="nearest"``), optionally fine-tune
-    by distillation, and export to ONNX.
+    """Prune, quantize (calibrated on ``states``, prepared observations), optionally
+    fine-tune by distillation, and export to ONNX.
+
+    ``rounding``: "gptq" (Brevitas GPTQ: needed by value networks whose action gaps
+    are tiny next to the values), "nearest", or "auto": GPTQ while the quantized
+    weights number at most ``GPTQ_AUTO_MAX_PARAMS`` (MLP policies, about a second),
+    nearest beyond (a Nature CNN takes 15-90 s under GPTQ here, too slow per trial).
 
     With ``verify_kernels`` the export runs once under onnxruntime's profiler; a
     layer the plan makes integer that runs a float kernel raises KernelMismatchError.
     """
-    if rounding not in ("gptq", "nearest"):
-        raise ValueError(f"rounding must be 'gptq' or 'nearest', got {rounding!r}")
+    if rounding not in ("auto", "gptq", "nearest"):
+        raise ValueError(f"rounding must be 'auto', 'gptq' or 'nearest', got {rounding!r}")
     plan.validate(analyse(bundle))
     pruned, kept = prune(bundle.net, bundle.input_shape, plan)
     table = analyse_module(pruned, bundle.input_shape, bundle.layer_sources)
@@ -93,6 +99,9 @@ def compress(
     if plan.quantized:
         model = quantize(pruned, plan, input_nonnegative=bool(states.min() >= 0))
         calibrate(model, states)
+        if rounding == "auto":
+            quantized = sum(layer.params for layer in table if plan.spec(layer.name).weight_bits is not None)
+            rounding = "gptq" if quantized <= GPTQ_AUTO_MAX_PARAMS else "nearest"
         if rounding == "gptq":
             gptq(model, states)
     result = None

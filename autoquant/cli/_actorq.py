@@ -1,0 +1,126 @@
+"""ActorQ commands: ``actorq run`` (quantized Ray actors feeding an fp32 SB3 learner)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from autoquant.cli import Command, register
+from autoquant.cli._engine import _non_negative, _positive
+
+__all__ = ["ActorQCommand"]
+
+# Learner options: (flag, DQNConfig field, type, help). Unset ones keep the env's preset.
+_LEARNER_OPTIONS = (
+    ("--learning-rate", "learning_rate", float, "Adam learning rate"),
+    ("--batch-size", "batch_size", int, "gradient step batch"),
+    ("--buffer-size", "buffer_size", int, "replay buffer transitions"),
+    ("--learning-starts", "learning_starts", int, "env steps of random actions before training"),
+    ("--gamma", "gamma", float, "discount"),
+    ("--train-freq", "train_freq", int, "env steps between training rounds"),
+    ("--gradient-steps", "gradient_steps", int, "gradient steps per training round"),
+    ("--target-update-interval", "target_update_interval", int, "env steps between target network updates"),
+    ("--exploration-fraction", "exploration_fraction", float, "share of the steps over which epsilon decays"),
+    ("--exploration-final-eps", "exploration_final_eps", float, "final epsilon"),
+)
+
+
+@register
+class ActorQCommand(Command):
+    name = "actorq"
+    help = "'autoquant actorq run': Ray actors with the bundle's quantized policy feed an fp32 DQN learner"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("action", choices=("run",))
+        parser.add_argument("--bundle", required=True, type=Path,
+                            help="ActorQ bundle folder (autoquant export RUN --format actorq --out DIR)")
+        parser.add_argument("--env", required=True, help="gymnasium id; must be the bundle's env")
+        parser.add_argument("--actors", type=_positive, default=4, help="Ray actors (default 4)")
+        parser.add_argument("--steps", type=_positive, default=200_000,
+                            help="env steps, all actors together (default 200000)")
+        parser.add_argument("--fp32-actors", action="store_true",
+                            help="actors run the fp32 network (same loop, for comparison)")
+        parser.add_argument("--central", action="store_true",
+                            help="the learner quantizes and broadcasts int8 (default: actors quantize fp32 weights)")
+        parser.add_argument("--broadcast-every", type=_positive, default=1000,
+                            help="env steps between weight broadcasts (default 1000)")
+        parser.add_argument("--chunk", type=_positive, default=250,
+                            help="env steps an actor collects per request (default 250)")
+        parser.add_argument("--eval-every", type=_positive, help="env steps between greedy evaluations of the "
+                            "learner (default: steps / 10)")
+        parser.add_argument("--eval-episodes", type=_non_negative, default=10,
+                            help="episodes per greedy evaluation, fixed seeds (default 10; 0: none)")
+        parser.add_argument("--init-from-policy", type=Path, metavar="PATH",
+                            help="start the learner from this policy's weights (default: from scratch)")
+        parser.add_argument("--ray-address", help="join this Ray cluster (default: start Ray locally)")
+        parser.add_argument("--learner-threads", type=_positive, default=1, help="torch threads (default 1)")
+        parser.add_argument("--actor-threads", type=_positive, default=1, help="onnxruntime threads (default 1)")
+        parser.add_argument("--seed", type=_non_negative, default=0)
+        for flag, _, kind, text in _LEARNER_OPTIONS:
+            parser.add_argument(flag, type=kind, help=f"learner: {text} (default: the env's rl-zoo3 preset)")
+        parser.add_argument("--out", type=Path, help="write actorq_run.json and curve.png here")
+        parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    def run(self, args: argparse.Namespace) -> dict[str, Any]:
+        import dataclasses
+
+        from autoquant.actorq._run import ActorRunConfig, dqn_preset, run_actorq, write_curve_png
+        from autoquant.errors import UsageError
+
+        if not args.bundle.is_dir():
+            raise UsageError(f"--bundle {args.bundle} is not a folder: pass an ActorQ bundle "
+                             "(autoquant export RUN --format actorq --out DIR)")
+        overrides = {name: getattr(args, name) for _, name, _, _ in _LEARNER_OPTIONS
+                     if getattr(args, name) is not None}
+        learner = dataclasses.replace(dqn_preset(args.env)[1], **overrides) if overrides else None
+        config = ActorRunConfig(
+            bundle=str(args.bundle), env_id=args.env, actors=args.actors, steps=args.steps,
+            fp32_actors=args.fp32_actors, central=args.central, broadcast_every=args.broadcast_every,
+            chunk=args.chunk, eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed,
+            init_from_policy=str(args.init_from_policy) if args.init_from_policy else None,
+            ray_address=args.ray_address, learner=learner, learner_threads=args.learner_threads,
+            actor_threads=args.actor_threads)
+        log = (lambda s: None) if args.quiet else (lambda s: print(f"autoquant: {s}", file=sys.stderr, flush=True))
+        report = run_actorq(config, log=log)
+        if overrides:
+            report["learner"]["hyperparameters_source"] = (f"{dqn_preset(args.env)[0]} with "
+                                                           f"{', '.join(sorted(overrides))} given")
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "actorq_run.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+            write_curve_png({report["actors"]["kind"]: report}, args.out / "curve.png")
+            report["files"] = [str(args.out / "actorq_run.json"), str(args.out / "curve.png")]
+        return report
+
+    def render(self, result: dict[str, Any]) -> str:
+        rate, learner = result["actor_steps_per_s"], result["learner"]
+        per_actor = ", ".join(f"{v:.0f}" for v in rate["per_actor"])
+        lines = [
+            f"actorq run: {result['env_id']}, {result['actors']['count']} {result['actors']['kind']} actors, "
+            f"{result['env_steps']} env steps in {result['wall_s']:.1f} s",
+            f"  actor env-steps/s: {rate['total']:.0f} total ({per_actor} per actor), {rate['achieved']:.0f} achieved",
+            f"  policy per call: {_ms(result['policy_ms_per_call'])}; env per step: {_ms(result['env_ms_per_step'])}",
+            f"  learner: {learner['updates']} updates, {learner['updates_per_s']:.0f}/s training "
+            f"({learner['updates_per_s_wall']:.0f}/s over the loop)",
+        ]
+        rebuild = result["broadcasts"]["actor_rebuild_ms"]
+        if rebuild:
+            lines.append(f"  broadcasts: {result['broadcasts']['count']}, actor rebuild median "
+                         f"{rebuild['median']:.2f} ms")
+        evals = result["curve"]["eval"]
+        if evals:
+            lines.append("  greedy learner (fp32): " + ", ".join(f"{e['step']}: {e['mean']:.1f}" for e in evals))
+        final = result.get("final") or {}
+        if final.get("actor"):
+            lines.append(f"  final: learner fp32 {final['learner_fp32']['mean']:.1f}, actor policy "
+                         f"{final['actor']['mean']:.1f}, random {final['random']['mean']:.1f}")
+        for path in result.get("files", []):
+            lines.append(f"  wrote {path}")
+        return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f} ms"

@@ -1,0 +1,101 @@
+"""``autoquant actorq run``: Ray actors with a quantized CartPole policy feed an fp32 SB3 DQN
+learner that starts from scratch, and it learns; bad input is refused in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import EXAMPLES, ROOT, run_cli
+
+
+@pytest.fixture(scope="module")
+def cartpole_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example 64-64 DQN with fc1 in int8 (weights and its input), as an ActorQ bundle.
+
+    Calibrated on the policy's own states and on states spread over CartPole's
+    termination bounds: a learner that starts from scratch sends its actors to cart
+    positions near ±2.4, and a bundle calibrated on the trained policy's states alone
+    (positions within ±0.8) clips them in the input quantizer.
+    """
+    from autoquant.actorq import write_bundle
+    from autoquant.compress import CompressionPlan, LayerSpec, compress
+    from autoquant.evaluate import record_states
+    from autoquant.policy import load_policy
+
+    policy = load_policy(EXAMPLES / "cartpole_dqn.zip", env_id="CartPole-v1")
+    states = record_states(policy, n=1024, seed=0).states
+    rng = np.random.default_rng(0)
+    spread = rng.uniform([-2.4, -3.0, -0.21, -3.5], [2.4, 3.0, 0.21, 3.5], size=(1024, 4)).astype(np.float32)
+    compressed = compress(policy, CompressionPlan({"fc1": LayerSpec(8, 8)}), np.concatenate([states, spread]),
+                          rounding="nearest")
+    out = tmp_path_factory.mktemp("actorq_run") / "bundle"
+    write_bundle(compressed, out)
+    return out
+
+
+@pytest.mark.slow
+def test_short_run_learns_with_quantized_ray_actors(cartpole_bundle: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = run_cli("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--actors", "2",
+                   "--steps", "20000", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["format"] == "autoquant.actorq.run" and report["env_steps"] == 20000
+    assert report["actors"] == {**report["actors"], "count": 2, "kind": "quantized", "quantizes": "actor"}
+    assert report["ray"]["address"] == "local" and report["ray"]["version"]
+    rate = report["actor_steps_per_s"]
+    assert rate["total"] > 0 and len(rate["per_actor"]) == 2 and min(rate["per_actor"]) > 0 and rate["achieved"] > 0
+    assert sum(a["steps"] for a in report["per_actor"]) == 20000
+    assert report["policy_ms_per_call"] > 0 and report["env_ms_per_step"] > 0
+    learner = report["learner"]
+    assert learner["policy"] == "MlpPolicy" and learner["policy_kwargs"] == {"net_arch": [64, 64]}
+    assert learner["hyperparameters_source"] == "rl-zoo3 dqn.yml CartPole-v1" and learner["init_from_policy"] is None
+    assert learner["updates"] > 1000 and learner["updates_per_s"] > 0 and learner["updates_per_s_wall"] > 0
+    broadcasts = report["broadcasts"]
+    assert broadcasts["count"] > 5 and broadcasts["actor_rebuild_ms"]["count"] >= broadcasts["count"]
+    assert broadcasts["actor_rebuild_ms"]["median"] > 0
+    # The reward curve: actors' episodes, and greedy evaluations of the fp32 learner on fixed seeds.
+    curve = report["curve"]
+    assert len(curve["episodes"]) > 50 and all(0 < e[0] <= 20000 for e in curve["episodes"])
+    steps = [e["step"] for e in curve["eval"]]
+    assert steps[0] == 0 and steps[-1] == 20000 and steps == sorted(steps)
+    final, random = report["final"]["learner_fp32"], report["final"]["random"]
+    assert final["seeds"] == random["seeds"] == curve["eval_seeds"]
+    assert curve["eval"][0]["mean"] < random["mean"] + 10  # from scratch: nothing learnt at step 0
+    assert final["mean"] > random["mean"] + 20, (final["mean"], random["mean"], [e["mean"] for e in curve["eval"]])
+    assert report["final"]["actor"]["mean"] > random["mean"]
+    assert json.loads((out / "actorq_run.json").read_text())["env_steps"] == 20000
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_one_line(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("autoquant: error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_bad_input_is_one_line_and_exit_2(cartpole_bundle: Path, tmp_path: Path) -> None:
+    # A bundle made for CartPole-v1 refuses another env before Ray starts.
+    proc = run_cli("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "LunarLander-v3", "--steps", "100")
+    _assert_one_line(proc, "made for CartPole-v1", "LunarLander-v3", "--env CartPole-v1")
+    proc = run_cli("actorq", "run", "--bundle", str(tmp_path / "missing"), "--env", "CartPole-v1")
+    _assert_one_line(proc, "not a folder")
+    proc = run_cli("actorq", "run", "--bundle", str(tmp_path), "--env", "CartPole-v1")
+    _assert_one_line(proc, "not an ActorQ bundle")
+    proc = run_cli("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--fp32-actors",
+                   "--central")
+    _assert_one_line(proc, "--central")
+    # Without ray: what to install.
+    code = ("import sys; sys.modules['ray'] = None; from autoquant.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, "actorq", "run", "--bundle", str(cartpole_bundle), "--env",
+                           "CartPole-v1"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    _assert_one_line(proc, "ray is not installed", "pip install 'autoquant[actorq]'")
