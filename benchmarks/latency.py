@@ -37,7 +37,6 @@ import logging
 import os
 import shlex
 import sys
-import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -145,58 +144,6 @@ class TorchEager:
         return [out.numpy()]
 
 
-def states_reader(input_name: str, states: np.ndarray, batch: int = 32) -> Any:
-    """An onnxruntime CalibrationDataReader over recorded states, in batches."""
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class StatesReader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = [np.ascontiguousarray(states[i:i + batch], dtype=np.float32)
-                            for i in range(0, len(states), batch)]
-            self.index = 0
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            if self.index >= len(self.batches):
-                return None
-            self.index += 1
-            return {input_name: self.batches[self.index - 1]}
-
-        def rewind(self) -> None:
-            self.index = 0
-
-    return StatesReader()
-
-
-def ort_static_int8(reference: bytes, calib: np.ndarray) -> tuple[bytes, list[str]]:
-    """onnxruntime's own uniform static int8 (QDQ) of the fp32 export."""
-    import onnxruntime as ort
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    notes: list[str] = []
-    name = ort.InferenceSession(reference, providers=["CPUExecutionProvider"]).get_inputs()[0].name
-    reader = states_reader(name, calib)
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32 = os.path.join(tmp, "fp32.onnx")
-        pre = os.path.join(tmp, "pre.onnx")
-        out = os.path.join(tmp, "int8.onnx")
-        with open(fp32, "wb") as f:
-            f.write(reference)
-        source = fp32
-        try:
-            quant_pre_process(fp32, pre)
-            source = pre
-            notes.append("quant_pre_process applied")
-        except Exception as exc:  # noqa: BLE001 - measured as it is, say why
-            notes.append(f"quant_pre_process failed ({_first_line(exc)}); quantized the plain export")
-        quantize_static(
-            source, out, reader, quant_format=QuantFormat.QDQ, per_channel=True,
-            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-        )
-        with open(out, "rb") as f:
-            return f.read(), notes
-
-
 def output_step(model: bytes) -> float | None:
     """The quantization step of the graph's output, if the graph re-quantizes it."""
     import onnx
@@ -290,8 +237,10 @@ def build_variants(network: Network, policies: Path, n_states: int) -> tuple[lis
         ort_int8.error = "no fp32 export to quantize"
     else:
         try:
-            model, notes = ort_static_int8(reference, calib)
-            ort_int8.notes.extend(notes)
+            from autoquant.compress import onnxruntime_uniform_int8
+
+            model = onnxruntime_uniform_int8(reference, calib)
+            ort_int8.notes.append("quant_pre_process applied (autoquant.compress.onnxruntime_uniform_int8)")
             attach(ort_int8, model, table.names)
         except Exception as exc:  # noqa: BLE001 - a failure is a result here
             ort_int8.error = _first_line(exc)
@@ -311,7 +260,7 @@ def build_variants(network: Network, policies: Path, n_states: int) -> tuple[lis
                 variant.notes.append(f"autoquant's kernel check failed: {_first_line(exc)}")
                 compressed = compress(bundle, plan, calib, verify_kernels=False)
             variant.macs = compressed.table.total_macs
-            variant.notes.append(f"plan: {plan.describe()}; GPTQ rounding, no fine-tuning")
+            variant.notes.append(f"plan: {plan.describe()}; rounding 'auto' (GPTQ for MLPs, nearest for the CNN), no fine-tuning")
             attach(variant, compressed.onnx, compressed.table.names)
         except Exception as exc:  # noqa: BLE001
             variant.error = _first_line(exc)

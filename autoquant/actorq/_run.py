@@ -40,7 +40,13 @@ from typing import Any
 import numpy as np
 
 from autoquant._version import __version__
-from autoquant.actorq._bundle import ActorBundle, ActorQError, NetworkMismatchError, SlotSpec, load_bundle
+from autoquant.actorq._bundle import (
+    ActorBundle,
+    ActorQError,
+    NetworkMismatchError,
+    SlotSpec,
+    load_bundle,
+)
 from autoquant.actorq._quantizer import ActorPolicy, ActorQuantizer
 from autoquant.errors import EnvMismatchError, UsageError
 
@@ -315,8 +321,8 @@ class ActorWorker:
         terminated = np.empty(steps, dtype=bool)
         truncated = np.empty(steps, dtype=bool)
         episodes: list[tuple[int, float, int]] = []  # (index in this chunk, return, length)
-        policy_s, env_s, policy_calls = 0.0, 0.0, 0
-        start = time.perf_counter()
+        policy_s, policy_cpu_s, env_s, policy_calls = 0.0, 0.0, 0.0, 0
+        start, cpu_start = time.perf_counter(), time.thread_time()
         current = self.obs
         for i in range(steps):
             obs[i] = current
@@ -325,7 +331,9 @@ class ActorWorker:
                 action = int(env.action_space.sample())
                 t1 = time.perf_counter()
             else:
+                c0 = time.thread_time()  # onnxruntime runs one intra-op thread: this one
                 action = int(policy.predict(current)[0])
+                policy_cpu_s += time.thread_time() - c0
                 t1 = time.perf_counter()
                 policy_s += t1 - t0
                 policy_calls += 1
@@ -343,11 +351,11 @@ class ActorWorker:
                 env_s += time.perf_counter() - t1
             current = new
         self.obs = current
-        busy_s = time.perf_counter() - start
+        busy_s, cpu_s = time.perf_counter() - start, time.thread_time() - cpu_start
         return {"obs": obs, "next_obs": next_obs, "actions": actions, "rewards": rewards,
                 "terminated": terminated, "truncated": truncated, "episodes": episodes, "steps": steps,
-                "busy_s": busy_s, "policy_s": policy_s, "env_s": env_s, "policy_calls": policy_calls,
-                "rebuild_s": rebuild_s, "version": version}
+                "busy_s": busy_s, "cpu_s": cpu_s, "policy_s": policy_s, "policy_cpu_s": policy_cpu_s, "env_s": env_s,
+                "policy_calls": policy_calls, "rebuild_s": rebuild_s, "version": version}
 
 
 # --- the learner -----------------------------------------------------------------------------
@@ -545,28 +553,41 @@ def _import_ray() -> Any:
 class _ActorTotals:
     steps: int = 0
     busy_s: float = 0.0
+    cpu_s: float = 0.0
     policy_s: float = 0.0
+    policy_cpu_s: float = 0.0
     env_s: float = 0.0
     policy_calls: int = 0
+    first_rebuild: float | None = None  # an actor's first build also loads onnxruntime's kernels
     rebuilds: list[float] = field(default_factory=list)
     requests: int = 0
 
     def add(self, r: Mapping[str, Any]) -> None:
         self.steps += int(r["steps"])
         self.busy_s += float(r["busy_s"])
+        self.cpu_s += float(r["cpu_s"])
         self.policy_s += float(r["policy_s"])
+        self.policy_cpu_s += float(r["policy_cpu_s"])
         self.env_s += float(r["env_s"])
         self.policy_calls += int(r["policy_calls"])
         self.requests += 1
         if r["rebuild_s"]:
-            self.rebuilds.append(float(r["rebuild_s"]))
+            if self.first_rebuild is None:
+                self.first_rebuild = float(r["rebuild_s"])
+            else:
+                self.rebuilds.append(float(r["rebuild_s"]))
 
     def to_json(self) -> dict[str, Any]:
-        return {"steps": self.steps, "busy_s": self.busy_s,
+        return {"steps": self.steps, "busy_s": self.busy_s, "cpu_s": self.cpu_s,
                 "steps_per_s": self.steps / self.busy_s if self.busy_s > 0 else 0.0,
+                "steps_per_cpu_s": self.steps / self.cpu_s if self.cpu_s > 0 else None,
                 "policy_ms_per_call": 1e3 * self.policy_s / self.policy_calls if self.policy_calls else None,
+                "policy_cpu_ms_per_call": (1e3 * self.policy_cpu_s / self.policy_calls if self.policy_calls
+                                           else None),
                 "policy_calls": self.policy_calls, "env_ms_per_step": 1e3 * self.env_s / max(self.steps, 1),
-                "requests": self.requests, "rebuilds": len(self.rebuilds), "rebuild_ms": _stats_ms(self.rebuilds)}
+                "requests": self.requests, "rebuilds": len(self.rebuilds) + (self.first_rebuild is not None),
+                "first_rebuild_ms": 1e3 * self.first_rebuild if self.first_rebuild is not None else None,
+                "rebuild_ms": _stats_ms(self.rebuilds)}
 
 
 def _greedy_learner(model: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -768,8 +789,10 @@ def _loop(ray: Any, config: ActorRunConfig, bundle: ActorBundle, env_id: str, mo
             ray.kill(actor)
     per_actor = [t.to_json() for t in totals]
     busy = sum(t.busy_s for t in totals)
+    cpu = sum(t.cpu_s for t in totals)
     calls = sum(t.policy_calls for t in totals)
     rebuilds = [s for t in totals for s in t.rebuilds]
+    first_rebuilds = [t.first_rebuild for t in totals if t.first_rebuild is not None]
     eval_s = sum(e["eval_s"] for e in curve_eval[1:-1])
     return {
         "_learner": learner,
@@ -780,18 +803,25 @@ def _loop(ray: Any, config: ActorRunConfig, bundle: ActorBundle, env_id: str, mo
             "total": sum(a["steps_per_s"] for a in per_actor),
             "per_actor": [a["steps_per_s"] for a in per_actor],
             "achieved": received / (loop_s - eval_s) if loop_s > eval_s else 0.0,
+            "per_cpu_s": received / cpu if cpu > 0 else None,
             "note": ("per actor: its env steps over the time it spent collecting (policy, exploration, env), "
                      "not waiting or rebuilding; total: their sum; achieved: all env steps over the loop's wall "
-                     "time less the greedy evaluations"),
+                     "time less the greedy evaluations; per_cpu_s: env steps per CPU-second of an actor's "
+                     "collecting thread (what the actors ran, not what they waited for a core: steadier than "
+                     "wall time on a shared machine)"),
         },
         "policy_ms_per_call": 1e3 * sum(t.policy_s for t in totals) / calls if calls else None,
+        "policy_cpu_ms_per_call": 1e3 * sum(t.policy_cpu_s for t in totals) / calls if calls else None,
         "env_ms_per_step": 1e3 * sum(t.env_s for t in totals) / max(received, 1),
         "actor_busy_s": busy,
         "per_actor": per_actor,
         "broadcasts": {"count": version + 1, "every": config.broadcast_every,
                        "payload": "int8 (central)" if config.central else "fp32 state dict",
                        "payload_bytes": payload_bytes[0] if payload_bytes else None,
-                       "learner_prepare_ms": _stats_ms(prepare_s), "actor_rebuild_ms": _stats_ms(rebuilds)},
+                       "learner_prepare_ms": _stats_ms(prepare_s), "actor_rebuild_ms": _stats_ms(rebuilds),
+                       "actor_first_rebuild_ms": _stats_ms(first_rebuilds),
+                       "note": ("actor_rebuild_ms: every rebuild after an actor's first; the first one (building "
+                                "the policy from the initial weights) also loads onnxruntime's kernels")},
         "curve": {"episodes": episodes, "eval": curve_eval, "eval_seeds": seeds},
     }
 

@@ -67,7 +67,12 @@ class ActorQCommand(Command):
     def run(self, args: argparse.Namespace) -> dict[str, Any]:
         import dataclasses
 
-        from autoquant.actorq._run import ActorRunConfig, dqn_preset, run_actorq, write_curve_png
+        from autoquant.actorq._run import (
+            ActorRunConfig,
+            dqn_preset,
+            run_actorq,
+            write_curve_png,
+        )
         from autoquant.errors import UsageError
 
         if not args.bundle.is_dir():
@@ -99,12 +104,14 @@ class ActorQCommand(Command):
         rate, learner = result["actor_steps_per_s"], result["learner"]
         per_actor = ", ".join(f"{v:.0f}" for v in rate["per_actor"])
         lines = [
-            f"actorq run: {result['env_id']}, {result['actors']['count']} {result['actors']['kind']} actors, "
-            f"{result['env_steps']} env steps in {result['wall_s']:.1f} s",
+            (f"actorq run: {result['env_id']}, {result['actors']['count']} {result['actors']['kind']} actors, "
+             f"{result['env_steps']} env steps in {result['wall_s']:.1f} s"),
             f"  actor env-steps/s: {rate['total']:.0f} total ({per_actor} per actor), {rate['achieved']:.0f} achieved",
-            f"  policy per call: {_ms(result['policy_ms_per_call'])}; env per step: {_ms(result['env_ms_per_step'])}",
-            f"  learner: {learner['updates']} updates, {learner['updates_per_s']:.0f}/s training "
-            f"({learner['updates_per_s_wall']:.0f}/s over the loop)",
+            (f"  env steps per actor CPU-second: {_num(rate['per_cpu_s'])}; policy per call: "
+             f"{_ms(result['policy_ms_per_call'])} ({_ms(result['policy_cpu_ms_per_call'])} CPU); env per step: "
+             f"{_ms(result['env_ms_per_step'])}"),
+            (f"  learner: {learner['updates']} updates, {learner['updates_per_s']:.0f}/s training "
+             f"({learner['updates_per_s_wall']:.0f}/s over the loop)"),
         ]
         rebuild = result["broadcasts"]["actor_rebuild_ms"]
         if rebuild:
@@ -124,3 +131,7 @@ class ActorQCommand(Command):
 
 def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f} ms"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f}"
