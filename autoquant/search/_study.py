@@ -51,11 +51,18 @@ def worker_id() -> str:
 def open_study(storage: str, name: str, mode: str, sampler: Any) -> Any:
     """Create or load the run's study (SQLite file, or any RDB URL shared by workers)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return optuna.create_study(storage=storage, study_name=name, directions=directions(mode),
-                                   sampler=sampler, load_if_exists=True)
-    except Exception as exc:  # noqa: BLE001 - storage faults reach the user as one line
-        raise AutoquantError(f"cannot open study {name!r} at {storage}: {str(exc).splitlines()[0]}") from exc
+    for attempt in range(6):
+        try:
+            return optuna.create_study(storage=storage, study_name=name, directions=directions(mode),
+                                       sampler=sampler, load_if_exists=True)
+        except Exception as exc:  # noqa: BLE001 - storage faults reach the user as one line
+            # Workers starting together race to create the schema or the study; the
+            # loser finds them there on the next try.
+            if attempt == 5:
+                raise AutoquantError(f"cannot open study {name!r} at {storage}: "
+                                     f"{str(exc).splitlines()[0]}") from exc
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _pid_alive(pid: int) -> bool:
