@@ -251,6 +251,29 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def headline(data: dict[str, Any]) -> str:
+    """Quantized actors against fp32 actors of the same network, from the CPU-time columns
+    (wall-time ratios on a shared machine are in the table)."""
+    rows = data["rows"]
+    parts = []
+    for key, row in rows.items():
+        if key == "fp32":
+            continue
+        text = (f"{row['label']}: {_fmt(row['steps_per_cpu_s_vs_fp32'], 2)}x the env steps per actor CPU-second "
+                f"of fp32 actors, policy CPU time per call {_fmt(row['policy_cpu_ms_per_call_vs_fp32'], 2)}x")
+        if data["eval_episodes"] > 0:
+            above = sum(1 for v, r in zip(row["final_learner_rewards"], row["random_rewards"])
+                        if v is not None and r is not None and v > r)
+            text += f", learner above random in {above}/{len(row['runs'])} rounds"
+        parts.append(text)
+    if data["eval_episodes"] > 0:
+        fp32 = rows["fp32"]
+        above = sum(1 for v, r in zip(fp32["final_learner_rewards"], fp32["random_rewards"])
+                    if v is not None and r is not None and v > r)
+        parts.append(f"fp32 actors: learner above random in {above}/{len(fp32['runs'])} rounds")
+    return "; ".join(parts) + "."
+
+
 def markdown(data: dict[str, Any]) -> str:
     fp32_kib = next(iter(data["rows"].values()))["payload_bytes"] / 1024
     settings = (f"`{data['policy']}` on {data['env_id']}: {data['steps']} env steps per run, {data['actors']} actors, "
@@ -283,7 +306,7 @@ def markdown(data: dict[str, Any]) -> str:
                         if v is not None and r is not None and v > r)
             line += f" {rewards} | {above} / {len(row['runs'])} | {agreement} |"
         lines.append(line)
-    lines.append("")
+    lines += ["", "**Headline:** " + headline(data), ""]
     if learning:
         first = next(iter(data["rows"].values()))
         randoms = ", ".join(f"seed {run['seed']}: {_fmt(run['random_reward'])}" for run in first["runs"])
@@ -337,8 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     sections = []
     t0 = time.perf_counter()
     # One Ray session for every run (run_actorq joins it and leaves it running).
-    ray.init(num_cpus=max(args.actors, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR, object_store_memory=512 * 1024 ** 2)
+    ray.init(address="local", num_cpus=max(args.actors, os.cpu_count() or 1), include_dashboard=False,
+             log_to_driver=False, logging_level=logging.ERROR, object_store_memory=512 * 1024 ** 2)
     try:
         for network in NETWORKS:
             if network.key not in keys:
@@ -360,8 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         f"autoquant {autoquant.__version__}. Reproduce from the repository root "
         f"({results['wall_s'] / 60:.1f} min here):\n\n    {command.strip()}\n\n"
         "Protocol: `autoquant actorq run` (`autoquant.actorq.run_actorq`) in one Ray session on this machine; "
-        "per network, every variant runs with the same seeds, budget and learner hyperparameters, in rounds "
-        "whose order alternates. The learner is an SB3 DQN in fp32 that starts from scratch (one torch thread); "
+        "per network, every variant runs with the same budget and learner hyperparameters, in rounds whose order "
+        "alternates; round r runs every variant with seed SEED + r (its actors' env seeds, the learner's seed "
+        "and the evaluation seeds). The learner is an SB3 DQN in fp32 that starts from scratch (one torch thread); "
         "actors are Ray actors (one onnxruntime thread each), epsilon-greedy with the learner's exploration "
         "rate, random before `learning_starts`. Quantized actors rebuild the bundle's graph from each broadcast "
         "(`ActorQuantizer.build`); fp32 actors run an onnxruntime session of the bundle's network in fp32 "

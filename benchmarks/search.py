@@ -112,7 +112,7 @@ class Network:
 NETWORKS = (
     Network("pong", "Nature-CNN Q-network (DQN, PongNoFrameskip-v4)", "dqn-PongNoFrameskip-v4/dqn_pong.pt",
             "PongNoFrameskip-v4",
-            full=Budget(trials=10, episodes=3, confirm_episodes=5, envs=3, states=512, min_retention=0.9),
+            full=Budget(trials=12, episodes=3, confirm_episodes=5, envs=3, states=512, min_retention=0.9),
             quick=Budget(trials=2, episodes=1, confirm_episodes=1, envs=1, states=64, min_retention=0.9)),
     Network("lunarlander", "MLP Q-network (DQN, LunarLander-v3)", "dqn-LunarLander-v2/LunarLander-v2.zip", None,
             full=Budget(trials=30, episodes=10, confirm_episodes=20, envs=8, states=1024, min_retention=0.98),
@@ -148,6 +148,27 @@ def _isa_flags() -> str:
 def _rel(path: Path) -> str:
     """A path as the command line from the repository root would write it."""
     return os.path.relpath(Path(path).resolve(), REPO)
+
+
+LIBRARY_PATHS = ("autoquant", "search_spaces", "hw_targets")
+
+
+def code_state() -> dict[str, Any]:
+    """The library's git commit, and which of its files differ from it (None outside git)."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30,
+                                  check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--", *LIBRARY_PATHS)
+    return {"commit": commit,
+            "uncommitted": [line[3:] for line in status.splitlines()] if status else []}
 
 
 def _clock() -> str:
@@ -280,8 +301,8 @@ def _finished(folder: Path, trials: int) -> dict[str, Any] | None:
     return data if data.get("n_trials") == trials else None
 
 
-def _write_finished(folder: Path, trials: int, total_s: float | None) -> None:
-    (folder / FINISHED).write_text(json.dumps({"n_trials": trials, "total_s": total_s}) + "\n")
+def _write_finished(folder: Path, trials: int, total_s: float | None, code: Mapping[str, Any]) -> None:
+    (folder / FINISHED).write_text(json.dumps({"n_trials": trials, "total_s": total_s, "code": code}) + "\n")
 
 
 def _counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
@@ -314,7 +335,7 @@ def _confirmed(folder: Path) -> dict[str, Any] | None:
 
 
 def run_network(network: Network, policies: Path, out: Path, budget: Budget, seed: int,
-                argv: list[str], calls: int) -> dict[str, Any]:
+                argv: list[str], calls: int, code: Mapping[str, Any]) -> dict[str, Any]:
     """The five searches on one network, their combined comparison, and the headline."""
     from autoquant.report import write_compare
     from autoquant.search._compare import compare
@@ -326,18 +347,21 @@ def run_network(network: Network, policies: Path, out: Path, budget: Budget, see
     t0 = time.perf_counter()
     setup_s = prepare(out, base, progress.log)
     combo_totals: dict[str, float | None] = {}
+    combo_code: dict[str, Any] = {}
     for methods, agents in GROUPS:
         folders = {f"{m}/{a}": out / f"{m}-{a}" for m in methods for a in agents}
         done = {label: _finished(folder, budget.trials) for label, folder in folders.items()}
         if all(d is not None for d in done.values()):
             progress.log(f"{', '.join(folders)}: finished with {budget.trials} trials by an earlier invocation")
             combo_totals.update({label: d.get("total_s") for label, d in done.items() if d is not None})
+            combo_code.update({label: d.get("code") for label, d in done.items() if d is not None})
             continue
         compare(out, base, methods=methods, agents=agents, log=progress.log, progress=progress.combo)
         totals = progress.totals(time.perf_counter())
         for label, folder in folders.items():
             combo_totals[label] = totals.get(label)
-            _write_finished(folder, budget.trials, totals.get(label))
+            combo_code[label] = code
+            _write_finished(folder, budget.trials, totals.get(label), code)
     runs = {f"{m}/{a}": load_run(out / f"{m}-{a}") for m, a in COMBOS}
     results = {}
     for label, run in runs.items():
@@ -359,6 +383,7 @@ def run_network(network: Network, policies: Path, out: Path, budget: Budget, see
         row["counts"] = _counts(records)
         row["confirm"] = _confirmed(runs[label].folder)
         row["total_s"] = combo_totals.get(label)
+        row["code"] = combo_code.get(label)
     head = headline(rows, ort, budget.min_retention)
     progress.log("timing fp32, onnxruntime int8 and the best plans in one window")
     t_window = time.perf_counter()
@@ -574,6 +599,7 @@ def document(results: Mapping[str, Any], sections: Sequence[str], facts_md: str)
         f"autoquant {results['autoquant_version']}. Reproduce from the repository root "
         f"({results['total_wall_s'] / 60:.1f} min here for everything below):\n\n"
         f"    {results['command']}\n\n"
+        f"{code_text(results)}\n\n"
         f"Five searches per network ({combos}) with the same budget, seed, recorded states, "
         "reference episodes and retention floor, run by `autoquant.search._compare.compare`. "
         "Latency ratio = p10 latency of the compressed ONNX model / the fp32 ONNX export, timed "
@@ -587,8 +613,28 @@ def document(results: Mapping[str, Any], sections: Sequence[str], facts_md: str)
         "**total s**: the search plus its confirmation and report, timed by the invocation that ran it; **speed-up vs ort int8**: "
         "onnxruntime int8's latency ratio / the best latency ratio; **confirmed**: the best feasible plans "
         "replayed on fresh seeds, the first that keeps the floor.\n\n"
+        "Notes: joint/ddpg's total s includes the meta-RL agent's per-layer sensitivity probes (one "
+        "compression per layer) before its first trial; they are not trials. Retention floors: LunarLander "
+        "0.98; Pong 0.9, because a Pong trial plays only 3 episodes (one episode of a policy that rallies "
+        "lasts up to 27,000 steps) whose rewards differ by 10 points or more between seeds against an "
+        "fp32-minus-random gap of about 15, so a 3-episode retention moves by 0.2 or more with no change in the "
+        "policy; the confirmation on 5 fresh seeds guards against plans that passed by luck. Retentions above "
+        "1 are that noise too. Searches with the same seed share their first trials when their samplers "
+        "start alike (TPE's start-up trials are random search's first trials).\n\n"
         f"## Device\n\n{facts_md}\n\n## Results\n\n" + "\n".join(sections)
     )
+
+
+def code_text(results: Mapping[str, Any]) -> str:
+    code = results.get("code") or {}
+    text = f"Library code: git commit {code.get('commit') or 'unknown'}"
+    if code.get("uncommitted"):
+        text += f" with uncommitted changes in {', '.join(code['uncommitted'])}"
+    others = sorted({(row.get("code") or {}).get("commit") or "unknown"
+                     for data in results["networks"].values() for row in data["rows"]} - {code.get("commit")})
+    if others:
+        text += f"; some searches were run by an earlier invocation at commit {', '.join(others)}"
+    return text + "."
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -678,7 +724,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = tempfile.TemporaryDirectory(prefix="autoquant-search-") if args.quick and args.out is None else None
     work = Path(tmp.name) if tmp is not None else (args.out if args.out is not None else DEFAULT_WORK)
-    results: dict[str, Any] = {"autoquant_version": autoquant.__version__, "command": command,
+    code = code_state()
+    results: dict[str, Any] = {"autoquant_version": autoquant.__version__, "code": code, "command": command,
                                "combos": [f"{m}/{a}" for m, a in COMBOS], "networks": {}}
     sections: list[str] = []
     facts: dict[str, Any] = {}
@@ -692,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{network.title}: {network.path} ({budget}); run folders in {_rel(out)}", flush=True)
             try:
                 data = run_network(network, policies, out, budget, args.seed, ["benchmarks/search.py", *raw_argv],
-                                   args.calls)
+                                   args.calls, code)
             except AutoquantError as exc:
                 print(f"error: {network.key}: {exc}", file=sys.stderr)
                 return 2

@@ -22,6 +22,12 @@ the full fp32 network: an onnxruntime session of a fixed fp32 graph of the bundl
 network whose weights each broadcast supplies (same session options, one thread), so
 the two differ only in the network they run.
 
+A bundle's activation quantizers are fixed (calibrated on the states it was made with).
+A learner that starts from scratch sends its actors to states a trained policy never
+visits: calibrate the bundle on states that cover them (for CartPole, the policy's states
+plus states over the termination bounds), or the input quantizer clips them; the report's
+``actor_agreement`` (actor vs learner greedy actions on recent replay states) shows it.
+
 The same code runs on a Ray cluster (``ray_address``); autoquant must be installed on
 its nodes.
 """
@@ -610,6 +616,20 @@ def _actor_agreement(model: Any, builder: Any, bundle: ActorBundle, n: int = 100
     return float(np.mean(actor.predict(states)[0] == _greedy_learner(model)(states)))
 
 
+def _probe(address: str) -> None:
+    """Fail fast when nothing listens at a HOST:PORT address (Ray itself retries for minutes)."""
+    import socket
+
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms: left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UsageError(f"nothing answers at --ray-address {address} ({exc.strerror or exc}): start the cluster "
+                         "('ray start --head' on its head node) or pass its address") from None
+
+
 def _ray_session(ray: Any, config: ActorRunConfig) -> tuple[bool, dict[str, Any]]:
     """Start (or join) Ray; (whether this call started it, facts)."""
     import logging
@@ -617,13 +637,20 @@ def _ray_session(ray: Any, config: ActorRunConfig) -> tuple[bool, dict[str, Any]
     if ray.is_initialized():
         started = False
     elif config.ray_address:
-        ray.init(address=config.ray_address, logging_level=logging.ERROR, log_to_driver=False)
+        try:
+            ray.init(address=config.ray_address, logging_level=logging.ERROR, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UsageError(f"could not join the Ray cluster at --ray-address {config.ray_address} ({first}): "
+                             "check the address ('ray status' on the head node) and that this machine may "
+                             "connect (Ray's token authentication: RAY_AUTH_TOKEN)") from exc
         started = True
     else:
         # Scheduling slots for every actor even on a small machine (Ray's CPUs are logical):
         # the actors and the learner share the cores, which the report's facts record.
-        ray.init(num_cpus=max(config.actors, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.ERROR, object_store_memory=512 * 1024 ** 2)
+        # address="local": a new instance, never a cluster that RAY_ADDRESS or a 'ray start' left behind.
+        ray.init(address="local", num_cpus=max(config.actors, os.cpu_count() or 1), include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.ERROR, object_store_memory=512 * 1024 ** 2)
         started = True
     resources = ray.cluster_resources()
     return started, {"version": ray.__version__, "address": config.ray_address or "local",
@@ -643,6 +670,8 @@ def run_actorq(config: ActorRunConfig, *, log: Callable[[str], None] | None = No
     env_id = _check_env(bundle, config.env_id)
     _check_algo(bundle)
     ray = _import_ray()
+    if config.ray_address and not ray.is_initialized():
+        _probe(config.ray_address)
     preset_source, preset = dqn_preset(env_id)
     hyper = config.learner or preset
     threads = torch.get_num_threads()

@@ -4,6 +4,7 @@ learner that starts from scratch, and it learns; bad input is refused in one lin
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -93,6 +94,11 @@ def test_bad_input_is_one_line_and_exit_2(cartpole_bundle: Path, tmp_path: Path)
     proc = run_cli("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--fp32-actors",
                    "--central")
     _assert_one_line(proc, "--central")
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{free.getsockname()[1]}"
+    proc = run_cli("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--ray-address", address)
+    _assert_one_line(proc, "nothing answers at --ray-address", address)
     # Without ray: what to install.
     code = ("import sys; sys.modules['ray'] = None; from autoquant.cli import main; "
             "sys.exit(main(sys.argv[1:]))")
