@@ -44,7 +44,7 @@ same command again after an interruption, finished trials are kept):
     python benchmarks/search.py --quick               # tiny budgets, prints only
     python benchmarks/search.py --networks lunarlander --lunarlander-trials 60
 
-Run folders go to ``benchmarks/work/search/<network>/<method>-<agent>/`` (git
+Run folders go to ``benchmarks/scratch/search/<network>/<method>-<agent>/`` (git
 ignored; ``--out DIR`` for another place, ``--fresh`` to start over). Policies are
 read from ``../shared/policies`` relative to the repository root (``--policies DIR``).
 Latency ratios are only comparable within one network's run: absolute timings
@@ -74,7 +74,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POLICIES = REPO / ".." / "shared" / "policies"
 DEFAULT_RESULTS = REPO / "benchmarks" / "results"
-DEFAULT_WORK = REPO / "benchmarks" / "work" / "search"
+DEFAULT_WORK = REPO / "benchmarks" / "scratch" / "search"
 
 COMBOS: tuple[tuple[str, str], ...] = (
     ("joint", "ddpg"), ("joint", "tpe"), ("joint", "random"), ("prune", "tpe"), ("quant", "tpe"),
@@ -645,7 +645,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--networks", nargs="+", choices=[n.key for n in NETWORKS],
                         default=[n.key for n in NETWORKS], help="which networks to search")
     parser.add_argument("--out", type=Path, default=None,
-                        help="work folder for the run folders (default benchmarks/work/search, git ignored; "
+                        help="work folder for the run folders (default benchmarks/scratch/search, git ignored; "
                              "with --quick a temporary folder). Resumable: the same command continues")
     parser.add_argument("--results", type=Path, default=None,
                         help="where search.json, search.md and search/<network>/compare.png go (default "

@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnx.helper as oh
 import optuna
 import pytest
