@@ -25,6 +25,7 @@ Run from the repository root:
 
     python benchmarks/actorq.py            # writes benchmarks/results/actorq.{json,md}
     python benchmarks/actorq.py --quick    # small budgets, prints only
+    python benchmarks/actorq.py --render benchmarks/results/actorq.json   # rewrite the markdown only
 """
 
 from __future__ import annotations
@@ -235,16 +236,32 @@ def run_network(network: Network, policies: Path, *, actors: int, steps: int, re
             "random_rewards": [x["random_reward"] for x in reps],
             "runs": reps,
         }
-    fp32 = rows["fp32"]
-    for row in rows.values():
-        for key in ("actor_steps_per_s", "steps_per_cpu_s", "policy_ms_per_call", "policy_cpu_ms_per_call"):
-            row[f"{key}_vs_fp32"] = row[key] / fp32[key] if row[key] and fp32[key] else None
+    paired_ratios(rows)
     return {"title": network.title, "policy": network.path, "env_id": network.env_id, "steps": steps,
             "actors": actors, "repeats": repeats, "broadcast_every": broadcast_every,
             "eval_episodes": network.eval_episodes, "learner": learner.to_json(),
             "learner_source": source + (f" with {', '.join(sorted(network.learner))} changed" if network.learner
                                         else ""),
             "note": network.note, "rows": rows}
+
+
+# Per-run measures that the "vs fp32" columns compare (run summary -> value).
+_COMPARED: dict[str, Callable[[dict[str, Any]], float | None]] = {
+    "actor_steps_per_s": lambda x: x["actor_steps_per_s"]["total"],
+    "steps_per_cpu_s": lambda x: x["actor_steps_per_s"]["per_cpu_s"],
+    "policy_ms_per_call": lambda x: x["policy_ms_per_call"],
+    "policy_cpu_ms_per_call": lambda x: x["policy_cpu_ms_per_call"],
+}
+
+
+def paired_ratios(rows: dict[str, dict[str, Any]]) -> None:
+    """``KEY_vs_fp32``: the median over rounds of a variant's value over the fp32 actors' in
+    the same round (rounds ran back to back, so a round's variants shared the machine's load)."""
+    fp32 = rows["fp32"]["runs"]
+    for row in rows.values():
+        for key, get in _COMPARED.items():
+            ratios = [a / b for a, b in ((get(x), get(y)) for x, y in zip(row["runs"], fp32)) if a and b]
+            row[f"{key}_vs_fp32"] = float(statistics.median(ratios)) if ratios else None
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -335,7 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="small budgets, one round, print only")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                        help="run nothing: write the markdown (and derived columns) of a results JSON again")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        return render(args.render, args.out)
     warnings.filterwarnings("ignore")
     import logging
 
@@ -357,7 +378,6 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"format": "autoquant.benchmark.actorq", "version": 1,
                                "autoquant_version": autoquant.__version__, "command": command.strip(),
                                "facts": facts, "networks": {}}
-    sections = []
     t0 = time.perf_counter()
     # One Ray session for every run (run_actorq joins it and leaves it running).
     ray.init(address="local", num_cpus=max(args.actors, os.cpu_count() or 1), include_dashboard=False,
@@ -371,50 +391,66 @@ def main(argv: list[str] | None = None) -> int:
             data = run_network(network, args.policies, actors=args.actors, steps=steps, repeats=repeats,
                                seed=args.seed, broadcast_every=args.broadcast_every)
             results["networks"][network.key] = data
-            sections.append(markdown(data))
-            print("\n" + sections[-1], flush=True)
+            print("\n" + markdown(data), flush=True)
     finally:
         ray.shutdown()
     results["wall_s"] = time.perf_counter() - t0
     facts["loadavg_at_end"] = os.getloadavg()[0]
-    facts_md = "\n".join(f"- {k}: {v}" for k, v in facts.items())
-    document = (
+    out = args.out if args.out is not None else (None if args.quick else DEFAULT_OUT)
+    if out is not None:
+        write_results(results, out)
+    return 0
+
+
+def document(results: dict[str, Any]) -> str:
+    facts_md = "\n".join(f"- {k}: {v}" for k, v in results["facts"].items())
+    sections = [markdown(data) for data in results["networks"].values()]
+    return (
         "# ActorQ: the actor-learner loop with quantized vs fp32 actors\n\n"
-        f"autoquant {autoquant.__version__}. Reproduce from the repository root "
-        f"({results['wall_s'] / 60:.1f} min here):\n\n    {command.strip()}\n\n"
+        f"autoquant {results['autoquant_version']}. Reproduce from the repository root "
+        f"({results['wall_s'] / 60:.1f} min here):\n\n    {results['command']}\n\n"
         "Protocol: `autoquant actorq run` (`autoquant.actorq.run_actorq`) in one Ray session on this machine; "
         "per network, every variant runs with the same budget and learner hyperparameters, in rounds whose order "
         "alternates; round r runs every variant with seed SEED + r (its actors' env seeds, the learner's seed "
-        "and the evaluation seeds). The learner is an SB3 DQN in fp32 that starts from scratch (one torch thread); "
-        "actors are Ray actors (one onnxruntime thread each), epsilon-greedy with the learner's exploration "
-        "rate, random before `learning_starts`. Quantized actors rebuild the bundle's graph from each broadcast "
-        "(`ActorQuantizer.build`); fp32 actors run an onnxruntime session of the bundle's network in fp32 "
-        "rebuilt from each broadcast the same way, so only the network differs.\n\n"
+        "and the evaluation seeds). The learner is an SB3 DQN in fp32 that starts from scratch (one torch "
+        "thread); actors are Ray actors (one onnxruntime thread each), epsilon-greedy with the learner's "
+        "exploration rate, random before `learning_starts`. Quantized actors rebuild the bundle's graph from "
+        "each broadcast (`ActorQuantizer.build`); fp32 actors run an onnxruntime session of the bundle's network "
+        "in fp32 rebuilt from each broadcast the same way, so only the network differs.\n\n"
         "Columns: **actor env-steps/s**: the sum over actors of each actor's env steps over the time it spent "
         "collecting (policy, exploration and env; not waiting for the learner, not rebuilding), median of the "
-        "rounds; **vs fp32**: that over the fp32 actors' of the same network; **per actor CPU-s**: env steps "
-        "per CPU-second of an actor's collecting thread (what the actors computed, not the time they waited for "
-        "a core: the steadier comparison on a shared machine); **policy ms/call**: one `predict` of a greedy "
-        "step (batch 1), wall time; **CPU ms/call**: its CPU time (onnxruntime runs one thread, the caller's), "
-        "and **vs fp32** that over fp32's; **greedy share**: the steps that called the policy (the rest "
-        "explored at random); **learner updates/s**: gradient steps over the time spent in `DQN.train`; "
+        "rounds; **vs fp32**: the median over rounds of the variant's value over the fp32 actors' in the same "
+        "round; **per actor CPU-s**: env steps per CPU-second of an actor's collecting thread (what the actors "
+        "computed, not the time they waited for a core: the steadier comparison on a shared machine); "
+        "**policy ms/call**: one `predict` of a greedy step (batch 1), wall time; **CPU ms/call**: its CPU time "
+        "(onnxruntime runs one thread, the caller's); **greedy share**: the steps that called the policy (the "
+        "rest explored at random); **learner updates/s**: gradient steps over the time spent in `DQN.train`; "
         "**rebuild ms**: an actor's rebuild per broadcast (median; in brackets its first build, which also loads "
         "onnxruntime's kernels); **int8 payload**: what a central broadcast (`ActorQuantizer.quantize`) would "
         "send instead of the fp32 weights, which these runs broadcast (the fp32 size is in the heading); "
         "**final greedy learner reward**: the fp32 learner played greedily on the round's fixed evaluation "
         "seeds at the end of each round; **above random**: rounds whose final reward beats the random policy's "
-        "on the same seeds; **final actor agreement**: the share of the latest 1000 replay states on which an actor built "
-        "from the final weights takes the learner's greedy action. "
-        "This machine was shared with other jobs (load averages in the facts): absolute speeds drift; compare "
-        "within a table.\n\n"
+        "on the same seeds; **final actor agreement**: the share of the latest 1000 replay states on which an "
+        "actor built from the final weights takes the learner's greedy action. This machine was shared with "
+        "other jobs (load averages in the facts): wall times drift by several times between rounds; compare "
+        "the CPU columns and the paired ratios.\n\n"
         f"## Device\n\n{facts_md}\n\n## Results\n\n" + "\n".join(sections)
     )
-    out = args.out if args.out is not None else (None if args.quick else DEFAULT_OUT)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "actorq.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-        (out / "actorq.md").write_text(document)
-        print(f"wrote {_rel(out / 'actorq.json')} and {_rel(out / 'actorq.md')}")
+
+
+def write_results(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "actorq.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out / "actorq.md").write_text(document(results))
+    print(f"wrote {_rel(out / 'actorq.json')} and {_rel(out / 'actorq.md')}")
+
+
+def render(path: Path, out: Path | None) -> int:
+    """Recompute the derived columns of a results JSON and write its JSON and markdown again."""
+    results = json.loads(path.read_text())
+    for data in results["networks"].values():
+        paired_ratios(data["rows"])
+    write_results(results, out if out is not None else path.parent)
     return 0
 
 
