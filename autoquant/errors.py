@@ -13,6 +13,7 @@ __all__ = [
     "PolicyLoadError",
     "TargetError",
     "UsageError",
+    "WireError",
 ]
 
 
@@ -40,6 +41,11 @@ class PlanError(AutoquantError):
 
 class TargetError(AutoquantError):
     """A hardware target is unknown, misconfigured or unreachable."""
+
+
+class WireError(AutoquantError, ValueError):
+    """A device request or answer is malformed or breaks one of the device's limits
+    (a ValueError too, for callers that predate it)."""
 
 
 class DeviceUnreachable(TargetError):
