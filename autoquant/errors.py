@@ -4,16 +4,21 @@ what came, and how to fix it. The CLI prints it and exits with ``exit_code``."""
 from __future__ import annotations
 
 __all__ = [
+    "ActorQError",
     "AutoquantError",
+    "BundleFormatError",
     "DeviceUnreachable",
     "EnvMismatchError",
     "ExportError",
     "KernelMismatchError",
+    "NetworkMismatchError",
     "PlanError",
     "PolicyLoadError",
     "TargetError",
     "UsageError",
     "WireError",
+    "describe_exception",
+    "first_line",
 ]
 
 
@@ -62,3 +67,27 @@ class KernelMismatchError(AutoquantError):
     """A plan asked for integer kernels and onnxruntime ran float ones."""
 
     exit_code = 1
+
+
+class ActorQError(AutoquantError):
+    """An ActorQ bundle cannot be made or applied."""
+
+
+class BundleFormatError(ActorQError):
+    """A folder is not an ActorQ bundle this autoquant reads (missing, corrupt, other version)."""
+
+
+class NetworkMismatchError(ActorQError):
+    """Learner weights do not fit the network a bundle was made for."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: first line``: how a failure is recorded (trials, reference points, jobs)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

@@ -187,13 +187,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def base_config(network: Network, policies: Path, budget: Budget, seed: int, argv: list[str]) -> Any:
-    from autoquant.search._run import RunConfig
+    from autoquant.search import RunConfig
 
     return RunConfig(
         policy=str((policies / network.path).resolve()), env_id=network.env_id, method="joint", agent="ddpg",
         n_trials=budget.trials, min_retention=budget.min_retention, episodes=budget.episodes,
         confirm_episodes=budget.confirm_episodes, n_states=budget.states, n_envs=budget.envs, seed=seed,
-        argv=argv,
+        argv=tuple(argv),
     )
 
 
@@ -224,7 +224,7 @@ def prepare(out: Path, base: Any, log: Callable[[str], None]) -> float | None:
     """Create the five run folders up front, all sharing the first one's recorded states
     and reference episodes (compare() shares only within one methods x agents product).
     Returns the seconds the set-up took (when this script did it, in any invocation)."""
-    from autoquant.search._run import load_run, start_run
+    from autoquant.search import load_run, start_run
 
     first_method, first_agent = COMBOS[0]
     first_folder = out / f"{first_method}-{first_agent}"
@@ -338,8 +338,8 @@ def run_network(network: Network, policies: Path, out: Path, budget: Budget, see
                 argv: list[str], calls: int, code: Mapping[str, Any]) -> dict[str, Any]:
     """The five searches on one network, their combined comparison, and the headline."""
     from autoquant.report import write_compare
-    from autoquant.search._compare import compare
-    from autoquant.search._run import load_run
+    from autoquant.search import compare
+    from autoquant.search import load_run
 
     out.mkdir(parents=True, exist_ok=True)
     base = base_config(network, policies, budget, seed, argv)
@@ -365,7 +365,7 @@ def run_network(network: Network, policies: Path, out: Path, budget: Budget, see
     runs = {f"{m}/{a}": load_run(out / f"{m}-{a}") for m, a in COMBOS}
     results = {}
     for label, run in runs.items():
-        records = run.records()
+        records = run.report_records()
         times = [r["wall_s"] for r in records if r.get("wall_s") is not None]
         results[label] = {"records": records, "wall_s": max(times) if times else None}
     first = runs[f"{COMBOS[0][0]}/{COMBOS[0][1]}"]
@@ -700,6 +700,9 @@ def _command_args(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # measure this checkout's library, not whatever an editable install elsewhere points to
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
     _quiet()
     import torch
 
@@ -725,6 +728,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.TemporaryDirectory(prefix="autoquant-search-") if args.quick and args.out is None else None
     work = Path(tmp.name) if tmp is not None else (args.out if args.out is not None else DEFAULT_WORK)
     code = code_state()
+    if Path(autoquant.__file__).resolve().parents[1] != REPO:
+        print(f"error: autoquant was imported from {Path(autoquant.__file__).parent}, not from this checkout",
+              file=sys.stderr)
+        return 2
     results: dict[str, Any] = {"autoquant_version": autoquant.__version__, "code": code, "command": command,
                                "combos": [f"{m}/{a}" for m, a in COMBOS], "networks": {}}
     sections: list[str] = []

@@ -20,36 +20,36 @@ bundle's manifest (``broadcast``).
 
 ``run_actorq`` (``autoquant actorq run``) is the whole loop: Ray actors with the bundle's
 quantized policy (or fp32, for comparison) feed an fp32 stable-baselines3 DQN learner.
+
+Rooms: ``_bundle`` (the bundle format), ``_quantizer`` (per-broadcast rebuild),
+``_actors`` (actor builders and the actor), ``_learner`` (the DQN learner and its
+presets), ``_loop`` (the Ray loop and its report). The numpy recipe that rebuilds a
+layer's initializers lives with the graph it fills, in ``autoquant.compress``.
 """
 
 from __future__ import annotations
 
-from autoquant.actorq._bundle import (
-    BUNDLE_FORMAT,
-    BUNDLE_VERSION,
-    ActorBundle,
-    ActorQError,
-    BundleFormatError,
-    LayerRecipe,
-    NetworkMismatchError,
-    SlotSpec,
-    load_bundle,
-    target_entry,
-    write_bundle,
-)
-from autoquant.actorq._quantizer import ActorPolicy, ActorQuantizer, encode_layer
-from autoquant.actorq._run import ActorRunConfig, DQNConfig, Fp32ActorBuilder, dqn_preset, run_actorq
+from autoquant.actorq._actors import ActorWorker, Fp32ActorBuilder
+from autoquant.actorq._bundle import BUNDLE_FORMAT, BUNDLE_VERSION, ActorBundle, load_bundle, target_entry, write_bundle
+from autoquant.actorq._learner import DQN_PRESETS, DQNConfig, DQNLearner, dqn_preset
+from autoquant.actorq._loop import ActorRunConfig, run_actorq
+from autoquant.actorq._quantizer import ActorPolicy, ActorQuantizer
+from autoquant.compress import LayerRecipe, SlotSpec, encode_layer
+from autoquant.errors import ActorQError, BundleFormatError, NetworkMismatchError
 
 __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_VERSION",
+    "DQN_PRESETS",
     "ActorBundle",
     "ActorPolicy",
     "ActorQError",
     "ActorQuantizer",
     "ActorRunConfig",
+    "ActorWorker",
     "BundleFormatError",
     "DQNConfig",
+    "DQNLearner",
     "Fp32ActorBuilder",
     "LayerRecipe",
     "NetworkMismatchError",

@@ -16,67 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from autoquant.actorq._bundle import ActorBundle, ActorQError, LayerRecipe, NetworkMismatchError, load_bundle
+from autoquant.actorq._bundle import ActorBundle, load_bundle
+from autoquant.compress import as_array, encode_layer
+from autoquant.errors import ActorQError, NetworkMismatchError
 
-__all__ = ["ActorPolicy", "ActorQuantizer", "encode_layer"]
+__all__ = ["ActorPolicy", "ActorQuantizer"]
 
-_SCALE_MIN = np.float32(1e-10)  # Brevitas' scaling_min_val: an all-zero channel keeps a finite scale
-_INT32_MIN, _INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 # Q-value networks act greedily whatever ``deterministic`` says (as SB3's DQN policy does).
 _GREEDY_ALGOS = ("dqn", "qrdqn", "torch", "torchscript")
-
-
-def _as_array(value: Any) -> np.ndarray:
-    """A torch tensor (any device) or array-like -> float32 numpy array, without importing torch."""
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value, dtype=np.float32)
-
-
-def encode_layer(recipe: LayerRecipe, weight: np.ndarray, bias: np.ndarray | None) -> dict[str, np.ndarray]:
-    """One layer's graph initializers (slot name -> array) from its full fp32 weight and bias.
-
-    The weight is sliced to the kept output channels and to the inputs that survive the
-    previous layer's pruning; quantized layers get ``scale = max(|w|) / (2^(b-1) - 1)``
-    per output channel, integers rounded half to even and clipped to ``±(2^(b-1) - 1)``,
-    and, where the layer runs an integer kernel, ``bias_int = round(bias / (s_in * scale))``.
-    """
-    w = weight
-    if recipe.kept_out is not None:
-        w = np.take(w, recipe.kept_out, axis=0)
-    if recipe.kept_in is not None:
-        w = np.take(w, recipe.kept_in, axis=1)
-    w = np.ascontiguousarray(w, dtype=np.float32)
-    b = None
-    if bias is not None:
-        b = bias if recipe.kept_out is None else np.take(bias, recipe.kept_out, axis=0)
-        b = np.ascontiguousarray(b, dtype=np.float32)
-    slots = recipe.slots
-    out: dict[str, np.ndarray] = {}
-    if recipe.int_max is None:  # a float layer: its sliced weights as they are
-        out[slots["weight"].name] = w
-        if b is not None and "bias" in slots:
-            out[slots["bias"].name] = b
-        return out
-    flat = w.reshape(len(w), -1)
-    absmax = np.abs(flat).max(axis=1)
-    scale = np.maximum(absmax, _SCALE_MIN) / np.float32(recipe.int_max)
-    if not np.all(np.isfinite(scale)):
-        raise ActorQError(f"the learner's weights of layer {recipe.name} ({recipe.weight_key}) are not finite: "
-                          "the learner diverged; do not broadcast these weights")
-    q = np.rint(flat / scale[:, None])
-    np.clip(q, -recipe.int_max, recipe.int_max, out=q)
-    out[slots["weight"].name] = q.astype(np.int8).reshape(w.shape)
-    out[slots["weight_scale"].name] = scale.astype(np.float32, copy=False)
-    if b is not None and "bias_scale" in slots:
-        bias_scale = np.float32(recipe.input_scale) * scale
-        bq = np.rint(b / bias_scale).astype(np.float64)
-        np.clip(bq, _INT32_MIN, _INT32_MAX, out=bq)
-        out[slots["bias"].name] = bq.astype(np.int32)
-        out[slots["bias_scale"].name] = bias_scale.astype(np.float32, copy=False)
-    elif b is not None and "bias" in slots:
-        out[slots["bias"].name] = b
-    return out
 
 
 class ActorPolicy:
@@ -86,10 +33,9 @@ class ActorPolicy:
     model (``evaluate_policy``, an actor loop) runs it unchanged.
     """
 
-    def __init__(self, session: Any, values: list[Any], *, input_shape: tuple[int, ...], obs_scale: float,
-                 action: Any, algo: str) -> None:
+    def __init__(self, session: Any, *, input_shape: tuple[int, ...], obs_scale: float, action: Any,
+                 algo: str) -> None:
         self.session = session
-        self._values = values  # onnxruntime reads the initializers from these buffers
         self.input_name = session.get_inputs()[0].name
         self.input_shape = input_shape
         self.obs_scale = float(obs_scale)
@@ -175,8 +121,8 @@ class ActorQuantizer:
             self.check(learner_state_dict)
         payload: dict[str, np.ndarray] = {}
         for r in self.bundle.layers:
-            weight = _as_array(learner_state_dict[r.weight_key])
-            bias = _as_array(learner_state_dict[r.bias_key]) if r.bias_key is not None else None
+            weight = as_array(learner_state_dict[r.weight_key])
+            bias = as_array(learner_state_dict[r.bias_key]) if r.bias_key is not None else None
             payload.update(encode_layer(r, weight, bias))
         return payload
 
@@ -204,26 +150,17 @@ class ActorQuantizer:
         return self._session(arrays)
 
     def _session(self, arrays: dict[str, np.ndarray]) -> ActorPolicy:
-        import onnxruntime as ort
+        from autoquant.targets import make_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        names = list(arrays)
-        values = [ort.OrtValue.ortvalue_from_numpy(arrays[name]) for name in names]
-        options.add_external_initializers(names, values)
-        session = ort.InferenceSession(self.bundle.graph, options, providers=["CPUExecutionProvider"])
-        return ActorPolicy(session, [arrays, values], input_shape=self.bundle.input_shape,
-                           obs_scale=self.bundle.obs_scale, action=self.action_spec, algo=self.bundle.algo)
+        session = make_session(self.bundle.graph, threads=self.threads, initializers=arrays)
+        return ActorPolicy(session, input_shape=self.bundle.input_shape, obs_scale=self.bundle.obs_scale,
+                           action=self.action_spec, algo=self.bundle.algo)
 
     @property
     def action_spec(self) -> Any:
         """The policy's ActionSpec (how raw outputs become actions)."""
         if self._action is None:
-            from autoquant.policy._bundle import ActionSpec
+            from autoquant.policy import ActionSpec
 
             data = dict(self.bundle.manifest["policy"]["action"])
             for key in ("action_shape", "low", "high"):

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from autoquant.cli import Command, register
-from autoquant.cli._engine import _non_negative, _positive
+from autoquant.cli._options import check_output_folder, non_negative, positive
 
 __all__ = ["ActorQCommand"]
 
@@ -38,27 +38,27 @@ class ActorQCommand(Command):
         parser.add_argument("--bundle", required=True, type=Path,
                             help="ActorQ bundle folder (autoquant export RUN --format actorq --out DIR)")
         parser.add_argument("--env", required=True, help="gymnasium id; must be the bundle's env")
-        parser.add_argument("--actors", type=_positive, default=4, help="Ray actors (default 4)")
-        parser.add_argument("--steps", type=_positive, default=200_000,
+        parser.add_argument("--actors", type=positive, default=4, help="Ray actors (default 4)")
+        parser.add_argument("--steps", type=positive, default=200_000,
                             help="env steps, all actors together (default 200000)")
         parser.add_argument("--fp32-actors", action="store_true",
                             help="actors run the fp32 network (same loop, for comparison)")
         parser.add_argument("--central", action="store_true",
                             help="the learner quantizes and broadcasts int8 (default: actors quantize fp32 weights)")
-        parser.add_argument("--broadcast-every", type=_positive, default=1000,
+        parser.add_argument("--broadcast-every", type=positive, default=1000,
                             help="env steps between weight broadcasts (default 1000)")
-        parser.add_argument("--chunk", type=_positive, default=250,
+        parser.add_argument("--chunk", type=positive, default=250,
                             help="env steps an actor collects per request (default 250)")
-        parser.add_argument("--eval-every", type=_positive, help="env steps between greedy evaluations of the "
+        parser.add_argument("--eval-every", type=positive, help="env steps between greedy evaluations of the "
                             "learner (default: steps / 10)")
-        parser.add_argument("--eval-episodes", type=_non_negative, default=10,
+        parser.add_argument("--eval-episodes", type=non_negative, default=10,
                             help="episodes per greedy evaluation, fixed seeds (default 10; 0: none)")
         parser.add_argument("--init-from-policy", type=Path, metavar="PATH",
                             help="start the learner from this policy's weights (default: from scratch)")
         parser.add_argument("--ray-address", help="join this Ray cluster (default: start Ray locally)")
-        parser.add_argument("--learner-threads", type=_positive, default=1, help="torch threads (default 1)")
-        parser.add_argument("--actor-threads", type=_positive, default=1, help="onnxruntime threads (default 1)")
-        parser.add_argument("--seed", type=_non_negative, default=0)
+        parser.add_argument("--learner-threads", type=positive, default=1, help="torch threads (default 1)")
+        parser.add_argument("--actor-threads", type=positive, default=1, help="onnxruntime threads (default 1)")
+        parser.add_argument("--seed", type=non_negative, default=0)
         for flag, _, kind, text in _LEARNER_OPTIONS:
             parser.add_argument(flag, type=kind, help=f"learner: {text} (default: the env's rl-zoo3 preset)")
         parser.add_argument("--out", type=Path, help="write actorq_run.json and curve.png here")
@@ -67,36 +67,35 @@ class ActorQCommand(Command):
     def run(self, args: argparse.Namespace) -> dict[str, Any]:
         import dataclasses
 
-        from autoquant.actorq._run import (
-            ActorRunConfig,
-            dqn_preset,
-            run_actorq,
-            write_curve_png,
-        )
+        from autoquant._io import write_json
+        from autoquant.actorq import ActorRunConfig, dqn_preset, run_actorq
         from autoquant.errors import UsageError
+        from autoquant.report import plot_learning_curves
 
         if not args.bundle.is_dir():
             raise UsageError(f"--bundle {args.bundle} is not a folder: pass an ActorQ bundle "
                              "(autoquant export RUN --format actorq --out DIR)")
         overrides = {name: getattr(args, name) for _, name, _, _ in _LEARNER_OPTIONS
                      if getattr(args, name) is not None}
-        learner = dataclasses.replace(dqn_preset(args.env)[1], **overrides) if overrides else None
+        source, preset = dqn_preset(args.env)
+        learner = dataclasses.replace(preset, **overrides) if overrides else None
         config = ActorRunConfig(
             bundle=str(args.bundle), env_id=args.env, actors=args.actors, steps=args.steps,
             fp32_actors=args.fp32_actors, central=args.central, broadcast_every=args.broadcast_every,
             chunk=args.chunk, eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed,
             init_from_policy=str(args.init_from_policy) if args.init_from_policy else None,
-            ray_address=args.ray_address, learner=learner, learner_threads=args.learner_threads,
+            ray_address=args.ray_address, learner=learner,
+            learner_source=f"{source} with {', '.join(sorted(overrides))} given" if overrides else None,
+            learner_threads=args.learner_threads,
             actor_threads=args.actor_threads)
         log = (lambda s: None) if args.quiet else (lambda s: print(f"autoquant: {s}", file=sys.stderr, flush=True))
+        if args.out is not None:
+            check_output_folder(args.out, "--out")
         report = run_actorq(config, log=log)
-        if overrides:
-            report["learner"]["hyperparameters_source"] = (f"{dqn_preset(args.env)[0]} with "
-                                                           f"{', '.join(sorted(overrides))} given")
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "actorq_run.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-            write_curve_png({report["actors"]["kind"]: report}, args.out / "curve.png")
+            write_json(args.out / "actorq_run.json", report)
+            plot_learning_curves({report["actors"]["kind"]: report}, args.out / "curve.png")
             report["files"] = [str(args.out / "actorq_run.json"), str(args.out / "curve.png")]
         return report
 

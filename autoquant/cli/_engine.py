@@ -7,72 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from autoquant.cli import Command, register
+from autoquant.cli._options import (
+    add_policy_arguments,
+    add_target_arguments,
+    check_output_file,
+    load_from_args,
+    non_negative,
+    positive,
+)
 from autoquant.errors import UsageError
 
 __all__ = ["EvaluateCommand", "InspectCommand"]
-
-
-def _strides(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 4,2,1, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"strides must be positive integers, got {text!r}")
-    return values
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-# The activations a state dict may use (autoquant.policy._arch.ACTIVATIONS), named
-# here so that building the parser imports no torch (the device side has none).
-ACTIVATION_NAMES = ("elu", "gelu", "leaky_relu", "relu", "sigmoid", "silu", "tanh")
-
-
-def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policy", required=True, type=Path,
-                        help="SB3 .zip, torch state dict / TorchScript .pt")
-    parser.add_argument("--env", help="gymnasium id (default: what the file implies)")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="allow a .pt holding a pickled nn.Module (runs code from the file)")
-    parser.add_argument("--activation", choices=ACTIVATION_NAMES,
-                        help="activation of a state-dict network (default relu, or the SB3 algorithm's)")
-    parser.add_argument("--conv-strides", type=_strides, metavar="S1,S2,...",
-                        help="conv strides of a state-dict CNN that is not the Nature CNN")
-
-
-def add_target_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default="host", help="hardware target: a name from 'autoquant targets' "
-                        "or a .toml path (default host)")
-    parser.add_argument("--device", metavar="HOST:PORT", help="the board of a remote target "
-                        "(else AUTOQUANT_DEVICE, else the target's TOML)")
-    parser.add_argument("--secret-file", help="the device's shared secret (else AUTOQUANT_SECRET_FILE, "
-                        "else ~/.autoquant-secret)")
-
-
-def load_from_args(args: argparse.Namespace) -> Any:
-    from autoquant.policy import load_policy
-
-    return load_policy(args.policy, env_id=args.env, trust_pickle=args.trust_pickle,
-                       activation=args.activation, conv_strides=args.conv_strides)
 
 
 def policy_json(bundle: Any) -> dict[str, Any]:
@@ -130,24 +75,29 @@ class EvaluateCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_policy_arguments(parser)
         parser.add_argument("--plan", type=Path, help="compression plan JSON")
-        parser.add_argument("--episodes", type=_non_negative, default=20,
+        parser.add_argument("--episodes", type=non_negative, default=20,
                             help="episodes per policy, on shared seeds (default 20)")
         add_target_arguments(parser)
         parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-        parser.add_argument("--seed", type=_non_negative, default=0)
-        parser.add_argument("--states", type=_positive, default=1024,
+        parser.add_argument("--seed", type=non_negative, default=0)
+        parser.add_argument("--states", type=positive, default=1024,
                             help="recorded states for calibration and fidelity (default 1024)")
-        parser.add_argument("--finetune", type=_non_negative, default=0, metavar="EPOCHS",
+        parser.add_argument("--finetune", type=non_negative, default=0, metavar="EPOCHS",
                             help="fine-tune the compressed network by distillation (default 0)")
-        parser.add_argument("--envs", type=_positive, default=8, help="environments stepped in lockstep")
+        parser.add_argument("--envs", type=positive, default=8, help="environments stepped in lockstep")
         parser.add_argument("--save-onnx", type=Path, help="write the evaluated compressed model here")
 
     def run(self, args: argparse.Namespace) -> dict[str, Any]:
+        from autoquant._io import atomic_write
         from autoquant.compress import CompressionPlan
         from autoquant.evaluate import evaluate
         from autoquant.policy import analyse
         from autoquant.targets import get_target
 
+        if args.save_onnx is not None:
+            if args.plan is None:
+                raise UsageError("--save-onnx needs --plan")
+            check_output_file(args.save_onnx, "--save-onnx")
         plan = CompressionPlan.load(args.plan) if args.plan else None
         target = None if args.no_latency else get_target(args.target, device=args.device,
                                                           secret_file=args.secret_file)
@@ -156,15 +106,11 @@ class EvaluateCommand(Command):
             raise UsageError(f"{args.policy}: the environment is unknown; pass --env (a gymnasium id)")
         if plan is not None:
             plan.validate(analyse(bundle))
-        if args.save_onnx is not None and plan is None:
-            raise UsageError("--save-onnx needs --plan")
         result = evaluate(bundle, target=target, plan=plan, episodes=args.episodes, seed=args.seed,
                           n_states=args.states, finetune_epochs=args.finetune, n_envs=args.envs)
         if args.save_onnx is not None:
             args.save_onnx.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.save_onnx.with_suffix(args.save_onnx.suffix + ".partial")
-            tmp.write_bytes(result.compressed.onnx)
-            tmp.replace(args.save_onnx)
+            atomic_write(args.save_onnx, result.compressed.onnx)
         out = result.to_json()
         out["policy"] = policy_json(bundle)
         out["target"] = None if target is None else target.name

@@ -9,20 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from autoquant.cli import Command, register
-from autoquant.cli._engine import ACTIVATION_NAMES, _non_negative, _positive, _strides, add_target_arguments
+from autoquant.cli._options import add_policy_arguments, add_target_arguments, names, non_negative, positive, retention
 from autoquant.errors import DeviceUnreachable, UsageError
 
 __all__ = ["CompareCommand", "ExportCommand", "SearchCommand"]
-
-
-def _retention(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number such as 0.98, got {text!r}") from None
-    if not 0.0 < value <= 1.5:
-        raise argparse.ArgumentTypeError(f"expected a retention in (0, 1.5], got {text!r}")
-    return value
 
 
 class _Progress:
@@ -47,68 +37,57 @@ def summary_json(run: Any, confirmed: dict[str, Any] | None, wall_s: float) -> d
     records = run.records()
     out: dict[str, Any] = {
         "run": str(run.folder), "agent": run.config.agent, "method": run.config.method,
-        "target": run.config.target, "trials": sum(1 for r in records if r["state"] in ("COMPLETE", "FAIL")),
-        "complete": sum(1 for r in records if r["state"] == "COMPLETE"),
-        "failed": sum(1 for r in records if r["state"] == "FAIL"),
+        "target": run.config.target, "trials": sum(1 for r in records if r.state in ("COMPLETE", "FAIL")),
+        "complete": sum(1 for r in records if r.state == "COMPLETE"),
+        "failed": sum(1 for r in records if r.state == "FAIL"),
         "wall_s": round(wall_s, 1), "best": None,
         "reference": {k: v for k, v in run.info["reference"].items() if k in ("onnxruntime_int8",)},
     }
     if confirmed is not None:
+        record = next((r for r in records if r.number == confirmed["trial"]), None)
         out["best"] = {
             "trial": confirmed["trial"], "plan": confirmed["plan"], "summary": confirmed["summary"],
             "latency_ratio": confirmed["search"]["latency_ratio"], "retention": confirmed["confirm"]["retention"],
             "search_retention": confirmed["search"]["retention"], "size_ratio": confirmed["search"]["size_ratio"],
             "size_bytes": confirmed["size_bytes"], "reward": confirmed["confirm"]["reward"]["mean"],
             "fp32_reward": confirmed["confirm"]["fp32_reward"]["mean"],
-            "latency": _latency_of(run, confirmed["trial"]),
+            "latency": record.result.latency if record is not None and record.result is not None else None,
         }
     return out
 
 
-def _latency_of(run: Any, number: int) -> dict[str, Any] | None:
-    import json
-
-    for trial in run.study().get_trials(deepcopy=False):
-        if trial.number == number and "result" in trial.user_attrs:
-            return json.loads(trial.user_attrs["result"])["latency"]
-    return None
-
-
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by search and compare: the policy, target, budget and scoring."""
-    parser.add_argument("--policy", type=Path, help="SB3 .zip, torch state dict / TorchScript .pt")
-    parser.add_argument("--env", help="gymnasium id (default: what the file implies)")
-    parser.add_argument("--trust-pickle", action="store_true")
-    parser.add_argument("--activation", choices=ACTIVATION_NAMES)
-    parser.add_argument("--conv-strides", type=_strides, metavar="S1,S2,...")
+    add_policy_arguments(parser, required=False)
     add_target_arguments(parser)
-    parser.add_argument("--trials", type=_positive, default=200, help="trial budget (default 200)")
+    parser.add_argument("--trials", type=positive, default=200, help="trial budget (default 200)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--min-retention", type=_retention, default=0.98,
+    group.add_argument("--min-retention", type=retention, default=0.98,
                        help="reward retention floor vs fp32 on the same seeds (default 0.98)")
     group.add_argument("--pareto", action="store_true", help="search a Pareto front (latency, reward, size)")
-    parser.add_argument("--episodes", type=_positive, default=10, help="episodes per played trial (default 10)")
-    parser.add_argument("--confirm-episodes", type=_positive, default=20,
+    parser.add_argument("--episodes", type=positive, default=10, help="episodes per played trial (default 10)")
+    parser.add_argument("--confirm-episodes", type=positive, default=20,
                         help="episodes on fresh seeds that confirm the best plan (default 20)")
     parser.add_argument("--fidelity-floor", type=float, default=0.75,
                         help="action agreement below which a trial is not played (default 0.75)")
-    parser.add_argument("--states", type=_positive, default=1024, help="recorded states (default 1024)")
-    parser.add_argument("--envs", type=_positive, default=8, help="environments stepped in lockstep")
-    parser.add_argument("--seed", type=_non_negative, default=0)
+    parser.add_argument("--states", type=positive, default=1024, help="recorded states (default 1024)")
+    parser.add_argument("--envs", type=positive, default=8, help="environments stepped in lockstep")
+    parser.add_argument("--seed", type=non_negative, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _config(args: argparse.Namespace, *, method: str, agent: str) -> Any:
-    from autoquant.search._run import RunConfig
+    from autoquant.search import RunConfig
 
     return RunConfig(
-        policy=str(args.policy), env_id=args.env, trust_pickle=args.trust_pickle, activation=args.activation,
-        conv_strides=args.conv_strides, target=args.target, device=args.device, secret_file=args.secret_file,
+        policy=str(args.policy), env_id=args.env, activation=args.activation,
+        conv_strides=tuple(args.conv_strides) if args.conv_strides else None, target=args.target,
+        device=args.device, secret_file=args.secret_file,
         method=method, agent=agent, n_trials=args.trials,
         mode="pareto" if args.pareto else "single", min_retention=args.min_retention, episodes=args.episodes,
         confirm_episodes=args.confirm_episodes, fidelity_floor=args.fidelity_floor, n_states=args.states,
         n_envs=args.envs, seed=args.seed, storage=getattr(args, "storage", None) or "study.db",
-        study_name=getattr(args, "study", None), argv=list(sys.argv),
+        study_name=getattr(args, "study", None), argv=tuple(sys.argv),
     )
 
 
@@ -129,19 +108,21 @@ class SearchCommand(Command):
                             "(default: the run folder's name)")
 
     def run(self, args: argparse.Namespace) -> dict[str, Any]:
-        from autoquant.search._run import load_run, start_run
+        from autoquant.search import load_run, start_run
 
         log = (lambda s: None) if args.quiet else (lambda s: print(f"autoquant: {s}", file=sys.stderr))
         if args.resume:
             if args.out is None:
                 raise UsageError("--resume needs --out, the run folder to continue")
-            run = load_run(args.out, n_trials=args.trials if "--trials" in sys.argv else None,
+            run = load_run(args.out, trust_pickle=args.trust_pickle,
+                           n_trials=args.trials if "--trials" in sys.argv else None,
                            device=args.device, secret_file=args.secret_file)
         else:
             if args.policy is None:
                 raise UsageError("search needs --policy (or --resume --out RUN)")
             out = args.out or Path("runs") / args.policy.stem
-            run = start_run(out, _config(args, method=args.method, agent=args.agent), log=log)
+            run = start_run(out, _config(args, method=args.method, agent=args.agent), trust_pickle=args.trust_pickle,
+                            log=log)
         start = time.perf_counter()
         used = len([t for t in run.study().get_trials(deepcopy=False)])
         progress = _Progress(run.config.n_trials, min(used, run.config.n_trials), args.quiet)
@@ -198,23 +179,24 @@ class ExportCommand(Command):
         parser.add_argument("--format", choices=("onnx", "torch", "actorq"), default="onnx",
                             help="onnx, torch, or actorq (a bundle for quantized actors; default onnx)")
         parser.add_argument("--out", type=Path, required=True, help="output folder")
+        parser.add_argument("--trust-pickle", action="store_true",
+                            help="allow the run's policy to be a pickled module or TorchScript (runs code "
+                            "from the file); a run folder never grants this by itself")
 
     def run(self, args: argparse.Namespace) -> dict[str, Any]:
-        from autoquant.search._export import export_plan
-        from autoquant.search._run import load_run
+        from autoquant.cli._options import check_output_folder
+        from autoquant.export import export_plan
+        from autoquant.search import load_run
 
         if args.trial != "best" and not args.trial.isdigit():
             raise UsageError(f"--trial must be 'best' or a trial number, got {args.trial!r}")
-        run = load_run(args.run)
+        check_output_folder(args.out, "--out")
+        run = load_run(args.run, trust_pickle=args.trust_pickle)
         return export_plan(run, args.trial, fmt=args.format, out=args.out)
 
     def render(self, result: dict[str, Any]) -> str:
         return "\n".join([f"exported trial {result['trial']} ({result['summary']}) as {result['format']}",
                           *(f"  {f}" for f in result["files"])])
-
-
-def _names(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
 
 
 @register
@@ -224,14 +206,14 @@ class CompareCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         _add_run_arguments(parser)
-        parser.add_argument("--methods", type=_names, default=["prune", "quant", "joint"],
+        parser.add_argument("--methods", type=names, default=["prune", "quant", "joint"],
                             help="comma-separated search spaces (default prune,quant,joint)")
-        parser.add_argument("--agents", type=_names, default=["ddpg", "tpe", "random"],
+        parser.add_argument("--agents", type=names, default=["ddpg", "tpe", "random"],
                             help="comma-separated agents (default ddpg,tpe,random)")
         parser.add_argument("--out", type=Path, required=True, help="comparison folder (resumable)")
 
     def run(self, args: argparse.Namespace) -> dict[str, Any]:
-        from autoquant.search._compare import compare
+        from autoquant.search import compare
 
         if args.policy is None:
             raise UsageError("compare needs --policy")
@@ -247,7 +229,8 @@ class CompareCommand(Command):
 
         try:
             return compare(args.out, _config(args, method=args.methods[0], agent=args.agents[0]),
-                           methods=args.methods, agents=args.agents, log=log, progress=progress)
+                           methods=args.methods, agents=args.agents, trust_pickle=args.trust_pickle, log=log,
+                           progress=progress)
         finally:
             for bar in bars:
                 bar.close()

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from autoquant.cli import Command, register
-from autoquant.cli._engine import _positive
+from autoquant.cli._options import positive
 
 __all__ = ["DeviceCommand", "TargetsCommand"]
 
@@ -31,7 +31,7 @@ class TargetsCommand(Command):
         from autoquant.targets import available_targets, get_target, load_target_spec
 
         if args.setup_emulation:
-            from autoquant.targets._emulated import setup_emulation
+            from autoquant.targets import setup_emulation
 
             cpus = [c.strip() for c in args.cpus.split(",") if c.strip()]
             folder = setup_emulation(cpus, log=lambda s: print(s, file=sys.stderr))
@@ -67,12 +67,12 @@ class DeviceCommand(Command):
                             help="address to listen on (default 127.0.0.1; 0.0.0.0 to accept the network)")
         parser.add_argument("--port", type=int, default=7878)
         parser.add_argument("--secret-file", required=True, help="file holding the shared secret")
-        parser.add_argument("--max-model-mb", type=_positive, default=64, help="request size cap (default 64)")
-        parser.add_argument("--max-seconds", type=_positive, default=120, help="run time cap per job (default 120)")
-        parser.add_argument("--max-calls", type=_positive, default=20_000, help="timed calls cap (default 20000)")
+        parser.add_argument("--max-model-mb", type=positive, default=64, help="request size cap (default 64)")
+        parser.add_argument("--max-seconds", type=positive, default=120, help="run time cap per job (default 120)")
+        parser.add_argument("--max-calls", type=positive, default=20_000, help="timed calls cap (default 20000)")
 
     def run(self, args: argparse.Namespace) -> dict[str, Any]:
-        from autoquant.targets._server import DeviceLimits, serve
+        from autoquant.targets import DeviceLimits, serve
 
         limits = DeviceLimits(max_body_bytes=args.max_model_mb << 20, max_seconds=float(args.max_seconds),
                               max_calls=args.max_calls)

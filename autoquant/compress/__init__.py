@@ -1,28 +1,47 @@
-"""Compression plans, pruning, Brevitas quantization, fine-tuning and ONNX export."""
+"""Compression plans, pruning, Brevitas quantization, fine-tuning, ONNX export, and the
+numpy recipes that rebuild a compressed graph's initializers from fp32 weights."""
 
 from __future__ import annotations
 
 from autoquant.compress._compress import CompressedPolicy, compress, export_reference, weight_bytes
-from autoquant.compress._export import export_onnx, onnx_metadata
+from autoquant.compress._to_onnx import export_onnx, onnx_metadata
 from autoquant.compress._finetune import FinetuneResult, distill
 from autoquant.compress._ort_static import onnxruntime_uniform_int8
-from autoquant.compress._plan import ACT_BITS, WEIGHT_BITS, CompressionPlan, LayerSpec
+from autoquant.compress._plan import ACT_BITS, FLOAT, INT_ACT_BITS, WEIGHT_BITS, CompressionPlan, LayerSpec
 from autoquant.compress._prune import kept_count, prune
+from autoquant.compress._recipe import (
+    EXTERNAL_LOCATION,
+    LayerRecipe,
+    RecipeGraph,
+    SlotSpec,
+    as_array,
+    encode_layer,
+    recipe_graph,
+)
 
 __all__ = [
     "ACT_BITS",
+    "EXTERNAL_LOCATION",
+    "FLOAT",
+    "INT_ACT_BITS",
     "WEIGHT_BITS",
     "CompressedPolicy",
     "CompressionPlan",
     "FinetuneResult",
+    "LayerRecipe",
     "LayerSpec",
+    "RecipeGraph",
+    "SlotSpec",
+    "as_array",
     "compress",
     "distill",
+    "encode_layer",
     "export_onnx",
     "export_reference",
     "kept_count",
     "onnx_metadata",
     "onnxruntime_uniform_int8",
     "prune",
+    "recipe_graph",
     "weight_bytes",
 ]

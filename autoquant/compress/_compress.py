@@ -8,14 +8,14 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from autoquant.compress._export import export_onnx
+from autoquant.compress._to_onnx import export_onnx
 from autoquant.compress._finetune import FinetuneResult, distill
 from autoquant.compress._plan import CompressionPlan
 from autoquant.compress._prune import prune
 from autoquant.compress._quant import calibrate, gptq, quantize
 from autoquant.errors import KernelMismatchError
-from autoquant.policy._bundle import PolicyBundle
-from autoquant.policy._layers import LayerTable, analyse, analyse_module
+from autoquant.policy import PolicyBundle
+from autoquant.policy import LayerTable, analyse, analyse_module
 
 __all__ = ["GPTQ_AUTO_MAX_PARAMS", "CompressedPolicy", "compress", "export_reference"]
 
@@ -113,7 +113,7 @@ def compress(
     compressed = CompressedPolicy(bundle=bundle, plan=plan, net=model, kept=kept, table=table,
                                   onnx=onnx_bytes, finetune=result)
     if verify_kernels:
-        from autoquant.targets._ort import kernel_report
+        from autoquant.targets import kernel_report
 
         compressed.kernels = kernel_report(onnx_bytes, states[:1], table.names)
         wanted = [name for name, spec in plan.layers.items() if spec.integer]

@@ -8,15 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoquant._untrusted import loads_json, short_repr
 from autoquant.errors import PlanError
 
-__all__ = ["PLAN_FORMAT", "CompressionPlan", "LayerSpec", "WEIGHT_BITS", "ACT_BITS"]
+__all__ = ["ACT_BITS", "FLOAT", "INT_ACT_BITS", "PLAN_FORMAT", "WEIGHT_BITS", "CompressionPlan", "LayerSpec"]
 
 PLAN_FORMAT = "autoquant.plan"
 PLAN_VERSION = 1
 WEIGHT_BITS = (2, 3, 4, 5, 6, 7, 8)
-ACT_BITS = (8,)
-FLOAT = "float"
+INT_ACT_BITS = 8  # activations of integer layers: what the int8 kernels take
+ACT_BITS = (INT_ACT_BITS,)  # activation bit widths a plan may name
+FLOAT = "float"  # a plan's word for "not quantized"
+_PLAN_KEYS = frozenset({"format", "version", "channel_multiple", "layers"})
+_MAX_PLAN_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -29,13 +33,13 @@ class LayerSpec:
 
     def __post_init__(self) -> None:
         if self.weight_bits is not None and self.weight_bits not in WEIGHT_BITS:
-            raise PlanError(f"weight_bits must be one of {list(WEIGHT_BITS)} or \"float\", got {self.weight_bits!r}")
+            raise PlanError(f"weight_bits must be one of {list(WEIGHT_BITS)} or \"float\", got {short_repr(self.weight_bits)}")
         if self.act_bits is not None and self.act_bits not in ACT_BITS:
-            raise PlanError(f"act_bits must be one of {list(ACT_BITS)} or \"float\", got {self.act_bits!r}")
+            raise PlanError(f"act_bits must be one of {list(ACT_BITS)} or \"float\", got {short_repr(self.act_bits)}")
         if self.act_bits is not None and self.weight_bits is None:
             raise PlanError("act_bits needs weight_bits: integer activations feed an integer kernel only")
         if not isinstance(self.prune_ratio, (int, float)) or not 0.0 <= self.prune_ratio < 1.0:
-            raise PlanError(f"prune_ratio must be in [0, 1), got {self.prune_ratio!r}")
+            raise PlanError(f"prune_ratio must be in [0, 1), got {short_repr(self.prune_ratio)}")
 
     @property
     def integer(self) -> bool:
@@ -55,25 +59,32 @@ class LayerSpec:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, where: str = "") -> LayerSpec:
+        """A spec from its JSON object; ``where`` (e.g. "layer 'fc1': ") prefixes errors."""
+        try:
+            return cls._from_json(data)
+        except PlanError as exc:
+            raise PlanError(f"{where}{exc}") from None
+
+    @classmethod
+    def _from_json(cls, data: Mapping[str, Any]) -> LayerSpec:
         unknown = set(data) - {"weight_bits", "act_bits", "prune_ratio"}
         if unknown:
-            raise PlanError(f"{where}unknown keys {sorted(unknown)}: a layer takes weight_bits, act_bits, prune_ratio")
+            raise PlanError(f"unknown keys {short_repr(sorted(map(str, unknown)))}: a layer takes weight_bits, "
+                            "act_bits, prune_ratio")
 
         def bits(key: str) -> int | None:
             value = data.get(key, FLOAT)
-            if value == FLOAT or value is None:
+            if value is None or (isinstance(value, str) and value == FLOAT):
                 return None
             if isinstance(value, bool) or not isinstance(value, int):
-                raise PlanError(f"{where}{key} must be an integer or \"float\", got {value!r}")
+                raise PlanError(f"{key} must be an integer or \"float\", got {short_repr(value)}")
             return value
 
-        try:
-            return cls(weight_bits=bits("weight_bits"), act_bits=bits("act_bits"),
-                       prune_ratio=float(data.get("prune_ratio", 0.0)))
-        except PlanError as exc:
-            raise PlanError(f"{where}{exc}") from None
-        except (TypeError, ValueError):
-            raise PlanError(f"{where}prune_ratio must be a number in [0, 1), got {data.get('prune_ratio')!r}") from None
+        ratio = data.get("prune_ratio", 0.0)
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+            raise PlanError(f"prune_ratio must be a number in [0, 1), got {short_repr(ratio)}")
+        return cls(weight_bits=bits("weight_bits"), act_bits=bits("act_bits"),
+                   prune_ratio=float(ratio) if 0.0 <= ratio < 1.0 else ratio)
 
 
 @dataclass(frozen=True)
@@ -131,21 +142,28 @@ class CompressionPlan:
 
     @classmethod
     def from_json(cls, data: Any) -> CompressionPlan:
+        """A plan from its JSON value; anything else than the format raises PlanError."""
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
             raise PlanError(f"not an autoquant plan: expected a JSON object with \"format\": \"{PLAN_FORMAT}\"")
-        if data.get("version") != PLAN_VERSION:
-            raise PlanError(f"plan version {data.get('version')!r} is not supported (this autoquant reads {PLAN_VERSION})")
+        version = data.get("version")
+        if isinstance(version, bool) or version != PLAN_VERSION:
+            raise PlanError(f"plan version {short_repr(version)} is not supported (this autoquant reads "
+                            f"{PLAN_VERSION})")
+        unknown = set(data) - _PLAN_KEYS
+        if unknown:
+            raise PlanError(f"unknown plan keys {short_repr(sorted(map(str, unknown)))}: a plan takes "
+                            f"{', '.join(sorted(_PLAN_KEYS))}")
         layers = data.get("layers")
         if not isinstance(layers, dict):
             raise PlanError("a plan's \"layers\" must be an object of layer name -> spec")
         specs = {}
         for name, spec in layers.items():
             if not isinstance(spec, dict):
-                raise PlanError(f"layer {name!r}: expected an object, got {type(spec).__name__}")
-            specs[name] = LayerSpec.from_json(spec, where=f"layer {name!r}: ")
+                raise PlanError(f"layer {short_repr(name)}: expected an object, got {type(spec).__name__}")
+            specs[name] = LayerSpec.from_json(spec, where=f"layer {short_repr(name)}: ")
         multiple = data.get("channel_multiple", 8)
         if isinstance(multiple, bool) or not isinstance(multiple, int):
-            raise PlanError(f"channel_multiple must be an integer, got {multiple!r}")
+            raise PlanError(f"channel_multiple must be an integer, got {short_repr(multiple)}")
         return cls(specs, channel_multiple=multiple)
 
     def save(self, path: str | Path) -> None:
@@ -157,10 +175,10 @@ class CompressionPlan:
         if not path.is_file():
             raise PlanError(f"plan file not found: {path}")
         try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PlanError(f"{path}: not valid JSON ({exc})") from exc
-        return cls.from_json(data)
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise PlanError(f"cannot read the plan file {path}: {exc.strerror}") from None
+        return cls.from_json(loads_json(raw, what=f"plan {path}", error=PlanError, max_bytes=_MAX_PLAN_BYTES))
 
     def describe(self) -> str:
         """A compact one-line summary, e.g. 'conv1 w8a8 p0.50, fc1 w4a8'."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from autoquant.evaluate._episodes import EpisodeStats, ci95, paired_comparison, play_episodes, random_actor
-from autoquant.evaluate._evaluation import Evaluation, episode_seeds, evaluate, onnx_actor
+from autoquant.evaluate._evaluation import HELD_OUT_SEED_OFFSET, Evaluation, episode_seeds, evaluate, onnx_actor
 from autoquant.evaluate._fidelity import fidelity
 from autoquant.evaluate._states import StateSet, record_states
 
 __all__ = [
+    "HELD_OUT_SEED_OFFSET",
     "EpisodeStats",
     "Evaluation",
     "StateSet",

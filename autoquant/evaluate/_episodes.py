@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from autoquant.policy._envs import make_env
+from autoquant.policy import make_env
 
 __all__ = ["EpisodeStats", "paired_comparison", "play_episodes", "random_actor"]
 
@@ -53,6 +53,12 @@ class EpisodeStats:
             "episodes": len(self.rewards), "seeds": list(self.seeds), "rewards": list(self.rewards),
             "lengths": list(self.lengths), "steps_per_s": self.steps_per_s,
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EpisodeStats:
+        """Read what ``to_json`` wrote (the derived figures are recomputed)."""
+        return cls(seeds=tuple(int(v) for v in data["seeds"]), rewards=tuple(float(v) for v in data["rewards"]),
+                   lengths=tuple(int(v) for v in data["lengths"]), steps_per_s=float(data["steps_per_s"]))
 
 
 def play_episodes(

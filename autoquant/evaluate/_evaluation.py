@@ -10,10 +10,10 @@ from autoquant.compress import CompressionPlan, compress, export_reference, weig
 from autoquant.evaluate._episodes import paired_comparison, play_episodes, random_actor
 from autoquant.evaluate._fidelity import fidelity
 from autoquant.evaluate._states import StateSet, record_states
-from autoquant.policy._bundle import PolicyBundle
-from autoquant.policy._layers import analyse
-from autoquant.targets._base import Target
-from autoquant.targets._ort import KernelReport, OrtRunner, kernel_report
+from autoquant.policy import PolicyBundle
+from autoquant.policy import analyse
+from autoquant.targets import Target
+from autoquant.targets import KernelReport, OrtRunner, kernel_report
 
 __all__ = ["Evaluation", "episode_seeds", "evaluate", "onnx_actor"]
 

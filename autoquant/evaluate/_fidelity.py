@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from autoquant.policy._bundle import ActionSpec
+from autoquant.policy import ActionSpec
 
 __all__ = ["fidelity"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from autoquant.errors import AutoquantError
-from autoquant.policy._bundle import PolicyBundle
-from autoquant.policy._envs import make_env
+from autoquant.policy import PolicyBundle
+from autoquant.policy import make_env
 
 __all__ = ["StateSet", "record_states"]
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from autoquant.policy._bundle import ActionSpec, PolicyBundle
-from autoquant.policy._envs import canonical_env_id, make_env, read_zoo_yaml
-from autoquant.policy._layers import LayerInfo, LayerTable, analyse
+from autoquant.policy._envs import canonical_env_id, is_atari, make_env, read_zoo_yaml
+from autoquant.policy._layers import LayerInfo, LayerTable, analyse, analyse_module
 from autoquant.policy._load import load_policy
 
 __all__ = [
@@ -13,7 +13,9 @@ __all__ = [
     "LayerTable",
     "PolicyBundle",
     "analyse",
+    "analyse_module",
     "canonical_env_id",
+    "is_atari",
     "load_policy",
     "make_env",
     "read_zoo_yaml",

@@ -1,5 +1,5 @@
-"""Reports over plain trial records: Pareto fronts, hypervolume, best plans, plots,
-markdown, and comparisons of several searches. No search code is needed."""
+"""Reports over plain records: Pareto fronts, hypervolume, best plans, plots, markdown,
+comparisons of several searches, and actor-learner reward curves. No search code is needed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from autoquant.report._compare import compare_table, hypervolume_reference, writ
 from autoquant.report._hypervolume import hypervolume
 from autoquant.report._markdown import write_report
 from autoquant.report._pareto import DEFAULT_OBJECTIVES, pareto_front
-from autoquant.report._plots import plot_compare, plot_pareto
+from autoquant.report._plots import plot_compare, plot_learning_curves, plot_pareto
 
 __all__ = [
     "DEFAULT_OBJECTIVES",
@@ -19,6 +19,7 @@ __all__ = [
     "hypervolume_reference",
     "pareto_front",
     "plot_compare",
+    "plot_learning_curves",
     "plot_pareto",
     "trials_to_reach",
     "write_compare",

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from autoquant._io import atomic_write
 from autoquant._version import __version__
 from autoquant.report._best import best_feasible, trials_to_reach
 from autoquant.report._hypervolume import hypervolume
@@ -15,9 +16,9 @@ from autoquant.report._markdown import fmt, table
 from autoquant.report._plots import plot_compare
 from autoquant.report._records import is_played, value
 
-__all__ = ["COMPARE_FORMAT_VERSION", "compare_table", "hypervolume_reference", "write_compare"]
+__all__ = ["COMPARE_VERSION", "compare_table", "hypervolume_reference", "write_compare"]
 
-COMPARE_FORMAT_VERSION = 1
+COMPARE_VERSION = 1
 HV_LATENCY_RATIO = 1.5      # hypervolume reference: 1.5x the fp32 latency ...
 HV_RETENTION_MARGIN = 0.1   # ... and 0.1 below the retention floor
 TARGET_FRACTION = 0.95      # trials_to_95: reach 95 % of the best speed-up any combo found
@@ -151,7 +152,7 @@ def write_compare(
     target = _target_ratio(rows)
     doc = {
         "format": "autoquant.compare",
-        "format_version": COMPARE_FORMAT_VERSION,
+        "version": COMPARE_VERSION,
         "autoquant_version": __version__,
         "floor": floor,
         "hypervolume_reference": hypervolume_reference(floor),
@@ -160,7 +161,7 @@ def write_compare(
         "references": references or {},
         "rows": rows,
     }
-    (out / "compare.json").write_text(json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    (out / "compare.md").write_text(_markdown(rows, floor, target, references), encoding="utf-8")
+    atomic_write(out / "compare.json", (json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n").encode())
+    atomic_write(out / "compare.md", _markdown(rows, floor, target, references).encode())
     plot_compare(results, out / "compare.png", floor=floor, references=references, target_ratio=target)
     return rows

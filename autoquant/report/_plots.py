@@ -1,4 +1,5 @@
-"""PNG figures: one search's Pareto front, and several searches side by side.
+"""PNG figures: one search's Pareto front, several searches side by side, and the
+reward curves of actor-learner runs.
 
 matplotlib is imported inside the functions and drawn with its Agg canvas on a bare
 ``Figure``: no pyplot, so no global backend switch and no figures left open.
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["plot_compare", "plot_pareto"]
+__all__ = ["plot_compare", "plot_learning_curves", "plot_pareto"]
 
 LATENCY_LABEL = "latency ratio to fp32 (lower is faster)"
 RETENTION_LABEL = "reward retention (1 = fp32)"
@@ -174,4 +175,51 @@ def plot_compare(
     fronts.set_title("Pareto front of each search (played trials)", fontsize=11)
     fronts.grid(True, alpha=0.25)
     _legend(fronts, outside=True)
+    return _save(figure, path)
+
+
+def _moving_average(values: Any, window: int) -> Any:
+    import numpy as np
+
+    if len(values) < window:
+        return np.cumsum(values) / np.arange(1, len(values) + 1)
+    kernel = np.ones(window) / window
+    head = np.cumsum(values[:window - 1]) / np.arange(1, window)
+    return np.concatenate([head, np.convolve(values, kernel, mode="valid")])
+
+
+def plot_learning_curves(runs: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
+    """Reward curves (episode returns of the actors, greedy evaluations of the learner)
+    of one or more runs (label -> report) on shared axes."""
+    import numpy as np
+
+    figure = _figure(7.5, 4.5)
+    ax = figure.add_subplot(1, 1, 1)
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    random_mean = None
+    for k, (label, report) in enumerate(runs.items()):
+        color = colors[k % len(colors)]
+        episodes = np.asarray(report["curve"]["episodes"], dtype=float).reshape(-1, 4)
+        if len(episodes):
+            order = np.argsort(episodes[:, 0])
+            steps, returns = episodes[order, 0], episodes[order, 1]
+            ax.scatter(steps, returns, s=3, alpha=0.15, color=color)
+            ax.plot(steps, _moving_average(returns, 20), color=color, alpha=0.6, linewidth=1,
+                    label=f"{label}: actor episodes (moving mean of 20)")
+        evals = report["curve"]["eval"]
+        if evals:
+            ax.errorbar([e["step"] for e in evals], [e["mean"] for e in evals],
+                        yerr=[0.0 if not math.isfinite(e["ci95"]) else e["ci95"] for e in evals], color=color,
+                        marker="o", linewidth=2, capsize=3, label=f"{label}: greedy learner (fp32), 95 % CI")
+        final = report.get("final") or {}
+        if final.get("random"):
+            random_mean = final["random"]["mean"]
+    if random_mean is not None:
+        ax.axhline(random_mean, color="grey", linestyle="--", linewidth=1, label="random policy")
+    ax.set_xlabel("env steps (all actors)")
+    ax.set_ylabel("episode return")
+    first = next(iter(runs.values()))
+    ax.set_title(f"actorq run: {first['env_id']}, {first['actors']['count']} actors")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
     return _save(figure, path)

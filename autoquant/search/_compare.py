@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ def _wall_s(records: list[dict[str, Any]]) -> float | None:
 
 
 def compare(out: Path, base: RunConfig, *, methods: Sequence[str], agents: Sequence[str],
-            log: Callable[[str], None] = lambda s: None,
+            trust_pickle: bool = False, log: Callable[[str], None] = lambda s: None,
             progress: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
     """Run every method x agent on ``base``'s budget and seed (resuming finished or
     interrupted combinations), then write compare.{md,json,png} to ``out``."""
@@ -35,24 +34,20 @@ def compare(out: Path, base: RunConfig, *, methods: Sequence[str], agents: Seque
         for agent in agents:
             label = f"{method}/{agent}"
             folder = out / f"{method}-{agent}"
-            config = dataclasses.replace(base, method=method, agent=agent, study_name=None)
+            config = base.replace(method=method, agent=agent, study_name=None)
             if (folder / "run.json").is_file():
-                run = load_run(folder, n_trials=base.n_trials)
+                run = load_run(folder, trust_pickle=trust_pickle, n_trials=base.n_trials)
             else:
-                run = start_run(folder, config, log=log, share_from=first)
+                run = start_run(folder, config, trust_pickle=trust_pickle, log=log, share_from=first)
             first = first or run
             log(f"{label}: {base.n_trials} trials")
             run.search(progress=progress(label, base.n_trials) if progress else None)
             run.confirm()
             run.write_report()
             runs[label] = run
-    results = {label: {"records": run.records()} for label, run in runs.items()}
+    results: dict[str, dict[str, Any]] = {label: {"records": run.report_records()} for label, run in runs.items()}
     for entry in results.values():
         entry["wall_s"] = _wall_s(entry["records"])
-    first_run = next(iter(runs.values()))
-    references: dict[str, Any] = {"fp32": {"latency_ratio": 1.0, "retention": 1.0, "size_ratio": 1.0}}
-    ort = first_run.info["reference"].get("onnxruntime_int8") or {}
-    if "latency_ratio" in ort:
-        references["onnxruntime int8"] = {k: ort.get(k) for k in ("latency_ratio", "retention", "size_ratio")}
+    references = next(iter(runs.values())).references()
     rows = write_compare(out, results, floor=base.min_retention, references=references)
     return {"out": str(out), "rows": rows, "runs": {label: str(run.folder) for label, run in runs.items()}}

@@ -11,19 +11,19 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from autoquant.compress import CompressionPlan, compress, weight_bytes
+from autoquant.errors import UsageError
 from autoquant.evaluate import EpisodeStats, fidelity, onnx_actor, paired_comparison, play_episodes
-from autoquant.policy._bundle import PolicyBundle
-from autoquant.policy._layers import LayerTable
-from autoquant.targets._base import Target
-from autoquant.targets._ort import OrtRunner
+from autoquant.policy import LayerTable, PolicyBundle
+from autoquant.search._record import TrialResult
+from autoquant.targets import OrtRunner, Target
 
-__all__ = ["ProblemSettings", "SearchProblem", "TrialResult", "fidelity_score", "plan_key"]
+__all__ = ["MODES", "ProblemSettings", "SearchProblem", "fidelity_score", "plan_key"]
 
 MODES = ("single", "pareto")
 
@@ -46,45 +46,16 @@ class ProblemSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from autoquant.errors import UsageError
-
         if self.mode not in MODES:
             raise UsageError(f"mode must be one of {MODES}, got {self.mode!r}")
         if not 0.0 < self.min_retention <= 1.5:
             raise UsageError(f"--min-retention must be in (0, 1.5], got {self.min_retention}")
         if self.episodes < 1:
             raise UsageError(f"--episodes must be >= 1, got {self.episodes}")
-
-
-@dataclass
-class TrialResult:
-    """What one plan measured and played."""
-
-    key: str
-    summary: str
-    latency_ratio: float
-    latency: dict[str, Any]
-    size_bytes: int
-    size_ratio: float
-    macs_ratio: float
-    fidelity: dict[str, Any]
-    fidelity_score: float
-    kernels: dict[str, Any]
-    played: bool = False
-    skip_reason: str | None = None
-    reward: dict[str, Any] | None = None
-    retention: float | None = None
-    seconds: dict[str, float] | None = None
-
-    def feasible(self, min_retention: float) -> bool:
-        return self.played and self.retention is not None and self.retention >= min_retention
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TrialResult:
-        return cls(**data)
+        if not 0.0 <= self.fidelity_floor <= 1.0:
+            raise UsageError(f"--fidelity-floor must be in [0, 1], got {self.fidelity_floor}")
+        if self.n_envs < 1:
+            raise UsageError(f"--envs must be >= 1, got {self.n_envs}")
 
 
 def fidelity_score(fid: dict[str, Any]) -> float:
@@ -153,15 +124,13 @@ class SearchProblem:
         if play:
             episodes = self.play(compressed.onnx, self.episode_seeds)
             paired = paired_comparison(episodes, self.fp32_episodes, self.random_episodes)
-            result.played = True
-            result.reward = {**episodes.to_json(), "paired": paired}
-            result.retention = paired["retention"]
+            result = result.replace(played=True, reward={**episodes.to_json(), "paired": paired},
+                                    retention=paired["retention"])
         else:
-            result.skip_reason = reason
+            result = result.replace(skip_reason=reason)
         t4 = time.perf_counter()
-        result.seconds = {"compress": round(t1 - t0, 3), "measure": round(t2 - t1, 3),
-                          "fidelity": round(t3 - t2, 3), "play": round(t4 - t3, 3)}
-        return result
+        return result.replace(seconds={"compress": round(t1 - t0, 3), "measure": round(t2 - t1, 3),
+                                       "fidelity": round(t3 - t2, 3), "play": round(t4 - t3, 3)})
 
     def play(self, model: bytes, seeds: list[int]) -> EpisodeStats:
         return play_episodes(onnx_actor(self.bundle, model), self.bundle.env_id, seeds,  # type: ignore[arg-type]

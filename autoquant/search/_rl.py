@@ -43,7 +43,6 @@ resumed their replay buffer is first filled with the study's finished trials.
 
 from __future__ import annotations
 
-import json
 import math
 import weakref
 from collections.abc import Mapping, Sequence
@@ -56,20 +55,17 @@ import optuna
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 
-from autoquant.compress import CompressionPlan, LayerSpec, compress, kept_count
+from autoquant.compress import FLOAT, INT_ACT_BITS, CompressionPlan, LayerSpec, compress
 from autoquant.errors import AutoquantError, UsageError
 from autoquant.evaluate import fidelity
-from autoquant.policy._layers import LayerTable
-from autoquant.search._agents import Agent, AgentContext, register_agent
-from autoquant.search._problem import (
-    ProblemSettings,
-    SearchProblem,
-    TrialResult,
-    fidelity_score,
-)
-from autoquant.search._space import ACT_BITS, FLOAT, SearchSpace
+from autoquant.policy import LayerTable
+from autoquant.search._agent import AgentContext
+from autoquant.search._cost import layer_costs, plan_cost
+from autoquant.search._problem import ProblemSettings, SearchProblem, fidelity_score
+from autoquant.search._record import TrialRecord, TrialResult
+from autoquant.search._space import SearchSpace
 from autoquant.search._study import ProposalSampler, SearchRunner
-from autoquant.targets._ort import OrtRunner
+from autoquant.targets import OrtRunner
 
 __all__ = [
     "OBS_DIM",
@@ -80,7 +76,6 @@ __all__ = [
     "bin_index",
     "layer_features",
     "layer_sensitivity",
-    "plan_cost",
     "trial_reward",
     "warm_start",
 ]
@@ -124,31 +119,6 @@ def trial_reward(result: TrialResult | None, settings: ProblemSettings) -> float
 
 
 # --- costs and features --------------------------------------------------------------
-
-
-def _layer_costs(table: LayerTable, bits: Sequence[int | None], ratios: Sequence[float],
-                 multiple: int) -> list[tuple[float, float]]:
-    """(weight bytes, MACs) per layer after pruning and quantization, estimated."""
-    out = []
-    in_frac = 1.0
-    for layer, b, ratio in zip(table, bits, ratios):
-        kept = kept_count(layer.channels, ratio, multiple) if ratio > 0 else layer.channels
-        out_frac = kept / layer.channels
-        weights = (layer.params - layer.channels) * in_frac * out_frac
-        out.append((weights * (b or 32) / 8 + kept * 4, layer.macs * in_frac * out_frac))
-        in_frac = out_frac
-    return out
-
-
-def plan_cost(table: LayerTable, plan: CompressionPlan) -> tuple[float, float]:
-    """Estimated (size ratio, MACs ratio) of ``plan`` against the fp32 network, without
-    compressing: pruning ``p`` of a layer keeps ``kept_count`` of its outputs and the
-    same share of the next layer's inputs; weights take the plan's bits, biases 32."""
-    specs = [plan.spec(layer.name) for layer in table]
-    costs = _layer_costs(table, [s.weight_bits for s in specs], [s.prune_ratio for s in specs],
-                         plan.channel_multiple)
-    return (sum(c[0] for c in costs) / (4.0 * table.total_params),
-            sum(c[1] for c in costs) / table.total_macs)
 
 
 def _geometry(layer: Any, net: Any) -> tuple[float, float]:
@@ -241,7 +211,7 @@ def layer_sensitivity(problem: SearchProblem, space: SearchSpace) -> list[float]
             out.append(0.0)
             continue
         if key not in cache:
-            plan = CompressionPlan({choice.name: LayerSpec(bits, None if bits is None else ACT_BITS, ratio)},
+            plan = CompressionPlan({choice.name: LayerSpec(bits, None if bits is None else INT_ACT_BITS, ratio)},
                                    channel_multiple=space.channel_multiple)
             try:
                 compressed = compress(problem.bundle, plan, problem.states, verify_kernels=False,
@@ -348,7 +318,7 @@ class CompressionEnv(gym.Env):  # type: ignore[misc]
         return out
 
     def _costs(self, choice: Sequence[tuple[int, int]]) -> list[tuple[float, float]]:
-        return _layer_costs(self.table, [c.weight_bits(b) for c, (b, _) in zip(self.layers, choice)],
+        return layer_costs(self.table, [c.weight_bits(b) for c, (b, _) in zip(self.layers, choice)],
                             [c.ratios[r] for c, (_, r) in zip(self.layers, choice)], self.space.channel_multiple)
 
     def _fits(self, choice: Sequence[tuple[int, int]]) -> bool:
@@ -453,12 +423,11 @@ def warm_start(model: Any, env: CompressionEnv, study: Any) -> int:
     COMPLETE trial with a result, replayed through ``env``); returns how many."""
     n = 0
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        raw = trial.user_attrs.get("result")
-        steps = env.replay(trial.params) if raw else None
+        record = TrialRecord.from_trial(trial)
+        steps = env.replay(record.params) if record.result is not None else None
         if not steps:
             continue
-        result = TrialResult.from_json(json.loads(raw) if isinstance(raw, str) else raw)
-        reward = trial_reward(result, env.settings)
+        reward = trial_reward(record.result, env.settings)
         for k, (obs, action, nxt) in enumerate(steps):
             last = k == len(steps) - 1
             model.replay_buffer.add(obs[None], nxt[None], action[None], np.array([reward if last else 0.0]),
@@ -521,23 +490,3 @@ class RLAgent:
             first = False
             if runner.used() == before:  # nothing ran: do not spin
                 break
-
-
-@register_agent("ddpg")
-def _ddpg(ctx: AgentContext) -> Agent:
-    return RLAgent("ddpg", ctx)
-
-
-@register_agent("td3")
-def _td3(ctx: AgentContext) -> Agent:
-    return RLAgent("td3", ctx)
-
-
-@register_agent("sac")
-def _sac(ctx: AgentContext) -> Agent:
-    return RLAgent("sac", ctx)
-
-
-@register_agent("ppo")
-def _ppo(ctx: AgentContext) -> Agent:
-    return RLAgent("ppo", ctx)

@@ -9,26 +9,32 @@
 
 Setting up happens in a staging folder renamed into place at the end, so a run
 folder either has everything needed to resume, or does not exist.
+
+Trust is never read from a run folder: whether a pickled or TorchScript policy may be
+loaded is said on each command line (``trust_pickle``), for ``start_run`` and
+``load_run`` alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from autoquant._io import atomic_write, sha256_file, write_json
 from autoquant._version import __version__
 from autoquant.compress import CompressionPlan, compress, export_reference, onnxruntime_uniform_int8, weight_bytes
-from autoquant.errors import DeviceUnreachable, UsageError
+from autoquant.errors import DeviceUnreachable, UsageError, describe_exception
 from autoquant.evaluate import (
+    HELD_OUT_SEED_OFFSET,
     EpisodeStats,
     StateSet,
     episode_seeds,
@@ -39,31 +45,34 @@ from autoquant.evaluate import (
     random_actor,
     record_states,
 )
-from autoquant.evaluate._evaluation import HELD_OUT_SEED_OFFSET
-from autoquant.policy import analyse, load_policy
-from autoquant.search._agents import AgentContext, make_agent
+from autoquant.policy import PolicyBundle, analyse, load_policy
+from autoquant.search._agent import AgentContext
+from autoquant.search._agents import check_agent, make_agent
 from autoquant.search._problem import ProblemSettings, SearchProblem
-from autoquant.search._space import load_space
+from autoquant.search._record import TrialRecord
+from autoquant.search._space import SearchSpace, find_space, load_space
 from autoquant.search._study import SearchRunner, TrialOutcome, fail_dead_trials, open_study, trial_records
-from autoquant.targets import OrtRunner, get_target, load_target_spec
-from autoquant.targets._registry import available_targets
+from autoquant.targets import OrtRunner, Target, find_target_spec, get_target
 
-__all__ = ["Run", "RunConfig", "load_run", "start_run"]
+__all__ = ["CONFIRM_FORMAT", "RUN_FORMAT", "Run", "RunConfig", "load_run", "start_run"]
 
 RUN_FORMAT = "autoquant.run"
 RUN_VERSION = 1
+CONFIRM_FORMAT = "autoquant.confirm"
+CONFIRM_VERSION = 1
 DEFAULT_STORAGE = "study.db"
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
-    """Everything ``autoquant search`` was asked, as stored in run.json."""
+    """Everything ``autoquant search`` was asked, as stored in run.json. Validated when
+    made: a RunConfig that exists names a known space, agent and target and sane
+    budgets. Trust (``--trust-pickle``) is not part of it: see the module docstring."""
 
     policy: str
     env_id: str | None = None
-    trust_pickle: bool = False
     activation: str | None = None
-    conv_strides: list[int] | None = None
+    conv_strides: tuple[int, ...] | None = None
     target: str = "host"
     device: str | None = None
     secret_file: str | None = None
@@ -80,30 +89,59 @@ class RunConfig:
     seed: int = 0
     storage: str = DEFAULT_STORAGE
     study_name: str | None = None
-    argv: list[str] = field(default_factory=list)
+    argv: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.policy:
+            raise UsageError("a run needs a policy file (--policy)")
+        if self.conv_strides is not None:
+            object.__setattr__(self, "conv_strides", tuple(int(v) for v in self.conv_strides))
+        object.__setattr__(self, "argv", tuple(str(a) for a in self.argv))
+        for name, low in (("n_trials", 1), ("confirm_episodes", 1), ("n_states", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UsageError(f"{name.replace('n_', '').replace('_', '-')} must be an integer >= {low}, "
+                                 f"got {value!r}")
+        find_space(self.method)
+        check_agent(self.agent)
+        find_target_spec(self.target)
+        # The scoring settings check themselves; made once, kept for the problem.
+        object.__setattr__(self, "_settings", ProblemSettings(
+            mode=self.mode, min_retention=self.min_retention, episodes=self.episodes,
+            fidelity_floor=self.fidelity_floor, n_envs=self.n_envs, seed=self.seed))
+
+    @property
+    def settings(self) -> ProblemSettings:
+        """How this run scores trials."""
+        return self._settings  # type: ignore[attr-defined, no-any-return]
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["conv_strides"] = list(self.conv_strides) if self.conv_strides is not None else None
+        data["argv"] = list(self.argv)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunConfig:
+        """Read run.json's ``config``; keys of older versions that no longer mean anything
+        (``trust_pickle``: trust comes from the command line) are dropped."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        for key in ("conv_strides", "argv"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        return cls(**values)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    _atomic_write(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
-
-
-def _target_fingerprint(target: Any) -> str:
+def _target_fingerprint(target: Target) -> str:
     facts = target.facts()
     return f"{target.name}|{facts.get('cpu')}|{facts.get('onnxruntime')}|{facts.get('threads')}"
+
+
+FP32_POINT = {"latency_ratio": 1.0, "retention": 1.0, "size_ratio": 1.0}
 
 
 @dataclass
@@ -114,9 +152,14 @@ class Run:
     info: dict[str, Any]
     config: RunConfig
     problem: SearchProblem
-    space: Any
+    space: SearchSpace
     states: StateSet
     held_out: np.ndarray
+
+    @property
+    def bundle(self) -> PolicyBundle:
+        """The fp32 policy the run compresses."""
+        return self.problem.bundle
 
     @property
     def storage_url(self) -> str:
@@ -150,64 +193,91 @@ class Run:
 
         return open_study(self.storage_url, self.study_name, self.config.mode, optuna.samplers.RandomSampler())
 
-    def records(self) -> list[dict[str, Any]]:
-        return trial_records(self.study(), self.config.min_retention)
+    def records(self) -> list[TrialRecord]:
+        """Every trial so far, by any agent or worker."""
+        return trial_records(self.study())
+
+    def record(self, number: int) -> TrialRecord | None:
+        return next((r for r in self.records() if r.number == number), None)
+
+    def report_records(self) -> list[dict[str, Any]]:
+        """The records as plain dicts, for ``autoquant.report``."""
+        records = self.records()
+        start = next((r.started_at for r in records if r.started_at is not None), None)
+        return [r.to_json(min_retention=self.config.min_retention, study_start=start) for r in records]
+
+    def references(self) -> dict[str, dict[str, Any]]:
+        """Points every report shows beside the search's: fp32, and onnxruntime's uniform int8."""
+        points = {"fp32": dict(FP32_POINT)}
+        ort = self.info["reference"].get("onnxruntime_int8") or {}
+        if "latency_ratio" in ort:
+            points["onnxruntime int8"] = {k: ort.get(k) for k in ("latency_ratio", "retention", "size_ratio")}
+        return points
 
     # --- results ---------------------------------------------------------------------------
+
+    def best(self) -> dict[str, Any] | None:
+        """best/confirm.json, or None before a plan was confirmed."""
+        path = self.folder / "best" / "confirm.json"
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def plan_of(self, trial: int | str) -> tuple[int, CompressionPlan]:
         """The plan of trial N, or of the confirmed best ("best")."""
         if trial == "best":
-            confirm = self.folder / "best" / "confirm.json"
-            if not confirm.is_file():
+            best = self.best()
+            if best is None:
                 raise UsageError(f"{self.folder} has no confirmed best plan yet; finish the search "
                                  f"({self.resume_command()}) or pass --trial N")
-            data = json.loads(confirm.read_text())
-            return int(data["trial"]), CompressionPlan.from_json(data["plan"])
-        trials = self.study().get_trials(deepcopy=False)
-        matching = [t for t in trials if t.number == int(trial)]
-        if not matching or "plan" not in matching[0].user_attrs:
-            raise UsageError(f"trial {trial} has no plan in this run (trials 0..{len(trials) - 1})")
-        return int(trial), CompressionPlan.from_json(matching[0].user_attrs["plan"])
+            return int(best["trial"]), CompressionPlan.from_json(best["plan"])
+        records = self.records()
+        record = next((r for r in records if r.number == int(trial)), None)
+        if record is None or record.plan is None:
+            raise UsageError(f"trial {trial} has no plan in this run (trials 0..{len(records) - 1})")
+        return int(trial), CompressionPlan.from_json(record.plan)
 
-    def compress(self, plan: CompressionPlan) -> Any:
-        return compress(self.problem.bundle, plan, self.states.states, seed=self.config.seed)
+    def compress(self, plan: CompressionPlan, *, rounding: str | None = None) -> Any:
+        options = {} if rounding is None else {"rounding": rounding}
+        return compress(self.bundle, plan, self.states.states, seed=self.config.seed, **options)
 
     def confirm(self, *, max_candidates: int = 3) -> dict[str, Any] | None:
         """Replay the best feasible plans on fresh seeds; the first that keeps the floor
         is the run's answer, written to best/."""
-        records = [r for r in self.records() if r["feasible"]]
-        records.sort(key=lambda r: (r["latency_ratio"], -(r["retention"] or 0.0), r["size_ratio"]))
+        floor_retention = self.config.min_retention
+        records = [r for r in self.records() if r.result is not None and r.feasible(floor_retention)]
+        records.sort(key=lambda r: (r.result.latency_ratio, -(r.result.retention or 0.0),  # type: ignore[union-attr]
+                                    r.result.size_ratio))  # type: ignore[union-attr]
         seen: set[str] = set()
         candidates = []
         for r in records:
-            if r["summary"] not in seen:
-                seen.add(r["summary"])
+            if r.summary not in seen:
+                seen.add(r.summary)
                 candidates.append(r)
         if not candidates:
             return None
         seeds = episode_seeds(self.config.seed + 1, self.config.confirm_episodes)
         fp32 = self.problem.play(self.problem.reference_onnx, seeds)
-        floor = play_episodes(random_actor(self.problem.bundle.action_space, self.config.seed + 1),
-                              self.problem.bundle.env_id, seeds, n_envs=self.config.n_envs)  # type: ignore[arg-type]
+        floor = play_episodes(random_actor(self.bundle.action_space, self.config.seed + 1),
+                              self.bundle.env_id, seeds, n_envs=self.config.n_envs)  # type: ignore[arg-type]
         attempts = []
         for record in candidates[:max_candidates]:
-            plan = CompressionPlan.from_json(record["plan"])
+            assert record.plan is not None and record.result is not None  # feasible records have both
+            plan = CompressionPlan.from_json(record.plan)
             compressed = self.compress(plan)
             episodes = self.problem.play(compressed.onnx, seeds)
             paired = paired_comparison(episodes, fp32, floor)
-            attempt = {"trial": record["number"], "summary": record["summary"], "retention": paired["retention"],
+            attempt = {"trial": record.number, "summary": record.summary, "retention": paired["retention"],
                        "reward": episodes.to_json(), "paired": paired}
             attempts.append(attempt)
-            if paired["retention"] >= self.config.min_retention:
+            if paired["retention"] >= floor_retention:
                 best_dir = self.folder / "best"
                 best_dir.mkdir(exist_ok=True)
-                _atomic_write(best_dir / "policy.onnx", compressed.onnx)
-                _write_json(best_dir / "plan.json", plan.to_json())
+                atomic_write(best_dir / "policy.onnx", compressed.onnx)
+                write_json(best_dir / "plan.json", plan.to_json())
                 data = {
-                    "trial": record["number"], "plan": plan.to_json(), "summary": record["summary"],
-                    "search": {"latency_ratio": record["latency_ratio"], "retention": record["retention"],
-                               "size_ratio": record["size_ratio"]},
+                    "format": CONFIRM_FORMAT, "version": CONFIRM_VERSION, "autoquant_version": __version__,
+                    "trial": record.number, "plan": plan.to_json(), "summary": record.summary,
+                    "search": {"latency_ratio": record.result.latency_ratio, "retention": record.result.retention,
+                               "size_ratio": record.result.size_ratio},
                     "confirm": {"seeds": seeds, "episodes": len(seeds), "retention": paired["retention"],
                                 "reward": episodes.to_json(), "fp32_reward": fp32.to_json(),
                                 "random_reward": floor.to_json()},
@@ -215,20 +285,18 @@ class Run:
                     "kernels": compressed.kernels.to_json() if compressed.kernels else None,
                     "attempts": attempts,
                 }
-                _write_json(best_dir / "confirm.json", data)
+                write_json(best_dir / "confirm.json", data)
                 return data
-        _write_json(self.folder / "confirm_failed.json", {"attempts": attempts})
+        write_json(self.folder / "confirm_failed.json", {"format": CONFIRM_FORMAT, "version": CONFIRM_VERSION,
+                                                         "autoquant_version": __version__, "attempts": attempts})
         return None
 
     def write_report(self) -> None:
         from autoquant.report import plot_pareto, write_report
 
-        records = self.records()
-        references = {"fp32": {"latency_ratio": 1.0, "retention": 1.0, "size_ratio": 1.0}}
-        ort = self.info["reference"].get("onnxruntime_int8")
-        if ort and "latency_ratio" in ort:
-            references["onnxruntime int8"] = {k: ort.get(k) for k in ("latency_ratio", "retention", "size_ratio")}
-        run_info = {"policy": self.config.policy, "env": self.problem.bundle.env_id, "target": self.config.target,
+        records = self.report_records()
+        references = self.references()
+        run_info = {"policy": self.config.policy, "env": self.bundle.env_id, "target": self.config.target,
                     "method": self.config.method, "agent": self.config.agent, "trials": self.config.n_trials,
                     "seed": self.config.seed, "mode": self.config.mode,
                     "min_retention": self.config.min_retention, "device": self.info["target"]["facts"]}
@@ -241,50 +309,64 @@ class Run:
 # --- setting a run up ------------------------------------------------------------------------
 
 
-def _load_bundle(config: RunConfig) -> Any:
-    return load_policy(config.policy, env_id=config.env_id, trust_pickle=config.trust_pickle,
-                       activation=config.activation, conv_strides=config.conv_strides)
+@dataclass
+class _Loaded:
+    """What a run is built from, loaded once."""
+
+    bundle: PolicyBundle
+    table: Any
+    space: SearchSpace
+    target: Target
+    reference_onnx: bytes
 
 
-def _target(config: RunConfig) -> Any:
-    return get_target(config.target, device=config.device, secret_file=config.secret_file)
-
-
-def _accelerated(name: str) -> tuple[str, ...]:
-    path = Path(name) if name.endswith(".toml") else available_targets().get(name)
-    return load_target_spec(Path(path)).accelerated_precisions if path else ("fp32", "int8")
-
-
-def _build(folder: Path, info: dict[str, Any], config: RunConfig) -> Run:
-    bundle = _load_bundle(config)
+def _load(config: RunConfig, *, trust_pickle: bool) -> _Loaded:
+    bundle = load_policy(config.policy, env_id=config.env_id, trust_pickle=trust_pickle,
+                         activation=config.activation,
+                         conv_strides=list(config.conv_strides) if config.conv_strides else None)
     table = analyse(bundle)
-    space = load_space(config.method, table, accelerated_precisions=_accelerated(config.target))
-    target = _target(config)
-    fingerprint = _target_fingerprint(target)
+    space = load_space(config.method, table,
+                       accelerated_precisions=find_target_spec(config.target).accelerated_precisions)
+    target = get_target(config.target, device=config.device, secret_file=config.secret_file)
+    return _Loaded(bundle, table, space, target, export_reference(bundle))
+
+
+def _build(folder: Path, info: dict[str, Any], config: RunConfig, loaded: _Loaded) -> Run:
+    fingerprint = _target_fingerprint(loaded.target)
     if fingerprint != info["target"]["fingerprint"]:
         raise UsageError(f"target {config.target!r} is now {fingerprint!r}, but this run measured on "
                          f"{info['target']['fingerprint']!r}: latencies would not compare; start a new run")
     states = StateSet.load(folder / "states.npz")
     held_out = StateSet.load(folder / "held_out.npz").states
     ref = info["reference"]
-    settings = ProblemSettings(mode=config.mode, min_retention=config.min_retention, episodes=config.episodes,
-                               fidelity_floor=config.fidelity_floor, n_envs=config.n_envs, seed=config.seed)
     problem = SearchProblem(
-        bundle, table, target, states=states.states, held_out=held_out, reference_onnx=export_reference(bundle),
-        settings=settings, episode_seeds=list(ref["seeds"]), fp32_episodes=_stats(ref["fp32"]),
-        random_episodes=_stats(ref["random"]), target_fingerprint=info["target"]["fingerprint"],
+        loaded.bundle, loaded.table, loaded.target, states=states.states, held_out=held_out,
+        reference_onnx=loaded.reference_onnx, settings=config.settings, episode_seeds=list(ref["seeds"]),
+        fp32_episodes=EpisodeStats.from_json(ref["fp32"]), random_episodes=EpisodeStats.from_json(ref["random"]),
+        target_fingerprint=info["target"]["fingerprint"],
     )
-    return Run(folder=folder, info=info, config=config, problem=problem, space=space, states=states,
+    return Run(folder=folder, info=info, config=config, problem=problem, space=loaded.space, states=states,
                held_out=held_out)
 
 
-def _stats(data: dict[str, Any]) -> EpisodeStats:
-    return EpisodeStats(seeds=tuple(data["seeds"]), rewards=tuple(data["rewards"]), lengths=tuple(data["lengths"]),
-                        steps_per_s=float(data["steps_per_s"]))
+def _check_new_folder(folder: Path) -> None:
+    if (folder / "run.json").exists():
+        raise UsageError(f"{folder} already holds a run: pass --resume to continue it, or another --out")
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} is an existing file, not a folder: choose another --out")
+    if folder.exists() and any(folder.iterdir()):
+        raise UsageError(f"{folder} exists and is not an autoquant run folder: choose another --out")
+    ancestor = folder.parent
+    while not ancestor.exists() and ancestor.parent != ancestor:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"--out {folder}: {ancestor} is a file, not a folder: choose another --out")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {folder}: cannot write in {ancestor} (permission denied): choose another --out")
 
 
-def start_run(folder: Path, config: RunConfig, *, log: Callable[[str], None] = lambda s: None,
-              share_from: Run | None = None) -> Run:
+def start_run(folder: Path, config: RunConfig, *, trust_pickle: bool = False,
+              log: Callable[[str], None] = lambda s: None, share_from: Run | None = None) -> Run:
     """Set up a new run folder: validate everything, record states, measure the
     references, and only then put the folder in place.
 
@@ -292,68 +374,66 @@ def start_run(folder: Path, config: RunConfig, *, log: Callable[[str], None] = l
     references this one reuses (``compare`` gives every combination the same ones).
     """
     folder = Path(folder)
-    if (folder / "run.json").exists():
-        raise UsageError(f"{folder} already holds a run: pass --resume to continue it, or another --out")
-    if folder.exists() and any(folder.iterdir()):
-        raise UsageError(f"{folder} exists and is not an autoquant run folder: choose another --out")
+    _check_new_folder(folder)
     policy = Path(config.policy).resolve()
-    config.policy = str(policy)
-    bundle = _load_bundle(config)
+    if not policy.is_file():
+        raise UsageError(f"--policy {config.policy}: no such file")
+    loaded = _load(config.replace(policy=str(policy)), trust_pickle=trust_pickle)
+    bundle = loaded.bundle
     if bundle.env_id is None:
         raise UsageError(f"{policy}: the environment is unknown; pass --env (a gymnasium id)")
-    config.env_id = bundle.env_id
-    table = analyse(bundle)
-    space = load_space(config.method, table, accelerated_precisions=_accelerated(config.target))
-    target = _target(config)
-    make_agent(config.agent, AgentContext(space, config.mode, config.seed, config.n_trials))  # validates the name
-    ProblemSettings(mode=config.mode, min_retention=config.min_retention, episodes=config.episodes)
+    config = config.replace(policy=str(policy), env_id=bundle.env_id)
     staging = folder.parent / f".{folder.name}.partial-{os.getpid()}"
     for stale in folder.parent.glob(f".{folder.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         if share_from is not None:
-            _share(share_from, staging, folder, config, space, target)
-            os.replace(staging, folder)
-            return load_run(folder)
-        log("recording states from the fp32 policy")
-        states = record_states(bundle, n=config.n_states, seed=config.seed)
-        held = record_states(bundle, n=max(256, config.n_states // 4), seed=config.seed + HELD_OUT_SEED_OFFSET)
-        states.save(staging / "states.npz")
-        held.save(staging / "held_out.npz")
-        reference = export_reference(bundle)
-        seeds = episode_seeds(config.seed, config.episodes)
-        log(f"playing the fp32 and random policies on {len(seeds)} seeds")
-        fp32 = play_episodes(onnx_actor(bundle, reference), bundle.env_id, seeds, n_envs=config.n_envs)
-        floor = play_episodes(random_actor(bundle.action_space, config.seed), bundle.env_id, seeds,
-                              n_envs=config.n_envs)
-        log("measuring onnxruntime's uniform int8 as a reference point")
-        ort_point = _ort_reference(bundle, table, target, states.states, held.states, reference, seeds, fp32,
-                                   floor, config.n_envs)
-        info = {
-            "format": RUN_FORMAT, "version": RUN_VERSION, "autoquant_version": __version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "config": asdict(config),
-            "policy": {"path": str(policy), "sha256": _sha256(policy), "algo": bundle.algo,
-                       "env_id": bundle.env_id, "layers": table.to_json()},
-            "target": {"name": target.name, "facts": target.facts(), "fingerprint": _target_fingerprint(target)},
-            "space": space.to_json(),
-            "study_name": config.study_name or folder.resolve().name,
-            "reference": {"seeds": seeds, "fp32": fp32.to_json(), "random": floor.to_json(),
-                          "fp32_size_bytes": weight_bytes(table, CompressionPlan()),
-                          "onnxruntime_int8": ort_point},
-        }
-        _write_json(staging / "run.json", info)
+            info = _share(share_from, staging, folder, config, loaded.space)
+        else:
+            info = _measure_references(staging, folder, config, loaded, policy, log)
+        write_json(staging / "run.json", info)
         if folder.exists():
             folder.rmdir()
         os.replace(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return _build(folder, info, config)
+    return _build(folder, info, config, loaded)
 
 
-def _share(source: Run, staging: Path, folder: Path, config: RunConfig, space: Any, target: Any) -> None:
+def _measure_references(staging: Path, folder: Path, config: RunConfig, loaded: _Loaded, policy: Path,
+                        log: Callable[[str], None]) -> dict[str, Any]:
+    bundle, table, target = loaded.bundle, loaded.table, loaded.target
+    log("recording states from the fp32 policy")
+    states = record_states(bundle, n=config.n_states, seed=config.seed)
+    held = record_states(bundle, n=max(256, config.n_states // 4), seed=config.seed + HELD_OUT_SEED_OFFSET)
+    states.save(staging / "states.npz")
+    held.save(staging / "held_out.npz")
+    seeds = episode_seeds(config.seed, config.episodes)
+    log(f"playing the fp32 and random policies on {len(seeds)} seeds")
+    fp32 = play_episodes(onnx_actor(bundle, loaded.reference_onnx), bundle.env_id, seeds,  # type: ignore[arg-type]
+                         n_envs=config.n_envs)
+    floor = play_episodes(random_actor(bundle.action_space, config.seed), bundle.env_id, seeds,  # type: ignore[arg-type]
+                          n_envs=config.n_envs)
+    log("measuring onnxruntime's uniform int8 as a reference point")
+    ort_point = _ort_reference(loaded, states.states, held.states, seeds, fp32, floor, config.n_envs)
+    return {
+        "format": RUN_FORMAT, "version": RUN_VERSION, "autoquant_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": config.to_json(),
+        "policy": {"path": str(policy), "sha256": sha256_file(policy), "algo": bundle.algo,
+                   "env_id": bundle.env_id, "layers": table.to_json()},
+        "target": {"name": target.name, "facts": target.facts(), "fingerprint": _target_fingerprint(target)},
+        "space": loaded.space.to_json(),
+        "study_name": config.study_name or folder.resolve().name,
+        "reference": {"seeds": seeds, "fp32": fp32.to_json(), "random": floor.to_json(),
+                      "fp32_size_bytes": weight_bytes(table, CompressionPlan()),
+                      "onnxruntime_int8": ort_point},
+    }
+
+
+def _share(source: Run, staging: Path, folder: Path, config: RunConfig, space: SearchSpace) -> dict[str, Any]:
     same = ("policy", "env_id", "target", "seed", "n_states", "episodes", "n_envs")
     differs = [k for k in same if getattr(source.config, k) != getattr(config, k)]
     if differs:
@@ -361,24 +441,25 @@ def _share(source: Run, staging: Path, folder: Path, config: RunConfig, space: A
     for name in ("states.npz", "held_out.npz"):
         shutil.copyfile(source.folder / name, staging / name)
     info = json.loads(json.dumps(source.info))
-    info["config"] = asdict(config)
+    info["config"] = config.to_json()
     info["space"] = space.to_json()
     info["study_name"] = config.study_name or folder.resolve().name
     info["shared_references_from"] = str(source.folder)
-    _write_json(staging / "run.json", info)
+    return info
 
 
-def _ort_reference(bundle: Any, table: Any, target: Any, states: np.ndarray, held: np.ndarray, reference: bytes,
-                   seeds: list[int], fp32: EpisodeStats, floor: EpisodeStats, n_envs: int) -> dict[str, Any]:
+def _ort_reference(loaded: _Loaded, states: np.ndarray, held: np.ndarray, seeds: list[int], fp32: EpisodeStats,
+                   floor: EpisodeStats, n_envs: int) -> dict[str, Any]:
     """onnxruntime's own uniform int8, measured like a trial (a point on the report)."""
+    bundle, table, reference = loaded.bundle, loaded.table, loaded.reference_onnx
     try:
         model = onnxruntime_uniform_int8(reference, states)
-        latency = target.measure(model, reference, held[:1])
+        latency = loaded.target.measure(model, reference, held[:1])
     except Exception as exc:  # noqa: BLE001 - a reference point that cannot be had is reported, not fatal
         if isinstance(exc, DeviceUnreachable):
             raise
-        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-    episodes = play_episodes(onnx_actor(bundle, model), bundle.env_id, seeds, n_envs=n_envs)
+        return {"error": describe_exception(exc)}
+    episodes = play_episodes(onnx_actor(bundle, model), bundle.env_id, seeds, n_envs=n_envs)  # type: ignore[arg-type]
     paired = paired_comparison(episodes, fp32, floor)
     size = weight_bytes(table, CompressionPlan.uniform(table))
     return {"latency_ratio": latency.ratio, "retention": paired["retention"],
@@ -387,30 +468,30 @@ def _ort_reference(bundle: Any, table: Any, target: Any, states: np.ndarray, hel
             "reward": episodes.to_json()}
 
 
-def load_run(folder: Path, *, n_trials: int | None = None, device: str | None = None,
+def load_run(folder: Path, *, trust_pickle: bool = False, n_trials: int | None = None, device: str | None = None,
              secret_file: str | None = None) -> Run:
     """Open an existing run folder (to resume it or export from it)."""
     folder = Path(folder)
     path = folder / "run.json"
     if not path.is_file():
-        raise UsageError(f"{folder} is not an autoquant run folder (no run.json)")
+        partial = sorted(folder.parent.glob(f".{folder.name}.partial-*"))
+        hint = (" (its set-up was interrupted before it finished: start the search again without --resume)"
+                if partial or not folder.exists() or not any(folder.iterdir()) else "")
+        raise UsageError(f"{folder} is not an autoquant run folder (no run.json){hint}")
     info = json.loads(path.read_text())
     if info.get("format") != RUN_FORMAT or info.get("version") != RUN_VERSION:
         raise UsageError(f"{path}: not a run this autoquant ({__version__}) can read")
-    config = RunConfig(**info["config"])
+    config = RunConfig.from_json(info["config"])
     policy = Path(config.policy)
     if not policy.is_file():
         raise UsageError(f"the run's policy {policy} is missing; restore it to resume or export")
-    if _sha256(policy) != info["policy"]["sha256"]:
+    if sha256_file(policy) != info["policy"]["sha256"]:
         raise UsageError(f"the run's policy {policy} changed since the run started (sha256 differs): "
                          "start a new run for the new file")
     if device is not None or secret_file is not None:  # the board may have a new address
-        config.device = device or config.device
-        config.secret_file = secret_file or config.secret_file
+        config = config.replace(device=device or config.device, secret_file=secret_file or config.secret_file)
     if n_trials is not None:
-        config.n_trials = n_trials
+        config = config.replace(n_trials=n_trials)
         info["config"]["n_trials"] = n_trials
-        _write_json(path, info)
-    return _build(folder, info, config)
-
-
+        write_json(path, info)
+    return _build(folder, info, config, _load(config, trust_pickle=trust_pickle))

@@ -9,15 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoquant.compress import WEIGHT_BITS, CompressionPlan, LayerSpec
 from autoquant._resources import resource_dir
+from autoquant.compress import FLOAT, INT_ACT_BITS, WEIGHT_BITS, CompressionPlan, LayerSpec
 from autoquant.errors import UsageError
-from autoquant.policy._layers import LayerTable
+from autoquant.policy import LayerTable
 
-__all__ = ["LayerChoices", "SearchSpace", "available_spaces", "load_space", "spaces_dir"]
+__all__ = ["LayerChoices", "SearchSpace", "available_spaces", "find_space", "load_space", "spaces_dir"]
 
-FLOAT = "float"
-ACT_BITS = 8  # integer layers take 8-bit activations (the int8 kernels)
 
 
 def spaces_dir() -> Path:
@@ -84,7 +82,7 @@ class SearchSpace:
             bits_text = str(params.get(layer.bits_param, layer.bits_choices()[0]))
             bits = None if bits_text == FLOAT else int(bits_text)
             ratio = float(params.get(layer.prune_param, layer.prune_ratios[0]))
-            specs[layer.name] = LayerSpec(bits, None if bits is None else ACT_BITS, ratio)
+            specs[layer.name] = LayerSpec(bits, None if bits is None else INT_ACT_BITS, ratio)
         return CompressionPlan(specs, channel_multiple=self.channel_multiple)
 
     def params(self, plan: CompressionPlan) -> dict[str, Any]:
@@ -153,6 +151,17 @@ _BUDGET_KEYS = {"max_size_ratio", "max_macs_ratio"}
 _OVERRIDE_KEYS = {"layers", "weight_bits", "prune_ratios"}
 
 
+def find_space(name_or_path: str) -> Path:
+    """The TOML file of a space named in ``search_spaces/``, or given as a path."""
+    path = Path(name_or_path)
+    if not (path.suffix == ".toml" and path.is_file()):
+        known = available_spaces()
+        if name_or_path not in known:
+            raise UsageError(f"unknown search space {name_or_path!r}: use one of {sorted(known)} or a .toml path")
+        path = known[name_or_path]
+    return path
+
+
 def load_space(name_or_path: str, table: LayerTable, *,
                accelerated_precisions: Sequence[str] = ("fp32", "int8")) -> SearchSpace:
     """A space by name (``search_spaces/NAME.toml``) or TOML path, applied to ``table``.
@@ -161,12 +170,7 @@ def load_space(name_or_path: str, table: LayerTable, *,
     head is never pruned. A target that accelerates no integer precision narrows
     every layer to float.
     """
-    path = Path(name_or_path)
-    if not (path.suffix == ".toml" and path.is_file()):
-        known = available_spaces()
-        if name_or_path not in known:
-            raise UsageError(f"unknown search space {name_or_path!r}: use one of {sorted(known)} or a .toml path")
-        path = known[name_or_path]
+    path = find_space(name_or_path)
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:

@@ -8,7 +8,6 @@ recorded as interrupted and does not count against the budget.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -19,8 +18,21 @@ from typing import Any
 
 import optuna
 
-from autoquant.errors import AutoquantError, DeviceUnreachable
-from autoquant.search._problem import SearchProblem, TrialResult
+from autoquant.errors import AutoquantError, DeviceUnreachable, describe_exception, first_line
+from autoquant.search._problem import SearchProblem
+from autoquant.search._record import (
+    TrialRecord,
+    TrialResult,
+    is_counted,
+    key_of,
+    record_error,
+    record_interrupted,
+    record_over_budget,
+    record_plan,
+    record_proposal,
+    record_result,
+    worker_of,
+)
 from autoquant.search._space import SearchSpace
 
 __all__ = [
@@ -33,9 +45,6 @@ __all__ = [
     "trial_records",
     "worker_id",
 ]
-
-INTERRUPTED = "interrupted"
-OVER_BUDGET = "over_budget"
 
 
 def directions(mode: str) -> list[str]:
@@ -59,8 +68,7 @@ def open_study(storage: str, name: str, mode: str, sampler: Any) -> Any:
             # Workers starting together race to create the schema or the study; the
             # loser finds them there on the next try.
             if attempt == 5:
-                raise AutoquantError(f"cannot open study {name!r} at {storage}: "
-                                     f"{str(exc).splitlines()[0]}") from exc
+                raise AutoquantError(f"cannot open study {name!r} at {storage}: {first_line(exc)}") from exc
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -75,24 +83,29 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+class _StoredTrial:
+    """A trial of another (dead) process, written through the storage."""
+
+    def __init__(self, study: Any, trial_id: int) -> None:
+        self._storage, self._id = study._storage, trial_id
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self._storage.set_trial_user_attr(self._id, key, value)
+
+
 def fail_dead_trials(study: Any) -> list[int]:
     """Mark RUNNING trials of processes on this host that no longer exist as FAIL
     (interrupted): what a killed worker left behind. Returns their numbers."""
     host = socket.gethostname()
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        worker = str(trial.user_attrs.get("worker", ""))
+        worker = worker_of(trial)
         w_host, _, w_pid = worker.rpartition(":")
         if not worker or (w_host == host and w_pid.isdigit() and not _pid_alive(int(w_pid))):
-            study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, "worker died")
+            record_interrupted(_StoredTrial(study, trial._trial_id), "worker died")
             study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
             failed.append(trial.number)
     return failed
-
-
-def counted(trial: Any) -> bool:
-    """Does a trial use up budget? Interrupted and over-budget ones do not."""
-    return INTERRUPTED not in trial.user_attrs and OVER_BUDGET not in trial.user_attrs
 
 
 class ProposalSampler(optuna.samplers.BaseSampler):
@@ -149,9 +162,9 @@ class SearchRunner:
             if trial.number in self._seen:
                 continue
             self._seen.add(trial.number)
-            data = trial.user_attrs.get("result")
-            if data:
-                self._remember(TrialResult.from_json(json.loads(data) if isinstance(data, str) else data))
+            record = TrialRecord.from_trial(trial)
+            if record.result is not None:
+                self._remember(record.result)
 
     def _remember(self, result: TrialResult) -> None:
         old = self.cache.get(result.key)
@@ -164,7 +177,7 @@ class SearchRunner:
 
     def used(self) -> int:
         """Trials that count against the budget, all workers together (running ones too)."""
-        return sum(1 for t in self.study.get_trials(deepcopy=False) if counted(t))
+        return sum(1 for t in self.study.get_trials(deepcopy=False) if is_counted(t))
 
     def remaining(self) -> int:
         return max(0, self.n_trials - self.used())
@@ -185,7 +198,7 @@ class SearchRunner:
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             twins = [t for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                     if t.number < number and t.user_attrs.get("key") == key]
+                     if t.number < number and key_of(t) == key]
             if not twins:
                 break
             time.sleep(0.5)
@@ -214,38 +227,33 @@ class SearchRunner:
                 raise TypeError("proposed parameters need a study opened with ProposalSampler")
             sampler.pending = dict(params)
         trial = self.study.ask()
-        trial.set_user_attr("worker", worker_id())
-        trial.set_user_attr("agent", self.agent)
-        rank = sum(1 for t in self.study.get_trials(deepcopy=False) if counted(t) and t.number <= trial.number)
+        record_proposal(trial, agent=self.agent, worker=worker_id())
+        rank = sum(1 for t in self.study.get_trials(deepcopy=False) if is_counted(t) and t.number <= trial.number)
         if rank > self.n_trials:  # another worker took the last slot between our check and ask
-            trial.set_user_attr(OVER_BUDGET, True)
+            record_over_budget(trial)
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return None
         try:
             chosen = {name: trial.suggest_categorical(name, dist.choices)
                       for name, dist in self.space.distributions().items()}
             plan = self.space.plan(chosen)
-            trial.set_user_attr("plan", plan.to_json())
-            trial.set_user_attr("summary", plan.describe())
             key = self.problem.key(plan)
-            trial.set_user_attr("key", key)
+            record_plan(trial, plan=plan.to_json(), summary=plan.describe(), key=key)
             if key not in self.cache:
                 self._wait_for_twins(trial.number, key)
             cached = key in self.cache
             result = self.cache[key] if cached else self.problem.evaluate(plan, self.should_play)
         except KeyboardInterrupt:
-            trial.set_user_attr(INTERRUPTED, "interrupted by the user")
+            record_interrupted(trial, "interrupted by the user")
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
         except DeviceUnreachable as exc:  # not the plan's fault: stop, resume when it is back
-            trial.set_user_attr(INTERRUPTED, f"device unreachable: {exc}")
+            record_interrupted(trial, f"device unreachable: {exc}")
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
         except Exception as exc:  # noqa: BLE001 - a failed trial is a record, the study goes on
-            message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            trial.set_user_attr("error", message)
-            if not isinstance(exc, AutoquantError):
-                trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            message = describe_exception(exc)
+            record_error(trial, message, None if isinstance(exc, AutoquantError) else traceback.format_exc())
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             outcome = TrialOutcome(trial.number, {}, None, message, False, False)
             if self.progress:
@@ -253,12 +261,8 @@ class SearchRunner:
             return outcome
         self._remember(result)
         feasible = result.feasible(self.settings.min_retention)
-        trial.set_user_attr("result", json.dumps(result.to_json()))
-        trial.set_user_attr("cached", cached)
-        trial.set_user_attr("feasible", feasible)
-        trial.set_user_attr("finished_at", time.time())
         violation = self._violation(result)
-        trial.set_user_attr("constraint", [violation])
+        record_result(trial, result, cached=cached, feasible=feasible, violation=violation, finished_at=time.time())
         trial.set_constraint("retention_floor", violation)  # read by TPE / NSGA-II
         if self.settings.mode == "single":
             values = [result.latency_ratio]
@@ -271,28 +275,6 @@ class SearchRunner:
         return outcome
 
 
-def trial_records(study: Any, min_retention: float) -> list[dict[str, Any]]:
-    """Plain records of every trial, for reports and comparisons."""
-    records = []
-    start = None
-    for trial in study.get_trials(deepcopy=False):
-        start = trial.datetime_start.timestamp() if start is None and trial.datetime_start else start
-        raw = trial.user_attrs.get("result")
-        result = TrialResult.from_json(json.loads(raw)) if raw else None
-        finished = trial.user_attrs.get("finished_at")
-        records.append({
-            "number": trial.number,
-            "state": trial.state.name,
-            "summary": trial.user_attrs.get("summary", ""),
-            "plan": trial.user_attrs.get("plan"),
-            "latency_ratio": result.latency_ratio if result else None,
-            "retention": result.retention if result else None,
-            "size_ratio": result.size_ratio if result else None,
-            "played": bool(result and result.played),
-            "feasible": bool(result and result.feasible(min_retention)),
-            "agent": trial.user_attrs.get("agent"),
-            "wall_s": (finished - start) if finished and start else None,
-            "error": trial.user_attrs.get("error") or trial.user_attrs.get(INTERRUPTED),
-            "cached": bool(trial.user_attrs.get("cached", False)),
-        })
-    return records
+def trial_records(study: Any) -> list[TrialRecord]:
+    """Every trial of the study, read once into TrialRecords."""
+    return [TrialRecord.from_trial(t) for t in study.get_trials(deepcopy=False)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,8 +22,14 @@ FLOAT_OPS = frozenset({"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "Fuse
 LAYER_OPS = INTEGER_OPS | FLOAT_OPS
 
 
-def make_session(model: bytes, *, threads: int = 1, profile_prefix: str | None = None) -> Any:
-    """A CPU onnxruntime session with a fixed thread count."""
+def make_session(model: bytes, *, threads: int = 1, profile_prefix: str | None = None,
+                 initializers: Mapping[str, np.ndarray] | None = None) -> Any:
+    """A CPU onnxruntime session with a fixed thread count.
+
+    ``initializers`` supplies the graph's external-data initializers by name (a recipe
+    graph's slots); the session reads them from the arrays, which must outlive it: they
+    are kept on the session as ``_autoquant_buffers``.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -35,7 +41,17 @@ def make_session(model: bytes, *, threads: int = 1, profile_prefix: str | None =
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    buffers: list[Any] = []
+    if initializers:
+        names = list(initializers)
+        arrays = [np.ascontiguousarray(initializers[name]) for name in names]
+        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+        options.add_external_initializers(names, values)
+        buffers = [arrays, values]
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    if buffers:
+        session._autoquant_buffers = buffers
+    return session
 
 
 class OrtRunner:

@@ -14,7 +14,7 @@ from autoquant._resources import resource_dir
 from autoquant.errors import TargetError
 from autoquant.targets._base import MeasureProtocol, Target
 
-__all__ = ["TargetSpec", "available_targets", "get_target", "load_target_spec", "targets_dir"]
+__all__ = ["TargetSpec", "available_targets", "find_target_spec", "get_target", "load_target_spec", "targets_dir"]
 
 
 def targets_dir() -> Path:
@@ -119,6 +119,17 @@ def available_targets() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.toml"))} if folder.is_dir() else {}
 
 
+def find_target_spec(name_or_path: str) -> TargetSpec:
+    """The declaration of a target named in ``hw_targets/`` or given as a .toml path."""
+    path = Path(name_or_path)
+    if not (path.suffix == ".toml" and path.is_file()):
+        known = available_targets()
+        if name_or_path not in known:
+            raise TargetError(f"unknown target {name_or_path!r}: use one of {sorted(known)} or a .toml path")
+        path = known[name_or_path]
+    return load_target_spec(path)
+
+
 def get_target(name_or_path: str, *, device: str | None = None, secret_file: str | None = None) -> Target:
     """A target by name (``hw_targets/NAME.toml``) or by the path of a TOML file.
 
@@ -126,13 +137,7 @@ def get_target(name_or_path: str, *, device: str | None = None, secret_file: str
     ``AUTOQUANT_DEVICE`` environment variable, else the TOML; the secret file
     likewise (``AUTOQUANT_SECRET_FILE``, default ~/.autoquant-secret).
     """
-    path = Path(name_or_path)
-    if not (path.suffix == ".toml" and path.is_file()):
-        known = available_targets()
-        if name_or_path not in known:
-            raise TargetError(f"unknown target {name_or_path!r}: use one of {sorted(known)} or a .toml path")
-        path = known[name_or_path]
-    spec = load_target_spec(path)
+    spec = find_target_spec(name_or_path)
     spec = dataclasses.replace(
         spec, device=device or os.environ.get("AUTOQUANT_DEVICE") or spec.device,
         secret_file=secret_file or os.environ.get("AUTOQUANT_SECRET_FILE") or spec.secret_file)

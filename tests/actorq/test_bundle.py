@@ -131,7 +131,7 @@ def test_cartpole_rebuild_reproduces_the_exported_plan(cartpole_export: dict[str
                                                        cartpole_dqn_path: Path) -> None:
     from autoquant.actorq import ActorQuantizer
     from autoquant.evaluate import StateSet
-    from autoquant.targets._ort import OrtRunner
+    from autoquant.targets import OrtRunner
 
     quantizer = ActorQuantizer(cartpole_export["out"])
     learner = _state_dict_of_zip(cartpole_dqn_path)  # the SB3 DQN policy.state_dict(), q_net_target too
@@ -236,7 +236,7 @@ def pong_bundle(pong, pong_states, tmp_path_factory: pytest.TempPathFactory):  #
 
 def test_pong_rebuild_reproduces_the_plan_across_flatten(pong_bundle, pong_states, pong_pt_path: Path) -> None:  # type: ignore[no-untyped-def]
     from autoquant.actorq import ActorQuantizer
-    from autoquant.targets._ort import OrtRunner
+    from autoquant.targets import OrtRunner
 
     compressed, bundle = pong_bundle
     fc1 = next(r for r in bundle.layers if r.name == "fc1")
@@ -268,7 +268,7 @@ def test_pong_rebuild_follows_new_learner_weights(pong_bundle, pong, pong_states
     bundle's fixed kept channels and activation ranges."""
     from autoquant.actorq import ActorQuantizer
     from autoquant.compress import export_onnx
-    from autoquant.targets._ort import OrtRunner
+    from autoquant.targets import OrtRunner
 
     compressed, bundle = pong_bundle
     learner = torch.load(pong_pt_path, weights_only=True)
@@ -295,6 +295,32 @@ def test_pong_rebuild_follows_new_learner_weights(pong_bundle, pong, pong_states
     got = policy.forward(pong_states.states)
     _assert_reproduces(got, reference)
     assert not np.array_equal(got, OrtRunner(compressed.onnx)(pong_states.states)), "the new weights were not used"
+
+
+def test_fp32_actors_run_the_learners_network(pong_bundle, pong, pong_states, pong_pt_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The baseline of the actorq benchmark: fp32 actors built from a broadcast compute what
+    the learner's own fp32 network computes, for the weights of that broadcast."""
+    from autoquant.actorq import Fp32ActorBuilder
+
+    _, bundle = pong_bundle
+    learner = torch.load(pong_pt_path, weights_only=True)
+    builder = Fp32ActorBuilder(bundle)
+    states = pong_states.states[:64]
+    with torch.no_grad():
+        want = pong.net(torch.as_tensor(states)).numpy()
+    _assert_reproduces(builder.build(learner).forward(states), want)
+    generator = torch.Generator().manual_seed(2)
+    moved = {k: v + 0.05 * v.std() * torch.randn(v.shape, generator=generator) for k, v in learner.items()}
+    net = copy.deepcopy(pong.net)
+    with torch.no_grad():
+        for name, module in net.named_children():
+            source = pong.layer_sources.get(name)
+            if source is not None:
+                module.weight.copy_(moved[f"{source}.weight"])
+                module.bias.copy_(moved[f"{source}.bias"])
+        moved_want = net(torch.as_tensor(states)).numpy()
+    _assert_reproduces(builder.build(moved).forward(states), moved_want)
+    assert not np.allclose(moved_want, want)
 
 
 def test_pong_bundle_refuses_other_networks(pong_bundle, cartpole_dqn_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -341,7 +367,7 @@ def test_every_kind_of_layer_rebuilds_bit_exactly(layers, cartpole_dqn, cartpole
                                                   cartpole_states, tmp_path: Path) -> None:
     from autoquant.actorq import ActorQuantizer, write_bundle
     from autoquant.compress import CompressionPlan, LayerSpec, compress
-    from autoquant.targets._ort import OrtRunner
+    from autoquant.targets import OrtRunner
 
     plan = CompressionPlan({name: LayerSpec(*spec) for name, spec in layers.items()})
     compressed = compress(cartpole_dqn, plan, cartpole_states.states, rounding="nearest")

@@ -43,8 +43,11 @@ def cartpole_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_short_run_learns_with_quantized_ray_actors(cartpole_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
+    # rl-zoo3's CartPole DQN hyperparameters with a gentler learning rate (1e-3 for 2.3e-3): the
+    # zoo's swings between 500 and dips below 50 from one evaluation to the next; this one
+    # kept every evaluation from 4k steps on above 90 in the 4 runs tried, so the final one is a fair test.
     proc = run_cli("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--actors", "2",
-                   "--steps", "20000", "--out", str(out), "--json")
+                   "--steps", "20000", "--learning-rate", "1e-3", "--out", str(out), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["format"] == "autoquant.actorq.run" and report["env_steps"] == 20000
@@ -56,11 +59,13 @@ def test_short_run_learns_with_quantized_ray_actors(cartpole_bundle: Path, tmp_p
     assert report["policy_ms_per_call"] > 0 and report["env_ms_per_step"] > 0
     learner = report["learner"]
     assert learner["policy"] == "MlpPolicy" and learner["policy_kwargs"] == {"net_arch": [64, 64]}
-    assert learner["hyperparameters_source"] == "rl-zoo3 dqn.yml CartPole-v1" and learner["init_from_policy"] is None
+    assert learner["hyperparameters_source"] == "rl-zoo3 dqn.yml CartPole-v1 with learning_rate given"
+    assert learner["hyperparameters"]["learning_rate"] == 1e-3 and learner["hyperparameters"]["train_freq"] == 256
+    assert learner["init_from_policy"] is None
     assert learner["updates"] > 1000 and learner["updates_per_s"] > 0 and learner["updates_per_s_wall"] > 0
     broadcasts = report["broadcasts"]
-    assert broadcasts["count"] > 5 and broadcasts["actor_rebuild_ms"]["count"] >= broadcasts["count"]
-    assert broadcasts["actor_rebuild_ms"]["median"] > 0
+    assert broadcasts["count"] > 5 and broadcasts["actor_first_rebuild_ms"]["count"] == 2  # one per actor
+    assert broadcasts["actor_rebuild_ms"]["count"] >= 2 and broadcasts["actor_rebuild_ms"]["median"] > 0
     # The reward curve: actors' episodes, and greedy evaluations of the fp32 learner on fixed seeds.
     curve = report["curve"]
     assert len(curve["episodes"]) > 50 and all(0 < e[0] <= 20000 for e in curve["episodes"])

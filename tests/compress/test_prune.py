@@ -10,7 +10,7 @@ import torch
 
 from autoquant.compress import CompressionPlan, LayerSpec, kept_count, prune
 from autoquant.policy import analyse
-from autoquant.policy._layers import analyse_module
+from autoquant.policy import analyse_module
 
 
 @pytest.mark.parametrize(("channels", "ratio", "multiple", "want"),

@@ -10,7 +10,6 @@ import optuna
 import pytest
 
 from autoquant.search import AGENTS, AgentContext, SearchRunner, load_space, make_agent, open_study
-from autoquant.search import _rl  # noqa: F401 - registers the meta-RL agents
 
 BUDGET = 6
 

@@ -14,22 +14,20 @@ import pytest
 
 from autoquant.search import (
     AgentContext,
+    CompressionEnv,
     ProblemSettings,
+    ProposalSampler,
+    RLAgent,
     SearchRunner,
     TrialResult,
+    bin_centre,
+    bin_index,
     load_space,
     make_agent,
     open_study,
-)
-from autoquant.search._rl import (
-    CompressionEnv,
-    RLAgent,
-    bin_centre,
-    bin_index,
     plan_cost,
     trial_reward,
 )
-from autoquant.search._study import ProposalSampler
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
 

@@ -8,13 +8,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 
+from autoquant.search import TrialRecord, trial_records
 from tests.conftest import ROOT, run_cli
+from tests.targets.device import start_device
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ def test_thirty_trials_find_a_faster_plan_that_keeps_the_reward(finished_run) ->
         assert (out / name).is_file(), name
     info = json.loads((out / "run.json").read_text())
     assert info["target"]["facts"]["onnxruntime"] and info["config"]["agent"] == "tpe"
-    assert "search" in info["config"]["argv"][1:] or any("search" in a for a in info["config"]["argv"])
+    assert info["config"]["argv"][1:3] == ["search", "--policy"]  # as typed: `autoquant search --policy ...`
     assert "onnxruntime int8" in (out / "report.md").read_text()
 
 
@@ -61,7 +64,7 @@ def test_export_reproduces_the_reward(finished_run, tmp_path: Path) -> None:  # 
     proc = run_cli("export", str(out), "--trial", str(result["best"]["trial"]), "--format", "torch",
                    "--out", str(tmp_path / "torch"))
     assert proc.returncode == 0, proc.stderr
-    scripted = load_policy(tmp_path / "torch" / "policy.pt", env_id="CartPole-v1")
+    scripted = load_policy(tmp_path / "torch" / "policy.pt", env_id="CartPole-v1", trust_pickle=True)  # our own file
     obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32) * 0.1
     assert np.mean(scripted.predict(obs) == bundle.predict(obs)) > 0.9
 
@@ -107,13 +110,10 @@ def test_resume_after_kill_keeps_every_completed_trial(cartpole_dqn_path: Path, 
     assert resumed.returncode == 0, resumed.stderr
     after = _completed(out / "study.db", "killed")
     assert all(after[n] == before[n] for n in before)  # nothing completed was lost or redone
-    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{out / 'study.db'}")
-    trials = study.get_trials(deepcopy=False)
-    counted = [t for t in trials if "interrupted" not in t.user_attrs]
-    assert len(counted) == 16
-    assert all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
-    keys = [json.loads(t.user_attrs["result"])["key"] for t in trials
-            if t.state == optuna.trial.TrialState.COMPLETE and not t.user_attrs["cached"]]
+    records = _records(out / "study.db", "killed")
+    assert len([r for r in records if r.counted]) == 16
+    assert all(r.state != "RUNNING" for r in records)
+    keys = [r.result.key for r in records if r.state == "COMPLETE" and r.result is not None and not r.cached]
     assert len(keys) == len(set(keys))  # no plan measured twice, across the restart
 
 
@@ -129,35 +129,112 @@ def test_two_workers_share_one_study_on_postgres(postgres_url: str, cartpole_dqn
     workers = [worker("w1"), worker("w2")]
     errors = [w.communicate(timeout=480)[1].decode() for w in workers]
     assert [w.returncode for w in workers] == [0, 0], errors
-    study = optuna.load_study(study_name="shared", storage=postgres_url)
-    trials = study.get_trials(deepcopy=False)
-    counted = [t for t in trials if "over_budget" not in t.user_attrs and "interrupted" not in t.user_attrs]
+    records = trial_records(optuna.load_study(study_name="shared", storage=postgres_url))
+    counted = [r for r in records if r.counted]
     assert len(counted) == 16
-    assert sorted(t.number for t in trials) == list(range(len(trials)))
-    assert {t.user_attrs["worker"].rsplit(":", 1)[1] for t in counted} == {str(w.pid) for w in workers}
-    keys = [json.loads(t.user_attrs["result"])["key"] for t in counted
-            if t.state == optuna.trial.TrialState.COMPLETE and not t.user_attrs["cached"]]
+    assert sorted(r.number for r in records) == list(range(len(records)))
+    assert {str(r.worker).rsplit(":", 1)[1] for r in counted} == {str(w.pid) for w in workers}
+    keys = [r.result.key for r in counted if r.state == "COMPLETE" and r.result is not None and not r.cached]
     assert len(keys) == len(set(keys))
 
 
+def _records(db: Path, name: str) -> list[TrialRecord]:
+    try:
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    except Exception:  # noqa: BLE001 - the schema or the study may not exist yet
+        return []
+    return trial_records(study)
+
+
+def _wait_for(what: str, proc: subprocess.Popen[bytes], check: Callable[[], bool], timeout_s: float = 240) -> None:
+    deadline = time.time() + timeout_s
+    while not check():
+        if proc.poll() is not None:
+            raise AssertionError(f"the search exited ({proc.returncode}) before {what}: "
+                                 f"{proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+        if time.time() > deadline:
+            raise AssertionError(f"no {what} within {timeout_s} s")
+        time.sleep(0.1)
+
+
 def test_ctrl_c_records_the_trial_and_prints_the_resume_command(cartpole_dqn_path: Path, tmp_path: Path) -> None:
+    """The interrupted trial is held in flight, not caught by luck: the search measures on
+    a real device server, which the test pauses (SIGSTOP) once the search is under way.
+    A trial that needs the device (a plan not measured before) then cannot finish, and
+    Ctrl-C arrives while it runs, every time."""
+    device = start_device(tmp_path / "device", max_model_mb=8)
     out = tmp_path / "interrupted"
     proc = subprocess.Popen(
         [sys.executable, "-m", "autoquant", "search", "--policy", str(cartpole_dqn_path), "--method", "quant",
-         "--agent", "random", "--trials", "40", "--out", str(out), "--quiet"],
+         "--agent", "random", "--trials", "40", "--episodes", "3", "--target", "arm", "--device", device.address,
+         "--secret-file", str(device.secret_file), "--out", str(out), "--quiet"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    seen: dict[int, str] = {}
-    while time.time() < deadline and proc.poll() is None and len(seen) < 2:
-        try:
-            seen = _completed(out / "study.db", "interrupted") if (out / "study.db").exists() else {}
-        except Exception:  # noqa: BLE001 - the schema may not exist yet
-            seen = {}
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    held: list[TrialRecord] = []
+    try:
+        _wait_for("a completed trial", proc,
+                  lambda: any(r.state == "COMPLETE" for r in _records(out / "study.db", "interrupted")))
+        os.kill(device.process.pid, signal.SIGSTOP)
+
+        def in_flight_on_the_paused_device() -> bool:
+            records = _records(out / "study.db", "interrupted")
+            measured = {r.key for r in records if r.state == "COMPLETE"}
+            held[:] = [r for r in records if r.state == "RUNNING" and r.key is not None and r.key not in measured]
+            return bool(held)
+
+        _wait_for("a trial waiting on the paused device", proc, in_flight_on_the_paused_device)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if device.process.poll() is None:
+            os.kill(device.process.pid, signal.SIGCONT)
+        device.stop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, err.decode()
     assert f"autoquant search --out {out} --resume" in err.decode()
     assert "Traceback" not in err.decode()
-    study = optuna.load_study(study_name="interrupted", storage=f"sqlite:///{out / 'study.db'}")
-    assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+    records = {r.number: r for r in _records(out / "study.db", "interrupted")}
+    assert all(r.state != "RUNNING" for r in records.values())
+    interrupted = records[held[0].number]
+    assert interrupted.state == "FAIL" and interrupted.interrupted and not interrupted.counted
+    assert interrupted.error == "interrupted by the user"
+
+
+def test_a_run_folder_never_switches_on_unpickling(finished_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """run.json edited to trust a pickled policy: export and resume still refuse it, and
+    nothing from the file runs."""
+    import shutil
+
+    import torch
+
+    from autoquant._io import sha256_file
+
+    out, _ = finished_run
+    run = tmp_path / "tampered"
+    shutil.copytree(out, run)
+    marker = tmp_path / "pwned"
+    policy = tmp_path / "policy.pt"
+    torch.save(_Touch(str(marker)), policy)
+    info = json.loads((run / "run.json").read_text())
+    info["config"]["trust_pickle"] = True
+    info["config"]["policy"] = info["policy"]["path"] = str(policy)
+    info["policy"]["sha256"] = sha256_file(policy)
+    (run / "run.json").write_text(json.dumps(info))
+    for args in (("export", str(run), "--trial", "0", "--out", str(tmp_path / "exported")),
+                 ("search", "--out", str(run), "--resume", "--quiet")):
+        proc = run_cli(*args)
+        assert proc.returncode == 2, proc.stderr
+        assert "--trust-pickle" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert not marker.exists(), f"{args[0]} unpickled the policy"
+    assert not (tmp_path / "exported").exists()
+
+
+class _Touch:
+    """Unpickling this creates a file: the proof that a pickle ran."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (Path(self.path),))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from autoquant._version import __version__
-from autoquant.errors import ExportError
+from autoquant.errors import ExportError, first_line
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "export_onnx", "onnx_metadata"]
 
@@ -52,8 +52,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], *, quantized: bo
                 else:
                     torch.onnx.export(model, (example,), path, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any exporter failure is reported as one
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExportError(f"ONNX export failed: {first}") from exc
+            raise ExportError(f"ONNX export failed: {first_line(exc)}") from exc
         proto = onnx.load(path)
     meta = {"autoquant_version": __version__, **(metadata or {})}
     for key, value in meta.items():

@@ -1,0 +1,195 @@
+"""Actors of ``autoquant actorq run``: an env each, a policy rebuilt on every broadcast.
+
+Quantized actors rebuild their policy from each broadcast with the bundle's
+``ActorQuantizer`` (``build`` from the fp32 weights, or ``build_quantized`` from the
+learner's central int8 payload). fp32 actors (``Fp32ActorBuilder``) run the same path with
+the full fp32 network: an onnxruntime session of a fixed fp32 graph of the bundle's
+network whose weights each broadcast supplies (same session options, one thread), so
+the two differ only in the network they run. The actors act as SB3's DQN collects:
+random actions before ``learning_starts``, then epsilon-greedy with the learner's current
+exploration rate (sent with every request).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autoquant.actorq._bundle import ActorBundle, load_bundle
+from autoquant.actorq._quantizer import ActorPolicy, ActorQuantizer
+from autoquant.compress import EXTERNAL_LOCATION, SlotSpec, as_array
+from autoquant.errors import ActorQError
+
+__all__ = ["ActorWorker", "Fp32ActorBuilder"]
+
+
+def _conv_strides(layer: Mapping[str, Any]) -> list[int]:
+    """A conv layer's strides from its fingerprint (no padding), or an ActorQError."""
+    kernel = layer["weight_shape"][2:]
+    strides = []
+    for size_in, size_out, k in zip(layer["in_shape"][1:], layer["out_shape"][1:], kernel):
+        found = [s for s in range(1, int(k) + 1) if (int(size_in) - int(k)) // s + 1 == int(size_out)]
+        if not found:
+            raise ActorQError(f"layer {layer['name']}: {layer['in_shape']} -> {layer['out_shape']} with kernel "
+                              f"{kernel} is not an unpadded convolution; fp32 actors support the Nature CNN "
+                              "and MLPs")
+        strides.append(found[0])
+    return strides
+
+
+class Fp32ActorBuilder:
+    """``build(state_dict)`` -> an ActorPolicy running the bundle's network in fp32.
+
+    The graph (Conv/Gemm layers with ReLU between them, Flatten before the first Gemm
+    after a conv) is fixed and its weight initializers are external, supplied by each
+    broadcast exactly as ``ActorQuantizer`` supplies its int8 ones. Plain data: picklable.
+    """
+
+    def __init__(self, bundle: ActorBundle | str | Path, *, threads: int = 1) -> None:
+        self.bundle = bundle if isinstance(bundle, ActorBundle) else load_bundle(bundle)
+        self.threads = threads
+        self.layers = list(self.bundle.manifest["fingerprint"]["layers"])
+        self.slots: dict[str, tuple[str, SlotSpec]] = {}  # slot name -> (state dict key, spec)
+        self.graph = self._graph()
+        self._quantizer = ActorQuantizer(self.bundle, threads=threads)  # for check() and the action spec
+
+    def _graph(self) -> bytes:
+        from onnx import TensorProto, helper, numpy_helper
+        from onnx.external_data_helper import set_external_data
+
+        nodes, inits = [], []
+        x, rank = "obs", 1 + len(self.bundle.input_shape)
+        for i, layer in enumerate(self.layers):
+            name = layer["name"]
+            inputs = [x]
+            for role, key, shape in (("weight", layer["weight_key"], layer["weight_shape"]),
+                                     ("bias", layer["bias_key"], layer["bias_shape"])):
+                if key is None:
+                    continue
+                slot = f"fp32/{name}/{role}"
+                tensor = numpy_helper.from_array(np.zeros(shape, np.float32), name=slot)
+                set_external_data(tensor, location=EXTERNAL_LOCATION)
+                tensor.ClearField("raw_data")
+                tensor.data_location = TensorProto.EXTERNAL
+                inits.append(tensor)
+                inputs.append(slot)
+                self.slots[slot] = (key, SlotSpec(slot, "float32", tuple(int(v) for v in shape)))
+            out = f"{name}/out"
+            if layer["type"] == "conv":
+                nodes.append(helper.make_node("Conv", inputs, [out], name=name,
+                                              kernel_shape=[int(v) for v in layer["weight_shape"][2:]],
+                                              strides=_conv_strides(layer)))
+            else:
+                if rank > 2:
+                    nodes.append(helper.make_node("Flatten", [x], [f"{name}/flat"], axis=1))
+                    inputs[0], rank = f"{name}/flat", 2
+                nodes.append(helper.make_node("Gemm", inputs, [out], name=name, transB=1))
+            x = out
+            if i < len(self.layers) - 1:
+                nodes.append(helper.make_node("Relu", [x], [f"{name}/relu"]))
+                x = f"{name}/relu"
+        graph = helper.make_graph(
+            nodes, "actorq_fp32",
+            [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", *self.bundle.input_shape])],
+            [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", int(self.layers[-1]["weight_shape"][0])])],
+            initializer=inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        return model.SerializeToString()
+
+    def check(self, learner_state_dict: Mapping[str, Any]) -> None:
+        self._quantizer.check(learner_state_dict)
+
+    def build(self, learner_state_dict: Mapping[str, Any]) -> ActorPolicy:
+        """An fp32 actor policy from the learner's weights (a session on the fixed graph)."""
+        from autoquant.targets import make_session
+
+        arrays = {slot: as_array(learner_state_dict[key]) for slot, (key, _) in self.slots.items()}
+        session = make_session(self.graph, threads=self.threads, initializers=arrays)
+        return ActorPolicy(session, input_shape=self.bundle.input_shape, obs_scale=self.bundle.obs_scale,
+                           action=self._quantizer.action_spec, algo=self.bundle.algo)
+
+
+class ActorWorker:
+    """One actor: an env, a policy rebuilt when the broadcast version changes, and
+    epsilon-greedy collection of ``steps`` transitions per request. Made a Ray actor by
+    ``ray.remote(ActorWorker)``; plain Python otherwise."""
+
+    def __init__(self, builder: Any, env_id: str, *, seed: int, central: bool) -> None:
+        from autoquant.policy import make_env
+
+        self.builder = builder
+        self.central = central
+        self.env = make_env(env_id)
+        self.env.action_space.seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.obs, _ = self.env.reset(seed=seed)
+        self.space = self.env.observation_space
+        self.policy: ActorPolicy | None = None
+        self.version = -1
+        self.episode_return = 0.0
+        self.episode_length = 0
+
+    def collect(self, box: Sequence[Any], version: int, epsilon: float, steps: int) -> dict[str, Any]:
+        """``steps`` transitions with the broadcast in ``box`` ([ObjectRef] or [weights])."""
+        rebuild_s = 0.0
+        if version != self.version:
+            weights = box[0]
+            if not isinstance(weights, Mapping):
+                import ray
+
+                weights = ray.get(weights)
+            start = time.perf_counter()
+            self.policy = (self.builder.build_quantized(weights) if self.central else self.builder.build(weights))
+            rebuild_s = time.perf_counter() - start
+            self.version = version
+        assert self.policy is not None
+        policy, env, rng = self.policy, self.env, self.rng
+        obs = np.empty((steps, *self.space.shape), dtype=self.space.dtype)
+        next_obs = np.empty_like(obs)
+        actions = np.empty(steps, dtype=np.int64)
+        rewards = np.empty(steps, dtype=np.float32)
+        terminated = np.empty(steps, dtype=bool)
+        truncated = np.empty(steps, dtype=bool)
+        episodes: list[tuple[int, float, int]] = []  # (index in this chunk, return, length)
+        policy_s, policy_cpu_s, env_s, policy_calls = 0.0, 0.0, 0.0, 0
+        start, cpu_start = time.perf_counter(), time.thread_time()
+        current = self.obs
+        for i in range(steps):
+            obs[i] = current
+            t0 = time.perf_counter()
+            if epsilon > 0.0 and rng.random() < epsilon:
+                action = int(env.action_space.sample())
+                t1 = time.perf_counter()
+            else:
+                c0 = time.thread_time()  # onnxruntime runs one intra-op thread: this one
+                action = int(policy.predict(current)[0])
+                policy_cpu_s += time.thread_time() - c0
+                t1 = time.perf_counter()
+                policy_s += t1 - t0
+                policy_calls += 1
+            new, reward, term, trunc, _ = env.step(action)
+            env_s += time.perf_counter() - t1
+            next_obs[i] = new
+            actions[i], rewards[i], terminated[i], truncated[i] = action, reward, term, trunc
+            self.episode_return += float(reward)
+            self.episode_length += 1
+            if term or trunc:
+                episodes.append((i, self.episode_return, self.episode_length))
+                self.episode_return, self.episode_length = 0.0, 0
+                t1 = time.perf_counter()
+                new, _ = env.reset()
+                env_s += time.perf_counter() - t1
+            current = new
+        self.obs = current
+        busy_s, cpu_s = time.perf_counter() - start, time.thread_time() - cpu_start
+        return {"obs": obs, "next_obs": next_obs, "actions": actions, "rewards": rewards,
+                "terminated": terminated, "truncated": truncated, "episodes": episodes, "steps": steps,
+                "busy_s": busy_s, "cpu_s": cpu_s, "policy_s": policy_s, "policy_cpu_s": policy_cpu_s, "env_s": env_s,
+                "policy_calls": policy_calls, "rebuild_s": rebuild_s, "version": version}
+
+

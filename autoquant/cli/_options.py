@@ -1,0 +1,133 @@
+"""Options and checks shared by the commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from autoquant.errors import UsageError
+
+__all__ = [
+    "ACTIVATION_NAMES",
+    "add_policy_arguments",
+    "add_target_arguments",
+    "check_output_file",
+    "check_output_folder",
+    "load_from_args",
+    "names",
+    "non_negative",
+    "positive",
+    "retention",
+    "strides",
+]
+
+
+def strides(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 4,2,1, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"strides must be positive integers, got {text!r}")
+    return values
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+# The activations a state dict may use (autoquant.policy._arch.ACTIVATIONS), named
+# here so that building the parser imports no torch (the device side has none).
+ACTIVATION_NAMES = ("elu", "gelu", "leaky_relu", "relu", "sigmoid", "silu", "tanh")
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """--policy and the options that say how to read it (inspect, evaluate, search, compare)."""
+    parser.add_argument("--policy", required=required, type=Path,
+                        help="SB3 .zip, torch state dict / TorchScript .pt")
+    parser.add_argument("--env", help="gymnasium id (default: what the file implies)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow a .pt holding a pickled nn.Module (runs code from the file)")
+    parser.add_argument("--activation", choices=ACTIVATION_NAMES,
+                        help="activation of a state-dict network (default relu, or the SB3 algorithm's)")
+    parser.add_argument("--conv-strides", type=strides, metavar="S1,S2,...",
+                        help="conv strides of a state-dict CNN that is not the Nature CNN")
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="host", help="hardware target: a name from 'autoquant targets' "
+                        "or a .toml path (default host)")
+    parser.add_argument("--device", metavar="HOST:PORT", help="the board of a remote target "
+                        "(else AUTOQUANT_DEVICE, else the target's TOML)")
+    parser.add_argument("--secret-file", help="the device's shared secret (else AUTOQUANT_SECRET_FILE, "
+                        "else ~/.autoquant-secret)")
+
+
+def load_from_args(args: argparse.Namespace) -> Any:
+    from autoquant.policy import load_policy
+
+    return load_policy(args.policy, env_id=args.env, trust_pickle=args.trust_pickle,
+                       activation=args.activation, conv_strides=args.conv_strides)
+
+
+def retention(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.98, got {text!r}") from None
+    if not 0.0 < value <= 1.5:
+        raise argparse.ArgumentTypeError(f"expected a retention in (0, 1.5], got {text!r}")
+    return value
+
+
+def names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _writable_dir(folder: Path, option: str, path: Path) -> None:
+    """The nearest existing ancestor of ``path`` must be a folder we may write in."""
+    ancestor = folder
+    while not ancestor.exists():
+        if ancestor.parent == ancestor:
+            break
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{option} {path}: {ancestor} is a file, not a folder: choose a path under a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: cannot write in {ancestor} (permission denied): choose another path")
+
+
+def check_output_folder(path: Path, option: str) -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} is an existing file, not a folder: choose another path")
+    _writable_dir(path, option, path)
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse, before any work, an output file that is a folder or cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder: give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {path}: the file is not writable: choose another path")
+    _writable_dir(path.parent, option, path)

@@ -1,0 +1,124 @@
+"""The built-in export formats: onnx, torch, actorq."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from autoquant._io import atomic_write, write_json
+from autoquant._version import __version__
+from autoquant.search import Run
+
+__all__ = ["export_actorq", "export_onnx", "export_torch", "torch_model"]
+
+
+def torch_model(compressed: Any) -> Any:
+    """A plain nn.Sequential: the pruned layers, weights replaced by their quantized
+    values where the plan quantizes them. Activation quantization is not represented:
+    outputs match the ONNX model up to activation rounding."""
+    import torch
+    from torch import nn
+
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    for name, module in compressed.net.named_children():
+        kind = type(module).__name__
+        if kind in ("QuantIdentity",) or name.endswith(("_in_quant", "_out_quant")):
+            continue
+        if kind == "QuantReLU":
+            layers[name] = nn.ReLU()
+        elif kind in ("QuantConv2d", "QuantLinear"):
+            plain: nn.Module
+            if kind == "QuantConv2d":
+                plain = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
+                                  padding=module.padding, bias=module.bias is not None)
+            else:
+                plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+            with torch.no_grad():
+                plain.weight.copy_(module.quant_weight().value)
+                if module.bias is not None:
+                    plain.bias.copy_(module.bias)
+            layers[name] = plain
+        else:
+            layers[name] = module
+    net = nn.Sequential(layers).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def _describe(run: Run, number: int, plan: Any, compressed: Any, model_format: str) -> dict[str, Any]:
+    bundle = run.bundle
+    return {
+        "format": "autoquant.export", "version": 1, "autoquant_version": __version__,
+        "run": str(run.folder), "trial": number, "summary": plan.describe(), "model_format": model_format,
+        "policy": run.info["policy"]["path"], "env_id": bundle.env_id, "action": bundle.action.to_json(),
+        "obs_scale": bundle.obs_scale, "input_shape": list(bundle.input_shape), "target": run.info["target"],
+        "kernels": compressed.kernels.to_json() if compressed.kernels else None,
+        "size_bytes": compressed.size_bytes,
+    }
+
+
+def _model_files(run: Run, number: int, plan: Any, out: Path, model_format: str) -> dict[str, Any]:
+    compressed = run.compress(plan)
+    if model_format == "onnx":
+        path = atomic_write(out / "policy.onnx", compressed.onnx)
+    else:
+        import torch
+
+        path = out / "policy.pt"
+        tmp = path.with_name(path.name + ".partial")
+        torch.jit.script(torch_model(compressed)).save(str(tmp))
+        tmp.replace(path)
+    plan_path = write_json(out / "plan.json", plan.to_json())
+    meta_path = write_json(out / "export.json", _describe(run, number, plan, compressed, model_format))
+    return {"files": [str(path), str(plan_path), str(meta_path)]}
+
+
+def export_onnx(run: Run, number: int, plan: Any, out: Path) -> dict[str, Any]:
+    """The ONNX graph that the search timed and played."""
+    return _model_files(run, number, plan, out, "onnx")
+
+
+def export_torch(run: Run, number: int, plan: Any, out: Path) -> dict[str, Any]:
+    """TorchScript of the pruned network with its weights quantized (fake-quantized)."""
+    return _model_files(run, number, plan, out, "torch")
+
+
+def _measured(run: Run, number: int) -> dict[str, Any]:
+    """What the search measured for trial ``number`` (and its confirmation, if it is the best)."""
+    out: dict[str, Any] = {"trial": number, "rounding": "gptq",
+                           "note": "measured by the search on GPTQ-rounded weights; the bundle rounds to nearest "
+                                   "(see template_fidelity)"}
+    record = run.record(number)
+    if record is not None:
+        out["state"] = record.state
+        if record.result is not None:
+            result = record.result.to_json()
+            for key in ("latency_ratio", "latency", "retention", "reward", "played", "skip_reason", "fidelity",
+                        "size_bytes", "size_ratio", "macs_ratio"):
+                out[key] = result.get(key)
+    reference = run.info.get("reference", {})
+    out["fp32_reward"] = reference.get("fp32")
+    out["random_reward"] = reference.get("random")
+    best = run.best()
+    if best is not None and int(best.get("trial", -1)) == number:
+        out["confirm"] = best.get("confirm")
+    return out
+
+
+def export_actorq(run: Run, number: int, plan: Any, out: Path) -> dict[str, Any]:
+    """An ActorQ bundle: the recipe quantized actors apply to each broadcast of learner weights."""
+    from autoquant.actorq import target_entry, write_bundle
+    from autoquant.evaluate import fidelity
+    from autoquant.targets import OrtRunner
+
+    compressed = run.compress(plan, rounding="nearest")
+    fid = fidelity(run.problem.reference_outputs, OrtRunner(compressed.onnx)(run.held_out), run.bundle.action)
+    target = target_entry(run.config.target, facts=run.info["target"].get("facts"))
+    target["fingerprint"] = run.info["target"].get("fingerprint")
+    origin = {"run": str(run.folder), "trial": number, "policy_sha256": run.info["policy"]["sha256"]}
+    written = write_bundle(compressed, out, target=target, measured=_measured(run, number), origin=origin,
+                           template_fidelity={**fid, "against": "fp32 on the run's held-out states"})
+    return {"files": [str(f) for f in written.files()], "payload_bytes": written.payload_bytes,
+            "template_fidelity": fid}

@@ -1,0 +1,185 @@
+"""The trial record: what a plan measured (``TrialResult``) and what the study knows of
+the trial that measured it (``TrialRecord``). This module is the one place that writes
+a trial's attributes into the study and the one place that reads them back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = [
+    "TrialRecord",
+    "TrialResult",
+    "is_counted",
+    "key_of",
+    "record_error",
+    "record_interrupted",
+    "record_over_budget",
+    "record_plan",
+    "record_proposal",
+    "record_result",
+    "worker_of",
+]
+
+# user_attrs keys, written here and read here only
+_RESULT = "result"
+_PLAN = "plan"
+_SUMMARY = "summary"
+_KEY = "key"
+_AGENT = "agent"
+_WORKER = "worker"
+_CACHED = "cached"
+_FEASIBLE = "feasible"
+_FINISHED_AT = "finished_at"
+_ERROR = "error"
+_TRACEBACK = "traceback"
+_INTERRUPTED = "interrupted"
+_OVER_BUDGET = "over_budget"
+_CONSTRAINT = "constraint"
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What one plan measured and, when it was played, its episodes."""
+
+    key: str
+    summary: str
+    latency_ratio: float
+    latency: dict[str, Any]
+    size_bytes: int
+    size_ratio: float
+    macs_ratio: float
+    fidelity: dict[str, Any]
+    fidelity_score: float
+    kernels: dict[str, Any]
+    played: bool = False
+    skip_reason: str | None = None
+    reward: dict[str, Any] | None = None
+    retention: float | None = None
+    seconds: dict[str, float] | None = None
+
+    def feasible(self, min_retention: float) -> bool:
+        return self.played and self.retention is not None and self.retention >= min_retention
+
+    def replace(self, **changes: Any) -> TrialResult:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrialResult:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial of a study as autoquant reads it, whatever agent or worker ran it."""
+
+    number: int
+    state: str  # Optuna's TrialState name: COMPLETE, FAIL, RUNNING, ...
+    params: dict[str, Any]
+    plan: dict[str, Any] | None
+    summary: str
+    key: str | None
+    agent: str | None
+    worker: str | None
+    result: TrialResult | None
+    cached: bool
+    error: str | None  # why it failed (the plan's error, or why it was interrupted)
+    interrupted: bool
+    over_budget: bool
+    started_at: float | None
+    finished_at: float | None
+
+    @classmethod
+    def from_trial(cls, trial: Any) -> TrialRecord:
+        """Read an Optuna FrozenTrial."""
+        attrs = trial.user_attrs
+        raw = attrs.get(_RESULT)
+        result = TrialResult.from_json(json.loads(raw) if isinstance(raw, str) else raw) if raw else None
+        return cls(
+            number=int(trial.number), state=trial.state.name, params=dict(trial.params),
+            plan=attrs.get(_PLAN), summary=str(attrs.get(_SUMMARY, "")), key=attrs.get(_KEY),
+            agent=attrs.get(_AGENT), worker=attrs.get(_WORKER), result=result, cached=bool(attrs.get(_CACHED, False)),
+            error=attrs.get(_ERROR) or attrs.get(_INTERRUPTED), interrupted=_INTERRUPTED in attrs,
+            over_budget=_OVER_BUDGET in attrs,
+            started_at=trial.datetime_start.timestamp() if trial.datetime_start else None,
+            finished_at=attrs.get(_FINISHED_AT),
+        )
+
+    @property
+    def counted(self) -> bool:
+        """Does this trial use up budget? Interrupted and over-budget ones do not."""
+        return not self.interrupted and not self.over_budget
+
+    def feasible(self, min_retention: float) -> bool:
+        return self.result is not None and self.result.feasible(min_retention)
+
+    def to_json(self, *, min_retention: float, study_start: float | None = None) -> dict[str, Any]:
+        """The plain record that reports and comparisons read (``autoquant.report``)."""
+        r = self.result
+        return {
+            "number": self.number, "state": self.state, "summary": self.summary, "plan": self.plan,
+            "latency_ratio": r.latency_ratio if r else None, "retention": r.retention if r else None,
+            "size_ratio": r.size_ratio if r else None, "played": bool(r and r.played),
+            "feasible": self.feasible(min_retention), "agent": self.agent,
+            "wall_s": (self.finished_at - study_start) if self.finished_at and study_start else None,
+            "error": self.error, "cached": self.cached,
+        }
+
+
+# --- writing: the runner's side ---------------------------------------------------------------
+
+
+def record_proposal(trial: Any, *, agent: str, worker: str) -> None:
+    trial.set_user_attr(_WORKER, worker)
+    trial.set_user_attr(_AGENT, agent)
+
+
+def record_plan(trial: Any, *, plan: dict[str, Any], summary: str, key: str) -> None:
+    trial.set_user_attr(_PLAN, plan)
+    trial.set_user_attr(_SUMMARY, summary)
+    trial.set_user_attr(_KEY, key)
+
+
+def record_result(trial: Any, result: TrialResult, *, cached: bool, feasible: bool, violation: float,
+                  finished_at: float) -> None:
+    trial.set_user_attr(_RESULT, json.dumps(result.to_json()))
+    trial.set_user_attr(_CACHED, cached)
+    trial.set_user_attr(_FEASIBLE, feasible)
+    trial.set_user_attr(_FINISHED_AT, finished_at)
+    trial.set_user_attr(_CONSTRAINT, [violation])
+
+
+def record_error(trial: Any, message: str, traceback_text: str | None = None) -> None:
+    trial.set_user_attr(_ERROR, message)
+    if traceback_text:
+        trial.set_user_attr(_TRACEBACK, traceback_text[-4000:])
+
+
+def record_interrupted(trial: Any, why: str) -> None:
+    trial.set_user_attr(_INTERRUPTED, why)
+
+
+def record_over_budget(trial: Any) -> None:
+    trial.set_user_attr(_OVER_BUDGET, True)
+
+
+def key_of(trial: Any) -> str | None:
+    """The plan key of a trial (read while it runs, to find twins in other workers)."""
+    return trial.user_attrs.get(_KEY)
+
+
+def worker_of(trial: Any) -> str:
+    return str(trial.user_attrs.get(_WORKER, ""))
+
+
+def is_counted(trial: Any) -> bool:
+    """``TrialRecord.counted`` without reading the whole record (budget checks run often)."""
+    attrs = trial.user_attrs
+    return _INTERRUPTED not in attrs and _OVER_BUDGET not in attrs

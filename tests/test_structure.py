@@ -1,0 +1,110 @@
+"""The package's shape: imports run one way, without loops, and nothing reaches into
+another package's private modules (the CLI, the benchmarks and the tests included)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+PACKAGE = ROOT / "autoquant"
+# Rooms and the rooms each may import (besides the top-level helpers: errors, _io, _version, ...).
+ALLOWED = {
+    "policy": set(),
+    "targets": set(),
+    "report": set(),
+    "compress": {"policy", "targets"},
+    "evaluate": {"compress", "policy", "targets"},
+    "search": {"evaluate", "compress", "policy", "targets", "report"},
+    "actorq": {"evaluate", "compress", "policy", "targets"},
+    "export": {"search", "actorq", "evaluate", "compress", "policy", "targets"},
+    "cli": {"export", "search", "actorq", "evaluate", "compress", "policy", "targets", "report"},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every autoquant module a file imports, at any depth of the file (lazy imports too)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, module]) if module else ".".join(base)
+            if module.startswith("autoquant"):
+                found.add(module)
+                found.update(f"{module}.{a.name}" for a in node.names if a.name != "*")
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("autoquant"))
+    return found
+
+
+def _package_modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def test_no_import_loops_between_modules() -> None:
+    modules = _package_modules()
+    graph = {name: {m for m in _imports(path) if m in modules and m != name and not name.startswith(m + ".")}
+             for name, path in modules.items()}
+    loops = []
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                loops.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not loops, f"import loops: {loops}"
+
+
+def test_rooms_import_one_way() -> None:
+    wrong = []
+    for name, path in _package_modules().items():
+        parts = name.split(".")
+        if len(parts) < 2 or parts[1] not in ALLOWED:
+            continue
+        for module in _imports(path):
+            target = module.split(".")
+            if len(target) > 1 and target[1] in ALLOWED and target[1] != parts[1] \
+                    and target[1] not in ALLOWED[parts[1]]:
+                wrong.append(f"{name} -> {module}")
+    assert not wrong, f"imports against the flow cli -> export -> search/actorq -> evaluate -> compress: {wrong}"
+
+
+def test_nobody_imports_another_packages_private_modules() -> None:
+    """Tests mirror the package: ``tests/ROOM/`` may look inside ``autoquant.ROOM``; nothing else may."""
+    files = [*PACKAGE.rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py"), *(ROOT / "examples").rglob("*.py"),
+             *(ROOT / "tests").rglob("*.py")]
+    wrong = []
+    for path in files:
+        name = _module_name(path)
+        for module in _imports(path):
+            parts = module.split(".")
+            private = next((i for i, p in enumerate(parts) if i >= 2 and p.startswith("_")
+                            and not p.startswith("__")), None)
+            if private is None:
+                continue
+            owner = ".".join(parts[:private])  # the package whose private module this is
+            mirror = "tests." + owner.removeprefix("autoquant.")
+            if not (name == owner or name.startswith((owner + ".", mirror + "."))):
+                wrong.append(f"{path.relative_to(ROOT)} -> {module}")
+    assert not wrong, f"private modules reached from outside their package: {wrong}"
