@@ -67,8 +67,13 @@ def build_chain(blocks: Sequence[Block]) -> tuple[nn.Sequential, dict[str, str]]
     n_conv = n_fc = n_act = 0
     seen_linear = False
     for block in blocks:
-        w = block.weight.detach().to(torch.float32)
-        b = None if block.bias is None else block.bias.detach().to(torch.float32)
+        w = _checked(block.weight, _tensor_name(block.source, "weight"))
+        b = None if block.bias is None else _checked(block.bias, _tensor_name(block.source, "bias"))
+        if b is not None and tuple(b.shape) != (w.shape[0],):
+            raise PolicyLoadError(
+                f"{_tensor_name(block.source, 'bias')} has shape {tuple(b.shape)}, its weight "
+                f"{tuple(w.shape)} needs ({w.shape[0]},): the file is corrupt"
+            )
         if block.is_conv:
             if seen_linear:
                 raise PolicyLoadError(
@@ -107,6 +112,29 @@ def build_chain(blocks: Sequence[Block]) -> tuple[nn.Sequential, dict[str, str]]
     for p in net.parameters():
         p.requires_grad_(False)
     return net, sources
+
+
+def _tensor_name(source: str, kind: str) -> str:
+    return f"{source}.{kind}" if source else kind
+
+
+def _checked(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """``tensor`` as float32, refused if empty, not real floating point, or not finite:
+    such weights make a policy that plays one constant action."""
+    if tensor.layout != torch.strided or not tensor.is_floating_point():
+        raise PolicyLoadError(f"tensor {name} holds {tensor.dtype} ({tensor.layout}) values, not dense "
+                              "floating-point weights: the file is not a policy autoquant can read")
+    if tensor.numel() == 0:
+        raise PolicyLoadError(f"tensor {name} is empty (shape {tuple(tensor.shape)}): the file is corrupt")
+    values = tensor.detach().to(torch.float32)
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        n_nan = int(torch.isnan(values).sum())
+        n_inf = int((~finite).sum()) - n_nan
+        raise PolicyLoadError(f"tensor {name} holds {n_nan} NaN and {n_inf} infinite values (of "
+                              f"{values.numel()}): the policy is broken; load a checkpoint from before "
+                              "training diverged")
+    return values
 
 
 def infer_square_input(blocks: Sequence[Block]) -> tuple[int, ...]:
@@ -168,6 +196,8 @@ def _conv_strides(convs: list[tuple[str, torch.Tensor, torch.Tensor | None]],
             raise PolicyLoadError(
                 f"--conv-strides gives {len(given)} strides for {len(convs)} convolutions"
             )
+        if not all(isinstance(s, int) and s >= 1 for s in given):
+            raise PolicyLoadError(f"--conv-strides must be positive integers, got {list(given)}")
         return [int(s) for s in given]
     kernels = tuple(int(w.shape[-1]) for _, w, _ in convs)
     if not convs:
@@ -224,6 +254,12 @@ def activation_from_kwargs(policy_kwargs: Mapping[str, object], default: str) ->
             f"activation_fn {value!r} is not one of {sorted(_TORCH_ACTIVATION_NAMES)}"
         )
     return name
+
+
+def _clip_mean(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < float("inf"):
+        raise PolicyLoadError(f"policy_kwargs clip_mean is {value!r}, not a positive number: the file is corrupt")
+    return float(value)
 
 
 def _features(state: Mapping[str, torch.Tensor], prefix: str) -> list[Block]:
@@ -301,7 +337,7 @@ def sb3_layout(
         blocks += _mlp(state, "actor.latent_pi.", act, last_activation=True)
         mu_prefix = "actor.mu.0." if has("actor.mu.0.") else "actor.mu."
         blocks += _head(state, mu_prefix)
-        clip = float(policy_kwargs.get("clip_mean", 2.0)) if use_sde else None  # type: ignore[arg-type]
+        clip = _clip_mean(policy_kwargs.get("clip_mean", 2.0)) if use_sde else None
         return SB3Layout(algo_hint or "sac", blocks, "squash", clip_mean=clip)
     if has("actor.mu."):
         act = activation_from_kwargs(policy_kwargs, "relu")

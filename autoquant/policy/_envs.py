@@ -9,6 +9,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from autoquant._untrusted import first_line
 from autoquant.errors import EnvMismatchError, PolicyLoadError
 
 __all__ = ["canonical_env_id", "env_id_from_metadata", "is_atari", "make_env", "read_zoo_yaml"]
@@ -95,6 +96,8 @@ class _ChannelsFirstStack(gym.ObservationWrapper):
 # argument, so nothing is executed.
 
 _ODICT_TAG = "tag:yaml.org,2002:python/object/apply:collections.OrderedDict"
+_MAX_YAML_BYTES = 1 << 20  # the zoo's files are about 1 kB
+_SCALAR_KEYS = (str, int, float, bool, type(None))
 
 
 def read_zoo_yaml(path: Path) -> dict[str, Any]:
@@ -105,15 +108,36 @@ def read_zoo_yaml(path: Path) -> dict[str, Any]:
         pass
 
     def _odict(loader: yaml.SafeLoader, node: yaml.Node) -> dict[str, Any]:
-        (pairs,) = loader.construct_sequence(node, deep=True)
-        return {str(k): v for k, v in pairs}
+        args = loader.construct_sequence(node, deep=True)  # ConstructorError unless a sequence
+        if len(args) != 1 or not isinstance(args[0], list):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an OrderedDict tag takes one list of pairs, got {len(args)} arguments",
+                node.start_mark)
+        out = {}
+        for pair in args[0]:
+            if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], _SCALAR_KEYS):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "an OrderedDict item must be a [key, value] pair with a scalar key",
+                    node.start_mark)
+            out[str(pair[0])] = pair[1]
+        return out
 
     _Loader.add_constructor(_ODICT_TAG, _odict)
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+        size = path.stat().st_size
+        if size > _MAX_YAML_BYTES:
+            raise PolicyLoadError(f"{path} is {size:,} bytes, over the cap of {_MAX_YAML_BYTES:,} for a zoo "
+                                  "YAML file")
+        text = path.read_text(encoding="utf-8")
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyLoadError(f"{path}: cannot read it as UTF-8 text ({exc})") from None
     except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0]
-        raise PolicyLoadError(f"{path}: not a zoo YAML file this tool can read safely ({first})") from exc
+        raise PolicyLoadError(f"{path}: not a zoo YAML file this tool can read safely ({first_line(exc)})") from None
+    except RecursionError:
+        raise PolicyLoadError(f"{path}: nested too deeply for a zoo YAML file") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # values SafeLoader cannot build, e.g. 2021-02-30
+        raise PolicyLoadError(f"{path}: a value cannot be read ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise PolicyLoadError(f"{path}: expected a mapping, found {type(data).__name__}")
     return data
@@ -124,13 +148,14 @@ _ENV_ID = re.compile(r"^[A-Za-z][\w/\-]*-v\d+$")
 
 def env_id_from_metadata(policy_path: Path) -> str | None:
     """The env id a policy file implies: the zoo's ``args.yml`` next to it, else a
-    file name that is a registered id (``CartPole-v1.zip``)."""
+    file name that is a registered id (``CartPole-v1.zip``). An ``args.yml`` that
+    cannot be read is an error (``--env`` skips it), not a silent fallback."""
     args = policy_path.parent / "args.yml"
     if args.is_file():
         try:
             env = read_zoo_yaml(args).get("env")
-        except PolicyLoadError:
-            env = None
+        except PolicyLoadError as exc:
+            raise PolicyLoadError(f"{exc}; pass --env to load the policy without it") from None
         if isinstance(env, str) and _ENV_ID.match(env):
             return canonical_env_id(env)
     stem = policy_path.stem

@@ -1,16 +1,20 @@
 """Load a policy file into a PolicyBundle without executing anything from the file.
 
 Supported: stable-baselines3 / sb3-contrib zips (DQN, QR-DQN, PPO, A2C, SAC, TQC,
-TD3), torch state dicts of Conv/Linear stacks (plain ``nn.Sequential`` or SB3 key
-names), TorchScript archives, and, only with ``trust_pickle=True``, a pickled
-``nn.Module``.
+TD3) and torch state dicts of Conv/Linear stacks (plain ``nn.Sequential`` or SB3 key
+names); only with ``trust_pickle=True``, because loading them runs code from the
+file, TorchScript archives and pickled ``nn.Module`` objects.
+
+Every file is untrusted input: zips are checked against size and inflation caps
+before anything is inflated, JSON against size and depth caps, and every way a file
+can be wrong ends in one PolicyLoadError.
 """
 
 from __future__ import annotations
 
 import ast
 import io
-import json
+import math
 import pickle
 import re
 import zipfile
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoquant._untrusted import check_zip, first_line, loads_json, open_zip, read_zip_member, short_repr
 from autoquant.errors import EnvMismatchError, PolicyLoadError
 from autoquant.policy._arch import (
     ACTIVATIONS,
@@ -62,7 +67,7 @@ def load_policy(
         if "data" in names and "policy.pth" in names:
             bundle = _load_sb3_zip(path)
         elif any(n.endswith("constants.pkl") for n in names):
-            bundle = _load_torchscript(path)
+            bundle = _load_torchscript(path, trust_pickle=trust_pickle)
         else:
             bundle = _load_torch_file(path, trust_pickle=trust_pickle, activation=activation,
                                       conv_strides=conv_strides)
@@ -79,28 +84,26 @@ def load_policy(
 
 
 def _zip_names(path: Path) -> list[str]:
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-            names = z.namelist()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise PolicyLoadError(f"{path} is not a readable zip archive ({exc}); is it truncated?") from exc
-    if bad is not None:
-        raise PolicyLoadError(f"{path}: member {bad!r} fails its CRC check; the file is corrupt")
-    return names
+    """Member names, after the caps on declared sizes and every member's CRC."""
+    with open_zip(path, where=str(path), error=PolicyLoadError) as z:
+        return check_zip(z, where=str(path), error=PolicyLoadError, test_crc=True)
 
 
 # --- stable-baselines3 zips -----------------------------------------------------------
 
 _SB3_MODULE = re.compile(r"^(?:stable_baselines3|sb3_contrib)\.(\w+)\.policies$")
+_MAX_DATA_BYTES = 16 << 20  # SB3's `data` JSON is tens of kB, serialized spaces included
+_MAX_LITERAL_CHARS = 4096  # the reprs read (shapes, n, net_arch, class names) are far shorter
+_MAX_INPUT_ELEMENTS = 1 << 24  # 64 MB of float32 per observation; Atari's is 28,224
 
 
 def _literal(value: Any) -> Any:
-    """A repr string from SB3's JSON (e.g. '[64, 64]', 'True') -> value, else as is."""
-    if isinstance(value, str):
+    """A repr string from SB3's JSON (e.g. '[64, 64]', 'True') -> value, else as is.
+    Long reprs (arrays) are left as strings: nothing read from them is needed."""
+    if isinstance(value, str) and len(value) <= _MAX_LITERAL_CHARS:
         try:
             return ast.literal_eval(value)
-        except (ValueError, SyntaxError):
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             return value
     return value
 
@@ -115,23 +118,59 @@ def _json_field(data: Mapping[str, Any], key: str) -> dict[str, Any]:
     return dict(value)
 
 
-def _space_shape(space: Mapping[str, Any]) -> tuple[int, ...]:
+def _space_shape(space: Mapping[str, Any], what: str) -> tuple[int, ...]:
     shape = space.get("shape", space.get("_shape"))
-    if not isinstance(shape, (list, tuple)):
-        raise PolicyLoadError("the zip's observation space has no readable shape")
-    return tuple(int(v) for v in shape)
+    if not isinstance(shape, (list, tuple)) or not 1 <= len(shape) <= 8 \
+            or not all(_is_int(v) and v >= 1 for v in shape):
+        raise PolicyLoadError(f"the zip's {what} has no readable shape (got {short_repr(shape)}): expected a "
+                              "list of 1 to 8 positive integers")
+    if math.prod(shape) > _MAX_INPUT_ELEMENTS:
+        raise PolicyLoadError(f"the zip's {what} has shape {tuple(shape)}, over the cap of "
+                              f"{_MAX_INPUT_ELEMENTS:,} elements")
+    return tuple(shape)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """Why torch refused a file, in one line, without torch's advice to unpickle it anyway."""
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it holds pickled Python objects ({found.group(1)})"
+    _, marker, detail = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (detail if marker else text).splitlines() if line.strip()]
+    for line in lines:
+        kept = [s for s in re.split(r"(?<=\.)\s+", line) if "weights_only" not in s and "Weights only" not in s]
+        if kept:
+            return " ".join(kept)[:200]
+    return type(exc).__name__
+
+
+def _pickled_objects(exc: BaseException) -> bool:
+    return "Unsupported global" in str(exc)
 
 
 def _load_sb3_zip(path: Path) -> PolicyBundle:
-    with zipfile.ZipFile(path) as z:
-        try:
-            data = json.loads(z.read("data"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PolicyLoadError(f"{path}: the 'data' entry is not JSON ({exc})") from exc
-        try:
-            state = torch.load(io.BytesIO(z.read("policy.pth")), weights_only=True, map_location="cpu")
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-            raise PolicyLoadError(f"{path}: policy.pth is not a plain state dict ({_first_line(exc)})") from exc
+    with open_zip(path, where=str(path), error=PolicyLoadError) as z:
+        raw = read_zip_member(z, "data", max_bytes=_MAX_DATA_BYTES, where=str(path), error=PolicyLoadError)
+        data = loads_json(raw, what=f"{path}: the 'data' entry", error=PolicyLoadError,
+                          max_bytes=_MAX_DATA_BYTES)
+        if not isinstance(data, dict):
+            raise PolicyLoadError(f"{path}: the 'data' entry is a JSON {type(data).__name__}, not the object "
+                                  "stable-baselines3 writes; the file is not an SB3 model")
+        pth = read_zip_member(z, "policy.pth", max_bytes=2 << 30, where=str(path), error=PolicyLoadError)
+    try:
+        state = torch.load(io.BytesIO(pth), weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - torch's reader on untrusted bytes fails in many ways
+        raise PolicyLoadError(
+            f"{path}: policy.pth is not a plain state dict ({_torch_reason(exc)}); autoquant never "
+            "unpickles objects from an SB3 zip: save the model again with stable-baselines3's model.save()"
+        ) from None
+    if not isinstance(state, Mapping):
+        raise PolicyLoadError(f"{path}: policy.pth holds a {type(state).__name__}, not a state dict")
     policy_class = _json_field(data, "policy_class")
     match = _SB3_MODULE.match(str(policy_class.get("__module__", "")))
     algo = match.group(1) if match else None
@@ -140,20 +179,33 @@ def _load_sb3_zip(path: Path) -> PolicyBundle:
     policy_kwargs = _json_field(data, "policy_kwargs")
     obs_space = _json_field(data, "observation_space")
     act_space = _json_field(data, "action_space")
-    layout = sb3_layout(state, algo_hint=algo, policy_kwargs=policy_kwargs,
-                        use_sde=bool(data.get("use_sde", False)))
+    use_sde = data.get("use_sde", False)
+    layout = sb3_layout({str(k): v for k, v in state.items()}, algo_hint=algo, policy_kwargs=policy_kwargs,
+                        use_sde=use_sde is True)
     net, sources = build_chain(layout.blocks)
-    input_shape = _space_shape(obs_space)
+    input_shape = _space_shape(obs_space, "observation space")
     space_type = str(act_space.get(":type:", ""))
     head_out = int(layout.blocks[-1].weight.shape[0])
     if "Discrete" in space_type and "Multi" not in space_type:
-        n = int(act_space["n"])
+        n = act_space.get("n")
+        if not _is_int(n) or n < 1:
+            raise PolicyLoadError(f"{path}: the action space's n is {short_repr(n)}, not a positive integer; "
+                                  "the file is corrupt")
         if layout.kind == "quantile":
+            if head_out % n:
+                raise PolicyLoadError(f"{path}: the quantile head gives {head_out} outputs, not a multiple "
+                                      f"of the {n} actions")
             action = ActionSpec("quantile", n_actions=n, n_quantiles=head_out // n)
         else:
+            if head_out != n:
+                raise PolicyLoadError(f"{path}: the action head gives {head_out} outputs for {n} actions; "
+                                      "the file is corrupt")
             action = ActionSpec("argmax", n_actions=n)
     elif "Box" in space_type:
-        shape = _space_shape(act_space)
+        shape = _space_shape(act_space, "action space")
+        if math.prod(shape) != head_out:
+            raise PolicyLoadError(f"{path}: the action head gives {head_out} outputs for actions of shape "
+                                  f"{shape}; the file is corrupt")
         kind = "clip" if layout.kind == "argmax" else layout.kind
         action = ActionSpec(kind, action_shape=shape, clip_mean=layout.clip_mean)
     else:
@@ -171,16 +223,15 @@ def _load_sb3_zip(path: Path) -> PolicyBundle:
 # --- torch files -----------------------------------------------------------------------
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def _load_torch_file(path: Path, *, trust_pickle: bool, activation: str | None,
                      conv_strides: Sequence[int] | None) -> PolicyBundle:
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
+        if not trust_pickle and not _pickled_objects(exc):
+            raise PolicyLoadError(
+                f"{path} is not a torch state dict this tool can read ({_torch_reason(exc)}); is it truncated?"
+            ) from None
         if not trust_pickle:
             raise PolicyLoadError(
                 f"{path} holds pickled Python objects (such as a whole nn.Module), and loading "
@@ -190,11 +241,11 @@ def _load_torch_file(path: Path, *, trust_pickle: bool, activation: str | None,
         try:
             obj = torch.load(path, weights_only=False, map_location="cpu")
         except Exception as exc2:  # noqa: BLE001 - any failure of an opted-in unpickle
-            raise PolicyLoadError(f"{path}: cannot unpickle ({_first_line(exc2)})") from exc2
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+            raise PolicyLoadError(f"{path}: cannot unpickle ({first_line(exc2)})") from exc2
+    except Exception as exc:  # noqa: BLE001 - torch's reader on untrusted bytes fails in many ways
         raise PolicyLoadError(
-            f"{path} is not a torch file this tool can read ({_first_line(exc)}); is it truncated?"
-        ) from exc
+            f"{path} is not a torch file this tool can read ({_torch_reason(exc)}); is it truncated?"
+        ) from None
     if isinstance(obj, nn.Module):
         return _from_module(obj, path, algo="torch")
     if isinstance(obj, Mapping):
@@ -202,7 +253,9 @@ def _load_torch_file(path: Path, *, trust_pickle: bool, activation: str | None,
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
-        state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if not isinstance(obj, Mapping):
+            raise PolicyLoadError(f"{path}: its state dict is a {type(obj).__name__}, not a mapping")
+        state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if any(k.startswith(("q_net.", "quantile_net.", "action_net.", "actor.", "mlp_extractor."))
                for k in state):
             kwargs = {"activation_fn": ACTIVATIONS[activation].__name__} if activation else {}
@@ -219,11 +272,16 @@ def _load_torch_file(path: Path, *, trust_pickle: bool, activation: str | None,
     )
 
 
-def _load_torchscript(path: Path) -> PolicyBundle:
+def _load_torchscript(path: Path, *, trust_pickle: bool) -> PolicyBundle:
+    if not trust_pickle:
+        raise PolicyLoadError(
+            f"{path} is a TorchScript archive, and TorchScript is code that runs when it is loaded: pass "
+            "--trust-pickle if you trust where it came from, or save torch.save(model.state_dict(), path)"
+        )
     try:
         module = torch.jit.load(str(path), map_location="cpu")
-    except RuntimeError as exc:
-        raise PolicyLoadError(f"{path}: not a loadable TorchScript archive ({_first_line(exc)})") from exc
+    except Exception as exc:  # noqa: BLE001 - any failure of an opted-in load
+        raise PolicyLoadError(f"{path}: not a loadable TorchScript archive ({first_line(exc)})") from exc
     return _from_module(module, path, algo="torchscript")
 
 
@@ -287,7 +345,7 @@ def _check_forward(bundle: PolicyBundle) -> None:
             bundle.net(bundle.example_input())
     except RuntimeError as exc:
         raise PolicyLoadError(
-            f"{bundle.source}: the layers do not chain for input {bundle.input_shape} ({_first_line(exc)})"
+            f"{bundle.source}: the layers do not chain for input {bundle.input_shape} ({first_line(exc)})"
         ) from exc
 
 

@@ -106,11 +106,15 @@ def test_sb3_key_names_in_a_pt_file(tmp_path: Path) -> None:
     np.testing.assert_array_equal(from_pt.forward(obs), from_zip.forward(obs))
 
 
-def test_torchscript_archive_loads(tmp_path: Path) -> None:
+def test_torchscript_archive_loads_only_when_trusted(tmp_path: Path) -> None:
+    from autoquant.errors import PolicyLoadError
+
     net = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2))
     path = tmp_path / "ts.pt"
     torch.jit.script(net).save(str(path))
-    bundle = load_policy(path, env_id="CartPole-v1")
+    with pytest.raises(PolicyLoadError, match="TorchScript is code.*--trust-pickle"):
+        load_policy(path, env_id="CartPole-v1")
+    bundle = load_policy(path, env_id="CartPole-v1", trust_pickle=True)
     x = torch.randn(8, 4)
     np.testing.assert_allclose(bundle.forward(x.numpy()), net(x).detach().numpy(), atol=1e-6)
     assert bundle.algo == "torchscript"
