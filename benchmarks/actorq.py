@@ -46,9 +46,9 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_POLICIES = REPO / ".." / "shared" / "policies"
-DEFAULT_OUT = REPO / "benchmarks" / "results"
+from common import DEFAULT_POLICIES, DEFAULT_RESULTS, REPO, rel  # benchmarks/common.py
+
+DEFAULT_OUT = DEFAULT_RESULTS
 
 
 @dataclass(frozen=True)
@@ -113,11 +113,6 @@ NETWORKS = (
 )
 
 
-def _rel(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
 
 
 def make_bundles(network: Network, policies: Path, folder: Path) -> dict[str, Path]:
@@ -442,7 +437,7 @@ def write_results(results: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "actorq.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     (out / "actorq.md").write_text(document(results))
-    print(f"wrote {_rel(out / 'actorq.json')} and {_rel(out / 'actorq.md')}")
+    print(f"wrote {rel(out / 'actorq.json')} and {rel(out / 'actorq.md')}")
 
 
 def render(path: Path, out: Path | None) -> int:

@@ -45,9 +45,9 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_POLICIES = REPO / ".." / "shared" / "policies"
-DEFAULT_OUT = REPO / "benchmarks" / "results"
+from common import DEFAULT_POLICIES, DEFAULT_RESULTS, rel  # benchmarks/common.py
+
+DEFAULT_OUT = DEFAULT_RESULTS
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,6 @@ NETWORKS = (
 )
 
 
-def _rel(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
 
 
 def learner_state_dict(path: Path) -> dict[str, Any]:
@@ -320,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "actorq_rebuild.json").write_text(json.dumps(results, indent=2) + "\n")
         (out / "actorq_rebuild.md").write_text(document)
-        print(f"wrote {_rel(out / 'actorq_rebuild.json')} and {_rel(out / 'actorq_rebuild.md')}")
+        print(f"wrote {rel(out / 'actorq_rebuild.json')} and {rel(out / 'actorq_rebuild.md')}")
     return 0
 
 

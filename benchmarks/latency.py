@@ -33,11 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import shlex
 import sys
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,9 +43,9 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_POLICIES = REPO / ".." / "shared" / "policies"
-DEFAULT_OUT = REPO / "benchmarks" / "results"
+from common import DEFAULT_POLICIES, DEFAULT_RESULTS, quiet, rel  # benchmarks/common.py
+
+DEFAULT_OUT = DEFAULT_RESULTS
 
 
 @dataclass(frozen=True)
@@ -84,19 +81,6 @@ class Variant:
     times: np.ndarray | None = None
 
 
-def _quiet() -> None:
-    """Silence the exporters' and quantizers' warnings and onnxruntime's log."""
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", module=r"brevitas(\..*)?")
-    warnings.filterwarnings("ignore", module=r"torch(\..*)?")
-    warnings.filterwarnings("ignore", module=r"onnxruntime(\..*)?")
-    logging.getLogger().setLevel(logging.ERROR)
-    for name in ("onnxruntime", "brevitas", "torch", "root"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import onnxruntime as ort
-
-    ort.set_default_logger_severity(3)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -118,9 +102,6 @@ def _isa_flags() -> str:
     return "unknown"
 
 
-def _rel(path: Path) -> str:
-    """A path as the command line from the repository root would write it."""
-    return os.path.relpath(Path(path).resolve(), REPO)
 
 
 class TorchEager:
@@ -348,7 +329,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _quiet()
+    quiet()
     import torch
 
     import autoquant
@@ -364,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     networks = [n for n in NETWORKS if n.key in args.networks]
     missing = [n.path for n in networks if not (policies / n.path).is_file()]
     if missing:
-        print(f"error: policy files not found under {_rel(policies)}: {', '.join(missing)} "
+        print(f"error: policy files not found under {rel(policies)}: {', '.join(missing)} "
               "(pass --policies DIR)", file=sys.stderr)
         return 2
 
@@ -420,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "latency.json").write_text(json.dumps(results, indent=2) + "\n")
         (out / "latency.md").write_text(document)
-        print(f"\nwrote {_rel(out / 'latency.json')} and {_rel(out / 'latency.md')}")
+        print(f"\nwrote {rel(out / 'latency.json')} and {rel(out / 'latency.md')}")
     return 0
 
 
@@ -430,10 +411,10 @@ def _command_args(argv: list[str]) -> list[str]:
     it = iter(argv)
     for arg in it:
         if arg in ("--policies", "--out"):
-            out.extend([arg, _rel(Path(next(it, ".")))])
+            out.extend([arg, rel(Path(next(it, ".")))])
         elif arg.startswith(("--policies=", "--out=")):
             key, value = arg.split("=", 1)
-            out.append(f"{key}={_rel(Path(value))}")
+            out.append(f"{key}={rel(Path(value))}")
         else:
             out.append(arg)
     return out

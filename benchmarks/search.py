@@ -56,14 +56,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import shlex
 import shutil
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,9 +69,8 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_POLICIES = REPO / ".." / "shared" / "policies"
-DEFAULT_RESULTS = REPO / "benchmarks" / "results"
+from common import DEFAULT_POLICIES, DEFAULT_RESULTS, REPO, quiet, rel  # benchmarks/common.py
+
 DEFAULT_WORK = REPO / "benchmarks" / "scratch" / "search"
 
 COMBOS: tuple[tuple[str, str], ...] = (
@@ -120,15 +117,6 @@ NETWORKS = (
 )
 
 
-def _quiet() -> None:
-    """Silence the exporters' and quantizers' warnings and onnxruntime's log."""
-    warnings.filterwarnings("ignore")
-    logging.getLogger().setLevel(logging.ERROR)
-    for name in ("onnxruntime", "brevitas", "torch", "root", "optuna"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import onnxruntime as ort
-
-    ort.set_default_logger_severity(3)
 
 
 def _isa_flags() -> str:
@@ -145,9 +133,6 @@ def _isa_flags() -> str:
     return "unknown"
 
 
-def _rel(path: Path) -> str:
-    """A path as the command line from the repository root would write it."""
-    return os.path.relpath(Path(path).resolve(), REPO)
 
 
 LIBRARY_PATHS = ("autoquant", "search_spaces", "hw_targets")
@@ -211,12 +196,12 @@ def check_existing(folder: Path, config: Any, method: str, agent: str) -> None:
     stored = json.loads(path.read_text())["config"]
     wanted = {**dataclasses.asdict(config), "method": method, "agent": agent}
     if config.env_id is not None and stored.get("env_id") not in (config.env_id, None):
-        raise UsageError(f"{_rel(folder)} was run on {stored.get('env_id')}, not {config.env_id}; "
+        raise UsageError(f"{rel(folder)} was run on {stored.get('env_id')}, not {config.env_id}; "
                          "pass --fresh or another --out")
     differs = {k: (stored.get(k), wanted[k]) for k in (*_CHECKED, "method", "agent") if stored.get(k) != wanted[k]}
     if differs:
         text = ", ".join(f"{k}={old!r} there, {new!r} asked" for k, (old, new) in differs.items())
-        raise UsageError(f"{_rel(folder)} was made with other settings ({text}); "
+        raise UsageError(f"{rel(folder)} was made with other settings ({text}); "
                          "pass --fresh to start over, or another --out")
 
 
@@ -234,7 +219,7 @@ def prepare(out: Path, base: Any, log: Callable[[str], None]) -> float | None:
     if (first_folder / "run.json").is_file():
         first = load_run(first_folder)
     else:
-        log(f"setting up {_rel(first_folder)}: recording states, playing fp32, random and onnxruntime int8")
+        log(f"setting up {rel(first_folder)}: recording states, playing fp32, random and onnxruntime int8")
         first = start_run(first_folder, dataclasses.replace(base, method=first_method, agent=first_agent), log=log)
         (out / SETUP).write_text(json.dumps({"setup_s": time.perf_counter() - t0}) + "\n")
     for method, agent in COMBOS[1:]:
@@ -393,7 +378,7 @@ def run_network(network: Network, policies: Path, out: Path, budget: Budget, see
     known = [v for v in (setup_s, window_s, *combo_totals.values()) if v is not None]
     return {
         "title": network.title,
-        "policy": _rel(policies / network.path),
+        "policy": rel(policies / network.path),
         "env_id": first.problem.bundle.env_id,
         "settings": {**dataclasses.asdict(budget), "seed": seed, "fidelity_floor": base.fidelity_floor,
                      "target": base.target},
@@ -689,10 +674,10 @@ def _command_args(argv: list[str]) -> list[str]:
     it = iter(argv)
     for arg in it:
         if arg in paths:
-            out.extend([arg, _rel(Path(next(it, ".")))])
+            out.extend([arg, rel(Path(next(it, ".")))])
         elif arg.startswith(tuple(p + "=" for p in paths)):
             key, value = arg.split("=", 1)
-            out.append(f"{key}={_rel(Path(value))}")
+            out.append(f"{key}={rel(Path(value))}")
         else:
             out.append(arg)
     return out
@@ -703,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     # measure this checkout's library, not whatever an editable install elsewhere points to
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    _quiet()
+    quiet()
     import torch
 
     import autoquant
@@ -713,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     networks = [n for n in NETWORKS if n.key in args.networks]
     missing = [n.path for n in networks if not (policies / n.path).is_file()]
     if missing:
-        print(f"error: policy files not found under {_rel(policies)}: {', '.join(missing)} "
+        print(f"error: policy files not found under {rel(policies)}: {', '.join(missing)} "
               "(pass --policies DIR)", file=sys.stderr)
         return 2
     raw_argv = sys.argv[1:] if argv is None else list(argv)
@@ -743,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
             out = work / network.key
             if args.fresh and out.exists():
                 shutil.rmtree(out)
-            print(f"\n{network.title}: {network.path} ({budget}); run folders in {_rel(out)}", flush=True)
+            print(f"\n{network.title}: {network.path} ({budget}); run folders in {rel(out)}", flush=True)
             try:
                 data = run_network(network, policies, out, budget, args.seed, ["benchmarks/search.py", *raw_argv],
                                    args.calls, code)
@@ -776,7 +761,7 @@ def main(argv: list[str] | None = None) -> int:
         results_dir.mkdir(parents=True, exist_ok=True)
         (results_dir / "search.json").write_text(json.dumps(_clean(results), indent=2) + "\n")
         (results_dir / "search.md").write_text(document(results, sections, facts_md))
-        print(f"\nwrote {_rel(results_dir / 'search.json')} and {_rel(results_dir / 'search.md')}")
+        print(f"\nwrote {rel(results_dir / 'search.json')} and {rel(results_dir / 'search.md')}")
     return 0
 
 

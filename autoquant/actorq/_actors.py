@@ -19,26 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from autoquant.actorq._bundle import ActorBundle, load_bundle
+from autoquant.actorq._bundle import ActorBundle, conv_strides, load_bundle
 from autoquant.actorq._quantizer import ActorPolicy, ActorQuantizer
 from autoquant.compress import EXTERNAL_LOCATION, SlotSpec, as_array
-from autoquant.errors import ActorQError
 
 __all__ = ["ActorWorker", "Fp32ActorBuilder"]
-
-
-def _conv_strides(layer: Mapping[str, Any]) -> list[int]:
-    """A conv layer's strides from its fingerprint (no padding), or an ActorQError."""
-    kernel = layer["weight_shape"][2:]
-    strides = []
-    for size_in, size_out, k in zip(layer["in_shape"][1:], layer["out_shape"][1:], kernel):
-        found = [s for s in range(1, int(k) + 1) if (int(size_in) - int(k)) // s + 1 == int(size_out)]
-        if not found:
-            raise ActorQError(f"layer {layer['name']}: {layer['in_shape']} -> {layer['out_shape']} with kernel "
-                              f"{kernel} is not an unpadded convolution; fp32 actors support the Nature CNN "
-                              "and MLPs")
-        strides.append(found[0])
-    return strides
 
 
 class Fp32ActorBuilder:
@@ -82,7 +67,7 @@ class Fp32ActorBuilder:
             if layer["type"] == "conv":
                 nodes.append(helper.make_node("Conv", inputs, [out], name=name,
                                               kernel_shape=[int(v) for v in layer["weight_shape"][2:]],
-                                              strides=_conv_strides(layer)))
+                                              strides=conv_strides(layer)))
             else:
                 if rank > 2:
                     nodes.append(helper.make_node("Flatten", [x], [f"{name}/flat"], axis=1))

@@ -41,6 +41,7 @@ __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_VERSION",
     "ActorBundle",
+    "conv_strides",
     "load_bundle",
     "target_entry",
     "write_bundle",
@@ -150,6 +151,20 @@ class ActorBundle:
         if key not in self.arrays:
             raise BundleFormatError(f"bundle arrays lack {key!r}: the bundle is incomplete; export it again")
         return np.asarray(self.arrays[key], dtype=np.intp)
+
+
+def conv_strides(layer: Mapping[str, Any]) -> list[int]:
+    """A conv layer's strides from its fingerprint (no padding), or an ActorQError."""
+    kernel = layer["weight_shape"][2:]
+    strides = []
+    for size_in, size_out, k in zip(layer["in_shape"][1:], layer["out_shape"][1:], kernel):
+        found = [s for s in range(1, int(k) + 1) if (int(size_in) - int(k)) // s + 1 == int(size_out)]
+        if not found:
+            raise ActorQError(f"layer {layer['name']}: {layer['in_shape']} -> {layer['out_shape']} with kernel "
+                              f"{kernel} is not an unpadded convolution; fp32 actors support the Nature CNN "
+                              "and MLPs")
+        strides.append(found[0])
+    return strides
 
 
 # --- reading ----------------------------------------------------------------------------------

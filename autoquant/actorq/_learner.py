@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from autoquant.actorq._bundle import ActorBundle
-from autoquant.errors import ActorQError, EnvMismatchError, UsageError
+from autoquant.actorq._bundle import ActorBundle, conv_strides
+from autoquant.errors import ActorQError, EnvMismatchError, NetworkMismatchError, UsageError
 
 __all__ = [
     "DQN_PRESETS",
@@ -186,7 +186,7 @@ def make_learner(bundle: ActorBundle, env_id: str, hyper: DQNConfig, *, seed: in
                                    f"{wanted} (fingerprint {bundle.fingerprint_id}): export a bundle of this network")
     if policy == "CnnPolicy":  # the same strides too: the learner's convs against the bundle's shapes
         for module, layer in zip(modules, fingerprint):
-            if isinstance(module, torch.nn.Conv2d) and list(module.stride) != _conv_strides(layer):
+            if isinstance(module, torch.nn.Conv2d) and list(module.stride) != conv_strides(layer):
                 raise NetworkMismatchError(f"layer {layer['name']}: SB3's Nature CNN stride {list(module.stride)} "
                                            "does not give the bundle's shapes")
     return model

@@ -60,7 +60,7 @@ from autoquant.errors import AutoquantError, UsageError
 from autoquant.evaluate import fidelity
 from autoquant.policy import LayerTable
 from autoquant.search._agent import AgentContext
-from autoquant.search._cost import layer_costs, plan_cost
+from autoquant.search._cost import layer_costs
 from autoquant.search._problem import ProblemSettings, SearchProblem, fidelity_score
 from autoquant.search._record import TrialRecord, TrialResult
 from autoquant.search._space import SearchSpace

@@ -1,0 +1,31 @@
+"""What every benchmark script shares: where the repository, the reference policies and
+the results are, quiet libraries, and paths written as from the repository root."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+__all__ = ["DEFAULT_POLICIES", "DEFAULT_RESULTS", "REPO", "quiet", "rel"]
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_POLICIES = REPO / ".." / "shared" / "policies"
+DEFAULT_RESULTS = REPO / "benchmarks" / "results"
+
+
+def quiet() -> None:
+    """Silence the exporters', quantizers' and Optuna's warnings and onnxruntime's log."""
+    warnings.filterwarnings("ignore")
+    logging.getLogger().setLevel(logging.ERROR)
+    for name in ("onnxruntime", "brevitas", "torch", "root", "optuna"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+
+
+def rel(path: Path) -> str:
+    """A path as the command line from the repository root would write it."""
+    return os.path.relpath(Path(path).resolve(), REPO)
