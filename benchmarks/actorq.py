@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -397,6 +397,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _load_note(facts: Mapping[str, Any]) -> str:
+    """What the load averages recorded around the run say about wall times."""
+    cores = os.cpu_count() or 1
+    loads = [float(facts[k]) for k in ("loadavg_at_start", "loadavg_at_end") if facts.get(k) is not None]
+    if not loads:
+        return "No load average was recorded."
+    busy = max(loads) > cores
+    return (f"Load average {min(loads):.1f}-{max(loads):.1f} on {cores} cores: "
+            + ("more runnable jobs than cores, so wall times include waiting." if busy
+               else "no more runnable jobs than cores."))
+
+
 def document(results: dict[str, Any]) -> str:
     facts_md = "\n".join(f"- {k}: {v}" for k, v in results["facts"].items())
     sections = [markdown(data) for data in results["networks"].values()]
@@ -426,9 +438,8 @@ def document(results: dict[str, Any]) -> str:
         "**final greedy learner reward**: the fp32 learner played greedily on the round's fixed evaluation "
         "seeds at the end of each round; **above random**: rounds whose final reward beats the random policy's "
         "on the same seeds; **final actor agreement**: the share of the latest 1000 replay states on which an "
-        "actor built from the final weights takes the learner's greedy action. This machine was shared with "
-        "other jobs (load averages in the facts): wall times drift by several times between rounds; compare "
-        "the CPU columns and the paired ratios.\n\n"
+        "actor built from the final weights takes the learner's greedy action. " + _load_note(results["facts"]) +
+        " Compare the CPU columns and the paired ratios.\n\n"
         f"## Device\n\n{facts_md}\n\n## Results\n\n" + "\n".join(sections)
     )
 

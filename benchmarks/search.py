@@ -577,6 +577,24 @@ def headline_text(head: Mapping[str, Any]) -> str:
     return text
 
 
+def _noise_note(results: Mapping[str, Any]) -> str:
+    """How far one played trial's retention can move by seed alone, per network, from the
+    fp32 episodes this run measured: the spread of fp32's own rewards against its gap to random."""
+    parts = []
+    for key, data in results["networks"].items():
+        ref, settings = data.get("reference") or {}, data.get("settings") or {}
+        rewards = ref.get("fp32_rewards") or []
+        if len(rewards) < 2 or ref.get("random_reward") is None:
+            continue
+        gap = float(ref["fp32_reward"]) - float(ref["random_reward"])
+        spread = float(max(rewards) - min(rewards))
+        parts.append(f"{key}: floor {settings.get('min_retention')}, {settings.get('episodes')} episodes a trial; "
+                     f"fp32's rewards spread over {spread:.1f} between seeds against an fp32-minus-random gap of "
+                     f"{gap:.1f}" + (f", so one episode can move retention by up to {spread / gap:.2f}"
+                                     if gap > 0 else ""))
+    return ("Measured noise: " + "; ".join(parts) + ".") if parts else ""
+
+
 def document(results: Mapping[str, Any], sections: Sequence[str], facts_md: str) -> str:
     combos = ", ".join(f"{m}/{a}" for m, a in COMBOS)
     return (
@@ -599,12 +617,9 @@ def document(results: Mapping[str, Any], sections: Sequence[str], facts_md: str)
         "onnxruntime int8's latency ratio / the best latency ratio; **confirmed**: the best feasible plans "
         "replayed on fresh seeds, the first that keeps the floor.\n\n"
         "Notes: joint/ddpg's total s includes the meta-RL agent's per-layer sensitivity probes (one "
-        "compression per layer) before its first trial; they are not trials. Retention floors: LunarLander "
-        "0.98; Pong 0.9, because a Pong trial plays only 3 episodes (one episode of a policy that rallies "
-        "lasts up to 27,000 steps) whose rewards differ by 10 points or more between seeds against an "
-        "fp32-minus-random gap of about 15, so a 3-episode retention moves by 0.2 or more with no change in the "
-        "policy; the confirmation on 5 fresh seeds guards against plans that passed by luck. Retentions above "
-        "1 are that noise too. Searches with the same seed share their first trials when their samplers "
+        "compression per layer) before its first trial; they are not trials. " + _noise_note(results) +
+        " The confirmation on fresh seeds guards against plans that passed by luck; retentions above 1 are "
+        "that noise too. Searches with the same seed share their first trials when their samplers "
         "start alike (TPE's start-up trials are random search's first trials).\n\n"
         f"## Device\n\n{facts_md}\n\n## Results\n\n" + "\n".join(sections)
     )
