@@ -162,6 +162,7 @@ def test_ctrl_c_records_the_trial_and_prints_the_resume_command(cartpole_dqn_pat
     a real device server, which the test pauses (SIGSTOP) once the search is under way.
     A trial that needs the device (a plan not measured before) then cannot finish, and
     Ctrl-C arrives while it runs, every time."""
+    (tmp_path / "device").mkdir()
     device = start_device(tmp_path / "device", max_model_mb=8)
     out = tmp_path / "interrupted"
     proc = subprocess.Popen(
