@@ -89,6 +89,9 @@ class RemoteTarget:
         if status == 401:
             raise TargetError(f"device {self.address} refused the request: {message}; check that "
                               "--secret-file holds the device's secret")
+        if status == 503 and not headers.get("X-Autoquant-Signature"):
+            raise TargetError(f"device {self.address} is busy ({message}): wait for its other clients, or "
+                              "restart 'autoquant device serve' there")
         self._verify(status, headers, payload, sent)
         raise TargetError(f"device {self.address} refused the job (HTTP {status}): {message}")
 
