@@ -9,7 +9,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from autoquant._untrusted import first_line
+from autoquant._untrusted import MAX_JSON_DEPTH, first_line, json_depth_exceeds
 from autoquant.errors import EnvMismatchError, PolicyLoadError
 
 __all__ = ["canonical_env_id", "env_id_from_metadata", "is_atari", "make_env", "read_zoo_yaml"]
@@ -96,7 +96,7 @@ class _ChannelsFirstStack(gym.ObservationWrapper):
 # argument, so nothing is executed.
 
 _ODICT_TAG = "tag:yaml.org,2002:python/object/apply:collections.OrderedDict"
-_MAX_YAML_BYTES = 1 << 20  # the zoo's files are about 1 kB
+_MAX_YAML_BYTES = 256 << 10  # the zoo's files are about 1 kB
 _SCALAR_KEYS = (str, int, float, bool, type(None))
 
 
@@ -129,15 +129,19 @@ def read_zoo_yaml(path: Path) -> dict[str, Any]:
             raise PolicyLoadError(f"{path} is {size:,} bytes, over the cap of {_MAX_YAML_BYTES:,} for a zoo "
                                   "YAML file")
         text = path.read_text(encoding="utf-8")
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
     except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyLoadError(f"{path}: cannot read it as UTF-8 text ({exc})") from None
+        raise PolicyLoadError(f"{path}: cannot read it as UTF-8 text ({first_line(exc)})") from None
+    if json_depth_exceeds(text, MAX_JSON_DEPTH):  # PyYAML slows to seconds, then recurses out, on deep nesting
+        raise PolicyLoadError(f"{path}: nested deeper than {MAX_JSON_DEPTH} levels; not a zoo YAML file")
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
         raise PolicyLoadError(f"{path}: not a zoo YAML file this tool can read safely ({first_line(exc)})") from None
     except RecursionError:
         raise PolicyLoadError(f"{path}: nested too deeply for a zoo YAML file") from None
-    except (ValueError, TypeError, OverflowError) as exc:  # values SafeLoader cannot build, e.g. 2021-02-30
-        raise PolicyLoadError(f"{path}: a value cannot be read ({first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - SafeLoader's constructors raise built-in errors on bad
+        # scalars: IndexError for a bare `!!int`, ValueError for 2021-02-30, TypeError, OverflowError
+        raise PolicyLoadError(f"{path}: a value cannot be read ({type(exc).__name__}: {first_line(exc)})") from None
     if not isinstance(data, dict):
         raise PolicyLoadError(f"{path}: expected a mapping, found {type(data).__name__}")
     return data

@@ -149,6 +149,20 @@ def _torch_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _tensors(state: Mapping[Any, Any], path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a state dict, keyed by name; names go into messages, so they must
+    be short printable text."""
+    out = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if not isinstance(key, str) or not key.isprintable() or len(key) > 256:
+            raise PolicyLoadError(f"{path}: state dict key {short_repr(key)} is not a layer name (short "
+                                  "printable text); the file is corrupt")
+        out[key] = value
+    return out
+
+
 def _pickled_objects(exc: BaseException) -> bool:
     return "Unsupported global" in str(exc)
 
@@ -171,6 +185,7 @@ def _load_sb3_zip(path: Path) -> PolicyBundle:
         ) from None
     if not isinstance(state, Mapping):
         raise PolicyLoadError(f"{path}: policy.pth holds a {type(state).__name__}, not a state dict")
+    state = _tensors(state, path)
     policy_class = _json_field(data, "policy_class")
     match = _SB3_MODULE.match(str(policy_class.get("__module__", "")))
     algo = match.group(1) if match else None
@@ -180,8 +195,7 @@ def _load_sb3_zip(path: Path) -> PolicyBundle:
     obs_space = _json_field(data, "observation_space")
     act_space = _json_field(data, "action_space")
     use_sde = data.get("use_sde", False)
-    layout = sb3_layout({str(k): v for k, v in state.items()}, algo_hint=algo, policy_kwargs=policy_kwargs,
-                        use_sde=use_sde is True)
+    layout = sb3_layout(state, algo_hint=algo, policy_kwargs=policy_kwargs, use_sde=use_sde is True)
     net, sources = build_chain(layout.blocks)
     input_shape = _space_shape(obs_space, "observation space")
     space_type = str(act_space.get(":type:", ""))
@@ -210,7 +224,8 @@ def _load_sb3_zip(path: Path) -> PolicyBundle:
         action = ActionSpec(kind, action_shape=shape, clip_mean=layout.clip_mean)
     else:
         raise PolicyLoadError(
-            f"{path}: action space {space_type or '?'} is not supported (Discrete or Box only)"
+            f"{path}: action space {short_repr(space_type) if space_type else '?'} is not supported "
+            "(Discrete or Box only)"
         )
     is_image = str(obs_space.get("dtype")) == "uint8" and len(input_shape) == 3
     normalize = policy_kwargs.get("normalize_images", True) is not False
@@ -255,7 +270,7 @@ def _load_torch_file(path: Path, *, trust_pickle: bool, activation: str | None,
                 break
         if not isinstance(obj, Mapping):
             raise PolicyLoadError(f"{path}: its state dict is a {type(obj).__name__}, not a mapping")
-        state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        state = _tensors(obj, path)
         if any(k.startswith(("q_net.", "quantile_net.", "action_net.", "actor.", "mlp_extractor."))
                for k in state):
             kwargs = {"activation_fn": ACTIVATIONS[activation].__name__} if activation else {}

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from autoquant._untrusted import short_repr
 from autoquant.errors import TargetError, WireError
 from autoquant.targets._base import MeasureProtocol
 from autoquant.targets._onnx_domains import STANDARD_DOMAINS, scan_model
@@ -189,7 +190,7 @@ def validate_request(body: bytes, kind: str, limits: DeviceLimits) -> tuple[dict
     threads = header.get("threads", 1)
     cores = os.cpu_count() or 1
     if not _positive_int(threads) or threads > cores:
-        raise WireError(f"threads must be an integer in 1..{cores}, got {str(threads)[:20]}")
+        raise WireError(f"threads must be an integer in 1..{cores}, got {short_repr(threads, 20)}")
     if kind == "measure":
         protocol = header.get("protocol")
         if not isinstance(protocol, dict):

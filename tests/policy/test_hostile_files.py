@@ -129,10 +129,12 @@ def test_args_yml_ordereddict_with_two_items(tmp_path: Path, cartpole_dqn_path: 
     [
         ("!!python/object/apply:collections.OrderedDict\n- [[env, a, b]]\n", "pair"),
         ("!!python/object/apply:collections.OrderedDict {a: 1}\n", "sequence"),
-        ("[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("[" * 5000 + "]" * 5000, "nested deeper than 64"),
+        ("- " * 3000 + "a\n", "nested too deeply"),
         ("day: 2021-02-30\n", "cannot be read"),
+        ("n: !!int\n", "cannot be read"),  # IndexError inside PyYAML, found by tests/fuzz
     ],
-    ids=["three-item-pair", "mapping-argument", "deep", "bad-date"],
+    ids=["three-item-pair", "mapping-argument", "deep-flow", "deep-block", "bad-date", "empty-int"],
 )
 def test_other_broken_zoo_yaml(tmp_path: Path, text: str, needle: str) -> None:
     path = tmp_path / "args.yml"
@@ -247,3 +249,15 @@ def test_garbage_torch_file_is_not_called_pickled(tmp_path: Path) -> None:
     message = str(info.value)
     assert "not a torch state dict" in message
     assert "weights_only" not in message and "likely succeed" not in message and "\n" not in message
+
+
+def test_untrusted_text_stays_on_one_line(tmp_path: Path, cartpole_dqn_path: Path) -> None:
+    """Found by tests/fuzz: text from the file went into messages verbatim."""
+    space = _sb3_zip(cartpole_dqn_path, tmp_path / "space.zip",
+                     data=_with("action_space", {":type:": "Evil\nautoquant: all good"}))
+    keys = tmp_path / "keys.pt"
+    torch.save({"0.weight\nautoquant: all good": torch.zeros(2, 4)}, keys)
+    for path in (space, keys):
+        with pytest.raises(PolicyLoadError) as info:
+            load_policy(path)
+        assert "\n" not in str(info.value)
