@@ -16,13 +16,12 @@ import zlib
 from dataclasses import dataclass
 from typing import IO, Any
 
-from autoquant.errors import AutoquantError
+from autoquant.errors import AutoquantError, first_line
 
 __all__ = [
     "MAX_JSON_DEPTH",
     "ZipLimits",
     "check_zip",
-    "first_line",
     "json_depth_exceeds",
     "loads_json",
     "open_zip",
@@ -73,12 +72,6 @@ def loads_json(data: bytes | str, *, what: str, error: type[AutoquantError],
         raise error(f"{what} is not valid JSON ({exc})") from None
     except (ValueError, RecursionError, MemoryError) as exc:  # e.g. an integer of 5000 digits
         raise error(f"{what} is not JSON autoquant can read ({first_line(exc)})") from None
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, or its type when it has none."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def short_repr(value: Any, limit: int = 60) -> str:

@@ -9,8 +9,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from autoquant._untrusted import MAX_JSON_DEPTH, first_line, json_depth_exceeds
-from autoquant.errors import EnvMismatchError, PolicyLoadError
+from autoquant._untrusted import MAX_JSON_DEPTH, json_depth_exceeds
+from autoquant.errors import EnvMismatchError, PolicyLoadError, first_line
 
 __all__ = ["canonical_env_id", "env_id_from_metadata", "is_atari", "make_env", "read_zoo_yaml"]
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoquant._untrusted import check_zip, first_line, loads_json, open_zip, read_zip_member, short_repr
-from autoquant.errors import EnvMismatchError, PolicyLoadError
+from autoquant._untrusted import check_zip, loads_json, open_zip, read_zip_member, short_repr
+from autoquant.errors import EnvMismatchError, PolicyLoadError, first_line
 from autoquant.policy._arch import (
     ACTIVATIONS,
     Block,
