@@ -9,7 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "sha256_file", "write_json"]
+from autoquant.errors import UsageError
+
+__all__ = ["atomic_write", "check_output_file", "check_output_folder", "sha256_file", "write_json"]
 
 
 def atomic_write(path: str | Path, data: bytes) -> Path:
@@ -33,3 +35,32 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _writable_dir(folder: Path, option: str, path: Path) -> None:
+    """The nearest existing ancestor of ``folder`` must be a folder we may write in."""
+    ancestor = folder
+    while not ancestor.exists() and ancestor.parent != ancestor:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(f"{option} {path}: {ancestor} is a file, not a folder: choose a path under a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: cannot write in {ancestor} (permission denied): choose another path")
+
+
+def check_output_folder(path: str | Path, option: str) -> None:
+    """Refuse, before any work, an output folder that is a file or cannot be created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} is an existing file, not a folder: choose another path")
+    _writable_dir(path, option, path)
+
+
+def check_output_file(path: str | Path, option: str) -> None:
+    """Refuse, before any work, an output file that is a folder or cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder: give a file name")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {path}: the file is not writable: choose another path")
+    _writable_dir(path.parent, option, path)

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from autoquant._io import check_output_folder
 from autoquant.cli import Command, register
-from autoquant.cli._options import check_output_folder, non_negative, positive
+from autoquant.cli._options import non_negative, positive
 
 __all__ = ["ActorQCommand"]
 

@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from autoquant._io import check_output_file
 from autoquant.cli import Command, register
 from autoquant.cli._options import (
     add_policy_arguments,
     add_target_arguments,
-    check_output_file,
     load_from_args,
     non_negative,
     positive,

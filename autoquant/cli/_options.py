@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from autoquant.errors import UsageError
+
 
 __all__ = [
     "ACTIVATION_NAMES",
     "add_policy_arguments",
     "add_target_arguments",
-    "check_output_file",
-    "check_output_folder",
     "load_from_args",
     "names",
     "non_negative",
@@ -34,24 +32,21 @@ def strides(text: str) -> list[int]:
     return values
 
 
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _integer_at_least(low: int, expected: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+positive = _integer_at_least(1, "a positive integer")
+non_negative = _integer_at_least(0, "an integer >= 0")
 
 
 # The activations a state dict may use (autoquant.policy._arch.ACTIVATIONS), named
@@ -100,34 +95,3 @@ def retention(text: str) -> float:
 
 def names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
-
-
-def _writable_dir(folder: Path, option: str, path: Path) -> None:
-    """The nearest existing ancestor of ``path`` must be a folder we may write in."""
-    ancestor = folder
-    while not ancestor.exists():
-        if ancestor.parent == ancestor:
-            break
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UsageError(f"{option} {path}: {ancestor} is a file, not a folder: choose a path under a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {path}: cannot write in {ancestor} (permission denied): choose another path")
-
-
-def check_output_folder(path: Path, option: str) -> None:
-    """Refuse, before any work, an output folder that is a file or cannot be created."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{option} {path} is an existing file, not a folder: choose another path")
-    _writable_dir(path, option, path)
-
-
-def check_output_file(path: Path, option: str) -> None:
-    """Refuse, before any work, an output file that is a folder or cannot be written."""
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{option} {path} is a folder: give a file name")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UsageError(f"{option} {path}: the file is not writable: choose another path")
-    _writable_dir(path.parent, option, path)

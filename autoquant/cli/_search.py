@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from autoquant._io import check_output_folder
 from autoquant.cli import Command, register
 from autoquant.cli._options import add_policy_arguments, add_target_arguments, names, non_negative, positive, retention
 from autoquant.errors import DeviceUnreachable, UsageError
@@ -184,7 +185,6 @@ class ExportCommand(Command):
                             "from the file); a run folder never grants this by itself")
 
     def run(self, args: argparse.Namespace) -> dict[str, Any]:
-        from autoquant.cli._options import check_output_folder
         from autoquant.export import export_plan
         from autoquant.search import load_run
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from autoquant._io import check_output_folder
 from autoquant.errors import UsageError
 from autoquant.export._formats import export_actorq, export_onnx, export_torch
 from autoquant.search import Run
@@ -38,8 +39,7 @@ def export_plan(run: Run, trial: int | str, *, fmt: str, out: Path) -> dict[str,
         raise UsageError(f"unknown export format {fmt!r}: use one of {formats}")
     number, plan = run.plan_of(trial if trial == "best" else int(trial))
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is an existing file, not a folder: choose another --out")
+    check_output_folder(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     written = EXPORTERS[fmt](run, number, plan, out)
     return {"trial": number, "summary": plan.describe(), "format": fmt, **written}

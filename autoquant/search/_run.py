@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from autoquant._io import atomic_write, sha256_file, write_json
+from autoquant._io import atomic_write, check_output_folder, sha256_file, write_json
 from autoquant._version import __version__
 from autoquant.compress import CompressionPlan, compress, export_reference, onnxruntime_uniform_int8, weight_bytes
 from autoquant.errors import DeviceUnreachable, UsageError, describe_exception
@@ -352,17 +352,9 @@ def _build(folder: Path, info: dict[str, Any], config: RunConfig, loaded: _Loade
 def _check_new_folder(folder: Path) -> None:
     if (folder / "run.json").exists():
         raise UsageError(f"{folder} already holds a run: pass --resume to continue it, or another --out")
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"--out {folder} is an existing file, not a folder: choose another --out")
+    check_output_folder(folder, "--out")
     if folder.exists() and any(folder.iterdir()):
         raise UsageError(f"{folder} exists and is not an autoquant run folder: choose another --out")
-    ancestor = folder.parent
-    while not ancestor.exists() and ancestor.parent != ancestor:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise UsageError(f"--out {folder}: {ancestor} is a file, not a folder: choose another --out")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {folder}: cannot write in {ancestor} (permission denied): choose another --out")
 
 
 def start_run(folder: Path, config: RunConfig, *, trust_pickle: bool = False,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoquant._resources import resource_dir
+from autoquant._resources import find_toml, resource_dir, shipped_tomls
 from autoquant.compress import FLOAT, INT_ACT_BITS, WEIGHT_BITS, CompressionPlan, LayerSpec
 from autoquant.errors import UsageError
 from autoquant.policy import LayerTable
@@ -24,8 +24,7 @@ def spaces_dir() -> Path:
 
 
 def available_spaces() -> dict[str, Path]:
-    folder = spaces_dir()
-    return {p.stem: p for p in sorted(folder.glob("*.toml"))} if folder.is_dir() else {}
+    return shipped_tomls("search_spaces")
 
 
 @dataclass(frozen=True)
@@ -153,13 +152,10 @@ _OVERRIDE_KEYS = {"layers", "weight_bits", "prune_ratios"}
 
 def find_space(name_or_path: str) -> Path:
     """The TOML file of a space named in ``search_spaces/``, or given as a path."""
-    path = Path(name_or_path)
-    if not (path.suffix == ".toml" and path.is_file()):
-        known = available_spaces()
-        if name_or_path not in known:
-            raise UsageError(f"unknown search space {name_or_path!r}: use one of {sorted(known)} or a .toml path")
-        path = known[name_or_path]
-    return path
+    try:
+        return find_toml(name_or_path, "search_spaces", what="search space")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def load_space(name_or_path: str, table: LayerTable, *,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoquant._resources import resource_dir
+from autoquant._resources import find_toml, resource_dir, shipped_tomls
 from autoquant.errors import TargetError
 from autoquant.targets._base import MeasureProtocol, Target
 
@@ -115,18 +115,15 @@ def load_target_spec(path: Path) -> TargetSpec:
 
 
 def available_targets() -> dict[str, Path]:
-    folder = targets_dir()
-    return {p.stem: p for p in sorted(folder.glob("*.toml"))} if folder.is_dir() else {}
+    return shipped_tomls("hw_targets")
 
 
 def find_target_spec(name_or_path: str) -> TargetSpec:
     """The declaration of a target named in ``hw_targets/`` or given as a .toml path."""
-    path = Path(name_or_path)
-    if not (path.suffix == ".toml" and path.is_file()):
-        known = available_targets()
-        if name_or_path not in known:
-            raise TargetError(f"unknown target {name_or_path!r}: use one of {sorted(known)} or a .toml path")
-        path = known[name_or_path]
+    try:
+        path = find_toml(name_or_path, "hw_targets", what="target")
+    except ValueError as exc:
+        raise TargetError(str(exc)) from None
     return load_target_spec(path)
 
 

@@ -263,6 +263,24 @@ def test_pong_rebuild_reproduces_the_plan_across_flatten(pong_bundle, pong_state
     assert actions.shape == (4,) and actions.dtype.kind == "i"
 
 
+def _perturbed(learner: dict[str, torch.Tensor], *, seed: int) -> dict[str, torch.Tensor]:
+    """A learner's weights after some training: each tensor moved by 5 % of its spread."""
+    generator = torch.Generator().manual_seed(seed)
+    return {k: v + 0.05 * v.std() * torch.randn(v.shape, generator=generator) for k, v in learner.items()}
+
+
+def _with_weights(policy, weights: dict[str, torch.Tensor]) -> torch.nn.Sequential:  # type: ignore[no-untyped-def]
+    """A copy of ``policy``'s fp32 network holding ``weights`` (learner key names)."""
+    net = copy.deepcopy(policy.net)
+    with torch.no_grad():
+        for name, module in net.named_children():
+            source = policy.layer_sources.get(name)
+            if source is not None:
+                module.weight.copy_(weights[f"{source}.weight"])
+                module.bias.copy_(weights[f"{source}.bias"])
+    return net
+
+
 def test_pong_rebuild_follows_new_learner_weights(pong_bundle, pong, pong_states, pong_pt_path: Path) -> None:  # type: ignore[no-untyped-def]
     """New weights of a broadcast: the rebuilt actor is what Brevitas exports for them with the
     bundle's fixed kept channels and activation ranges."""
@@ -272,17 +290,10 @@ def test_pong_rebuild_follows_new_learner_weights(pong_bundle, pong, pong_states
 
     compressed, bundle = pong_bundle
     learner = torch.load(pong_pt_path, weights_only=True)
-    generator = torch.Generator().manual_seed(1)
-    moved = {k: v + 0.05 * v.std() * torch.randn(v.shape, generator=generator) for k, v in learner.items()}
+    moved = _perturbed(learner, seed=1)
     policy = ActorQuantizer(bundle).build({k: v.numpy() for k, v in moved.items()})  # numpy arrays work too
 
-    full = copy.deepcopy(pong.net)
-    with torch.no_grad():
-        for name, module in full.named_children():
-            source = pong.layer_sources.get(name)
-            if source is not None:
-                module.weight.copy_(moved[f"{source}.weight"])
-                module.bias.copy_(moved[f"{source}.bias"])
+    full = _with_weights(pong, moved)
     pruned = {name: m for name, m in _prune_like(full, pong.input_shape, compressed.kept).named_children()
               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
     reference_model = copy.deepcopy(compressed.net)  # Brevitas, calibrated activation ranges kept
@@ -309,16 +320,9 @@ def test_fp32_actors_run_the_learners_network(pong_bundle, pong, pong_states, po
     with torch.no_grad():
         want = pong.net(torch.as_tensor(states)).numpy()
     _assert_reproduces(builder.build(learner).forward(states), want)
-    generator = torch.Generator().manual_seed(2)
-    moved = {k: v + 0.05 * v.std() * torch.randn(v.shape, generator=generator) for k, v in learner.items()}
-    net = copy.deepcopy(pong.net)
+    moved = _perturbed(learner, seed=2)
     with torch.no_grad():
-        for name, module in net.named_children():
-            source = pong.layer_sources.get(name)
-            if source is not None:
-                module.weight.copy_(moved[f"{source}.weight"])
-                module.bias.copy_(moved[f"{source}.bias"])
-        moved_want = net(torch.as_tensor(states)).numpy()
+        moved_want = _with_weights(pong, moved)(torch.as_tensor(states)).numpy()
     _assert_reproduces(builder.build(moved).forward(states), moved_want)
     assert not np.allclose(moved_want, want)
 
