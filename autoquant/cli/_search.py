@@ -28,7 +28,8 @@ class _Progress:
     def __call__(self, outcome: Any, runner: Any) -> None:
         best = runner.best_latency
         self.bar.set_postfix_str(f"best latency ratio {best:.3f}" if best is not None else "no feasible plan yet")
-        self.bar.update(1)
+        if not outcome.cached:  # a repeat of a measured plan costs no budget
+            self.bar.update(1)
 
     def close(self) -> None:
         self.bar.close()
@@ -38,9 +39,11 @@ def summary_json(run: Any, confirmed: dict[str, Any] | None, wall_s: float) -> d
     records = run.records()
     out: dict[str, Any] = {
         "run": str(run.folder), "agent": run.config.agent, "method": run.config.method,
-        "target": run.config.target, "trials": sum(1 for r in records if r.state in ("COMPLETE", "FAIL")),
-        "complete": sum(1 for r in records if r.state == "COMPLETE"),
+        "target": run.config.target,
+        "trials": sum(1 for r in records if r.state in ("COMPLETE", "FAIL") and not r.repeat),
+        "complete": sum(1 for r in records if r.state == "COMPLETE" and not r.repeat),
         "failed": sum(1 for r in records if r.state == "FAIL"),
+        "repeats": sum(1 for r in records if r.repeat),  # plans proposed again: recorded, not counted
         "wall_s": round(wall_s, 1), "best": None,
         "reference": {k: v for k, v in run.info["reference"].items() if k in ("onnxruntime_int8",)},
     }
@@ -128,7 +131,7 @@ class SearchCommand(Command):
         used = len([t for t in run.study().get_trials(deepcopy=False)])
         progress = _Progress(run.config.n_trials, min(used, run.config.n_trials), args.quiet)
         try:
-            run.search(progress=progress)
+            runner = run.search(progress=progress)
         except KeyboardInterrupt:
             progress.close()
             print(f"autoquant: interrupted; the trials so far are in the study. Resume with:\n  "
@@ -139,6 +142,8 @@ class SearchCommand(Command):
             raise DeviceUnreachable(f"{exc} The trials so far are in the study; once the device is back, "
                                     f"resume with: {run.resume_command()}") from exc
         progress.close()
+        if runner.stopped:
+            log(f"stopped before the budget: {runner.stopped}")
         log("confirming the best plan on fresh seeds")
         confirmed = run.confirm()
         run.write_report()
@@ -148,7 +153,8 @@ class SearchCommand(Command):
 
     def render(self, result: dict[str, Any]) -> str:
         lines = [f"run     {result['run']}  ({result['method']} / {result['agent']} on {result['target']}, "
-                 f"{result['complete']} complete, {result['failed']} failed, {result['wall_s']} s)"]
+                 f"{result['complete']} complete, {result['failed']} failed, {result['repeats']} repeats, "
+                 f"{result['wall_s']} s)"]
         best = result["best"]
         if best is None:
             lines.append("best    no plan met the retention floor")

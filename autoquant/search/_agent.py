@@ -14,12 +14,19 @@ __all__ = ["Agent", "AgentContext"]
 
 @dataclass(frozen=True)
 class AgentContext:
-    """What an agent is built from."""
+    """What an agent is built from. ``history``: trials the study already holds (a resumed
+    or shared search); an agent seeds itself with ``run_seed`` so that a resumed search
+    continues with new proposals instead of replaying the sequence it already measured."""
 
     space: SearchSpace
     mode: str
     seed: int
     n_trials: int
+    history: int = 0
+
+    @property
+    def run_seed(self) -> int:
+        return self.seed + 1_000_003 * self.history
 
 
 class Agent(Protocol):

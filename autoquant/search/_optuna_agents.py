@@ -30,18 +30,18 @@ class OptunaAgent:
 def random_agent(ctx: AgentContext) -> Agent:
     import optuna
 
-    return OptunaAgent("random", optuna.samplers.RandomSampler(seed=ctx.seed))
+    return OptunaAgent("random", optuna.samplers.RandomSampler(seed=ctx.run_seed))
 
 
 def tpe_agent(ctx: AgentContext) -> Agent:
     import optuna
 
     startup = max(5, min(10, ctx.n_trials // 4))
-    return OptunaAgent("tpe", optuna.samplers.TPESampler(seed=ctx.seed, n_startup_trials=startup, multivariate=True))
+    return OptunaAgent("tpe", optuna.samplers.TPESampler(seed=ctx.run_seed, n_startup_trials=startup, multivariate=True))
 
 
 def nsga2_agent(ctx: AgentContext) -> Agent:
     import optuna
 
     population = max(4, min(20, ctx.n_trials // 4))
-    return OptunaAgent("nsga2", optuna.samplers.NSGAIISampler(seed=ctx.seed, population_size=population))
+    return OptunaAgent("nsga2", optuna.samplers.NSGAIISampler(seed=ctx.run_seed, population_size=population))

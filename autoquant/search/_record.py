@@ -38,6 +38,7 @@ _ERROR = "error"
 _TRACEBACK = "traceback"
 _INTERRUPTED = "interrupted"
 _OVER_BUDGET = "over_budget"
+_REPEAT = "repeat"  # a plan measured before, proposed again: recorded, not counted
 _CONSTRAINT = "constraint"
 
 
@@ -93,6 +94,7 @@ class TrialRecord:
     error: str | None  # why it failed (the plan's error, or why it was interrupted)
     interrupted: bool
     over_budget: bool
+    repeat: bool  # the plan was measured by an earlier trial; this one took its result
     started_at: float | None
     finished_at: float | None
 
@@ -107,15 +109,15 @@ class TrialRecord:
             plan=attrs.get(_PLAN), summary=str(attrs.get(_SUMMARY, "")), key=attrs.get(_KEY),
             agent=attrs.get(_AGENT), worker=attrs.get(_WORKER), result=result, cached=bool(attrs.get(_CACHED, False)),
             error=attrs.get(_ERROR) or attrs.get(_INTERRUPTED), interrupted=_INTERRUPTED in attrs,
-            over_budget=_OVER_BUDGET in attrs,
+            over_budget=_OVER_BUDGET in attrs, repeat=bool(attrs.get(_REPEAT, False)),
             started_at=trial.datetime_start.timestamp() if trial.datetime_start else None,
             finished_at=attrs.get(_FINISHED_AT),
         )
 
     @property
     def counted(self) -> bool:
-        """Does this trial use up budget? Interrupted and over-budget ones do not."""
-        return not self.interrupted and not self.over_budget
+        """Does this trial use up budget? Interrupted, over-budget and repeated ones do not."""
+        return not self.interrupted and not self.over_budget and not self.repeat
 
     def feasible(self, min_retention: float) -> bool:
         return self.result is not None and self.result.feasible(min_retention)
@@ -149,8 +151,11 @@ def record_plan(trial: Any, *, plan: dict[str, Any], summary: str, key: str) -> 
 
 def record_result(trial: Any, result: TrialResult, *, cached: bool, feasible: bool, violation: float,
                   finished_at: float) -> None:
+    """A finished trial; a ``cached`` one (its plan was measured before) is a repeat."""
     trial.set_user_attr(_RESULT, json.dumps(result.to_json()))
     trial.set_user_attr(_CACHED, cached)
+    if cached:
+        trial.set_user_attr(_REPEAT, True)
     trial.set_user_attr(_FEASIBLE, feasible)
     trial.set_user_attr(_FINISHED_AT, finished_at)
     trial.set_user_attr(_CONSTRAINT, [violation])
@@ -182,4 +187,4 @@ def worker_of(trial: Any) -> str:
 def is_counted(trial: Any) -> bool:
     """``TrialRecord.counted`` without reading the whole record (budget checks run often)."""
     attrs = trial.user_attrs
-    return _INTERRUPTED not in attrs and _OVER_BUDGET not in attrs
+    return _INTERRUPTED not in attrs and _OVER_BUDGET not in attrs and not attrs.get(_REPEAT, False)

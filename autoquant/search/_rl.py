@@ -477,16 +477,16 @@ class RLAgent:
         if runner.remaining() <= 0:
             return
         env = CompressionEnv(runner)
-        self.model = model = _build(self.name, env, runner, self.context.seed)
+        self.model = model = _build(self.name, env, runner, self.context.run_seed)
         if self.name in OFF_POLICY:
             self.warm_started = warm_start(model, env, runner.study)
             model.learning_starts = max(0, model.learning_starts - self.warm_started * env.steps_per_episode)
         callback = _StopWhenSpent(env)
         first = True
         while not env.exhausted and runner.remaining() > 0:
-            before = runner.used()
+            before = len(runner.study.get_trials(deepcopy=False))
             model.learn(total_timesteps=env.steps_per_episode * runner.remaining(), callback=callback,
                         reset_num_timesteps=first, progress_bar=False)
             first = False
-            if runner.used() == before:  # nothing ran: do not spin
+            if len(runner.study.get_trials(deepcopy=False)) == before:  # nothing ran: do not spin
                 break

@@ -181,7 +181,8 @@ class Run:
                progress: Callable[[TrialOutcome, SearchRunner], None] | None = None) -> SearchRunner:
         name = agent_name or self.config.agent
         budget = n_trials or self.config.n_trials
-        agent = make_agent(name, AgentContext(self.space, self.config.mode, self.config.seed, budget))
+        history = len(self.study().get_trials(deepcopy=False))
+        agent = make_agent(name, AgentContext(self.space, self.config.mode, self.config.seed, budget, history))
         study = open_study(self.storage_url, self.study_name, self.config.mode, agent.sampler())
         fail_dead_trials(study)
         runner = SearchRunner(study, self.space, self.problem, n_trials=budget, agent=name, progress=progress)
@@ -466,9 +467,12 @@ def load_run(folder: Path, *, trust_pickle: bool = False, n_trials: int | None =
     folder = Path(folder)
     path = folder / "run.json"
     if not path.is_file():
-        partial = sorted(folder.parent.glob(f".{folder.name}.partial-*"))
-        hint = (" (its set-up was interrupted before it finished: start the search again without --resume)"
-                if partial or not folder.exists() or not any(folder.iterdir()) else "")
+        if any(folder.parent.glob(f".{folder.name}.partial-*")):
+            hint = ": its set-up was interrupted before it finished; start the search again without --resume"
+        elif not folder.exists():
+            hint = ": it does not exist; check --out, or start a search with --policy"
+        else:
+            hint = ""
         raise UsageError(f"{folder} is not an autoquant run folder (no run.json){hint}")
     info = json.loads(path.read_text())
     if info.get("format") != RUN_FORMAT or info.get("version") != RUN_VERSION:

@@ -3,7 +3,10 @@
 ``SearchRunner.run_trial`` is the one place a trial happens: ask the study, let the
 agent's sampler choose (or take the agent's proposal), evaluate through the cache,
 tell the study. Failed trials are recorded with their error; an interrupted one is
-recorded as interrupted and does not count against the budget.
+recorded as interrupted and does not count against the budget. Neither does a repeat: a
+plan measured before, proposed again, is recorded with the earlier result (so samplers
+learn from it) but costs nothing. A sampler that proposes only repeats for a while has
+exhausted the space or converged, and the search ends (``SearchRunner.stopped``).
 """
 
 from __future__ import annotations
@@ -140,7 +143,8 @@ class SearchRunner:
     """Runs trials against one study until the shared budget is used."""
 
     def __init__(self, study: Any, space: SearchSpace, problem: SearchProblem, *, n_trials: int,
-                 agent: str, progress: Callable[[TrialOutcome, SearchRunner], None] | None = None) -> None:
+                 agent: str, progress: Callable[[TrialOutcome, SearchRunner], None] | None = None,
+                 max_repeats: int | None = None) -> None:
         self.study = study
         self.space = space
         self.problem = problem
@@ -151,6 +155,10 @@ class SearchRunner:
         self.cache: dict[str, TrialResult] = {}
         self.best_latency: float | None = None  # best feasible latency ratio so far
         self.fastest_played: float | None = None
+        # Repeats in a row after which the sampler is taken to have nothing new to propose.
+        self.max_repeats = max_repeats if max_repeats is not None else max(20, n_trials // 2)
+        self.repeats_in_a_row = 0
+        self.stopped: str | None = None  # why the search ended before its budget, if it did
         self._seen: set[int] = set()
         self._load_history()
 
@@ -180,6 +188,8 @@ class SearchRunner:
         return sum(1 for t in self.study.get_trials(deepcopy=False) if is_counted(t))
 
     def remaining(self) -> int:
+        if self.stopped is not None:
+            return 0
         return max(0, self.n_trials - self.used())
 
     # --- the multi-fidelity rule -----------------------------------------------------
@@ -260,6 +270,10 @@ class SearchRunner:
                 self.progress(outcome, self)
             return outcome
         self._remember(result)
+        self.repeats_in_a_row = self.repeats_in_a_row + 1 if cached else 0
+        if self.repeats_in_a_row >= self.max_repeats:
+            self.stopped = (f"the last {self.repeats_in_a_row} proposals were plans measured before: the space is "
+                            "exhausted or the agent has converged")
         feasible = result.feasible(self.settings.min_retention)
         violation = self._violation(result)
         record_result(trial, result, cached=cached, feasible=feasible, violation=violation, finished_at=time.time())

@@ -239,3 +239,28 @@ class _Touch:
 
     def __reduce__(self) -> tuple[object, tuple[str]]:
         return (Path.touch, (Path(self.path),))
+
+
+def test_a_resumed_search_proposes_new_plans(cartpole_dqn_path: Path, tmp_path: Path) -> None:
+    """A seeded sampler that restarted its sequence on resume would re-propose every plan
+    of the first part; the resumed agent continues instead, and repeats cost no budget."""
+    out = tmp_path / "resumed"
+    first = run_cli("search", "--policy", str(cartpole_dqn_path), "--method", "quant", "--agent", "random",
+                    "--trials", "8", "--episodes", "3", "--out", str(out), "--quiet", "--json")
+    assert first.returncode == 0, first.stderr
+    resumed = run_cli("search", "--out", str(out), "--resume", "--trials", "16", "--quiet", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    records = _records(out / "study.db", "resumed")
+    counted = [r for r in records if r.counted]
+    assert len(counted) == 16
+    assert len({r.key for r in counted}) == 16  # every counted trial measured a plan of its own
+    later = [r for r in records if r.number >= 8]
+    assert sum(r.repeat for r in later) <= 2, [r.summary for r in later]  # not the first eight again
+
+
+def test_resume_after_an_interrupted_set_up_says_to_start_again(tmp_path: Path) -> None:
+    """Killed while setting up: only the staging folder exists, and --resume says what to do."""
+    (tmp_path / ".run.partial-12345").mkdir()
+    proc = run_cli("search", "--out", str(tmp_path / "run"), "--resume")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "no run.json" in proc.stderr and "start the search again without --resume" in proc.stderr
