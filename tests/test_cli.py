@@ -61,3 +61,27 @@ def test_evaluate_without_plan_prints_fp32(tmp_path: Path) -> None:
                    "--episodes", "3", "--states", "256")
     assert proc.returncode == 0, proc.stderr
     assert "reward" in proc.stdout and "latency p10 ms" in proc.stdout and "kernels" in proc.stdout
+
+
+def _refused_before_work(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    """Exit 2, one line that names the problem, and no sign of work done before it."""
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(w in lines[0] for w in words), proc.stderr
+    assert "recording states" not in proc.stderr and "playing" not in proc.stderr
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(cartpole_dqn_path: Path,
+                                                                     tmp_path: Path) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    plan = EXAMPLES / "plans" / "cartpole_int8.json"
+    search = ("search", "--policy", str(cartpole_dqn_path), "--trials", "2")
+    _refused_before_work(run_cli(*search, "--out", str(a_file)), str(a_file), "is an existing file")
+    _refused_before_work(run_cli(*search, "--out", str(a_file / "run")), "is a file, not a folder")
+    assert not list(tmp_path.glob(".*partial*"))  # no staging folder left behind
+    evaluate = ("evaluate", "--policy", str(cartpole_dqn_path), "--plan", str(plan), "--episodes", "1")
+    _refused_before_work(run_cli(*evaluate, "--save-onnx", str(tmp_path)), "is a folder")
+    _refused_before_work(run_cli(*evaluate, "--save-onnx", str(a_file / "m.onnx")), "is a file, not a folder")
+    _refused_before_work(run_cli("compare", "--policy", str(cartpole_dqn_path), "--out", str(a_file)),
+                         "is an existing file")

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from autoquant._io import check_output_folder
 from autoquant.errors import UsageError
 from autoquant.search._run import Run, RunConfig, load_run, start_run
 
@@ -27,6 +28,7 @@ def compare(out: Path, base: RunConfig, *, methods: Sequence[str], agents: Seque
     if not methods or not agents:
         raise UsageError("compare needs at least one method and one agent")
     out = Path(out)
+    check_output_folder(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, Run] = {}
     first: Run | None = None
