@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from common import DEFAULT_POLICIES, DEFAULT_RESULTS, quiet  # benchmarks/common.py
+
+RESULTS = DEFAULT_RESULTS
 
 
 def plans(table: Any) -> dict[str, Any]:
@@ -36,9 +36,9 @@ def plans(table: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.filterwarnings("ignore")
+    quiet()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policies", type=Path, default=ROOT.parent / "shared" / "policies")
+    parser.add_argument("--policies", type=Path, default=DEFAULT_POLICIES)
     parser.add_argument("--calls", type=int, default=600, help="host timed calls per model")
     args = parser.parse_args(argv)
     from autoquant import __version__
@@ -60,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     emulated = {name: get_target(name) for name in ("arm-a72-emulated", "arm-a76-emulated")}
     rows = []
     for label, plan in plans(table).items():
-        model = reference if plan is None else compress(bundle, plan, states).onnx
-        row: dict[str, Any] = {"plan": label, "macs": table.total_macs if plan is None else None}
-        if plan is not None:
-            row["macs"] = compress(bundle, plan, states, verify_kernels=False).table.total_macs
+        compressed = None if plan is None else compress(bundle, plan, states)  # once: timed and counted
+        model = reference if compressed is None else compressed.onnx
+        row: dict[str, Any] = {"plan": label,
+                               "macs": table.total_macs if compressed is None else compressed.table.total_macs}
         lat = host.measure(model, reference, x)
         row["host"] = {"p10_ms": lat.candidate["p10"], "ratio": lat.ratio}
         for name, target in emulated.items():
