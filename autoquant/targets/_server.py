@@ -227,7 +227,13 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], handler: Any, *, max_connections: int) -> None:
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._count_lock = threading.Lock()
+        self.open_connections = 0  # connections holding a slot now
         super().__init__(address, handler)
+
+    def _opened(self, delta: int) -> None:
+        with self._count_lock:
+            self.open_connections += delta
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
@@ -238,9 +244,11 @@ class _HTTPServer(ThreadingHTTPServer):
                 pass
             self.shutdown_request(request)
             return
+        self._opened(+1)
         try:
             super().process_request(request, client_address)
         except BaseException:
+            self._opened(-1)
             self._slots.release()
             raise
 
@@ -248,6 +256,7 @@ class _HTTPServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self._opened(-1)
             self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -301,6 +310,11 @@ class DeviceServer:
                 server._reply(self, 405, {"error": "use POST with a signed request"}, nonce="")
 
         self.httpd = _HTTPServer((host, port), Handler, max_connections=self.limits.max_connections)
+
+    @property
+    def open_connections(self) -> int:
+        """Connections holding one of the ``max_connections`` slots now."""
+        return int(self.httpd.open_connections)
 
     @property
     def address(self) -> tuple[str, int]:

@@ -8,8 +8,6 @@ import copy
 import io
 import json
 import shutil
-import statistics
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -344,21 +342,18 @@ def test_pong_bundle_refuses_other_networks(pong_bundle, cartpole_dqn_path: Path
     _assert_one_line_refusal(info.value, "'7.weight'", "(256, 3136)", "(512, 3136)")
 
 
-def test_pong_build_is_fast_and_needs_no_torch_model(pong_bundle, pong_pt_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A broadcast rebuild is numpy + one onnxruntime session: well under a second."""
+def test_a_shipped_quantizer_builds_from_numpy_weights(pong_bundle, pong_states, pong_pt_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A quantizer pickled to a remote actor rebuilds from plain numpy weights what the
+    original builds (its speed is measured in benchmarks/actorq_rebuild.py, not here)."""
     import pickle
 
     from autoquant.actorq import ActorQuantizer
 
     learner = {k: v.numpy() for k, v in torch.load(pong_pt_path, weights_only=True).items()}
-    quantizer = pickle.loads(pickle.dumps(ActorQuantizer(pong_bundle[1])))  # shippable to remote actors
-    quantizer.build(learner)
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        quantizer.build(learner)
-        times.append(time.perf_counter() - start)
-    assert statistics.median(times) < 0.5, times
+    original = ActorQuantizer(pong_bundle[1])
+    shipped = pickle.loads(pickle.dumps(original))  # shippable to remote actors
+    states = pong_states.states[:32]
+    np.testing.assert_array_equal(shipped.build(learner).forward(states), original.build(learner).forward(states))
 
 
 @pytest.mark.parametrize("layers", [

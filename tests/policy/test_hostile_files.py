@@ -9,7 +9,6 @@ import base64
 import io
 import json
 import os
-import time
 import tracemalloc
 import zipfile
 from collections.abc import Callable
@@ -162,16 +161,13 @@ def bomb(tmp_path_factory: pytest.TempPathFactory, cartpole_dqn_path: Path) -> P
 
 def test_zip_bomb_is_refused_before_inflating(bomb: Path) -> None:
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         with pytest.raises(PolicyLoadError, match="zip bomb"):
             load_policy(bomb)
-        elapsed = time.perf_counter() - start
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < 16 << 20, f"{peak:,} bytes allocated: the member was inflated"
-    assert elapsed < 5
 
 
 def test_bomb_in_policy_pth_is_refused(tmp_path: Path, cartpole_dqn_path: Path) -> None:

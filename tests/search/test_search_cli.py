@@ -7,8 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import pytest
 
 from autoquant.search import TrialRecord, trial_records
 from tests.conftest import ROOT, run_cli
-from tests.targets.device import start_device
+from tests.targets.device import hold_a_trial, start_device, study_records, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -84,29 +82,29 @@ def _completed(db: Path, name: str) -> dict[int, str]:
 
 
 def test_resume_after_kill_keeps_every_completed_trial(cartpole_dqn_path: Path, tmp_path: Path) -> None:
+    """kill -9 mid-trial (held there by a paused device, so never after the last trial),
+    then --resume: no completed trial is lost or measured again."""
+    (tmp_path / "device").mkdir()
+    device = start_device(tmp_path / "device", max_model_mb=8)
     out = tmp_path / "killed"
+    target = ["--target", "arm", "--device", device.address, "--secret-file", str(device.secret_file)]
     cmd = [sys.executable, "-m", "autoquant", "search", "--policy", str(cartpole_dqn_path), "--method", "quant",
-           "--agent", "random", "--trials", "16", "--out", str(out), "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    before: dict[int, str] = {}
+           "--agent", "random", "--trials", "16", "--episodes", "3", *target, "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if (out / "study.db").exists():
-                try:
-                    before = _completed(out / "study.db", "killed")
-                except Exception:  # noqa: BLE001 - the worker may still be creating the schema
-                    before = {}
-                if len(before) >= 4:
-                    break
-            time.sleep(0.2)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
+        hold_a_trial(device, proc, out / "study.db", "killed", completed=4)
+        os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed mid-way"
-    assert len(before) >= 4
-    resumed = run_cli("search", "--out", str(out), "--resume", "--json", "--quiet")
+        before = _completed(out / "study.db", "killed")
+        device.resume()
+        assert proc.returncode == -signal.SIGKILL
+        assert len(before) >= 4
+        resumed = run_cli("search", "--out", str(out), "--resume", "--json", "--quiet", *target[2:])
+    finally:
+        device.stop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert resumed.returncode == 0, resumed.stderr
     after = _completed(out / "study.db", "killed")
     assert all(after[n] == before[n] for n in before)  # nothing completed was lost or redone
@@ -126,35 +124,37 @@ def test_two_workers_share_one_study_on_postgres(postgres_url: str, cartpole_dqn
              "--out", str(tmp_path / name), "--quiet"],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    workers = [worker("w1"), worker("w2")]
+    def trials_of(proc: subprocess.Popen[bytes]) -> list[TrialRecord]:
+        try:
+            records = trial_records(optuna.load_study(study_name="shared", storage=postgres_url))
+        except Exception:  # noqa: BLE001 - the schema or the study may not exist yet
+            return []
+        return [r for r in records if str(r.worker).endswith(f":{proc.pid}")]
+
+    # Both workers take part whatever the machine's speed: the first is paused as soon as it
+    # has a trial, until the second has one too (the first cannot use the budget up alone).
+    first = worker("w1")
+    wait_for("a trial of the first worker", first, lambda: bool(trials_of(first)))
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = worker("w2")
+        wait_for("a trial of the second worker", second, lambda: bool(trials_of(second)))
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    workers = [first, second]
     errors = [w.communicate(timeout=480)[1].decode() for w in workers]
     assert [w.returncode for w in workers] == [0, 0], errors
     records = trial_records(optuna.load_study(study_name="shared", storage=postgres_url))
     counted = [r for r in records if r.counted]
     assert len(counted) == 16
     assert sorted(r.number for r in records) == list(range(len(records)))
-    assert {str(r.worker).rsplit(":", 1)[1] for r in counted} == {str(w.pid) for w in workers}
+    assert {str(r.worker).rsplit(":", 1)[1] for r in records} == {str(w.pid) for w in workers}
     keys = [r.result.key for r in counted if r.state == "COMPLETE" and r.result is not None and not r.cached]
     assert len(keys) == len(set(keys))
 
 
 def _records(db: Path, name: str) -> list[TrialRecord]:
-    try:
-        study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
-    except Exception:  # noqa: BLE001 - the schema or the study may not exist yet
-        return []
-    return trial_records(study)
-
-
-def _wait_for(what: str, proc: subprocess.Popen[bytes], check: Callable[[], bool], timeout_s: float = 240) -> None:
-    deadline = time.time() + timeout_s
-    while not check():
-        if proc.poll() is not None:
-            raise AssertionError(f"the search exited ({proc.returncode}) before {what}: "
-                                 f"{proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
-        if time.time() > deadline:
-            raise AssertionError(f"no {what} within {timeout_s} s")
-        time.sleep(0.1)
+    return study_records(db, name)
 
 
 def test_ctrl_c_records_the_trial_and_prints_the_resume_command(cartpole_dqn_path: Path, tmp_path: Path) -> None:
@@ -170,24 +170,11 @@ def test_ctrl_c_records_the_trial_and_prints_the_resume_command(cartpole_dqn_pat
          "--agent", "random", "--trials", "40", "--episodes", "3", "--target", "arm", "--device", device.address,
          "--secret-file", str(device.secret_file), "--out", str(out), "--quiet"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    held: list[TrialRecord] = []
     try:
-        _wait_for("a completed trial", proc,
-                  lambda: any(r.state == "COMPLETE" for r in _records(out / "study.db", "interrupted")))
-        os.kill(device.process.pid, signal.SIGSTOP)
-
-        def in_flight_on_the_paused_device() -> bool:
-            records = _records(out / "study.db", "interrupted")
-            measured = {r.key for r in records if r.state == "COMPLETE"}
-            held[:] = [r for r in records if r.state == "RUNNING" and r.key is not None and r.key not in measured]
-            return bool(held)
-
-        _wait_for("a trial waiting on the paused device", proc, in_flight_on_the_paused_device)
+        held = hold_a_trial(device, proc, out / "study.db", "interrupted")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
-        if device.process.poll() is None:
-            os.kill(device.process.pid, signal.SIGCONT)
         device.stop()
         if proc.poll() is None:
             proc.kill()
@@ -197,7 +184,7 @@ def test_ctrl_c_records_the_trial_and_prints_the_resume_command(cartpole_dqn_pat
     assert "Traceback" not in err.decode()
     records = {r.number: r for r in _records(out / "study.db", "interrupted")}
     assert all(r.state != "RUNNING" for r in records.values())
-    interrupted = records[held[0].number]
+    interrupted = records[held.number]
     assert interrupted.state == "FAIL" and interrupted.interrupted and not interrupted.counted
     assert interrupted.error == "interrupted by the user"
 

@@ -3,7 +3,9 @@ so that it proves the device side needs only onnxruntime and numpy."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from collections.abc import Callable
+
+from autoquant.search import TrialRecord, trial_records
 from tests.conftest import ROOT
 
 BLOCKED = ("torch", "gymnasium", "stable_baselines3", "brevitas", "optuna", "onnx", "torch_pruning")
@@ -30,6 +35,13 @@ class Device:
     secret_file: Path
     process: subprocess.Popen[bytes]
     args: list[str]
+
+    def pause(self) -> None:
+        """SIGSTOP: the server stops answering, and anything waiting on it waits."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -64,3 +76,47 @@ def start_device(tmp: Path, *, max_model_mb: int = 4, max_seconds: int = 60) -> 
     args = ["device", "serve", "--host", "127.0.0.1", "--port", str(port), "--secret-file", str(secret_file),
             "--max-model-mb", str(max_model_mb), "--max-seconds", str(max_seconds)]
     return Device(f"127.0.0.1:{port}", secret_file, _launch(args), args)
+
+
+def study_records(db: Path, name: str) -> list[TrialRecord]:
+    """The trials of study ``name`` in the SQLite file ``db`` (none while it is being created)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    except Exception:  # noqa: BLE001 - the schema or the study may not exist yet
+        return []
+    return trial_records(study)
+
+
+def wait_for(what: str, proc: subprocess.Popen[bytes], check: Callable[[], bool], timeout_s: float = 300) -> None:
+    """Poll ``check`` until it holds; fail at once if ``proc`` exits first."""
+    deadline = time.time() + timeout_s
+    while not check():
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            raise AssertionError(f"the search exited ({proc.returncode}) before {what}: {err}")
+        if time.time() > deadline:
+            raise AssertionError(f"no {what} within {timeout_s} s")
+        time.sleep(0.1)
+
+
+def hold_a_trial(device: Device, search: subprocess.Popen[bytes], db: Path, name: str, *,
+                 completed: int = 1) -> TrialRecord:
+    """Let a search measuring on ``device`` complete ``completed`` trials, pause the device,
+    and return a running trial whose plan was never measured: it needs the device, so it
+    cannot finish, and the search is inside it for as long as the device stays paused.
+    What a test does next happens mid-trial every time, however loaded the machine."""
+    wait_for(f"{completed} completed trials", search,
+             lambda: sum(r.state == "COMPLETE" for r in study_records(db, name)) >= completed)
+    device.pause()
+    held: list[TrialRecord] = []
+
+    def in_flight() -> bool:
+        records = study_records(db, name)
+        measured = {r.key for r in records if r.state == "COMPLETE"}
+        held[:] = [r for r in records if r.state == "RUNNING" and r.key is not None and r.key not in measured]
+        return bool(held)
+
+    wait_for("a trial waiting on the paused device", search, in_flight)
+    return held[0]

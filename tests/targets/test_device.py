@@ -24,7 +24,7 @@ from autoquant.targets import MeasureProtocol, OrtRunner, get_target
 from autoquant.targets._remote import RemoteTarget
 from autoquant.targets._wire import pack, read_secret, sign_request
 from tests.conftest import ROOT, run_cli
-from tests.targets.device import start_device
+from tests.targets.device import hold_a_trial, start_device
 
 
 @pytest.fixture(scope="module")
@@ -148,14 +148,8 @@ def test_search_on_the_device_survives_its_death(cartpole_dqn_path: Path, tmp_pa
            "--secret-file", str(device.secret_file), "--out", str(out), "--quiet", "--episodes", "3"]
     try:
         search = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.time() + 300
-        before: dict[int, str] = {}
-        while time.time() < deadline and search.poll() is None and len(before) < 3:
-            try:
-                before = _completed(out / "study.db", "remote") if (out / "study.db").exists() else {}
-            except Exception:  # noqa: BLE001 - schema still being created
-                before = {}
-            time.sleep(0.2)
+        hold_a_trial(device, search, out / "study.db", "remote", completed=3)  # mid-trial, whatever the speed
+        before = _completed(out / "study.db", "remote")
         device.stop()  # the board dies mid-search
         _, err = search.communicate(timeout=180)
         assert search.returncode == 2, err.decode()
