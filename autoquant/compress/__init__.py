@@ -1,8 +1,10 @@
-"""Compression plans, pruning, Brevitas quantization, fine-tuning, ONNX export, and the
-numpy recipes that rebuild a compressed graph's initializers from fp32 weights."""
+"""Compression plans, the graph builder (plan + fp32 weights -> QDQ ONNX), pruning, Brevitas
+quantization (GPTQ, fine-tuning), ONNX export, and the numpy recipes that rebuild a
+compressed graph's initializers from fp32 weights."""
 
 from __future__ import annotations
 
+from autoquant.compress._build import BuiltGraph, QuantizedLayer, build_graph
 from autoquant.compress._compress import CompressedPolicy, compress, export_reference, weight_bytes
 from autoquant.compress._to_onnx import export_onnx, onnx_metadata
 from autoquant.compress._finetune import FinetuneResult, distill
@@ -21,6 +23,9 @@ from autoquant.compress._recipe import (
 
 __all__ = [
     "ACT_BITS",
+    "BuiltGraph",
+    "QuantizedLayer",
+    "build_graph",
     "EXTERNAL_LOCATION",
     "FLOAT",
     "INT_ACT_BITS",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from torch import nn
 
+from autoquant._version import __version__
+from autoquant.compress._build import QuantizedLayer, build_graph, pruned_net, slice_net, supported
 from autoquant.compress._to_onnx import export_onnx
 from autoquant.compress._finetune import FinetuneResult, distill
 from autoquant.compress._plan import CompressionPlan
@@ -34,6 +37,7 @@ class CompressedPolicy:
     onnx: bytes
     kernels: Any = None  # KernelReport, when verified
     finetune: FinetuneResult | None = None
+    activation_scales: dict[str, float] = field(default_factory=dict)  # quantizer name -> scale
 
     @property
     def size_bytes(self) -> int:
@@ -63,6 +67,9 @@ def _metadata(bundle: PolicyBundle, plan: CompressionPlan | None) -> dict[str, A
 
 def export_reference(bundle: PolicyBundle) -> bytes:
     """The uncompressed fp32 network as ONNX: the reference every plan is measured against."""
+    if supported(bundle.net) is None:
+        return build_graph(bundle.net, bundle.input_shape, CompressionPlan(), np.zeros((1, *bundle.input_shape),
+                           dtype=np.float32), metadata=_onnx_metadata(bundle, None)).onnx
     return export_onnx(bundle.net, bundle.input_shape, quantized=False, metadata=_metadata(bundle, None))
 
 
@@ -79,49 +86,126 @@ def compress(
     seed: int = 0,
 ) -> CompressedPolicy:
     """Prune, quantize (calibrated on ``states``, prepared observations), optionally
-    fine-tune by distillation, and export to ONNX.
+    fine-tune by distillation, and emit the ONNX graph.
+
+    The graph builder (``_build``) makes the graph from the plan and the fp32 weights in
+    numpy. Brevitas models only what needs a model: GPTQ rounding and fine-tuning through
+    the quantizers; the builder then serialises the integers and scales it found. A
+    network the builder cannot emit (see ``_build.supported``) goes through Brevitas'
+    exporter as a whole.
 
     ``rounding``: "gptq" (Brevitas GPTQ: needed by value networks whose action gaps
     are tiny next to the values), "nearest", or "auto": GPTQ while the quantized
     weights number at most ``GPTQ_AUTO_MAX_PARAMS`` (MLP policies, about a second),
     nearest beyond (a Nature CNN takes 15-90 s under GPTQ here, too slow per trial).
 
-    With ``verify_kernels`` the export runs once under onnxruntime's profiler; a
-    layer the plan makes integer that runs a float kernel raises KernelMismatchError.
+    With ``verify_kernels`` the graph runs once under onnxruntime's profiler; a layer
+    the plan makes integer that runs a float kernel raises KernelMismatchError.
     """
     if rounding not in ("auto", "gptq", "nearest"):
         raise ValueError(f"rounding must be 'auto', 'gptq' or 'nearest', got {rounding!r}")
     plan.validate(analyse(bundle))
+    states = np.asarray(states, dtype=np.float32)
+    if supported(bundle.net) is not None:
+        compressed = _compress_brevitas(bundle, plan, states, finetune_epochs=finetune_epochs,
+                                        finetune_lr=finetune_lr, advantage_weight=advantage_weight,
+                                        rounding=rounding, seed=seed)
+    else:
+        sliced, kept = slice_net(bundle.net, plan)
+        pruned = pruned_net(bundle.net, sliced)
+        table = analyse_module(pruned, bundle.input_shape, bundle.layer_sources)
+        rounding = _resolve(rounding, table, plan)
+        weights = scales = None
+        result = None
+        if plan.quantized and (rounding == "gptq" or finetune_epochs > 0):
+            model = quantize(pruned, plan, input_nonnegative=bool(states.min() >= 0))
+            calibrate(model, states)
+            if rounding == "gptq":
+                gptq(model, states)
+            if finetune_epochs > 0:
+                result = _distill(model, bundle, states, finetune_epochs, finetune_lr, advantage_weight, seed)
+            weights, scales = _brevitas_values(model, plan)
+        elif finetune_epochs > 0:
+            for p in pruned.parameters():
+                p.requires_grad_(True)
+            result = _distill(pruned, bundle, states, finetune_epochs, finetune_lr, advantage_weight, seed)
+            for p in pruned.parameters():
+                p.requires_grad_(False)
+        as_cut = plan.without_pruning()  # ``pruned`` holds the kept channels already
+        built = build_graph(pruned, bundle.input_shape, as_cut, states, metadata=_onnx_metadata(bundle, plan),
+                            weights=weights, scales=scales)
+        net = pruned_net(pruned, slice_net(pruned, as_cut)[0], built.layers)
+        compressed = CompressedPolicy(bundle=bundle, plan=plan, net=net, kept=kept, table=table, onnx=built.onnx,
+                                      finetune=result, activation_scales=built.scales)
+    if verify_kernels:
+        _verify_kernels(compressed, plan, states)
+    return compressed
+
+
+def _resolve(rounding: str, table: LayerTable, plan: CompressionPlan) -> str:
+    if rounding != "auto":
+        return rounding
+    quantized = sum(layer.params for layer in table if plan.spec(layer.name).weight_bits is not None)
+    return "gptq" if plan.quantized and quantized <= GPTQ_AUTO_MAX_PARAMS else "nearest"
+
+
+def _distill(model: nn.Module, bundle: PolicyBundle, states: np.ndarray, epochs: int, lr: float,
+             advantage_weight: float, seed: int) -> FinetuneResult:
+    return distill(model, bundle.net, states, epochs=epochs, lr=lr, seed=seed,
+                   advantage_weight=advantage_weight if bundle.action.discrete else 0.0)
+
+
+def _brevitas_values(model: nn.Module, plan: CompressionPlan) -> tuple[dict[str, QuantizedLayer], dict[str, float]]:
+    """The integers, weight scales and activation scales a calibrated Brevitas model holds."""
+    import torch
+
+    weights: dict[str, QuantizedLayer] = {}
+    scales: dict[str, float] = {}
+    with torch.no_grad():
+        for name, module in model.named_children():
+            kind = type(module).__name__
+            if kind in ("QuantConv2d", "QuantLinear"):
+                weights[name] = QuantizedLayer.from_brevitas(module, int(plan.spec(name).weight_bits))
+            elif kind in ("QuantIdentity", "QuantReLU"):
+                scales[name] = float(module.act_quant.scale())
+    return weights, scales
+
+
+def _onnx_metadata(bundle: PolicyBundle, plan: CompressionPlan | None) -> dict[str, str]:
+    meta = {"autoquant_version": __version__, **_metadata(bundle, plan)}
+    return {f"autoquant.{key}": value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            for key, value in meta.items()}
+
+
+def _verify_kernels(compressed: CompressedPolicy, plan: CompressionPlan, states: np.ndarray) -> None:
+    from autoquant.targets import kernel_report
+
+    compressed.kernels = kernel_report(compressed.onnx, states[:1], compressed.table.names)
+    wanted = [name for name, spec in plan.layers.items() if spec.integer]
+    ran_float = [name for name in wanted if compressed.kernels.layers.get(name) != "int8"]
+    if ran_float:
+        ops = {name: compressed.kernels.ops.get(name, ["?"]) for name in ran_float}
+        raise KernelMismatchError(
+            f"plan asks for integer kernels on {ran_float} but onnxruntime ran {ops}: "
+            "the export is not fused; report this plan as a bug"
+        )
+
+
+def _compress_brevitas(bundle: PolicyBundle, plan: CompressionPlan, states: np.ndarray, *, finetune_epochs: int,
+                       finetune_lr: float, advantage_weight: float, rounding: str, seed: int) -> CompressedPolicy:
+    """The whole route through torch pruning and Brevitas' exporter, for networks the
+    graph builder does not emit."""
     pruned, kept = prune(bundle.net, bundle.input_shape, plan)
     table = analyse_module(pruned, bundle.input_shape, bundle.layer_sources)
-    states = np.asarray(states, dtype=np.float32)
     model: nn.Module = pruned
     if plan.quantized:
         model = quantize(pruned, plan, input_nonnegative=bool(states.min() >= 0))
         calibrate(model, states)
-        if rounding == "auto":
-            quantized = sum(layer.params for layer in table if plan.spec(layer.name).weight_bits is not None)
-            rounding = "gptq" if quantized <= GPTQ_AUTO_MAX_PARAMS else "nearest"
-        if rounding == "gptq":
+        if _resolve(rounding, table, plan) == "gptq":
             gptq(model, states)
     result = None
     if finetune_epochs > 0:
-        result = distill(model, bundle.net, states, epochs=finetune_epochs, lr=finetune_lr, seed=seed,
-                        advantage_weight=advantage_weight if bundle.action.discrete else 0.0)
-    onnx_bytes = export_onnx(model, bundle.input_shape, quantized=plan.quantized,
-                             metadata=_metadata(bundle, plan))
-    compressed = CompressedPolicy(bundle=bundle, plan=plan, net=model, kept=kept, table=table,
-                                  onnx=onnx_bytes, finetune=result)
-    if verify_kernels:
-        from autoquant.targets import kernel_report
-
-        compressed.kernels = kernel_report(onnx_bytes, states[:1], table.names)
-        wanted = [name for name, spec in plan.layers.items() if spec.integer]
-        ran_float = [name for name in wanted if compressed.kernels.layers.get(name) != "int8"]
-        if ran_float:
-            ops = {name: compressed.kernels.ops.get(name, ["?"]) for name in ran_float}
-            raise KernelMismatchError(
-                f"plan asks for integer kernels on {ran_float} but onnxruntime ran {ops}: "
-                "the export is not fused; report this plan as a bug"
-            )
-    return compressed
+        result = _distill(model, bundle, states, finetune_epochs, finetune_lr, advantage_weight, seed)
+    onnx_bytes = export_onnx(model, bundle.input_shape, quantized=plan.quantized, metadata=_metadata(bundle, plan))
+    return CompressedPolicy(bundle=bundle, plan=plan, net=model, kept=kept, table=table, onnx=onnx_bytes,
+                            finetune=result)

@@ -110,6 +110,11 @@ class CompressionPlan:
     def quantized(self) -> bool:
         return any(s.weight_bits is not None for s in self.layers.values())
 
+    def without_pruning(self) -> CompressionPlan:
+        """The same bit widths with every prune ratio 0 (for a network already cut)."""
+        return CompressionPlan({name: LayerSpec(s.weight_bits, s.act_bits, 0.0) for name, s in self.layers.items()},
+                               channel_multiple=self.channel_multiple)
+
     def validate(self, table: Any) -> CompressionPlan:
         """Check the plan against a LayerTable: known names, no pruned action head."""
         names = list(table.names)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoquant.compress._plan import CompressionPlan
+from autoquant.compress._plan import INT_ACT_BITS, CompressionPlan
 
 __all__ = ["calibrate", "quantize"]
 
@@ -35,60 +35,23 @@ def _quantizers():  # type: ignore[no-untyped-def]
 
 
 def quantize(net: nn.Sequential, plan: CompressionPlan, *, input_nonnegative: bool) -> nn.Sequential:
-    """A Brevitas copy of ``net`` with the plan's bit widths (not yet calibrated)."""
+    """A Brevitas copy of ``net`` with the plan's bit widths (not yet calibrated), its
+    quantizers where ``_build.placement`` puts them (the graph builder emits the same)."""
+    from autoquant.compress._build import placement
+
     qnn, SignedAct, UnsignedAct, WeightQuant, BiasQuant = _quantizers()
-    children = list(net.named_children())
-    compute = [i for i, (_, m) in enumerate(children) if isinstance(m, _COMPUTE)]
-    head = compute[-1]
-
-    def next_integer(i: int) -> bool:
-        later = [j for j in compute if j > i]
-        return bool(later) and plan.spec(children[later[0]][0]).integer
-
     out: OrderedDict[str, nn.Module] = OrderedDict()
-    nonneg = input_nonnegative  # is the running tensor known to be >= 0?
-    quantized_in = False  # does the last emitted module return a quantized tensor?
-    pending_out: str | None = None  # an integer layer whose output still needs a quantizer
-
-    def act_quant(name: str, bits: int) -> None:
-        nonlocal quantized_in
-        out[name] = qnn.QuantIdentity(act_quant=UnsignedAct if nonneg else SignedAct,
-                                      bit_width=bits, return_quant_tensor=True)
-        quantized_in = True
-
-    for i, (name, module) in enumerate(children):
-        if pending_out is not None and not isinstance(module, nn.ReLU):
-            act_quant(f"{pending_out}_out_quant", 8)
-            pending_out = None
-        if isinstance(module, _COMPUTE):
-            spec = plan.spec(name)
-            if spec.weight_bits is None:
-                out[name] = module
-            else:
-                if spec.act_bits is not None and not quantized_in:
-                    act_quant(f"{name}_in_quant", spec.act_bits)
-                out[name] = _quant_layer(qnn, module, spec.weight_bits, WeightQuant,
-                                         BiasQuant if spec.act_bits is not None else None)
-                if spec.integer and i != head:
-                    pending_out = name
-            quantized_in = False
-            nonneg = False
-        elif isinstance(module, nn.ReLU):
-            if pending_out is not None or next_integer(i):
-                out[name] = qnn.QuantReLU(act_quant=UnsignedAct, bit_width=8, return_quant_tensor=True)
-                quantized_in = True
-            else:
-                out[name] = module
-                quantized_in = False
-            pending_out = None
-            nonneg = True
-        elif isinstance(module, nn.Flatten):
-            out[name] = module
-            quantized_in = False  # re-quantize after Flatten (else a float Gemm runs)
+    for step in placement(net, plan, input_nonnegative=input_nonnegative):
+        if step.kind == "quant":
+            out[step.name] = qnn.QuantIdentity(act_quant=SignedAct if step.signed else UnsignedAct,
+                                               bit_width=INT_ACT_BITS, return_quant_tensor=True)
+        elif step.kind == "relu" and step.quantized:
+            out[step.name] = qnn.QuantReLU(act_quant=UnsignedAct, bit_width=INT_ACT_BITS, return_quant_tensor=True)
+        elif step.kind == "layer" and step.spec is not None and step.spec.weight_bits is not None:
+            out[step.name] = _quant_layer(qnn, step.module, step.spec.weight_bits, WeightQuant,
+                                          BiasQuant if step.spec.act_bits is not None else None)
         else:
-            out[name] = module
-            quantized_in = False
-            nonneg = isinstance(module, nn.Sigmoid)
+            out[step.name] = step.module  # type: ignore[assignment]
     model = nn.Sequential(out)
     model.eval()
     return model

@@ -280,10 +280,11 @@ def _with_weights(policy, weights: dict[str, torch.Tensor]) -> torch.nn.Sequenti
 
 
 def test_pong_rebuild_follows_new_learner_weights(pong_bundle, pong, pong_states, pong_pt_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """New weights of a broadcast: the rebuilt actor is what Brevitas exports for them with the
-    bundle's fixed kept channels and activation ranges."""
+    """New weights of a broadcast: the rebuilt actor is what the graph builder (held to
+    Brevitas' export in tests/compress/test_build.py) makes of them with the bundle's fixed
+    kept channels and activation ranges."""
     from autoquant.actorq import ActorQuantizer
-    from autoquant.compress import export_onnx
+    from autoquant.compress import build_graph
     from autoquant.targets import OrtRunner
 
     compressed, bundle = pong_bundle
@@ -292,15 +293,10 @@ def test_pong_rebuild_follows_new_learner_weights(pong_bundle, pong, pong_states
     policy = ActorQuantizer(bundle).build({k: v.numpy() for k, v in moved.items()})  # numpy arrays work too
 
     full = _with_weights(pong, moved)
-    pruned = {name: m for name, m in _prune_like(full, pong.input_shape, compressed.kept).named_children()
-              if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
-    reference_model = copy.deepcopy(compressed.net)  # Brevitas, calibrated activation ranges kept
-    with torch.no_grad():
-        for name, module in reference_model.named_children():
-            if name in pruned:
-                module.weight.copy_(pruned[name].weight)
-                module.bias.copy_(pruned[name].bias)
-    reference = OrtRunner(export_onnx(reference_model, pong.input_shape, quantized=True))(pong_states.states)
+    pruned = _prune_like(full, pong.input_shape, compressed.kept)
+    rebuilt = build_graph(pruned, pong.input_shape, compressed.plan.without_pruning(), pong_states.states,
+                          scales=compressed.activation_scales)  # calibrated activation ranges kept
+    reference = OrtRunner(rebuilt.onnx)(pong_states.states)
     got = policy.forward(pong_states.states)
     _assert_reproduces(got, reference)
     assert not np.array_equal(got, OrtRunner(compressed.onnx)(pong_states.states)), "the new weights were not used"

@@ -42,10 +42,15 @@ def test_mixed_plan_reports_each_layer(pong, pong_states) -> None:  # type: igno
 def test_quantized_onnx_matches_the_brevitas_model(cartpole_dqn, cartpole_states) -> None:  # type: ignore[no-untyped-def]
     import torch
 
-    compressed = compress(cartpole_dqn, CompressionPlan.uniform(analyse(cartpole_dqn)), cartpole_states.states)
+    from autoquant.compress._compress import _compress_brevitas
+
+    plan = CompressionPlan.uniform(analyse(cartpole_dqn))
+    compressed = compress(cartpole_dqn, plan, cartpole_states.states)  # the graph builder
+    brevitas = _compress_brevitas(cartpole_dqn, plan, cartpole_states.states, finetune_epochs=0, finetune_lr=0.0,
+                                  advantage_weight=0.0, rounding="auto", seed=0)
     x = cartpole_states.states[:256]
     with torch.no_grad():
-        want = compressed.net(torch.as_tensor(x)).numpy()
+        want = brevitas.net(torch.as_tensor(x)).numpy()  # Brevitas' fake-quantized torch model
     got = OrtRunner(compressed.onnx)(x)
     # Same integers, same scales: equal to float rounding, except where an activation lands
     # within float error of a rounding boundary, which torch and onnxruntime may then round
@@ -57,16 +62,16 @@ def test_quantized_onnx_matches_the_brevitas_model(cartpole_dqn, cartpole_states
 
 
 def test_float_kernels_for_an_int8_plan_fail_loudly(cartpole_dqn, cartpole_states, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """If the export loses its fusion (here: no activation quantizers at all), the
-    plan's promise is broken and compress says so instead of reporting a result."""
-    from autoquant.compress import _compress
+    """If the graph loses its fusion (here: the placement puts no activation quantizers at
+    all), the plan's promise is broken and compress says so instead of reporting a result."""
+    from autoquant.compress import _build
 
-    real = _compress.quantize
+    real = _build.placement
 
     def unfused(net, plan, *, input_nonnegative):  # type: ignore[no-untyped-def]
         weight_only = CompressionPlan({n: LayerSpec(s.weight_bits, None) for n, s in plan.layers.items()})
         return real(net, weight_only, input_nonnegative=input_nonnegative)
 
-    monkeypatch.setattr(_compress, "quantize", unfused)
+    monkeypatch.setattr(_build, "placement", unfused)
     with pytest.raises(KernelMismatchError, match="fc1"):
         compress(cartpole_dqn, CompressionPlan.uniform(analyse(cartpole_dqn)), cartpole_states.states)
