@@ -69,7 +69,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-retention", type=retention, default=0.98,
                        help="reward retention floor vs fp32 on the same seeds (default 0.98)")
     group.add_argument("--pareto", action="store_true", help="search a Pareto front (latency, reward, size)")
-    parser.add_argument("--episodes", type=positive, default=10, help="episodes per played trial (default 10)")
+    parser.add_argument("--episodes", type=positive, default=10,
+                        help="most episodes a played trial may take; a sequential test stops sooner once retention "
+                             "is clearly above or below the floor (default 10)")
+    parser.add_argument("--confidence", type=float, default=0.95,
+                        help="confidence of that test's decisions, in [0.5, 1) (default 0.95)")
     parser.add_argument("--confirm-episodes", type=positive, default=20,
                         help="episodes on fresh seeds that confirm the best plan (default 20)")
     parser.add_argument("--fidelity-floor", type=float, default=0.75,
@@ -90,7 +94,7 @@ def _config(args: argparse.Namespace, *, method: str, agent: str) -> Any:
         method=method, agent=agent, n_trials=args.trials,
         mode="pareto" if args.pareto else "single", min_retention=args.min_retention, episodes=args.episodes,
         confirm_episodes=args.confirm_episodes, fidelity_floor=args.fidelity_floor, n_states=args.states,
-        n_envs=args.envs, seed=args.seed, storage=getattr(args, "storage", None) or "study.db",
+        n_envs=args.envs, seed=args.seed, confidence=args.confidence, storage=getattr(args, "storage", None) or "study.db",
         study_name=getattr(args, "study", None), argv=tuple(sys.argv),
     )
 
@@ -148,7 +152,8 @@ class SearchCommand(Command):
         confirmed = run.confirm()
         run.write_report()
         if confirmed is None:
-            log(f"no plan kept retention >= {run.config.min_retention}; see {run.folder / 'report.md'}")
+            log(f"no plan both kept retention >= {run.config.min_retention} and ran faster than fp32: keep the "
+                f"uncompressed policy; see {run.folder / 'report.md'}")
         return summary_json(run, confirmed, time.perf_counter() - start)
 
     def render(self, result: dict[str, Any]) -> str:
@@ -157,7 +162,7 @@ class SearchCommand(Command):
                  f"{result['wall_s']} s)"]
         best = result["best"]
         if best is None:
-            lines.append("best    no plan met the retention floor")
+            lines.append("best    fp32: no plan both met the retention floor and ran faster than fp32")
         else:
             lat = best.get("latency") or {}
             lines += [

@@ -4,7 +4,7 @@ compressed graph's initializers from fp32 weights."""
 
 from __future__ import annotations
 
-from autoquant.compress._build import BuiltGraph, QuantizedLayer, build_graph
+from autoquant.compress._build import ActivationCache, BuiltGraph, QuantizedLayer, build_graph
 from autoquant.compress._compress import CompressedPolicy, compress, export_reference, weight_bytes
 from autoquant.compress._to_onnx import export_onnx, onnx_metadata
 from autoquant.compress._finetune import FinetuneResult, distill
@@ -23,6 +23,7 @@ from autoquant.compress._recipe import (
 
 __all__ = [
     "ACT_BITS",
+    "ActivationCache",
     "BuiltGraph",
     "QuantizedLayer",
     "build_graph",

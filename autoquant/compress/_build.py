@@ -27,6 +27,7 @@ On the Pong Nature CNN this takes about 0.1 s where the Brevitas route took 1 - 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ from autoquant.errors import ExportError
 
 __all__ = [
     "CALIBRATION_BATCH",
+    "ActivationCache",
     "BuiltGraph",
     "QuantizedLayer",
     "Step",
@@ -233,56 +235,115 @@ def _abs_percentile(x: torch.Tensor) -> torch.Tensor:
     return torch.kthvalue(x.abs().reshape(-1), k)[0]
 
 
+class ActivationCache:
+    """Float activations and their statistics, remembered across plans of one network.
+
+    In calibration every quantizer is off, so the activations at a point of the chain
+    depend only on which channels the layers before it keep. A search compresses many
+    plans of one network on the same states: the statistic of the input quantizer is
+    computed once, and the activations after a layer are kept for the plans that prune
+    the layers up to it alike (the ``keep`` most recent, least recently used dropped).
+    """
+
+    def __init__(self, net: nn.Module, states: np.ndarray, *, keep: int = 8) -> None:
+        self.net = net
+        self.states = states
+        self.keep = keep
+        self._activations: OrderedDict[tuple[Any, ...], list[torch.Tensor]] = OrderedDict()
+        self._stats: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+
+    def matches(self, net: nn.Module, states: np.ndarray) -> bool:
+        return net is self.net and states is self.states
+
+    def activations(self, key: tuple[Any, ...]) -> list[torch.Tensor] | None:
+        found = self._activations.get(key)
+        if found is not None:
+            self._activations.move_to_end(key)
+        return found
+
+    def remember(self, key: tuple[Any, ...], batches: list[torch.Tensor]) -> None:
+        self._activations[key] = batches
+        self._activations.move_to_end(key)
+        while len(self._activations) > self.keep:
+            self._activations.popitem(last=False)
+
+    def stats(self, key: tuple[Any, ...], batches: list[torch.Tensor]) -> list[torch.Tensor]:
+        found = self._stats.get(key)
+        if found is None:
+            found = self._stats[key] = [torch.clamp(_abs_percentile(x), min=SCALE_MIN) for x in batches]
+        return found
+
+
 def calibrate_activations(steps: Sequence[Step], sliced: Mapping[str, _Sliced], states: np.ndarray,
-                          *, batch_size: int = CALIBRATION_BATCH) -> dict[str, float]:
+                          *, kept: Mapping[str, Sequence[int]] | None = None, cache: ActivationCache | None = None,
+                          batch_size: int = CALIBRATION_BATCH) -> dict[str, float]:
     """Quantizer name -> scale, from the float activations of the pruned network.
 
     Per batch the 99.999th percentile of |x|, clamped at 1e-10 and averaged over batches in
     float32 exactly as Brevitas' calibration mode does; then divided by 128 (signed int8) or
-    255 (uint8).
+    255 (uint8). With a ``cache`` (made for the same unpruned network and states, and
+    ``kept`` the channels the plan keeps) activations and statistics are reused across plans.
     """
     wanted = [s for s in steps if s.kind == "quant" or (s.kind == "relu" and s.quantized)]
     if not wanted:
         return {}
-    x_all = torch.as_tensor(np.ascontiguousarray(states, dtype=np.float32))
-    weights = {name: (torch.from_numpy(s.weight), None if s.bias is None else torch.from_numpy(s.bias))
-               for name, s in sliced.items()}
-    sums: dict[str, torch.Tensor] = {}
-    counter = 0
+    last = max(i for i, s in enumerate(steps) if s in wanted)
+    kept = kept or {}
+    # The key of a point of the chain: each module passed, with the channels a layer keeps.
+    keys: list[tuple[Any, ...]] = []
+    key: tuple[Any, ...] = ()
+    for step in steps:
+        if step.kind != "quant":
+            key = key + ((step.name, tuple(kept[step.name]) if step.name in kept else None),)
+        keys.append(key)
+    start = 0
+    batches: list[torch.Tensor] | None = None
+    if cache is not None:
+        for i in range(last, -1, -1):  # resume from the latest activations remembered
+            if steps[i].kind == "layer" and keys[i] in cache._activations \
+                    and all(keys[j] in cache._stats for j, s in enumerate(steps[:i + 1]) if s in wanted):
+                batches, start = cache.activations(keys[i]), i + 1
+                break
+    if batches is None:
+        x_all = torch.as_tensor(np.ascontiguousarray(states, dtype=np.float32))
+        batches = [x_all[i:i + batch_size] for i in range(0, len(x_all), batch_size)]
+    per_batch: dict[str, list[torch.Tensor]] = {}
     with torch.no_grad():
-        for start in range(0, len(x_all), batch_size):
-            x = x_all[start:start + batch_size]
-            stats: dict[str, torch.Tensor] = {}
-            for step in steps:
+        for i, step in enumerate(steps[:last + 1]):
+            if i >= start:
                 if step.kind == "layer":
-                    w, b = weights[step.name]
+                    w = torch.from_numpy(sliced[step.name].weight)
+                    bias = sliced[step.name].bias
+                    b = None if bias is None else torch.from_numpy(bias)
                     m = step.module
                     if isinstance(m, nn.Conv2d):
-                        x = F.conv2d(x, w, b, stride=m.stride, padding=m.padding)
+                        batches = [F.conv2d(x, w, b, stride=m.stride, padding=m.padding) for x in batches]
                     else:
-                        x = F.linear(x, w, b)
-                    if step.head:
-                        break
-                    continue
-                if step.kind == "flatten":
-                    x = torch.flatten(x, 1)
+                        batches = [F.linear(x, w, b) for x in batches]
+                    if cache is not None:
+                        cache.remember(keys[i], batches)
+                elif step.kind == "flatten":
+                    batches = [torch.flatten(x, 1) for x in batches]
                 elif step.kind in ("relu", "op"):
-                    x = step.module(x)  # type: ignore[misc]
-                if step.kind == "quant" or (step.kind == "relu" and step.quantized):
-                    stats[step.name] = torch.clamp(_abs_percentile(x), min=SCALE_MIN)
-            new_counter = counter + 1
-            for name, value in stats.items():
-                if counter == 0:
-                    sums[name] = torch.ones(()) * value
+                    inplace = bool(getattr(step.module, "inplace", False))  # never write into remembered tensors
+                    batches = [step.module(x.clone() if inplace else x) for x in batches]  # type: ignore[misc]
+            if step in wanted:
+                if i < start:  # before the resumed point: only from the cache of statistics
+                    assert cache is not None
+                    per_batch[step.name] = cache._stats[keys[i]]
+                elif cache is not None:
+                    per_batch[step.name] = cache.stats(keys[i], batches)
                 else:
-                    sums[name].mul_(counter / new_counter)
-                    sums[name].add_(value / new_counter)
-            counter = new_counter
+                    per_batch[step.name] = [torch.clamp(_abs_percentile(x), min=SCALE_MIN) for x in batches]
     out = {}
     for step in wanted:
+        values = per_batch[step.name]
+        total = torch.ones(()) * values[0]
+        for counter, value in enumerate(values[1:], start=1):  # Brevitas' running average, in its order
+            total.mul_(counter / (counter + 1))
+            total.add_(value / (counter + 1))
         threshold = 128.0 if step.signed else 255.0
-        value = torch.clamp(sums[step.name], min=SCALE_MIN) / threshold
-        out[step.name] = float(value)
+        out[step.name] = float(torch.clamp(total, min=SCALE_MIN) / threshold)
     return out
 
 
@@ -522,11 +583,13 @@ def input_scales(steps: Sequence[Step], scales: Mapping[str, float]) -> dict[str
 def build_graph(net: nn.Sequential, input_shape: tuple[int, ...], plan: CompressionPlan, states: np.ndarray,
                 *, metadata: Mapping[str, str] | None = None,
                 weights: Mapping[str, QuantizedLayer] | None = None,
-                scales: Mapping[str, float] | None = None) -> BuiltGraph:
+                scales: Mapping[str, float] | None = None, cache: ActivationCache | None = None) -> BuiltGraph:
     """Plan + fp32 network + recorded (prepared) states -> the QDQ graph, without Brevitas.
 
     ``weights`` and ``scales`` replace the round-to-nearest weights and the calibrated
-    activation scales where given (GPTQ or fine-tuning made them in Brevitas).
+    activation scales where given (GPTQ or fine-tuning made them in Brevitas). A ``cache``
+    made for this ``net`` and these ``states`` (the same objects) makes calibration reuse
+    what earlier builds computed.
     """
     import time
 
@@ -538,7 +601,10 @@ def build_graph(net: nn.Sequential, input_shape: tuple[int, ...], plan: Compress
     steps = placement(net, plan, input_nonnegative=bool(states.min() >= 0))
     sliced, kept = _slice(net, plan)
     t1 = time.perf_counter()
-    found = dict(scales) if scales is not None else calibrate_activations(steps, sliced, states)
+    if cache is not None and not cache.matches(net, states):
+        cache = None  # made for another network or other states: not this build's
+    found = dict(scales) if scales is not None else calibrate_activations(steps, sliced, states, kept=kept,
+                                                                          cache=cache)
     t2 = time.perf_counter()
     inputs = input_scales(steps, found)
     layers: dict[str, QuantizedLayer] = {}

@@ -10,7 +10,7 @@ import numpy as np
 from torch import nn
 
 from autoquant._version import __version__
-from autoquant.compress._build import QuantizedLayer, build_graph, pruned_net, slice_net, supported
+from autoquant.compress._build import ActivationCache, QuantizedLayer, build_graph, pruned_net, slice_net, supported
 from autoquant.compress._to_onnx import export_onnx
 from autoquant.compress._finetune import FinetuneResult, distill
 from autoquant.compress._plan import CompressionPlan
@@ -84,6 +84,7 @@ def compress(
     rounding: str = "auto",
     verify_kernels: bool = True,
     seed: int = 0,
+    cache: ActivationCache | None = None,
 ) -> CompressedPolicy:
     """Prune, quantize (calibrated on ``states``, prepared observations), optionally
     fine-tune by distillation, and emit the ONNX graph.
@@ -98,6 +99,9 @@ def compress(
     are tiny next to the values), "nearest", or "auto": GPTQ while the quantized
     weights number at most ``GPTQ_AUTO_MAX_PARAMS`` (MLP policies, about a second),
     nearest beyond (a Nature CNN takes 15-90 s under GPTQ here, too slow per trial).
+
+    ``cache``: an ActivationCache of ``bundle.net`` and these ``states`` (the same array),
+    which a search keeps so that calibration reuses the activations of earlier plans.
 
     With ``verify_kernels`` the graph runs once under onnxruntime's profiler; a layer
     the plan makes integer that runs a float kernel raises KernelMismatchError.
@@ -131,10 +135,15 @@ def compress(
             result = _distill(pruned, bundle, states, finetune_epochs, finetune_lr, advantage_weight, seed)
             for p in pruned.parameters():
                 p.requires_grad_(False)
-        as_cut = plan.without_pruning()  # ``pruned`` holds the kept channels already
-        built = build_graph(pruned, bundle.input_shape, as_cut, states, metadata=_onnx_metadata(bundle, plan),
-                            weights=weights, scales=scales)
-        net = pruned_net(pruned, slice_net(pruned, as_cut)[0], built.layers)
+        if weights is None and result is None:  # round to nearest: straight from the fp32 weights
+            built = build_graph(bundle.net, bundle.input_shape, plan, states, metadata=_onnx_metadata(bundle, plan),
+                                cache=cache)
+            net = pruned_net(bundle.net, sliced, built.layers)
+        else:
+            as_cut = plan.without_pruning()  # ``pruned`` holds the kept channels already
+            built = build_graph(pruned, bundle.input_shape, as_cut, states, metadata=_onnx_metadata(bundle, plan),
+                                weights=weights, scales=scales)
+            net = pruned_net(pruned, slice_net(pruned, as_cut)[0], built.layers)
         compressed = CompressedPolicy(bundle=bundle, plan=plan, net=net, kept=kept, table=table, onnx=built.onnx,
                                       finetune=result, activation_scales=built.scales)
     if verify_kernels:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from autoquant.evaluate._episodes import EpisodeStats, ci95, paired_comparison, play_episodes, random_actor
 from autoquant.evaluate._evaluation import HELD_OUT_SEED_OFFSET, Evaluation, episode_seeds, evaluate, onnx_actor
-from autoquant.evaluate._fidelity import fidelity
+from autoquant.evaluate._fidelity import fidelity, value_retention
+from autoquant.evaluate._sequential import ABOVE, BELOW, UNDECIDED, RetentionTest
 from autoquant.evaluate._states import StateSet, record_states
 
 __all__ = [
+    "ABOVE",
+    "BELOW",
+    "UNDECIDED",
+    "RetentionTest",
     "HELD_OUT_SEED_OFFSET",
     "EpisodeStats",
     "Evaluation",
@@ -20,5 +25,6 @@ __all__ = [
     "paired_comparison",
     "play_episodes",
     "random_actor",
+    "value_retention",
     "record_states",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,11 +68,14 @@ def play_episodes(
     *,
     n_envs: int = 8,
     max_steps: int | None = None,
+    stop: Callable[[Mapping[int, float]], bool] | None = None,
 ) -> EpisodeStats:
     """One episode per seed with ``act`` (a batch of observations -> a batch of actions).
 
     An episode's return depends only on its seed and the policy, not on which env
-    slot or batch it ran in.
+    slot or batch it ran in. ``stop`` (seed -> return of the episodes finished so far)
+    is asked after each episode ends; when it says so, the episodes still running are
+    dropped and the result holds the finished ones, in ``seeds`` order.
     """
     queue = list(seeds)
     envs = [make_env(env_id) for _ in range(min(n_envs, len(queue)))]
@@ -101,6 +104,10 @@ def play_episodes(
                     truncated = True
                 if terminated or truncated:
                     rewards[slot["seed"]], lengths[slot["seed"]] = slot["ret"], slot["len"]
+                    if stop is not None and stop(rewards):
+                        queue.clear()
+                        slots = [None] * len(slots)
+                        break
                     if queue:
                         s = queue.pop(0)
                         o, _ = envs[k].reset(seed=s)
@@ -112,9 +119,10 @@ def play_episodes(
         for env in envs:
             env.close()
     elapsed = time.perf_counter() - start
+    done = [s for s in seeds if s in rewards]
     return EpisodeStats(
-        seeds=tuple(seeds), rewards=tuple(rewards[s] for s in seeds),
-        lengths=tuple(lengths[s] for s in seeds), steps_per_s=steps / elapsed if elapsed > 0 else 0.0,
+        seeds=tuple(done), rewards=tuple(rewards[s] for s in done),
+        lengths=tuple(lengths[s] for s in done), steps_per_s=steps / elapsed if elapsed > 0 else 0.0,
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from autoquant.report._best import best_feasible, best_so_far, trials_to_reach
 from autoquant.report._compare import compare_table, hypervolume_reference, write_compare
 from autoquant.report._hypervolume import hypervolume
-from autoquant.report._markdown import write_report
+from autoquant.report._markdown import spearman, write_report
 from autoquant.report._pareto import DEFAULT_OBJECTIVES, pareto_front
 from autoquant.report._plots import plot_compare, plot_learning_curves, plot_pareto
 
@@ -23,5 +23,6 @@ __all__ = [
     "plot_pareto",
     "trials_to_reach",
     "write_compare",
+    "spearman",
     "write_report",
 ]

@@ -8,13 +8,19 @@ from typing import Any
 
 from autoquant.report._records import by_number, is_feasible, value
 
-__all__ = ["best_feasible", "best_so_far", "trials_to_reach"]
+__all__ = ["FP32_RATIO", "best_feasible", "best_so_far", "trials_to_reach"]
+
+FP32_RATIO = 1.0  # the uncompressed policy's latency (and size) ratio: the point every plan must beat
 
 
 def best_feasible(records: Iterable[Mapping[str, Any]], key: str = "latency_ratio") -> dict[str, Any] | None:
     """The COMPLETE, played, feasible record with the lowest ``key``; ties go to higher
-    retention, then smaller size ratio, then the earlier trial. None when no record qualifies."""
-    candidates = [r for r in records if is_feasible(r) and value(r, key) is not None]
+    retention, then smaller size ratio, then the earlier trial. None when no record qualifies.
+
+    ``key`` is a ratio to fp32, and fp32 itself (ratio 1) is always a candidate: a plan at or
+    above 1 never wins, and when nothing beats fp32 the answer is None (keep fp32)."""
+    candidates = [r for r in records if is_feasible(r) and value(r, key) is not None
+                  and value(r, key) < FP32_RATIO]  # type: ignore[operator]
     if not candidates:
         return None
 
@@ -37,7 +43,7 @@ def best_so_far(records: Iterable[Mapping[str, Any]], key: str = "latency_ratio"
     out: list[float | None] = []
     for record in by_number(records):
         current = value(record, key)
-        if is_feasible(record) and current is not None and (best is None or current < best):
+        if is_feasible(record) and current is not None and current < FP32_RATIO and (best is None or current < best):
             best = current
         out.append(best)
     return out

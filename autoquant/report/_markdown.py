@@ -63,7 +63,8 @@ def _summary(records: Sequence[Mapping[str, Any]], floor: float | None) -> str:
     best = best_feasible(records)
     if best is None:
         bound = f" (retention >= {fmt(floor)})" if floor is not None else ""
-        return f"**Best feasible plan:** no plan met the floor{bound}."
+        return (f"**Best feasible plan:** none: no plan both met the floor{bound} and ran faster than fp32, "
+                "so the uncompressed policy stays the best (fp32 is always a candidate).")
     ratio = value(best, "latency_ratio")
     speed = f" ({1.0 / ratio:.2f}x the fp32 speed)" if ratio else ""
     return (f"**Best feasible plan:** trial {best.get('number')}, `{cell(best.get('summary') or '(no summary)')}`: "
@@ -80,6 +81,55 @@ def _front(records: Sequence[Mapping[str, Any]]) -> list[str]:
              fmt(r.get("retention")), fmt(r.get("size_ratio")), "yes" if r.get("feasible") is True else "no")
             for r in front]
     return lines + table(("trial", "plan", "latency ratio", "retention", "size ratio", "feasible"), rows, "rlrrrc")
+
+
+RULE = ("A played trial plays paired episodes (the same seeds as fp32) until a sequential test decides: after "
+        "each episode, from the second, a Student-t interval of its retention at the run's confidence (shared out "
+        "over the looks, Bonferroni) either lies wholly above the floor (feasible), wholly below it (not), or the "
+        "episode budget ends first (undecided: then its mean decides). The best plan is the fastest feasible one "
+        "faster than fp32, then confirmed on fresh seeds.")
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None below 3 pairs or without spread."""
+    if len(xs) < 3 or len(xs) != len(ys):
+        return None
+    import numpy as np
+    from scipy.stats import rankdata
+
+    a, b = rankdata(xs), rankdata(ys)
+    if np.std(a) == 0 or np.std(b) == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _played(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    played = [r for r in records if is_complete(r) and is_played(r) and not r.get("cached")]
+    lines = ["## Played trials", "", RULE, ""]
+    if not played:
+        return lines + ["_No trial was played._"]
+    pairs = [(r["proxy"], r["retention"]) for r in played if r.get("proxy") is not None
+             and r.get("retention") is not None]
+    rho = spearman([p for p, _ in pairs], [q for _, q in pairs])
+    episodes = sorted(int(r.get("episodes") or 0) for r in played)
+    lines.append(f"Episodes per played trial: median {episodes[len(episodes) // 2]}, "
+                 f"{min(episodes)} to {max(episodes)}, {sum(episodes)} in all over {len(played)} trials.")
+    lines.append(f"Proxy (fidelity score on held-out states) against measured retention over these trials: "
+                 + (f"Spearman rank correlation {rho:.2f} (n = {len(pairs)})." if rho is not None
+                    else f"no rank correlation (n = {len(pairs)}, too few or no spread)."))
+    lines.append("")
+
+    def interval(r: Mapping[str, Any]) -> str:
+        low, high = r.get("retention_low"), r.get("retention_high")
+        if low is None or high is None:
+            return "-"
+        return f"[{fmt(low)}, {fmt(high)}]"
+
+    rows = [(r.get("number"), r.get("summary") or "(no summary)", fmt(r.get("latency_ratio")), fmt(r.get("proxy")),
+             r.get("episodes") or "-", fmt(r.get("retention")), interval(r), r.get("decision") or "-",
+             "yes" if r.get("feasible") is True else "no") for r in played]
+    return lines + table(("trial", "plan", "latency ratio", "proxy", "episodes", "retention", "interval",
+                          "decision", "feasible"), rows, "rlrrrrccc")
 
 
 def _references(references: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
@@ -126,6 +176,7 @@ def write_report(
     plot_pareto(records, references, out.parent / plot_name, floor=floor, title=title or "autoquant search")
     lines = _header(run_info, floor)
     lines += ["", _summary(records, floor), ""]
-    lines += _front(records) + [""] + _references(references) + [""] + _counts(records)
+    lines += _front(records) + [""] + _played(records) + [""] + _references(references) + [""]
+    lines += _counts(records)
     lines += ["", "## Plot", "", f"![pareto]({plot_name})", ""]
     out.write_text("\n".join(lines), encoding="utf-8")

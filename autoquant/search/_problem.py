@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from autoquant.compress import CompressionPlan, compress, weight_bytes
+from autoquant.compress import ActivationCache, CompressionPlan, compress, weight_bytes
 from autoquant.errors import UsageError
-from autoquant.evaluate import EpisodeStats, fidelity, onnx_actor, paired_comparison, play_episodes
+from autoquant.evaluate import EpisodeStats, RetentionTest, ci95, fidelity, onnx_actor, play_episodes
 from autoquant.policy import LayerTable, PolicyBundle
 from autoquant.search._record import TrialResult
 from autoquant.targets import OrtRunner, Target
@@ -44,8 +44,11 @@ class ProblemSettings:
     fidelity_floor: float = 0.75
     n_envs: int = 8
     seed: int = 0
+    confidence: float = 0.95  # of the sequential test that decides a played trial
 
     def __post_init__(self) -> None:
+        if not 0.5 <= self.confidence < 1.0:
+            raise UsageError(f"--confidence must be in [0.5, 1), got {self.confidence}")
         if self.mode not in MODES:
             raise UsageError(f"mode must be one of {MODES}, got {self.mode!r}")
         if not 0.0 < self.min_retention <= 1.5:
@@ -98,6 +101,8 @@ class SearchProblem:
         # Fidelity uses the target's own numerics when it can run models (a device).
         self._infer = getattr(target, "infer", None) or (lambda model, x: OrtRunner(model)(x))
         self.reference_outputs = self._infer(reference_onnx, held_out)  # fp32 on held-out states
+        self.states = np.asarray(states, dtype=np.float32)
+        self._cache = ActivationCache(bundle.net, self.states)  # calibration reuses earlier plans' activations
 
     def key(self, plan: CompressionPlan) -> str:
         return plan_key(plan, self.target_fingerprint)
@@ -106,7 +111,7 @@ class SearchProblem:
                  should_play: Callable[[float, float], tuple[bool, str | None]]) -> TrialResult:
         """Compress, export, measure, screen on fidelity, and play if it can matter."""
         t0 = time.perf_counter()
-        compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed)
+        compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed, cache=self._cache)
         t1 = time.perf_counter()
         latency = self.target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
         t2 = time.perf_counter()
@@ -122,15 +127,28 @@ class SearchProblem:
         play, reason = should_play(ratio, score)
         t3 = time.perf_counter()
         if play:
-            episodes = self.play(compressed.onnx, self.episode_seeds)
-            paired = paired_comparison(episodes, self.fp32_episodes, self.random_episodes)
-            result = result.replace(played=True, reward={**episodes.to_json(), "paired": paired},
-                                    retention=paired["retention"])
+            test = self.retention_test()
+            # Pareto searches want each plan's retention, not only its side of the floor: all episodes.
+            stop = test.stop if self.settings.mode == "single" else None
+            episodes = play_episodes(onnx_actor(self.bundle, compressed.onnx), self.bundle.env_id,  # type: ignore[arg-type]
+                                     self.episode_seeds, n_envs=self.settings.n_envs, stop=stop)
+            decided = test.result(episodes)
+            fp32 = dict(zip(self.fp32_episodes.seeds, self.fp32_episodes.rewards))
+            diffs = [r - fp32[s] for s, r in zip(episodes.seeds, episodes.rewards)]
+            paired = {"retention": decided["retention"], "mean_diff": float(np.mean(diffs)),
+                      "mean_diff_ci95": ci95(diffs), "floor": float(self.random_episodes.mean)}
+            result = result.replace(played=True, reward={**episodes.to_json(), "paired": paired, "test": decided},
+                                    retention=decided["retention"])
         else:
             result = result.replace(skip_reason=reason)
         t4 = time.perf_counter()
         return result.replace(seconds={"compress": round(t1 - t0, 3), "measure": round(t2 - t1, 3),
                                        "fidelity": round(t3 - t2, 3), "play": round(t4 - t3, 3)})
+
+    def retention_test(self) -> RetentionTest:
+        """The sequential test that decides a played trial, against fp32 on the run's seeds."""
+        return RetentionTest(self.fp32_episodes, self.random_episodes, self.settings.min_retention,
+                             confidence=self.settings.confidence)
 
     def play(self, model: bytes, seeds: list[int]) -> EpisodeStats:
         return play_episodes(onnx_actor(self.bundle, model), self.bundle.env_id, seeds,  # type: ignore[arg-type]

@@ -63,7 +63,23 @@ class TrialResult:
     seconds: dict[str, float] | None = None
 
     def feasible(self, min_retention: float) -> bool:
-        return self.played and self.retention is not None and self.retention >= min_retention
+        """Played and at or above the floor. Where the sequential test recorded an interval it
+        decides: wholly above the floor -> feasible, wholly below -> not, and only a plan the
+        episode budget left undecided falls back to its mean."""
+        if not self.played or self.retention is None:
+            return False
+        test = (self.reward or {}).get("test")
+        if test is not None and test.get("low") is not None and test.get("high") is not None:
+            if test["low"] >= min_retention:
+                return True
+            if test["high"] < min_retention:
+                return False
+        return self.retention >= min_retention
+
+    @property
+    def episodes(self) -> int:
+        """Episodes this trial played (0 when not played)."""
+        return int((self.reward or {}).get("episodes") or 0) if self.played else 0
 
     def replace(self, **changes: Any) -> TrialResult:
         return dataclasses.replace(self, **changes)
@@ -132,7 +148,16 @@ class TrialRecord:
             "feasible": self.feasible(min_retention), "agent": self.agent,
             "wall_s": (self.finished_at - study_start) if self.finished_at and study_start else None,
             "error": self.error, "cached": self.cached,
+            "proxy": r.fidelity_score if r else None,
+            "episodes": r.episodes if r else 0, **_interval(r),
         }
+
+
+def _interval(r: TrialResult | None) -> dict[str, Any]:
+    """The sequential test's decision and retention interval, where one was recorded."""
+    test = ((r.reward or {}).get("test") if r is not None else None) or {}
+    return {"decision": test.get("decision"), "retention_low": test.get("low"), "retention_high": test.get("high"),
+            "confidence": test.get("confidence")}
 
 
 # --- writing: the runner's side ---------------------------------------------------------------

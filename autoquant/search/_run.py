@@ -87,6 +87,7 @@ class RunConfig:
     n_states: int = 1024
     n_envs: int = 8
     seed: int = 0
+    confidence: float = 0.95
     storage: str = DEFAULT_STORAGE
     study_name: str | None = None
     argv: tuple[str, ...] = ()
@@ -108,7 +109,7 @@ class RunConfig:
         # The scoring settings check themselves; made once, kept for the problem.
         object.__setattr__(self, "_settings", ProblemSettings(
             mode=self.mode, min_retention=self.min_retention, episodes=self.episodes,
-            fidelity_floor=self.fidelity_floor, n_envs=self.n_envs, seed=self.seed))
+            fidelity_floor=self.fidelity_floor, n_envs=self.n_envs, seed=self.seed, confidence=self.confidence))
 
     @property
     def settings(self) -> ProblemSettings:
@@ -242,9 +243,11 @@ class Run:
 
     def confirm(self, *, max_candidates: int = 3) -> dict[str, Any] | None:
         """Replay the best feasible plans on fresh seeds; the first that keeps the floor
-        is the run's answer, written to best/."""
+        is the run's answer, written to best/. Only plans measured faster than fp32 are
+        candidates: fp32 is always one, and None means it stays the best."""
         floor_retention = self.config.min_retention
-        records = [r for r in self.records() if r.result is not None and r.feasible(floor_retention)]
+        records = [r for r in self.records() if r.result is not None and r.feasible(floor_retention)
+                   and r.result.latency_ratio < 1.0]
         records.sort(key=lambda r: (r.result.latency_ratio, -(r.result.retention or 0.0),  # type: ignore[union-attr]
                                     r.result.size_ratio))  # type: ignore[union-attr]
         seen: set[str] = set()

@@ -130,3 +130,28 @@ def test_builder_is_deterministic_and_its_torch_twin_agrees(pong, pong_states) -
         q_torch = compressed.net(torch.as_tensor(states)).numpy()
     q_onnx = OrtRunner(compressed.onnx)(states)
     assert np.mean(q_torch.argmax(1) == q_onnx.argmax(1)) >= 0.9
+
+
+def test_the_activation_cache_changes_nothing_but_the_time(pong, pong_states) -> None:  # type: ignore[no-untyped-def]
+    """Plans that share pruned prefixes, built with one cache in a row, give the bytes a
+    cold build gives; a cache of other states is not used."""
+    from autoquant.compress import ActivationCache
+
+    states = np.asarray(pong_states.states, dtype=np.float32)
+    cache = ActivationCache(pong.net, states)
+    plans = [CompressionPlan(p) for p in PONG_PLANS] + [
+        CompressionPlan({"conv1": LayerSpec(8, 8, 0.5), "conv2": LayerSpec(8, 8), "fc1": LayerSpec(8, 8)}),
+        CompressionPlan({"conv1": LayerSpec(8, 8, 0.5), "conv2": LayerSpec(6, 8, 0.25), "fc2": LayerSpec(8, 8)}),
+        CompressionPlan(PONG_PLANS[0]),
+    ]
+    for plan in plans:
+        warm = build_graph(pong.net, pong.input_shape, plan, states, cache=cache)
+        cold = build_graph(pong.net, pong.input_shape, plan, states)
+        assert warm.scales == cold.scales
+        assert warm.onnx == cold.onnx
+    assert cache._activations and cache._stats
+    other = ActivationCache(pong.net, states[:64].copy())
+    plan = CompressionPlan(PONG_PLANS[0])
+    assert build_graph(pong.net, pong.input_shape, plan, states, cache=other).onnx == \
+        build_graph(pong.net, pong.input_shape, plan, states).onnx
+    assert not other._stats

@@ -33,3 +33,11 @@ def test_trials_to_reach_counts_every_trial_in_number_order(records) -> None:  #
     assert trials_to_reach(records, 0.70) == 2
     assert trials_to_reach(records, 0.66) == 7          # trial 6 is the 7th record, failures counted
     assert trials_to_reach(records, 0.64) is None
+
+
+def test_a_plan_slower_than_fp32_is_never_the_best() -> None:
+    """fp32 is always a candidate: a feasible plan at or above its latency loses to it."""
+    records = [trial(0, 1.16, 1.0), trial(1, 1.0, 0.99)]
+    assert best_feasible(records) is None
+    assert best_so_far(records) == [None, None]
+    assert best_feasible([*records, trial(2, 0.97, 0.99)])["number"] == 2  # type: ignore[index]

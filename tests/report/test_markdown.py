@@ -23,7 +23,8 @@ def test_report_has_header_best_front_references_counts_and_plot(  # type: ignor
     assert "| 1 | fc1 w8a8 p0.50, fc2 w8a8 | 0.700 | 0.980 | 0.260 | yes |" in text
     assert "| 3 | plan 3 | 0.500 | 0.900 | 0.200 | no |" in text
     assert "| 0 | fc1 w8a8, fc2 w8a8 | 0.900 | 1.000 | 0.500 | yes |" in text
-    assert "| 2 | plan 2 |" not in text                  # dominated
+    front = text.split("## Pareto front")[1].split("## Played trials")[0]
+    assert "| 2 | plan 2 |" not in front                 # dominated
     assert "| fp32 | 1.000 | 1.000 | 1.000 |" in text
     assert "| onnxruntime int8 | 0.720 | 0.970 | 0.250 |" in text
     assert "| torch eager | 1.800 | n/a | n/a |" in text
@@ -39,6 +40,23 @@ def test_report_says_when_no_plan_met_the_floor(tmp_path) -> None:  # type: igno
     write_report(md, [trial(0, 0.5, 0.4), trial(1, 0.6, None)], {}, floor=FLOOR, run_info={"policy": "p"},
                  plot_name="front.png")
     text = md.read_text()
-    assert "no plan met the floor (retention >= 0.950)" in text
+    assert "no plan both met the floor (retention >= 0.950) and ran faster than fp32" in text
     assert "![pareto](front.png)" in text and "_None given._" in text
     assert_png(tmp_path / "out" / "front.png")
+
+
+def test_report_lists_played_trials_with_their_interval_and_the_proxy_rank_correlation(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    records = []
+    for number, (proxy, retention, episodes, decision) in enumerate(
+            [(0.99, 1.00, 2, "above"), (0.90, 0.97, 10, "undecided"), (0.80, 0.40, 3, "below"), (0.85, 0.60, 2, "below")]):
+        record = trial(number, 0.5 + number / 10, retention)
+        record.update(proxy=proxy, episodes=episodes, decision=decision, retention_low=retention - 0.05,
+                      retention_high=retention + 0.05)
+        records.append(record)
+    md = tmp_path / "report.md"
+    write_report(md, records, {}, floor=FLOOR, run_info={"policy": "p"})
+    text = md.read_text()
+    assert "## Played trials" in text and "sequential test" in text
+    assert "Episodes per played trial: median 3, 2 to 10, 17 in all over 4 trials." in text
+    assert "Spearman rank correlation 1.00 (n = 4)" in text  # proxy order = retention order
+    assert "| 1 | plan 1 | 0.600 | 0.900 | 10 | 0.970 | [0.920, 1.020] | undecided | yes |" in text
