@@ -76,8 +76,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="confidence of that test's decisions, in [0.5, 1) (default 0.95)")
     parser.add_argument("--confirm-episodes", type=positive, default=20,
                         help="episodes on fresh seeds that confirm the best plan (default 20)")
-    parser.add_argument("--fidelity-floor", type=float, default=0.75,
-                        help="action agreement below which a trial is not played (default 0.75)")
+    parser.add_argument("--fidelity-floor", type=float, default=0.5,
+                        help="the proxy (action agreement with fp32 on states the plan visits itself) below which a "
+                             "trial is not played, until the run has played enough trials to fit retention on the "
+                             "proxy and screen by that fit (default 0.5)")
+    parser.add_argument("--proxy-states", type=positive, default=None,
+                        help="states the proxy's rollouts of each plan record (default 128 for images, 512 else)")
     parser.add_argument("--states", type=positive, default=1024, help="recorded states (default 1024)")
     parser.add_argument("--envs", type=positive, default=8, help="environments stepped in lockstep")
     parser.add_argument("--seed", type=non_negative, default=0)
@@ -94,7 +98,8 @@ def _config(args: argparse.Namespace, *, method: str, agent: str) -> Any:
         method=method, agent=agent, n_trials=args.trials,
         mode="pareto" if args.pareto else "single", min_retention=args.min_retention, episodes=args.episodes,
         confirm_episodes=args.confirm_episodes, fidelity_floor=args.fidelity_floor, n_states=args.states,
-        n_envs=args.envs, seed=args.seed, confidence=args.confidence, storage=getattr(args, "storage", None) or "study.db",
+        n_envs=args.envs, seed=args.seed, confidence=args.confidence,
+        proxy_states=args.proxy_states, storage=getattr(args, "storage", None) or "study.db",
         study_name=getattr(args, "study", None), argv=tuple(sys.argv),
     )
 

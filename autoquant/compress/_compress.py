@@ -96,9 +96,10 @@ def compress(
     exporter as a whole.
 
     ``rounding``: "gptq" (Brevitas GPTQ: needed by value networks whose action gaps
-    are tiny next to the values), "nearest", or "auto": GPTQ while the quantized
-    weights number at most ``GPTQ_AUTO_MAX_PARAMS`` (MLP policies, about a second),
-    nearest beyond (a Nature CNN takes 15-90 s under GPTQ here, too slow per trial).
+    are tiny next to the values), "nearest", or "auto": GPTQ for networks of at most
+    ``GPTQ_AUTO_MAX_PARAMS`` parameters (MLP policies, about a second), nearest for
+    larger ones (a Nature CNN takes 6-90 s under GPTQ here, too slow per trial). The
+    choice is the network's, not the plan's: every plan of a search rounds alike.
 
     ``cache``: an ActivationCache of ``bundle.net`` and these ``states`` (the same array),
     which a search keeps so that calibration reuses the activations of earlier plans.
@@ -108,7 +109,8 @@ def compress(
     """
     if rounding not in ("auto", "gptq", "nearest"):
         raise ValueError(f"rounding must be 'auto', 'gptq' or 'nearest', got {rounding!r}")
-    plan.validate(analyse(bundle))
+    full = analyse(bundle)
+    plan.validate(full)
     states = np.asarray(states, dtype=np.float32)
     if supported(bundle.net) is not None:
         compressed = _compress_brevitas(bundle, plan, states, finetune_epochs=finetune_epochs,
@@ -118,7 +120,7 @@ def compress(
         sliced, kept = slice_net(bundle.net, plan)
         pruned = pruned_net(bundle.net, sliced)
         table = analyse_module(pruned, bundle.input_shape, bundle.layer_sources)
-        rounding = _resolve(rounding, table, plan)
+        rounding = _resolve(rounding, full, plan)
         weights = scales = None
         result = None
         if plan.quantized and (rounding == "gptq" or finetune_epochs > 0):
@@ -152,10 +154,10 @@ def compress(
 
 
 def _resolve(rounding: str, table: LayerTable, plan: CompressionPlan) -> str:
+    """``table``: the unpruned network's (so that "auto" decides per network)."""
     if rounding != "auto":
         return rounding
-    quantized = sum(layer.params for layer in table if plan.spec(layer.name).weight_bits is not None)
-    return "gptq" if plan.quantized and quantized <= GPTQ_AUTO_MAX_PARAMS else "nearest"
+    return "gptq" if plan.quantized and table.total_params <= GPTQ_AUTO_MAX_PARAMS else "nearest"
 
 
 def _distill(model: nn.Module, bundle: PolicyBundle, states: np.ndarray, epochs: int, lr: float,
@@ -210,7 +212,7 @@ def _compress_brevitas(bundle: PolicyBundle, plan: CompressionPlan, states: np.n
     if plan.quantized:
         model = quantize(pruned, plan, input_nonnegative=bool(states.min() >= 0))
         calibrate(model, states)
-        if _resolve(rounding, table, plan) == "gptq":
+        if _resolve(rounding, analyse(bundle), plan) == "gptq":
             gptq(model, states)
     result = None
     if finetune_epochs > 0:

@@ -6,7 +6,7 @@ from autoquant.evaluate._episodes import EpisodeStats, ci95, paired_comparison, 
 from autoquant.evaluate._evaluation import HELD_OUT_SEED_OFFSET, Evaluation, episode_seeds, evaluate, onnx_actor
 from autoquant.evaluate._fidelity import fidelity, value_retention
 from autoquant.evaluate._sequential import ABOVE, BELOW, UNDECIDED, RetentionTest
-from autoquant.evaluate._states import StateSet, record_states
+from autoquant.evaluate._states import PROXY_SEED_OFFSET, StateSet, proxy_state_count, record_states, visited_states
 
 __all__ = [
     "ABOVE",
@@ -14,6 +14,7 @@ __all__ = [
     "UNDECIDED",
     "RetentionTest",
     "HELD_OUT_SEED_OFFSET",
+    "PROXY_SEED_OFFSET",
     "EpisodeStats",
     "Evaluation",
     "StateSet",
@@ -24,7 +25,9 @@ __all__ = [
     "onnx_actor",
     "paired_comparison",
     "play_episodes",
+    "proxy_state_count",
     "random_actor",
     "value_retention",
+    "visited_states",
     "record_states",
 ]

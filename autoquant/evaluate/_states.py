@@ -4,9 +4,11 @@ fine-tuning and fidelity."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from typing import Any
 
 import numpy as np
 
@@ -59,15 +61,22 @@ def record_states(
     n_envs: int = 4,
     stride: int | None = None,
     act: Callable[[np.ndarray], np.ndarray] | None = None,
+    envs: Sequence[Any] | None = None,
 ) -> StateSet:
     """Play the fp32 policy (``epsilon`` of actions random, to widen coverage) and keep
-    every ``stride``-th observation (default 1; 4 for image observations) until ``n``."""
+    every ``stride``-th observation (default 1; 4 for image observations) until ``n``.
+
+    ``act`` plays another policy instead; ``envs`` are environments of ``bundle.env_id``
+    to play in (one per lockstep slot, reset here with the seeds, left open for the next
+    call: making an Atari env costs about 0.1 s) instead of ``n_envs`` new ones.
+    """
     if bundle.env_id is None:
         raise AutoquantError("recording states needs an environment: pass --env")
     act = act or bundle.predict
     stride = stride or (4 if len(bundle.input_shape) == 3 else 1)
     rng = np.random.default_rng(seed)
-    envs = [make_env(bundle.env_id) for _ in range(n_envs)]
+    owned = envs is None
+    envs = [make_env(bundle.env_id) for _ in range(n_envs)] if envs is None else list(envs)
     for k, env in enumerate(envs):
         env.action_space.seed(seed + k)
     obs = [env.reset(seed=seed + k)[0] for k, env in enumerate(envs)]
@@ -89,6 +98,25 @@ def record_states(
                 obs[k] = o
             step += 1
     finally:
-        for env in envs:
-            env.close()
+        if owned:
+            for env in envs:
+                env.close()
     return StateSet(states=np.stack(kept).astype(np.float32), env_id=bundle.env_id, seed=seed, epsilon=epsilon)
+
+
+PROXY_SEED_OFFSET = 15_485  # the proxy's rollouts start from seeds of their own
+
+
+def proxy_state_count(bundle: PolicyBundle) -> int:
+    """States a plan's proxy rollout records by default: 128 frames (every 4th of 512 steps)
+    for image observations, 512 steps otherwise."""
+    return 128 if len(bundle.input_shape) == 3 else 512
+
+
+def visited_states(bundle: PolicyBundle, act: Callable[[np.ndarray], np.ndarray], *, seed: int,
+                   n: int | None = None, env: Any = None) -> np.ndarray:
+    """Prepared states a policy visits itself, acting greedily in one environment from
+    ``seed + PROXY_SEED_OFFSET`` (the same start for every plan of a run): where its own
+    mistakes compound, unlike the states fp32 visited. ``env``: reuse an environment."""
+    return record_states(bundle, n=n or proxy_state_count(bundle), seed=seed + PROXY_SEED_OFFSET, epsilon=0.0,
+                         act=act, n_envs=1, envs=None if env is None else [env]).states

@@ -1,7 +1,8 @@
 """The search problem: a plan becomes a measured, played trial result.
 
-Every trial gets the cheap measurements (compress, export, kernels, latency on the
-target, fidelity on held-out states). Episodes, which dominate the cost, are played
+Every trial gets the cheap measurements (graph build, kernels, latency on the target,
+fidelity on held-out states, and the proxy: agreement with fp32 on states the plan
+visits in short rollouts of its own). Episodes, which dominate the cost, are played
 only when they can change the answer: see ``SearchRunner.should_play``.
 """
 
@@ -18,8 +19,8 @@ import numpy as np
 
 from autoquant.compress import ActivationCache, CompressionPlan, compress, weight_bytes
 from autoquant.errors import UsageError
-from autoquant.evaluate import EpisodeStats, RetentionTest, ci95, fidelity, onnx_actor, play_episodes
-from autoquant.policy import LayerTable, PolicyBundle
+from autoquant.evaluate import EpisodeStats, RetentionTest, ci95, fidelity, onnx_actor, play_episodes, visited_states
+from autoquant.policy import LayerTable, PolicyBundle, make_env
 from autoquant.search._record import TrialResult
 from autoquant.targets import OrtRunner, Target
 
@@ -41,12 +42,15 @@ class ProblemSettings:
     mode: str = "single"
     min_retention: float = 0.98
     episodes: int = 10
-    fidelity_floor: float = 0.75
+    fidelity_floor: float = 0.5
     n_envs: int = 8
     seed: int = 0
     confidence: float = 0.95  # of the sequential test that decides a played trial
+    proxy_states: int | None = None  # states the plan's own rollouts give the proxy (None: 128 images, 512 else)
 
     def __post_init__(self) -> None:
+        if self.proxy_states is not None and self.proxy_states < 1:
+            raise UsageError(f"--proxy-states must be >= 1, got {self.proxy_states}")
         if not 0.5 <= self.confidence < 1.0:
             raise UsageError(f"--confidence must be in [0.5, 1), got {self.confidence}")
         if self.mode not in MODES:
@@ -99,38 +103,65 @@ class SearchProblem:
         self.target_fingerprint = target_fingerprint
         self.fp32_size = weight_bytes(table, CompressionPlan())
         # Fidelity uses the target's own numerics when it can run models (a device).
-        self._infer = getattr(target, "infer", None) or (lambda model, x: OrtRunner(model)(x))
+        self._device_infer = getattr(target, "infer", None)
+        self._infer = self._device_infer or (lambda model, x: OrtRunner(model)(x))
         self.reference_outputs = self._infer(reference_onnx, held_out)  # fp32 on held-out states
         self.states = np.asarray(states, dtype=np.float32)
         self._cache = ActivationCache(bundle.net, self.states)  # calibration reuses earlier plans' activations
+        self._proxy_env: Any = None  # one env for the proxy's rollouts, made on first use
+        if getattr(target, "infer", None) is None:  # on the host: one fp32 session for every trial
+            reference = OrtRunner(reference_onnx)
+            self._infer = lambda model, x: reference(x) if model is reference_onnx else OrtRunner(model)(x)
 
     def key(self, plan: CompressionPlan) -> str:
         return plan_key(plan, self.target_fingerprint)
 
     def evaluate(self, plan: CompressionPlan,
-                 should_play: Callable[[float, float], tuple[bool, str | None]]) -> TrialResult:
-        """Compress, export, measure, screen on fidelity, and play if it can matter."""
+                 should_play: Callable[[float, Callable[[], float]], tuple[bool, str | None]]) -> TrialResult:
+        """Build, measure, screen, and play if it can matter.
+
+        ``should_play(latency_ratio, proxy)`` decides; ``proxy()`` measures the proxy (the
+        plan's own rollouts) only when the decision needs it, and the result records it
+        where it was measured.
+        """
         t0 = time.perf_counter()
         compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed, cache=self._cache)
         t1 = time.perf_counter()
         latency = self.target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
         t2 = time.perf_counter()
-        fid = fidelity(self.reference_outputs, self._infer(compressed.onnx, self.held_out), self.bundle.action)
-        score = fidelity_score(fid)
+        runner = OrtRunner(compressed.onnx)  # the host's session of the plan: rollouts, and fidelity on the host
+        on_target = self._device_infer is not None
+        infer = (lambda x: self._infer(compressed.onnx, x)) if on_target else runner
+        fid = fidelity(self.reference_outputs, infer(self.held_out), self.bundle.action)
+        t_fid = time.perf_counter()
+        measured: dict[str, Any] = {}
+
+        def proxy() -> float:
+            """Agreement with fp32 on states the plan visits itself; measured when first asked."""
+            if "score" not in measured:
+                own = self.visited_states(runner)
+                measured["fidelity"] = fidelity(self._infer(self.reference_onnx, own), infer(own), self.bundle.action)
+                measured["score"] = fidelity_score(measured["fidelity"])
+            return float(measured["score"])
+
         ratio = float(latency.ratio) if latency.ratio is not None else float(latency.value)
+        play, reason = should_play(ratio, proxy)
+        if "score" in measured:
+            fid["self"] = measured["fidelity"]
         result = TrialResult(
             key=self.key(plan), summary=plan.describe(), latency_ratio=ratio, latency=latency.to_json(),
             size_bytes=compressed.size_bytes, size_ratio=compressed.size_bytes / self.fp32_size,
             macs_ratio=compressed.table.total_macs / self.table.total_macs, fidelity=fid,
-            fidelity_score=score, kernels=compressed.kernels.to_json() if compressed.kernels else {},
+            fidelity_score=fidelity_score(fid), kernels=compressed.kernels.to_json() if compressed.kernels else {},
+            proxy=measured.get("score"),
         )
-        play, reason = should_play(ratio, score)
         t3 = time.perf_counter()
         if play:
             test = self.retention_test()
             # Pareto searches want each plan's retention, not only its side of the floor: all episodes.
             stop = test.stop if self.settings.mode == "single" else None
-            episodes = play_episodes(onnx_actor(self.bundle, compressed.onnx), self.bundle.env_id,  # type: ignore[arg-type]
+            act = lambda obs: self.bundle.action.actions(runner(self.bundle.prepare(obs)))
+            episodes = play_episodes(act, self.bundle.env_id,  # type: ignore[arg-type]
                                      self.episode_seeds, n_envs=self.settings.n_envs, stop=stop)
             decided = test.result(episodes)
             fp32 = dict(zip(self.fp32_episodes.seeds, self.fp32_episodes.rewards))
@@ -143,7 +174,15 @@ class SearchProblem:
             result = result.replace(skip_reason=reason)
         t4 = time.perf_counter()
         return result.replace(seconds={"compress": round(t1 - t0, 3), "measure": round(t2 - t1, 3),
-                                       "fidelity": round(t3 - t2, 3), "play": round(t4 - t3, 3)})
+                                       "fidelity": round(t_fid - t2, 3), "proxy": round(t3 - t_fid, 3),
+                                       "play": round(t4 - t3, 3)})
+
+    def visited_states(self, runner: OrtRunner) -> np.ndarray:
+        """States the plan (``runner``) visits itself: see ``evaluate.visited_states``."""
+        if self._proxy_env is None:
+            self._proxy_env = make_env(self.bundle.env_id)  # type: ignore[arg-type]
+        return visited_states(self.bundle, lambda obs: self.bundle.action.actions(runner(self.bundle.prepare(obs))),
+                              seed=self.settings.seed, n=self.settings.proxy_states, env=self._proxy_env)
 
     def retention_test(self) -> RetentionTest:
         """The sequential test that decides a played trial, against fp32 on the run's seeds."""

@@ -61,6 +61,7 @@ class TrialResult:
     reward: dict[str, Any] | None = None
     retention: float | None = None
     seconds: dict[str, float] | None = None
+    proxy: float | None = None  # agreement on the plan's own states; None where not measured
 
     def feasible(self, min_retention: float) -> bool:
         """Played and at or above the floor. Where the sequential test recorded an interval it
@@ -148,7 +149,7 @@ class TrialRecord:
             "feasible": self.feasible(min_retention), "agent": self.agent,
             "wall_s": (self.finished_at - study_start) if self.finished_at and study_start else None,
             "error": self.error, "cached": self.cached,
-            "proxy": r.fidelity_score if r else None,
+            "proxy": r.proxy if r else None,
             "episodes": r.episodes if r else 0, **_interval(r),
         }
 

@@ -83,11 +83,12 @@ class RunConfig:
     min_retention: float = 0.98
     episodes: int = 10
     confirm_episodes: int = 20
-    fidelity_floor: float = 0.75
+    fidelity_floor: float = 0.5
     n_states: int = 1024
     n_envs: int = 8
     seed: int = 0
     confidence: float = 0.95
+    proxy_states: int | None = None
     storage: str = DEFAULT_STORAGE
     study_name: str | None = None
     argv: tuple[str, ...] = ()
@@ -109,7 +110,8 @@ class RunConfig:
         # The scoring settings check themselves; made once, kept for the problem.
         object.__setattr__(self, "_settings", ProblemSettings(
             mode=self.mode, min_retention=self.min_retention, episodes=self.episodes,
-            fidelity_floor=self.fidelity_floor, n_envs=self.n_envs, seed=self.seed, confidence=self.confidence))
+            fidelity_floor=self.fidelity_floor, n_envs=self.n_envs, seed=self.seed, confidence=self.confidence,
+            proxy_states=self.proxy_states))
 
     @property
     def settings(self) -> ProblemSettings:

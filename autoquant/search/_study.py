@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 
 from autoquant.errors import AutoquantError, DeviceUnreachable, describe_exception, first_line
@@ -40,6 +41,7 @@ from autoquant.search._space import SearchSpace
 
 __all__ = [
     "ProposalSampler",
+    "ScreenFit",
     "SearchRunner",
     "TrialOutcome",
     "directions",
@@ -129,6 +131,45 @@ class ProposalSampler(optuna.samplers.BaseSampler):
 
 
 
+SCREEN_MIN_PLAYED = 5
+
+
+@dataclass(frozen=True)
+class ScreenFit:
+    """Least-squares line of retention on the proxy over a run's played trials."""
+
+    n: int
+    max_x: float
+    slope: float
+    intercept: float
+    mean_x: float
+    sxx: float
+    resid_sd: float
+    t: float
+
+    @classmethod
+    def of(cls, pairs: list[tuple[float, float]]) -> ScreenFit | None:
+        if len(pairs) < SCREEN_MIN_PLAYED:
+            return None
+        x = np.array([p for p, _ in pairs], dtype=np.float64)
+        y = np.array([r for _, r in pairs], dtype=np.float64)
+        sxx = float(((x - x.mean()) ** 2).sum())
+        if sxx < 1e-12:
+            return None  # no spread in the proxy: nothing to learn from yet
+        slope = float(((x - x.mean()) * (y - y.mean())).sum() / sxx)
+        intercept = float(y.mean() - slope * x.mean())
+        resid = y - (intercept + slope * x)
+        from scipy.stats import t
+
+        return cls(n=len(x), max_x=float(x.max()), slope=slope, intercept=intercept, mean_x=float(x.mean()), sxx=sxx,
+                   resid_sd=float(np.sqrt((resid ** 2).sum() / (len(x) - 2))), t=float(t.ppf(0.975, len(x) - 2)))
+
+    def upper(self, proxy: float) -> float:
+        """Upper end of the 95 % prediction interval of retention at ``proxy``."""
+        half = self.t * self.resid_sd * float(np.sqrt(1.0 + 1.0 / self.n + (proxy - self.mean_x) ** 2 / self.sxx))
+        return self.intercept + self.slope * proxy + half
+
+
 @dataclass
 class TrialOutcome:
     number: int
@@ -194,13 +235,43 @@ class SearchRunner:
 
     # --- the multi-fidelity rule -----------------------------------------------------
 
-    def should_play(self, latency_ratio: float, fidelity_score: float) -> tuple[bool, str | None]:
-        if fidelity_score < self.settings.fidelity_floor:
-            return False, f"fidelity {fidelity_score:.3f} below the screen {self.settings.fidelity_floor}"
+    def should_play(self, latency_ratio: float, proxy: Callable[[], float]) -> tuple[bool, str | None]:
+        """Play a plan only if it could beat the best feasible latency and passes the screen
+        (``proxy()`` is measured only when the latency leaves the question open)."""
         if self.settings.mode == "single" and self.best_latency is not None \
                 and latency_ratio >= self.best_latency:
             return False, f"latency ratio {latency_ratio:.3f} cannot beat the best feasible {self.best_latency:.3f}"
+        return self.screen(proxy())
+
+    def screen(self, proxy: float) -> tuple[bool, str | None]:
+        """Is a plan with this proxy worth its episodes?
+
+        The run learns the answer from its own played trials: with at least
+        ``SCREEN_MIN_PLAYED`` of them, spread over the proxy, it fits retention on proxy
+        (least squares). Where the fit says the proxy matters (a positive slope), a plan
+        whose proxy lies within the range already played is played unless the upper end of
+        the 95 % prediction interval of its retention is below the floor; a proxy above
+        that range is always played (nothing tried ranks higher). Until then, or where
+        the fit has no positive slope, the user's ``--fidelity-floor`` screens.
+        """
+        fit = self.screen_fit()
+        if fit is not None and proxy > fit.max_x:
+            return True, None
+        if fit is None:
+            if proxy < self.settings.fidelity_floor:
+                return False, f"proxy {proxy:.3f} below the screen {self.settings.fidelity_floor}"
+            return True, None
+        high = fit.upper(proxy)
+        if high < self.settings.min_retention:
+            return False, (f"proxy {proxy:.3f} predicts retention at most {high:.3f} (95 % prediction, "
+                           f"fit on {fit.n} played trials), below the floor {self.settings.min_retention}")
         return True, None
+
+    def screen_fit(self) -> ScreenFit | None:
+        pairs = [(r.proxy, r.retention) for r in self.cache.values()
+                 if r.played and r.proxy is not None and r.retention is not None and np.isfinite(r.retention)]
+        fit = ScreenFit.of(pairs)
+        return fit if fit is not None and fit.slope > 0 else None
 
     def _wait_for_twins(self, number: int, key: str, timeout_s: float = 1800.0) -> None:
         """Another worker measuring the same plan under an earlier trial: wait for it
@@ -216,12 +287,20 @@ class SearchRunner:
 
     def _violation(self, result: TrialResult) -> float:
         """Constraint value (<= 0 feasible) with a gradient where reward is unknown:
-        played -> retention short of the floor; screened out on fidelity -> above 1,
-        ordered by the fidelity missing; skipped for latency -> 0.5 (unknown)."""
+        played -> retention short of the floor; skipped for latency (no proxy) -> 0.5;
+        not played, once the screen has a fit ->
+        the retention it predicts short of the floor (at least 0.01); before -> above 1 when
+        the proxy failed the screen, ordered by the proxy missing; else 0.5."""
         if result.played and result.retention is not None:
             return float(self.settings.min_retention - result.retention)
-        if result.fidelity_score < self.settings.fidelity_floor:
-            return float(1.0 + self.settings.fidelity_floor - result.fidelity_score)
+        if result.proxy is None:  # skipped for latency before the proxy was needed
+            return 0.5
+        fit = self.screen_fit()
+        if fit is not None:
+            predicted = fit.intercept + fit.slope * result.proxy
+            return float(max(0.01, self.settings.min_retention - predicted))
+        if result.proxy < self.settings.fidelity_floor:
+            return float(1.0 + self.settings.fidelity_floor - result.proxy)
         return 0.5
 
     # --- one trial ------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def test_reward() -> None:
     assert trial_reward(_result(played=True, retention=0.95), single) == pytest.approx(speed)
     assert trial_reward(_result(played=True, retention=0.95), pareto) == pytest.approx(speed - 0.25 * np.log(0.25))
     assert trial_reward(_result(played=True, retention=0.8), single) == pytest.approx(speed - 1 - 10 * 0.1)
-    assert trial_reward(_result(fidelity_score=0.55), single) == pytest.approx(speed - 1 - 5 * 0.2)
+    assert trial_reward(_result(fidelity_score=0.35), single) == pytest.approx(speed - 1 - 5 * 0.15)
     assert trial_reward(_result(fidelity_score=0.9), single) == pytest.approx(speed - 0.5)
     # faster is never punished: a feasible 0.3 beats a feasible 0.5
     assert trial_reward(_result(played=True, retention=1.0, latency_ratio=0.3), single) > \
