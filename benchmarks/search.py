@@ -14,10 +14,12 @@ episodes and retention floor (``autoquant.search._compare.compare``):
 
 so agents are compared on one space (the first three rows) and spaces with one
 agent (joint/tpe, prune/tpe, quant/tpe). Every trial is measured like
-``autoquant search`` does it: compress, export, onnxruntime latency against the
-fp32 export in the same window (latency ratio, lower is faster), fidelity screen,
-and episodes played only when the trial can still beat the best feasible plan.
-Each search's best plans are confirmed on fresh seeds.
+``autoquant search`` does it: the graph builder, onnxruntime latency against the
+fp32 export in the same window (latency ratio, lower is faster), the proxy screen,
+and episodes played only when the trial can still beat the best feasible plan,
+stopped by the sequential test once retention is clearly above or below the floor.
+Each search's best plans are confirmed on fresh seeds. ``benchmarks/throughput.py``
+runs the long (200-trial) joint TPE search and times it phase by phase.
 
 For each network it writes the comparison table (best latency ratio at the
 retention floor and its retention, hypervolume of (latency ratio, retention),
@@ -27,17 +29,18 @@ per network at set-up, like a trial) and the headline: the fastest autoquant pla
 at the floor against onnxruntime int8 (speed-up factor = int8 latency ratio /
 plan latency ratio).
 
-Retention floors: LunarLander 0.98. Pong 0.9: a Pong trial plays only
-``--pong-episodes`` (3) episodes, because one episode of a policy that rallies
-lasts up to 27,000 agent steps; per-episode rewards differ by more than 10 points
-between seeds while the fp32-minus-random gap is only about 15, so retention
-measured on 3 paired episodes moves by 0.2 or more with no change in the policy's
-quality. A floor of 0.98 would mostly test that noise; 0.9 allows it a margin,
-and the confirmation on 5 fresh seeds guards against plans that passed by luck.
+Retention floors: LunarLander 0.98. Pong 0.9: one episode of a policy that rallies
+lasts up to 27,000 agent steps, and per-episode rewards differ by more than 10 points
+between seeds while the fp32-minus-random gap is about 30, so retention measured
+on a few paired episodes moves by 0.2 or more with no change in the policy's
+quality. A floor of 0.98 would mostly test that noise; 0.9 allows it a margin.
+A Pong trial plays at most ``--pong-episodes`` (10), fewer when the sequential
+test decides, and the confirmation on 6 fresh seeds guards against plans that
+passed by luck.
 The Pong checkpoint is partially trained and may be replaced: its reward is read
 from the run, never assumed.
 
-Run from the repository root (about 45 minutes on 2 cores; resumable: run the
+Run from the repository root (about 30 minutes on 2 cores; resumable: run the
 same command again after an interruption, finished trials are kept):
 
     python benchmarks/search.py                       # full run, writes benchmarks/results/
@@ -109,7 +112,7 @@ class Network:
 NETWORKS = (
     Network("pong", "Nature-CNN Q-network (DQN, PongNoFrameskip-v4)", "dqn-PongNoFrameskip-v4/dqn_pong.pt",
             "PongNoFrameskip-v4",
-            full=Budget(trials=12, episodes=3, confirm_episodes=5, envs=3, states=512, min_retention=0.9),
+            full=Budget(trials=30, episodes=10, confirm_episodes=6, envs=6, states=512, min_retention=0.9),
             quick=Budget(trials=2, episodes=1, confirm_episodes=1, envs=1, states=64, min_retention=0.9)),
     Network("lunarlander", "MLP Q-network (DQN, LunarLander-v3)", "dqn-LunarLander-v2/LunarLander-v2.zip", None,
             full=Budget(trials=30, episodes=10, confirm_episodes=20, envs=8, states=1024, min_retention=0.98),
@@ -488,10 +491,11 @@ def window_headline(window: Sequence[Mapping[str, Any]]) -> dict[str, Any] | Non
 def network_markdown(key: str, data: Mapping[str, Any], png: str | None) -> str:
     s, ref, head = data["settings"], data["reference"], data["headline"]
     ort = ref["onnxruntime_int8"]
-    settings = (f"`{data['policy']}` on {data['env_id']}; {s['trials']} trials per search, {s['episodes']} "
-                f"episodes per played trial ({s['envs']} envs in lockstep), {s['confirm_episodes']} fresh episodes "
-                f"to confirm, {s['states']} recorded states, retention floor {s['min_retention']}, fidelity screen "
-                f"{s['fidelity_floor']}, seed {s['seed']}, target {s['target']}.")
+    settings = (f"`{data['policy']}` on {data['env_id']}; {s['trials']} trials per search, at most {s['episodes']} "
+                f"episodes per played trial ({s['envs']} envs in lockstep; the sequential test stops sooner), "
+                f"{s['confirm_episodes']} fresh episodes to confirm, {s['states']} recorded states, retention floor "
+                f"{s['min_retention']}, initial proxy screen {s['fidelity_floor']}, seed {s['seed']}, target "
+                f"{s['target']}.")
     rewards = ", ".join(_fmt(float(x), 1) for x in ref["fp32_rewards"])
     episodes = (f"Reference episodes (seeds {ref['seeds'][0]}..{ref['seeds'][-1]}): fp32 reward "
                 f"{ref['fp32_reward']:.2f} ({rewards}), acting at random {ref['random_reward']:.2f}.")
@@ -588,7 +592,8 @@ def _noise_note(results: Mapping[str, Any]) -> str:
             continue
         gap = float(ref["fp32_reward"]) - float(ref["random_reward"])
         spread = float(max(rewards) - min(rewards))
-        parts.append(f"{key}: floor {settings.get('min_retention')}, {settings.get('episodes')} episodes a trial; "
+        parts.append(f"{key}: floor {settings.get('min_retention')}, at most {settings.get('episodes')} episodes a "
+                     "trial; "
                      f"fp32's rewards spread over {spread:.1f} between seeds against an fp32-minus-random gap of "
                      f"{gap:.1f}" + (f", so one episode can move retention by up to {spread / gap:.2f}"
                                      if gap > 0 else ""))
@@ -607,8 +612,11 @@ def document(results: Mapping[str, Any], sections: Sequence[str], facts_md: str)
         "reference episodes and retention floor, run by `autoquant.search._compare.compare`. "
         "Latency ratio = p10 latency of the compressed ONNX model / the fp32 ONNX export, timed "
         "interleaved in one window on the target (batch 1, 1 thread); retention = (R_plan - R_random) / "
-        "(R_fp32 - R_random) on the same seeds. A trial plays episodes only when it passes the fidelity "
-        "screen and could beat the best feasible plan so far.\n\n"
+        "(R_fp32 - R_random) on the same seeds. A trial plays episodes only when it could beat the best "
+        "feasible plan so far and passes the proxy screen (agreement with fp32 on states the plan visits "
+        "itself; learnt from the run's played trials once there are five), and stops playing when the "
+        "sequential test (95 %) puts its retention clearly above or below the floor. Feasible: its interval "
+        "lies above the floor, or it stayed undecided with its mean at or above it.\n\n"
         "Columns: **best latency ratio** / **its retention**: the fastest played trial at or above the "
         "floor (search seeds); **hypervolume**: area dominated in (latency ratio, retention) from "
         "(1.5, floor - 0.1); **trials to 95 %**: trials until a search is within 95 % of the best speed-up "
