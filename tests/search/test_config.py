@@ -28,6 +28,8 @@ def test_defaults_are_valid_and_frozen() -> None:
     ({"mode": "best"}, UsageError, "mode must be one of"),
     ({"fidelity_floor": 1.5}, UsageError, "--fidelity-floor must be in [0, 1]"),
     ({"policy": ""}, UsageError, "needs a policy file"),
+    ({"confidence": 1.0}, UsageError, "--confidence must be in [0.5, 1)"),
+    ({"proxy_states": 0}, UsageError, "--proxy-states must be >= 1"),
 ])
 def test_bad_values_are_refused_when_made(changes: dict, error: type, words: str) -> None:
     with pytest.raises(error, match=None) as info:
