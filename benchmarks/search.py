@@ -297,8 +297,8 @@ def _counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     return {
         "complete": sum(1 for r in records if r.get("state") == "COMPLETE"),
         "failed": sum(1 for r in records if r.get("state") == "FAIL"),
-        "played": sum(1 for r in records if r.get("played")),
-        "feasible": sum(1 for r in records if r.get("feasible")),
+        "played": sum(1 for r in records if r.get("played") and not r.get("cached")),  # repeats played nothing
+        "feasible": sum(1 for r in records if r.get("feasible") and not r.get("cached")),
         "cached": sum(1 for r in records if r.get("cached")),
     }
 

@@ -37,11 +37,15 @@ def best_feasible(records: Iterable[Mapping[str, Any]], key: str = "latency_rati
 
 
 def best_so_far(records: Iterable[Mapping[str, Any]], key: str = "latency_ratio") -> list[float | None]:
-    """One entry per record in trial-number order: the lowest feasible ``key`` seen up to
-    and including that trial, None before the first feasible one."""
+    """One entry per counted record in trial-number order: the lowest feasible ``key`` seen up
+    to and including that trial, None before the first feasible one. Records that used no
+    budget (``"counted": false``: repeats of a plan measured before, interrupted trials)
+    are left out: they are not trials a search spent."""
     best: float | None = None
     out: list[float | None] = []
     for record in by_number(records):
+        if record.get("counted") is False:
+            continue
         current = value(record, key)
         if is_feasible(record) and current is not None and current < FP32_RATIO and (best is None or current < best):
             best = current
@@ -51,8 +55,9 @@ def best_so_far(records: Iterable[Mapping[str, Any]], key: str = "latency_ratio"
 
 def trials_to_reach(records: Iterable[Mapping[str, Any]], target_ratio: float, *,
                     key: str = "latency_ratio") -> int | None:
-    """How many trials, counted 1-based in trial-number order (failed ones included), until
-    the best feasible ``key`` is <= ``target_ratio``; None if it never gets there."""
+    """How many trials, counted 1-based in trial-number order (failed ones included, repeats
+    and interrupted ones not: they used no budget), until the best feasible ``key`` is <=
+    ``target_ratio``; None if it never gets there."""
     for count, best in enumerate(best_so_far(records, key), start=1):
         if best is not None and best <= target_ratio:
             return count

@@ -144,13 +144,20 @@ def _references(references: Mapping[str, Mapping[str, Any]] | None) -> list[str]
 
 def _counts(records: Sequence[Mapping[str, Any]]) -> list[str]:
     complete = [r for r in records if is_complete(r)]
-    played = sum(1 for r in complete if is_played(r))
+    measured = [r for r in complete if not r.get("cached")]
+    repeats = len(complete) - len(measured)
+    played = sum(1 for r in measured if is_played(r))
+    skipped = [str(r.get("skip_reason") or "") for r in measured if not is_played(r)]
+    latency = sum(1 for reason in skipped if reason.startswith("latency"))
     states = Counter(str(r.get("state", "")).upper() for r in records)
     failed = [r for r in records if str(r.get("state", "")).upper() == "FAIL"]
     lines = ["## Trials", "",
              f"- total: {len(records)}",
-             (f"- complete: {len(complete)} (played {played}, "
-              f"not played: failed fidelity screen {len(complete) - played})"),
+             (f"- complete: {len(complete)}, of which measured {len(measured)} (played {played}, not played "
+              f"{len(measured) - played}: {latency} could not beat the best feasible latency, "
+              f"{len(measured) - played - latency} failed the screen)"
+              + (f" and {repeats} repeats (a plan measured before, proposed again: its earlier result, no budget)"
+                 if repeats else "")),
              f"- failed: {len(failed)}"]
     errors = Counter(" ".join(str(r.get("error") or "(no error message)").split()) for r in failed)
     lines += [f"  - {n} x `{message.replace('`', chr(39))}`" for message, n in errors.most_common()]

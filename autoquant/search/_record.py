@@ -148,7 +148,8 @@ class TrialRecord:
             "size_ratio": r.size_ratio if r else None, "played": bool(r and r.played),
             "feasible": self.feasible(min_retention), "agent": self.agent,
             "wall_s": (self.finished_at - study_start) if self.finished_at and study_start else None,
-            "error": self.error, "cached": self.cached,
+            "error": self.error, "cached": self.cached, "counted": self.counted,
+            "skip_reason": r.skip_reason if r else None,
             "proxy": r.proxy if r else None,
             "episodes": r.episodes if r else 0, **_interval(r),
         }

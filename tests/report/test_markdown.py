@@ -28,7 +28,8 @@ def test_report_has_header_best_front_references_counts_and_plot(  # type: ignor
     assert "| fp32 | 1.000 | 1.000 | 1.000 |" in text
     assert "| onnxruntime int8 | 0.720 | 0.970 | 0.250 |" in text
     assert "| torch eager | 1.800 | n/a | n/a |" in text
-    assert "- complete: 8 (played 7, not played: failed fidelity screen 1)" in text
+    assert ("- complete: 8, of which measured 8 (played 7, not played 1: 0 could not beat the best feasible "
+            "latency, 1 failed the screen)") in text
     assert "- failed: 2" in text and "  - 2 x `onnxruntime: int8 kernel missing`" in text
     assert "- running: 1" in text
     assert "![pareto](pareto.png)" in text
@@ -60,3 +61,16 @@ def test_report_lists_played_trials_with_their_interval_and_the_proxy_rank_corre
     assert "Episodes per played trial: median 3, 2 to 10, 17 in all over 4 trials." in text
     assert "Spearman rank correlation 1.00 (n = 4)" in text  # proxy order = retention order
     assert "| 1 | plan 1 | 0.600 | 0.900 | 10 | 0.970 | [0.920, 1.020] | undecided | yes |" in text
+
+
+def test_repeats_are_counted_apart_and_not_as_trials_spent(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from autoquant.report import trials_to_reach
+
+    records = [trial(0, 0.9, 0.99), trial(1, 0.9, 0.99), trial(2, 0.5, 0.99)]
+    records[1].update(cached=True, counted=False)  # trial 0's plan proposed again
+    md = tmp_path / "report.md"
+    write_report(md, records, {}, floor=FLOOR, run_info={"policy": "p"})
+    text = md.read_text()
+    assert "of which measured 2 (played 2, not played 0: 0 could not beat" in text
+    assert "and 1 repeats (a plan measured before" in text
+    assert trials_to_reach(records, 0.6) == 2  # the repeat used no budget
