@@ -10,6 +10,7 @@ from typing import Any
 
 
 __all__ = [
+    "seconds",
     "ACTIVATION_NAMES",
     "add_policy_arguments",
     "add_target_arguments",
@@ -47,6 +48,17 @@ def _integer_at_least(low: int, expected: str) -> Callable[[str], int]:
 
 positive = _integer_at_least(1, "a positive integer")
 non_negative = _integer_at_least(0, "an integer >= 0")
+
+
+def seconds(text: str) -> float:
+    """A positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}") from None
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 # The activations a state dict may use (autoquant.policy._arch.ACTIVATIONS), named

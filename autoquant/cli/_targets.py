@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from autoquant.cli import Command, register
-from autoquant.cli._options import positive
+from autoquant.cli._options import seconds, positive
 
 __all__ = ["DeviceCommand", "TargetsCommand"]
 
@@ -70,12 +70,23 @@ class DeviceCommand(Command):
         parser.add_argument("--max-model-mb", type=positive, default=64, help="request size cap (default 64)")
         parser.add_argument("--max-seconds", type=positive, default=120, help="run time cap per job (default 120)")
         parser.add_argument("--max-calls", type=positive, default=20_000, help="timed calls cap (default 20000)")
+        parser.add_argument("--max-batch", type=positive, default=4096, help="rows per inference job (default 4096)")
+        parser.add_argument("--max-connections", type=positive, default=16,
+                            help="open connections; more get a 503 (default 16)")
+        parser.add_argument("--queue-wait", type=seconds, default=30.0,
+                            help="seconds a job waits for the device before a 503 (default 30)")
+        parser.add_argument("--read-timeout", type=seconds, default=15.0,
+                            help="seconds a silent client is kept (default 15)")
+        parser.add_argument("--request-deadline", type=seconds, default=120.0,
+                            help="seconds a whole request may take to arrive (default 120)")
 
     def run(self, args: argparse.Namespace) -> dict[str, Any]:
         from autoquant.targets import DeviceLimits, serve
 
         limits = DeviceLimits(max_body_bytes=args.max_model_mb << 20, max_seconds=float(args.max_seconds),
-                              max_calls=args.max_calls)
+                              max_calls=args.max_calls, max_batch=args.max_batch, queue_wait_s=args.queue_wait,
+                              max_connections=args.max_connections, read_timeout_s=args.read_timeout,
+                              request_deadline_s=args.request_deadline)
 
         def ready(server: Any) -> None:
             host, port = server.address

@@ -69,12 +69,12 @@ def _launch(args: list[str]) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_device(tmp: Path, *, max_model_mb: int = 4, max_seconds: int = 60) -> Device:
+def start_device(tmp: Path, *, max_model_mb: int = 4, max_seconds: int = 60, extra: tuple[str, ...] = ()) -> Device:
     secret_file = tmp / "secret"
     secret_file.write_text(secrets.token_hex(32))
     port = free_port()
     args = ["device", "serve", "--host", "127.0.0.1", "--port", str(port), "--secret-file", str(secret_file),
-            "--max-model-mb", str(max_model_mb), "--max-seconds", str(max_seconds)]
+            "--max-model-mb", str(max_model_mb), "--max-seconds", str(max_seconds), *extra]
     return Device(f"127.0.0.1:{port}", secret_file, _launch(args), args)
 
 

@@ -189,3 +189,24 @@ def test_device_install_needs_no_torch(tmp_path: Path) -> None:
     targets = subprocess.run([str(venv / "bin" / "autoquant"), "targets"], capture_output=True, text=True,
                              cwd=tmp_path)
     assert targets.returncode == 0 and "arm" in targets.stdout
+
+
+def test_every_limit_of_the_server_is_a_flag(tmp_path: Path, cartpole_dqn, cartpole_states) -> None:  # type: ignore[no-untyped-def]
+    """The limits a board's owner may want to tighten are flags of `device serve`; a bad
+    value is one line and exit 2 before anything listens."""
+    dev = start_device(tmp_path, extra=("--max-batch", "64", "--max-connections", "4", "--queue-wait", "5",
+                                        "--read-timeout", "5", "--request-deadline", "30"))
+    try:
+        target = _client(dev)
+        model = export_reference(cartpole_dqn)
+        x = cartpole_states.states
+        assert target.infer(model, x[:64]).shape == (64, 2)
+        with pytest.raises(TargetError, match="a batch of 1..64"):
+            target.infer(model, x[:65])
+    finally:
+        dev.stop()
+    secret = tmp_path / "secret"
+    for flag, value in (("--read-timeout", "0"), ("--max-connections", "0"), ("--queue-wait", "inf")):
+        proc = run_cli("device", "serve", "--secret-file", str(secret), flag, value)
+        assert proc.returncode == 2
+        assert len(proc.stderr.strip().splitlines()) == 1 and flag in proc.stderr
