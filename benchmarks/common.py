@@ -4,11 +4,12 @@ the results are, quiet libraries, and paths written as from the repository root.
 from __future__ import annotations
 
 import logging
+import subprocess
 import os
 import warnings
 from pathlib import Path
 
-__all__ = ["DEFAULT_POLICIES", "DEFAULT_RESULTS", "REPO", "quiet", "rel"]
+__all__ = ["DEFAULT_POLICIES", "DEFAULT_RESULTS", "REPO", "code_state", "quiet", "rel"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POLICIES = REPO / ".." / "shared" / "policies"
@@ -29,3 +30,12 @@ def quiet() -> None:
 def rel(path: Path) -> str:
     """A path as the command line from the repository root would write it."""
     return os.path.relpath(Path(path).resolve(), REPO)
+
+
+def code_state() -> dict[str, object]:
+    """The git commit of the library a benchmark runs, and whether ``autoquant/`` differs
+    from it (uncommitted changes): read at the start, so later commits do not claim it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "autoquant"))}

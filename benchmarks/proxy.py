@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_POLICIES, DEFAULT_RESULTS, quiet, rel  # noqa: E402
+from common import DEFAULT_POLICIES, DEFAULT_RESULTS, code_state, quiet, rel  # noqa: E402
 
 NETWORKS: dict[str, dict[str, Any]] = {
     "lunarlander": {"path": ("dqn-LunarLander-v2", "LunarLander-v2.zip"), "env": None, "plans": 48,
@@ -132,8 +132,10 @@ def measure(name: str, spec: dict[str, Any], policies: Path, n_plans: int | None
 
 def write_markdown(data: dict[str, Any], out: Path) -> None:
     lines = ["# Which proxy ranks plans by the reward they keep", "",
-             f"autoquant {data['autoquant_version']}, git commit {data['commit']}. Reproduce from the repository "
-             f"root ({data['wall_s'] / 60:.1f} min here):", "", f"    {data['command']}", "",
+             f"autoquant {data['autoquant_version']}, git commit {data['commit']}"
+             + (" with uncommitted library changes" if data.get("dirty") else "")
+             + f". Reproduce from the repository root ({data['wall_s'] / 60:.1f} min here):", "",
+             f"    {data['command']}", "",
              "Plans drawn uniformly at random from the joint search space (seed 0), built by the graph builder "
              "(rounding as the search does: GPTQ for MLPs, nearest for the CNN), scored by each candidate proxy against fp32, then played on the same seeds as "
              "fp32. Retention = (R_plan - R_random) / (R_fp32 - R_random) over those seeds. Proxies: "
@@ -178,21 +180,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     quiet()
-    import subprocess
-
     import autoquant
 
     start = time.perf_counter()
+    code = code_state()  # before any work: the library that runs is the one recorded
     networks = []
     for name in args.networks:
         print(f"{name}:", flush=True)
         networks.append(measure(name, NETWORKS[name], args.policies, args.plans, args.seed))
         print(f"  spearman: {networks[-1]['spearman']}", flush=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
     command = "python benchmarks/proxy.py" + ("" if argv is None and len(sys.argv) == 1 else " " + " ".join(
         sys.argv[1:] if argv is None else argv))
-    data = {"autoquant_version": autoquant.__version__, "commit": commit, "command": command,
+    data = {"autoquant_version": autoquant.__version__, **code, "command": command,
             "wall_s": time.perf_counter() - start, "networks": networks}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=1) + "\n")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_POLICIES, DEFAULT_RESULTS, REPO, quiet, rel  # noqa: E402
+from common import DEFAULT_POLICIES, DEFAULT_RESULTS, REPO, code_state, quiet, rel  # noqa: E402
 
 DEFAULT_WORK = REPO / "benchmarks" / "scratch" / "throughput"
 NETWORKS: dict[str, dict[str, Any]] = {
@@ -165,7 +164,8 @@ def _f(value: Any, digits: int = 3) -> str:
 
 def write_markdown(data: dict[str, Any], out: Path) -> None:
     lines = ["# Search throughput: joint TPE, phase by phase", "",
-             f"autoquant {data['autoquant_version']}, git commit {data['commit']}. Reproduce from the repository "
+             f"autoquant {data['autoquant_version']}, git commit {data['commit']}"
+             + (" with uncommitted library changes" if data.get("dirty") else "") + ". Reproduce from the repository "
              "root:", "", f"    {data['command']}", "", f"Device: {data['device']}.", "",
              "Each search runs as `autoquant search --method joint --agent tpe` does: every trial is built by the "
              "graph builder, timed on the host against the fp32 export in one window, and scored on held-out "
@@ -238,13 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
+    code = code_state()  # before any work: the library that runs is the one recorded
     networks = []
     for name in args.networks:
         trials = getattr(args, f"{name}_trials")
         networks.append(run_network(name, NETWORKS[name], args.policies, args.work, args.fresh, trials, log))
     facts = host_facts(1)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    data = {"autoquant_version": autoquant.__version__, "commit": commit,
+    data = {"autoquant_version": autoquant.__version__, **code,
             "command": "python benchmarks/throughput.py" + "".join(f" {a}" for a in (argv or sys.argv[1:])),
             "device": f"{facts.get('cpu')}, {facts.get('cores')} cores, 1 onnxruntime thread", "networks": networks}
     args.out.parent.mkdir(parents=True, exist_ok=True)
