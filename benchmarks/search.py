@@ -514,7 +514,7 @@ def network_markdown(key: str, data: Mapping[str, Any], png: str | None) -> str:
     for row in data["rows"]:
         c = row.get("confirm")
         if c is None:
-            confirm = "no feasible plan"
+            confirm = "none faster than fp32 kept the floor"
         elif c["confirmed"]:
             confirm = f"#{c['trial']} ratio {c['latency_ratio']:.3f}, retention {c['retention']:.3f}"
         else:
@@ -535,7 +535,8 @@ def network_markdown(key: str, data: Mapping[str, Any], png: str | None) -> str:
               + ".", ""]
     lines += ["Best plan of each search:", ""]
     lines += [f"- {row['combo']}: " + (f"trial {row['best_trial']}: {row['best_plan']}" if row["best_plan"]
-                                        else "no plan met the floor") for row in data["rows"]]
+                                        else "no plan both met the floor and ran faster than fp32")
+              for row in data["rows"]]
     lines.append("")
     window = data.get("one_window") or []
     if window:
@@ -661,6 +662,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fresh", action="store_true",
                         help="delete the chosen networks' run folders under --out first")
     parser.add_argument("--quick", action="store_true", help="smoke run with tiny budgets")
+    parser.add_argument("--render", action="store_true",
+                        help="only write search.md again from the measured search.json in --results")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--calls", type=int, default=None,
                         help="timed calls per model in the final one-window check (default 1000; --quick 200)")
@@ -706,8 +709,20 @@ def _command_args(argv: list[str]) -> list[str]:
     return out
 
 
+def render(results_dir: Path) -> int:
+    """search.md from search.json: the prose again, nothing measured again."""
+    results = json.loads((results_dir / "search.json").read_text())
+    sections = [network_markdown(key, data, data.get("compare_png")) for key, data in results["networks"].items()]
+    facts_md = "\n".join(f"- {k}: {v}" for k, v in results["facts"].items())
+    (results_dir / "search.md").write_text(document(results, sections, facts_md))
+    print(f"wrote {rel(results_dir / 'search.md')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render(args.results if args.results is not None else DEFAULT_RESULTS)
     # measure this checkout's library, not whatever an editable install elsewhere points to
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
