@@ -20,6 +20,19 @@ EXAMPLES = ROOT / "examples"
 warnings.filterwarnings("ignore", module="brevitas")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """What autoquant keeps across runs (measured latency models) goes to a folder of this
+    test session, for the CLI's subprocesses too, never to the user's cache."""
+    old = os.environ.get("AUTOQUANT_CACHE")
+    os.environ["AUTOQUANT_CACHE"] = str(tmp_path_factory.mktemp("autoquant-cache"))
+    yield
+    if old is None:
+        os.environ.pop("AUTOQUANT_CACHE", None)
+    else:
+        os.environ["AUTOQUANT_CACHE"] = old
+
+
 def policy_path(*parts: str) -> Path:
     path = POLICIES.joinpath(*parts)
     if not path.is_file():

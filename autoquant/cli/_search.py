@@ -113,7 +113,7 @@ class SearchCommand(Command):
         _add_run_arguments(parser)
         parser.add_argument("--method", default="joint",
                             help="search space: joint, prune, quant, or a .toml path (default joint)")
-        parser.add_argument("--agent", default="ddpg", help="ddpg, td3, sac, ppo, tpe, nsga2, random (default ddpg)")
+        parser.add_argument("--agent", default="ddpg", help="ddpg, td3, sac, ppo, tpe, nsga2, random, ilp (default ddpg)")
         parser.add_argument("--out", type=Path, help="run folder (default runs/<policy name>)")
         parser.add_argument("--resume", action="store_true", help="continue the run in --out")
         parser.add_argument("--storage", help="Optuna storage URL shared by workers (default: SQLite in --out)")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from autoquant.search._space import SearchSpace
@@ -23,6 +24,7 @@ class AgentContext:
     seed: int
     n_trials: int
     history: int = 0
+    folder: Path | None = None  # the run folder, where an agent may keep what it measured
 
     @property
     def run_seed(self) -> int:

@@ -26,6 +26,12 @@ def _rl(algo: str) -> AgentFactory:
     return factory
 
 
+def ilp_agent(ctx: AgentContext) -> Agent:
+    from autoquant.search._ilp import ILPAgent
+
+    return ILPAgent(ctx)
+
+
 AGENTS: dict[str, AgentFactory] = {
     "ddpg": _rl("ddpg"),
     "td3": _rl("td3"),
@@ -34,6 +40,7 @@ AGENTS: dict[str, AgentFactory] = {
     "tpe": tpe_agent,
     "nsga2": nsga2_agent,
     "random": random_agent,
+    "ilp": ilp_agent,
 }
 
 

@@ -177,6 +177,23 @@ class SearchProblem:
                                        "fidelity": round(t_fid - t2, 3), "proxy": round(t3 - t_fid, 3),
                                        "play": round(t4 - t3, 3)})
 
+    def latency_ratio(self, plan: CompressionPlan) -> float:
+        """The plan's latency ratio to fp32 on the target, measured as a trial measures it
+        (rounded to nearest: how weights round changes no kernel and no latency)."""
+        compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed, cache=self._cache,
+                              rounding="nearest")
+        latency = self.target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
+        return float(latency.ratio) if latency.ratio is not None else float(latency.value)
+
+    def proxy_of(self, plan: CompressionPlan) -> float:
+        """The plan's proxy, measured as a trial measures it (no latency, no episodes)."""
+        compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed, cache=self._cache,
+                              verify_kernels=False)
+        runner = OrtRunner(compressed.onnx)
+        infer = (lambda x: self._infer(compressed.onnx, x)) if self._device_infer is not None else runner
+        own = self.visited_states(runner)
+        return fidelity_score(fidelity(self._infer(self.reference_onnx, own), infer(own), self.bundle.action))
+
     def visited_states(self, runner: OrtRunner) -> np.ndarray:
         """States the plan (``runner``) visits itself: see ``evaluate.visited_states``."""
         if self._proxy_env is None:

@@ -185,7 +185,8 @@ class Run:
         name = agent_name or self.config.agent
         budget = n_trials or self.config.n_trials
         history = len(self.study().get_trials(deepcopy=False))
-        agent = make_agent(name, AgentContext(self.space, self.config.mode, self.config.seed, budget, history))
+        agent = make_agent(name, AgentContext(self.space, self.config.mode, self.config.seed, budget, history,
+                                              folder=self.folder))
         study = open_study(self.storage_url, self.study_name, self.config.mode, agent.sampler())
         fail_dead_trials(study)
         runner = SearchRunner(study, self.space, self.problem, n_trials=budget, agent=name, progress=progress)
