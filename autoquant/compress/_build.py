@@ -562,6 +562,7 @@ class BuiltGraph:
     kept: dict[str, list[int]]
     layers: dict[str, QuantizedLayer]
     scales: dict[str, float]
+    sliced: dict[str, _Sliced] = field(default_factory=dict)  # fp32 weights cut to the kept channels
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -619,7 +620,7 @@ def build_graph(net: nn.Sequential, input_shape: tuple[int, ...], plan: Compress
             layers[step.name] = encode_weights(sliced[step.name], spec, inputs[step.name])
     model = emit(steps, layers, found, input_shape, metadata)
     t3 = time.perf_counter()
-    return BuiltGraph(onnx=model, steps=steps, kept=kept, layers=layers, scales=found,
+    return BuiltGraph(onnx=model, steps=steps, kept=kept, layers=layers, scales=found, sliced=sliced,
                       seconds={"slice": t1 - t0, "calibrate": t2 - t1, "emit": t3 - t2})
 
 

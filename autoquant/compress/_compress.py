@@ -115,39 +115,41 @@ def compress(
     if supported(bundle.net) is not None:
         compressed = _compress_brevitas(bundle, plan, states, finetune_epochs=finetune_epochs,
                                         finetune_lr=finetune_lr, advantage_weight=advantage_weight,
-                                        rounding=rounding, seed=seed)
+                                        rounding=_resolve(rounding, full, plan), seed=seed)
     else:
-        sliced, kept = slice_net(bundle.net, plan)
-        pruned = pruned_net(bundle.net, sliced)
-        table = analyse_module(pruned, bundle.input_shape, bundle.layer_sources)
         rounding = _resolve(rounding, full, plan)
-        weights = scales = None
+        metadata = _onnx_metadata(bundle, plan)
         result = None
-        if plan.quantized and (rounding == "gptq" or finetune_epochs > 0):
-            model = quantize(pruned, plan, input_nonnegative=bool(states.min() >= 0))
-            calibrate(model, states)
-            if rounding == "gptq":
-                gptq(model, states)
-            if finetune_epochs > 0:
-                result = _distill(model, bundle, states, finetune_epochs, finetune_lr, advantage_weight, seed)
-            weights, scales = _brevitas_values(model, plan)
-        elif finetune_epochs > 0:
-            for p in pruned.parameters():
-                p.requires_grad_(True)
-            result = _distill(pruned, bundle, states, finetune_epochs, finetune_lr, advantage_weight, seed)
-            for p in pruned.parameters():
-                p.requires_grad_(False)
-        if weights is None and result is None:  # round to nearest: straight from the fp32 weights
-            built = build_graph(bundle.net, bundle.input_shape, plan, states, metadata=_onnx_metadata(bundle, plan),
-                                cache=cache)
-            net = pruned_net(bundle.net, sliced, built.layers)
-        else:
-            as_cut = plan.without_pruning()  # ``pruned`` holds the kept channels already
-            built = build_graph(pruned, bundle.input_shape, as_cut, states, metadata=_onnx_metadata(bundle, plan),
+        if finetune_epochs == 0 and (rounding == "nearest" or not plan.quantized):
+            # round to nearest: straight from the fp32 weights, sliced once by the builder
+            built = build_graph(bundle.net, bundle.input_shape, plan, states, metadata=metadata, cache=cache)
+            kept = built.kept
+            net = pruned_net(bundle.net, built.sliced, built.layers)
+        else:  # a model to fit first (GPTQ, fine-tuning), on the network cut to the kept channels
+            sliced, kept = slice_net(bundle.net, plan)
+            pruned = pruned_net(bundle.net, sliced)
+            weights = scales = None
+            if plan.quantized:
+                model = quantize(pruned, plan, input_nonnegative=bool(states.min() >= 0))
+                calibrate(model, states)
+                if rounding == "gptq":
+                    gptq(model, states)
+                if finetune_epochs > 0:
+                    result = _distill(model, bundle, states, finetune_epochs, finetune_lr, advantage_weight, seed)
+                weights, scales = _brevitas_values(model, plan)
+            else:
+                for p in pruned.parameters():
+                    p.requires_grad_(True)
+                result = _distill(pruned, bundle, states, finetune_epochs, finetune_lr, advantage_weight, seed)
+                for p in pruned.parameters():
+                    p.requires_grad_(False)
+            # ``pruned`` holds the kept channels already: the plan's bit widths without its pruning
+            built = build_graph(pruned, bundle.input_shape, plan.without_pruning(), states, metadata=metadata,
                                 weights=weights, scales=scales)
-            net = pruned_net(pruned, slice_net(pruned, as_cut)[0], built.layers)
-        compressed = CompressedPolicy(bundle=bundle, plan=plan, net=net, kept=kept, table=table, onnx=built.onnx,
-                                      finetune=result, activation_scales=built.scales)
+            net = pruned_net(pruned, built.sliced, built.layers)
+        table = analyse_module(net, bundle.input_shape, bundle.layer_sources)
+        compressed = CompressedPolicy(bundle=bundle, plan=plan, net=net, kept=kept, table=table,
+                                      onnx=built.onnx, finetune=result, activation_scales=built.scales)
     if verify_kernels:
         _verify_kernels(compressed, plan, states)
     return compressed
@@ -205,14 +207,14 @@ def _verify_kernels(compressed: CompressedPolicy, plan: CompressionPlan, states:
 def _compress_brevitas(bundle: PolicyBundle, plan: CompressionPlan, states: np.ndarray, *, finetune_epochs: int,
                        finetune_lr: float, advantage_weight: float, rounding: str, seed: int) -> CompressedPolicy:
     """The whole route through torch pruning and Brevitas' exporter, for networks the
-    graph builder does not emit."""
+    graph builder does not emit. ``rounding``: "gptq" or "nearest" (resolved)."""
     pruned, kept = prune(bundle.net, bundle.input_shape, plan)
     table = analyse_module(pruned, bundle.input_shape, bundle.layer_sources)
     model: nn.Module = pruned
     if plan.quantized:
         model = quantize(pruned, plan, input_nonnegative=bool(states.min() >= 0))
         calibrate(model, states)
-        if _resolve(rounding, analyse(bundle), plan) == "gptq":
+        if rounding == "gptq":
             gptq(model, states)
     result = None
     if finetune_epochs > 0:
