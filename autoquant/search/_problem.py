@@ -93,7 +93,7 @@ class SearchProblem:
         self.bundle = bundle
         self.table = table
         self.target = target
-        self.states = states
+        self.states = np.asarray(states, dtype=np.float32)  # the one array the activation cache knows
         self.held_out = held_out
         self.reference_onnx = reference_onnx
         self.settings = settings
@@ -102,16 +102,30 @@ class SearchProblem:
         self.random_episodes = random_episodes
         self.target_fingerprint = target_fingerprint
         self.fp32_size = weight_bytes(table, CompressionPlan())
-        # Fidelity uses the target's own numerics when it can run models (a device).
+        # Fidelity uses the target's own numerics when it can run models (a device); on the
+        # host one fp32 session answers for every trial.
         self._device_infer = getattr(target, "infer", None)
-        self._infer = self._device_infer or (lambda model, x: OrtRunner(model)(x))
-        self.reference_outputs = self._infer(reference_onnx, held_out)  # fp32 on held-out states
-        self.states = np.asarray(states, dtype=np.float32)
+        self._reference_runner = OrtRunner(reference_onnx) if self._device_infer is None else None
+        self.reference_outputs = self._reference(held_out)  # fp32 on held-out states
         self._cache = ActivationCache(bundle.net, self.states)  # calibration reuses earlier plans' activations
         self._proxy_env: Any = None  # one env for the proxy's rollouts, made on first use
-        if getattr(target, "infer", None) is None:  # on the host: one fp32 session for every trial
-            reference = OrtRunner(reference_onnx)
-            self._infer = lambda model, x: reference(x) if model is reference_onnx else OrtRunner(model)(x)
+
+    def _reference(self, x: np.ndarray) -> np.ndarray:
+        """fp32's outputs on ``x``, with the target's numerics."""
+        if self._reference_runner is not None:
+            return self._reference_runner(x)
+        return self._device_infer(self.reference_onnx, x)  # type: ignore[misc]
+
+    def _candidate(self, model: bytes, runner: OrtRunner) -> Callable[[np.ndarray], np.ndarray]:
+        """The plan's outputs on a batch, with the target's numerics (``runner`` on the host)."""
+        if self._device_infer is None:
+            return runner
+        return lambda x: self._device_infer(model, x)  # type: ignore[misc]
+
+    def _proxy_fidelity(self, model: bytes, runner: OrtRunner) -> dict[str, Any]:
+        """Fidelity on the states the plan visits itself; its ``fidelity_score`` is the proxy."""
+        own = self.visited_states(runner)
+        return fidelity(self._reference(own), self._candidate(model, runner)(own), self.bundle.action)
 
     def key(self, plan: CompressionPlan) -> str:
         return plan_key(plan, self.target_fingerprint)
@@ -130,17 +144,15 @@ class SearchProblem:
         latency = self.target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
         t2 = time.perf_counter()
         runner = OrtRunner(compressed.onnx)  # the host's session of the plan: rollouts, and fidelity on the host
-        on_target = self._device_infer is not None
-        infer = (lambda x: self._infer(compressed.onnx, x)) if on_target else runner
-        fid = fidelity(self.reference_outputs, infer(self.held_out), self.bundle.action)
+        fid = fidelity(self.reference_outputs, self._candidate(compressed.onnx, runner)(self.held_out),
+                       self.bundle.action)
         t_fid = time.perf_counter()
         measured: dict[str, Any] = {}
 
         def proxy() -> float:
             """Agreement with fp32 on states the plan visits itself; measured when first asked."""
             if "score" not in measured:
-                own = self.visited_states(runner)
-                measured["fidelity"] = fidelity(self._infer(self.reference_onnx, own), infer(own), self.bundle.action)
+                measured["fidelity"] = self._proxy_fidelity(compressed.onnx, runner)
                 measured["score"] = fidelity_score(measured["fidelity"])
             return float(measured["score"])
 
@@ -189,10 +201,7 @@ class SearchProblem:
         """The plan's proxy, measured as a trial measures it (no latency, no episodes)."""
         compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed, cache=self._cache,
                               verify_kernels=False)
-        runner = OrtRunner(compressed.onnx)
-        infer = (lambda x: self._infer(compressed.onnx, x)) if self._device_infer is not None else runner
-        own = self.visited_states(runner)
-        return fidelity_score(fidelity(self._infer(self.reference_onnx, own), infer(own), self.bundle.action))
+        return fidelity_score(self._proxy_fidelity(compressed.onnx, OrtRunner(compressed.onnx)))
 
     def visited_states(self, runner: OrtRunner) -> np.ndarray:
         """States the plan (``runner``) visits itself: see ``evaluate.visited_states``."""
