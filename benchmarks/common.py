@@ -3,13 +3,19 @@ the results are, quiet libraries, and paths written as from the repository root.
 
 from __future__ import annotations
 
+import json
 import logging
+import shlex
+import sys
 import subprocess
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["DEFAULT_POLICIES", "DEFAULT_RESULTS", "REPO", "code_state", "quiet", "rel"]
+__all__ = ["DEFAULT_POLICIES", "DEFAULT_RESULTS", "REPO", "code_state", "command_line", "quiet", "rel",
+           "write_results"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POLICIES = REPO / ".." / "shared" / "policies"
@@ -39,3 +45,16 @@ def code_state() -> dict[str, object]:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO).stdout.strip()
 
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "autoquant"))}
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """How to run ``script`` again with these arguments (the process's own when None)."""
+    return shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
+
+
+def write_results(data: dict[str, Any], out: Path, write_markdown: Callable[[dict[str, Any], Path], None]) -> None:
+    """``out`` (JSON) and the prose made from it next to it (``.md``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    write_markdown(data, out.with_suffix(".md"))
+    print(f"wrote {rel(out)} and {rel(out.with_suffix('.md'))}")

@@ -23,7 +23,6 @@ Candidates (all against fp32's outputs on the same states):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_POLICIES, DEFAULT_RESULTS, code_state, quiet, rel  # noqa: E402
+from common import DEFAULT_POLICIES, DEFAULT_RESULTS, code_state, command_line, quiet, rel, write_results  # noqa: E402
 
 NETWORKS: dict[str, dict[str, Any]] = {
     "lunarlander": {"path": ("dqn-LunarLander-v2", "LunarLander-v2.zip"), "env": None, "plans": 48,
@@ -60,7 +59,7 @@ def _scores(fid: dict[str, Any], where: str) -> dict[str, float]:
 
 
 def measure(name: str, spec: dict[str, Any], policies: Path, n_plans: int | None, seed: int) -> dict[str, Any]:
-    from autoquant.compress import ActivationCache, CompressionPlan, compress, export_reference
+    from autoquant.compress import ActivationCache, compress, export_reference
     from autoquant.evaluate import (
         HELD_OUT_SEED_OFFSET,
         episode_seeds,
@@ -189,14 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}:", flush=True)
         networks.append(measure(name, NETWORKS[name], args.policies, args.plans, args.seed))
         print(f"  spearman: {networks[-1]['spearman']}", flush=True)
-    command = "python benchmarks/proxy.py" + ("" if argv is None and len(sys.argv) == 1 else " " + " ".join(
-        sys.argv[1:] if argv is None else argv))
-    data = {"autoquant_version": autoquant.__version__, **code, "command": command,
-            "wall_s": time.perf_counter() - start, "networks": networks}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(data, indent=1) + "\n")
-    write_markdown(data, args.out.with_suffix(".md"))
-    print(f"wrote {rel(args.out)} and {rel(args.out.with_suffix('.md'))}")
+    data = {"autoquant_version": autoquant.__version__, **code,
+            "command": command_line("benchmarks/proxy.py", argv), "wall_s": time.perf_counter() - start,
+            "networks": networks}
+    write_results(data, args.out, write_markdown)
     return 0
 
 

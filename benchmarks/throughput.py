@@ -35,7 +35,16 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_POLICIES, DEFAULT_RESULTS, REPO, code_state, quiet, rel  # noqa: E402
+from common import (  # noqa: E402
+    DEFAULT_POLICIES,
+    DEFAULT_RESULTS,
+    REPO,
+    code_state,
+    command_line,
+    quiet,
+    rel,
+    write_results,
+)
 
 DEFAULT_WORK = REPO / "benchmarks" / "scratch" / "throughput"
 NETWORKS: dict[str, dict[str, Any]] = {
@@ -245,12 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         networks.append(run_network(name, NETWORKS[name], args.policies, args.work, args.fresh, trials, log))
     facts = host_facts(1)
     data = {"autoquant_version": autoquant.__version__, **code,
-            "command": "python benchmarks/throughput.py" + "".join(f" {a}" for a in (argv or sys.argv[1:])),
+            "command": command_line("benchmarks/throughput.py", argv),
             "device": f"{facts.get('cpu')}, {facts.get('cores')} cores, 1 onnxruntime thread", "networks": networks}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(data, indent=1) + "\n")
-    write_markdown(data, args.out.with_suffix(".md"))
-    print(f"wrote {rel(args.out)} and {rel(args.out.with_suffix('.md'))}")
+    write_results(data, args.out, write_markdown)
     return 0
 
 

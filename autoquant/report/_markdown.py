@@ -114,8 +114,8 @@ def _played(records: Sequence[Mapping[str, Any]]) -> list[str]:
     episodes = sorted(int(r.get("episodes") or 0) for r in played)
     lines.append(f"Episodes per played trial: median {episodes[len(episodes) // 2]}, "
                  f"{min(episodes)} to {max(episodes)}, {sum(episodes)} in all over {len(played)} trials.")
-    lines.append(f"Proxy (agreement with fp32 on states the plan visits itself) against measured retention over "
-                 f"these trials: "
+    lines.append("Proxy (agreement with fp32 on states the plan visits itself) against measured retention over "
+                 "these trials: "
                  + (f"Spearman rank correlation {rho:.2f} (n = {len(pairs)})." if rho is not None
                     else f"no rank correlation (n = {len(pairs)}, too few or no spread)."))
     lines.append("")
