@@ -10,7 +10,15 @@ from typing import Any
 
 from autoquant._io import check_output_folder
 from autoquant.cli import Command, register
-from autoquant.cli._options import add_policy_arguments, add_target_arguments, names, non_negative, positive, retention
+from autoquant.cli._options import (
+    add_policy_arguments,
+    add_target_arguments,
+    names,
+    non_negative,
+    positive,
+    retention,
+    seconds,
+)
 from autoquant.errors import DeviceUnreachable, UsageError
 
 __all__ = ["CompareCommand", "ExportCommand", "SearchCommand"]
@@ -65,6 +73,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_policy_arguments(parser, required=False)
     add_target_arguments(parser)
     parser.add_argument("--trials", type=positive, default=200, help="trial budget (default 200)")
+    parser.add_argument("--time-budget", type=seconds, default=None, metavar="SECONDS",
+                        help="wall-clock budget of the search, the agent's set-up included (its latency model and "
+                             "sensitivities); it ends at whichever of --trials and this comes first, never mid-trial "
+                             "(default: none)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--min-retention", type=retention, default=0.98,
                        help="reward retention floor vs fp32 on the same seeds (default 0.98)")
@@ -95,7 +107,7 @@ def _config(args: argparse.Namespace, *, method: str, agent: str) -> Any:
         policy=str(args.policy), env_id=args.env, activation=args.activation,
         conv_strides=tuple(args.conv_strides) if args.conv_strides else None, target=args.target,
         device=args.device, secret_file=args.secret_file,
-        method=method, agent=agent, n_trials=args.trials,
+        method=method, agent=agent, n_trials=args.trials, time_budget_s=args.time_budget,
         mode="pareto" if args.pareto else "single", min_retention=args.min_retention, episodes=args.episodes,
         confirm_episodes=args.confirm_episodes, fidelity_floor=args.fidelity_floor, n_states=args.states,
         n_envs=args.envs, seed=args.seed, confidence=args.confidence,
@@ -129,6 +141,7 @@ class SearchCommand(Command):
                 raise UsageError("--resume needs --out, the run folder to continue")
             run = load_run(args.out, trust_pickle=args.trust_pickle,
                            n_trials=args.trials if "--trials" in sys.argv else None,
+                           time_budget_s=args.time_budget,
                            device=args.device, secret_file=args.secret_file)
         else:
             if args.policy is None:

@@ -38,11 +38,13 @@ def compare(out: Path, base: RunConfig, *, methods: Sequence[str], agents: Seque
             folder = out / f"{method}-{agent}"
             config = base.replace(method=method, agent=agent, study_name=None)
             if (folder / "run.json").is_file():
-                run = load_run(folder, trust_pickle=trust_pickle, n_trials=base.n_trials)
+                run = load_run(folder, trust_pickle=trust_pickle, n_trials=base.n_trials,
+                               time_budget_s=base.time_budget_s)
             else:
                 run = start_run(folder, config, trust_pickle=trust_pickle, log=log, share_from=first)
             first = first or run
-            log(f"{label}: {base.n_trials} trials")
+            log(f"{label}: {base.n_trials} trials"
+                + (f" or {base.time_budget_s:g} s, whichever comes first" if base.time_budget_s else ""))
             run.search(progress=progress(label, base.n_trials) if progress else None)
             run.confirm()
             run.write_report()

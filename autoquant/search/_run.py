@@ -79,6 +79,7 @@ class RunConfig:
     method: str = "joint"
     agent: str = "ddpg"
     n_trials: int = 200
+    time_budget_s: float | None = None
     mode: str = "single"
     min_retention: float = 0.98
     episodes: int = 10
@@ -104,6 +105,11 @@ class RunConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise UsageError(f"{name.replace('n_', '').replace('_', '-')} must be an integer >= {low}, "
                                  f"got {value!r}")
+        if self.time_budget_s is not None:
+            if isinstance(self.time_budget_s, bool) or not isinstance(self.time_budget_s, (int, float)) \
+                    or not self.time_budget_s > 0:
+                raise UsageError(f"--time-budget must be a positive number of seconds, got {self.time_budget_s!r}")
+            object.__setattr__(self, "time_budget_s", float(self.time_budget_s))
         find_space(self.method)
         check_agent(self.agent)
         find_target_spec(self.target)
@@ -189,8 +195,12 @@ class Run:
                                               folder=self.folder))
         study = open_study(self.storage_url, self.study_name, self.config.mode, agent.sampler())
         fail_dead_trials(study)
-        runner = SearchRunner(study, self.space, self.problem, n_trials=budget, agent=name, progress=progress)
-        agent.run(runner)
+        runner = SearchRunner(study, self.space, self.problem, n_trials=budget, agent=name, progress=progress,
+                              time_budget_s=self.config.time_budget_s)
+        try:
+            agent.run(runner)
+        finally:
+            runner.close()
         return runner
 
     def study(self) -> Any:
@@ -468,7 +478,7 @@ def _ort_reference(loaded: _Loaded, states: np.ndarray, held: np.ndarray, seeds:
 
 
 def load_run(folder: Path, *, trust_pickle: bool = False, n_trials: int | None = None, device: str | None = None,
-             secret_file: str | None = None) -> Run:
+             secret_file: str | None = None, time_budget_s: float | None = None) -> Run:
     """Open an existing run folder (to resume it or export from it)."""
     folder = Path(folder)
     path = folder / "run.json"
@@ -492,8 +502,9 @@ def load_run(folder: Path, *, trust_pickle: bool = False, n_trials: int | None =
                          "start a new run for the new file")
     if device is not None or secret_file is not None:  # the board may have a new address
         config = config.replace(device=device or config.device, secret_file=secret_file or config.secret_file)
-    if n_trials is not None:
-        config = config.replace(n_trials=n_trials)
-        info["config"]["n_trials"] = n_trials
+    changed = {k: v for k, v in (("n_trials", n_trials), ("time_budget_s", time_budget_s)) if v is not None}
+    if changed:  # a resumed search may be given a larger budget
+        config = config.replace(**changed)
+        info["config"].update(changed)
         write_json(path, info)
     return _build(folder, info, config, _load(config, trust_pickle=trust_pickle))

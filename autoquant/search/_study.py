@@ -180,12 +180,15 @@ class TrialOutcome:
     feasible: bool
 
 
+SEARCH_SECONDS = "search_seconds"  # the study's user attribute: search seconds spent, all sessions
+
+
 class SearchRunner:
     """Runs trials against one study until the shared budget is used."""
 
     def __init__(self, study: Any, space: SearchSpace, problem: SearchProblem, *, n_trials: int,
                  agent: str, progress: Callable[[TrialOutcome, SearchRunner], None] | None = None,
-                 max_repeats: int | None = None) -> None:
+                 max_repeats: int | None = None, time_budget_s: float | None = None) -> None:
         self.study = study
         self.space = space
         self.problem = problem
@@ -200,6 +203,11 @@ class SearchRunner:
         self.max_repeats = max_repeats if max_repeats is not None else max(20, n_trials // 2)
         self.repeats_in_a_row = 0
         self.stopped: str | None = None  # why the search ended before its budget, if it did
+        # Wall-clock budget: seconds this study's searches ran before (all sessions and
+        # workers, summed) plus this one's, from here (an agent's set-up counts).
+        self.time_budget_s = time_budget_s
+        self.seconds_before = float(study.user_attrs.get(SEARCH_SECONDS, 0.0))
+        self._started = time.perf_counter()
         self._seen: set[int] = set()
         self._load_history()
 
@@ -228,10 +236,23 @@ class SearchRunner:
         """Trials that count against the budget, all workers together (running ones too)."""
         return sum(1 for t in self.study.get_trials(deepcopy=False) if is_counted(t))
 
+    def seconds(self) -> float:
+        """Search seconds spent on this study so far, this session included."""
+        return self.seconds_before + (time.perf_counter() - self._started)
+
     def remaining(self) -> int:
         if self.stopped is not None:
             return 0
+        if self.time_budget_s is not None and self.seconds() >= self.time_budget_s:
+            self.stopped = f"the wall-clock budget of {self.time_budget_s:g} s is used"
+            return 0
         return max(0, self.n_trials - self.used())
+
+    def close(self) -> None:
+        """Add this session's seconds to the study's (call once, when the search ends)."""
+        spent = time.perf_counter() - self._started
+        before = float(self.study.user_attrs.get(SEARCH_SECONDS, 0.0))  # other workers may have added theirs
+        self.study.set_user_attr(SEARCH_SECONDS, before + spent)
 
     # --- the multi-fidelity rule -----------------------------------------------------
 
