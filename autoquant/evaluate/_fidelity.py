@@ -27,6 +27,7 @@ def fidelity(reference: np.ndarray, candidate: np.ndarray, action: ActionSpec) -
         "states": int(len(reference)),
         "output_error": float(diff.mean() / scale),
         "output_max_abs_error": float(diff.max()) if diff.size else 0.0,
+        "output_mse": float(np.mean(diff ** 2) / (float(np.mean(reference ** 2)) or 1.0)) if diff.size else 0.0,
     }
     if action.discrete:
         agree = action.actions(reference) == action.actions(candidate)

@@ -23,7 +23,9 @@ from autoquant.search._problem import ProblemSettings, SearchProblem, fidelity_s
 from autoquant.search._record import TrialRecord, TrialResult
 from autoquant.search._run import CONFIRM_FORMAT, RUN_FORMAT, Run, RunConfig, load_run, start_run
 from autoquant.search._space import LayerChoices, SearchSpace, available_spaces, load_space
-from autoquant.search._study import ProposalSampler, SearchRunner, TrialOutcome, open_study, trial_records
+from autoquant.search._latency import LatencyModel
+from autoquant.search._study import SEARCH_SECONDS, ProposalSampler, SearchRunner, TrialOutcome, open_study, trial_records
+from autoquant.search._surrogate import Boundary, Surrogate, latency_model, sensitivities
 
 if TYPE_CHECKING:
     from autoquant.search._rl import CompressionEnv, RLAgent, bin_centre, bin_index, trial_reward
@@ -45,8 +47,11 @@ __all__ = [
     "CONFIRM_FORMAT",
     "CompressionEnv",
     "RUN_FORMAT",
+    "SEARCH_SECONDS",
     "Agent",
     "AgentContext",
+    "Boundary",
+    "LatencyModel",
     "LayerChoices",
     "ProblemSettings",
     "ProposalSampler",
@@ -56,6 +61,7 @@ __all__ = [
     "SearchProblem",
     "SearchRunner",
     "SearchSpace",
+    "Surrogate",
     "TrialOutcome",
     "TrialRecord",
     "TrialResult",
@@ -65,6 +71,7 @@ __all__ = [
     "bin_index",
     "compare",
     "fidelity_score",
+    "latency_model",
     "load_run",
     "load_space",
     "make_agent",
@@ -72,6 +79,7 @@ __all__ = [
     "plan_cost",
     "plan_key",
     "register_agent",
+    "sensitivities",
     "start_run",
     "trial_records",
     "trial_reward",

@@ -1,8 +1,8 @@
 """The ILP agent: measured sensitivities, a measured latency model, and an integer program.
 
-As HAWQ-V3 and ModelOpt's AutoQuantize do: each layer's choices get a sensitivity (one
-minus the proxy of the network with only that layer changed: agreement with fp32 on the
-states the plan visits itself), the target gets a latency model (``_latency``), and an
+As HAWQ-V3 and ModelOpt's AutoQuantize do: each layer's choices get a sensitivity (the
+relative squared output error of the network with only that layer changed, which sums
+over layers: see ``_surrogate``), the target gets a latency model (``_latency``), and an
 integer program picks one choice per layer to minimise predicted latency subject to a
 bound on summed sensitivity. Swept over bounds it gives a whole front of plans in
 seconds (``scipy.optimize.milp``). Real trials then search the front by bisection for
@@ -12,85 +12,32 @@ front's neighbours there.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from autoquant._io import write_json
-from autoquant.compress import INT_ACT_BITS, CompressionPlan, LayerSpec
-from autoquant.errors import AutoquantError
+from autoquant.compress import CompressionPlan
 from autoquant.search._agent import AgentContext
 from autoquant.search._latency import LatencyModel, LatencyOption, latency_options, option_of
-from autoquant.search._problem import SearchProblem
 from autoquant.search._space import SearchSpace
 from autoquant.search._study import ProposalSampler, SearchRunner, TrialOutcome
+from autoquant.search._surrogate import Choice, layer_choices, latency_model, plan_of, sensitivities
 
-__all__ = ["Choice", "ILPAgent", "front", "sensitivities", "solve"]
+__all__ = ["Choice", "ILPAgent", "front", "layer_choices", "plan_of", "sensitivities", "solve"]
 
-SENSITIVITY_FORMAT = "autoquant.sensitivities"
 FRONT_BOUNDS = 32  # sensitivity bounds swept for the front
 
 
-@dataclass(frozen=True)
-class Choice:
-    """One layer's choice: weight bits (None: float) and pruning ratio."""
-
-    bits: int | None
-    ratio: float
-
-    def spec(self) -> LayerSpec:
-        return LayerSpec(self.bits, None if self.bits is None else INT_ACT_BITS, self.ratio)
-
-    def key(self) -> str:
-        return f"{'float' if self.bits is None else self.bits}@{self.ratio:g}"
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else 0.0
 
 
-def layer_choices(space: SearchSpace) -> list[list[Choice]]:
-    return [[Choice(b, r) for b in layer.weight_bits for r in layer.prune_ratios] for layer in space.layers]
-
-
-def plan_of(space: SearchSpace, picks: Sequence[Choice]) -> CompressionPlan:
-    return CompressionPlan({layer.name: c.spec() for layer, c in zip(space.layers, picks)},
-                           channel_multiple=space.channel_multiple)
-
-
-def sensitivities(problem: SearchProblem, space: SearchSpace, *, folder: Path | None = None
-                  ) -> list[dict[Choice, float]]:
-    """Per layer and choice: 1 - the proxy of the network with only that layer changed
-    (0 for leaving it fp32). Stored in ``folder``/sensitivities.json and read back."""
-    path = folder / "sensitivities.json" if folder is not None else None
-    stored: dict[str, float] = {}
-    if path is not None and path.is_file():
-        try:
-            data = json.loads(path.read_text())
-            if data.get("format") == SENSITIVITY_FORMAT:
-                stored = {str(k): float(v) for k, v in data["values"].items()}
-        except (ValueError, KeyError, TypeError):
-            stored = {}
-    out = []
-    for layer, choices in zip(space.layers, layer_choices(space)):
-        found: dict[Choice, float] = {}
-        for choice in choices:
-            if choice.bits is None and choice.ratio == 0.0:
-                found[choice] = 0.0
-                continue
-            key = f"{layer.name}:{choice.key()}"
-            if key not in stored:
-                plan = CompressionPlan({layer.name: choice.spec()}, channel_multiple=space.channel_multiple)
-                try:
-                    stored[key] = float(np.clip(1.0 - problem.proxy_of(plan), 0.0, 1.0))
-                except AutoquantError:
-                    stored[key] = 1.0  # it does not even build: as sensitive as can be
-            found[choice] = stored[key]
-        out.append(found)
-    if path is not None:
-        write_json(path, {"format": SENSITIVITY_FORMAT, "version": 1, "values": stored})
-    return out
+def _top(sens: Sequence[Mapping[Choice, float]]) -> float:
+    """The largest summed sensitivity of a plan that builds."""
+    return float(sum(max((v for v in s.values() if math.isfinite(v)), default=0.0) for s in sens))
 
 
 def solve(space: SearchSpace, table: Any, model: LatencyModel, sens: Sequence[Mapping[Choice, float]],
@@ -120,10 +67,10 @@ def solve(space: SearchSpace, table: Any, model: LatencyModel, sens: Sequence[Ma
         return option_of(table, plan, i)
 
     cost = np.zeros(count)
-    total_sens = sum(max(s.values()) for s in sens) or 1.0
+    total_sens = _top(sens) or 1.0
     for i in range(n):
         for c, j in x_index[i].items():
-            cost[j] += 1e-4 * sens[i][c] / total_sens  # ties: the less sensitive
+            cost[j] += 1e-4 * _finite(sens[i][c]) / total_sens  # ties: the less sensitive
             if n == 1:
                 cost[j] += model.singles[0][option(0, c)] - 1.0
             elif 0 < i < n - 1:
@@ -156,12 +103,16 @@ def solve(space: SearchSpace, table: Any, model: LatencyModel, sens: Sequence[Ma
                 if option(i + 1, c) == b:
                     entries[j] = entries.get(j, 0.0) - 1.0
             row(entries, 0.0, 0.0)
-    row({j: sens[i][c] for i in range(n) for c, j in x_index[i].items()}, -np.inf, bound)
+    row({j: _finite(sens[i][c]) for i in range(n) for c, j in x_index[i].items()}, -np.inf, bound)
     integrality = np.zeros(count)
+    upper = np.ones(count)
     for i in range(n):
         integrality[list(x_index[i].values())] = 1
+        for c, j in x_index[i].items():
+            if not math.isfinite(sens[i][c]):
+                upper[j] = 0.0  # a choice that does not build is never picked
     result = milp(cost, constraints=LinearConstraint(np.array(rows), lows, highs), integrality=integrality,
-                  bounds=Bounds(0.0, 1.0))
+                  bounds=Bounds(0.0, upper))
     if result.status != 0 or result.x is None:
         return None
     return [max(x_index[i], key=lambda c: result.x[x_index[i][c]]) for i in range(n)]
@@ -169,12 +120,15 @@ def solve(space: SearchSpace, table: Any, model: LatencyModel, sens: Sequence[Ma
 
 def front(space: SearchSpace, table: Any, model: LatencyModel, sens: Sequence[Mapping[Choice, float]],
           bounds: int = FRONT_BOUNDS) -> list[tuple[float, list[Choice]]]:
-    """Distinct optimal plans over sensitivity bounds from 0 to the largest sum, each with the
-    smallest bound that gives it; in order of that bound (safest first)."""
-    top = sum(max(s.values()) for s in sens)
+    """Distinct optimal plans over sensitivity bounds from 0 to the largest sum (spaced
+    geometrically: sensitivities span decades), each with the smallest bound that gives
+    it; in order of that bound (safest first)."""
+    top = _top(sens)
+    positive = [v for s in sens for v in s.values() if 0.0 < v < math.inf]
+    grid = [0.0] if not positive else [0.0, *np.geomspace(min(positive), max(top, min(positive)), bounds - 1)]
     seen: set[tuple[Choice, ...]] = set()
     out = []
-    for bound in np.linspace(0.0, top, bounds):
+    for bound in grid:
         picks = solve(space, table, model, sens, float(bound))
         if picks is not None and tuple(picks) not in seen:
             seen.add(tuple(picks))
@@ -195,20 +149,9 @@ class ILPAgent:
     def sampler(self) -> Any:
         return self._sampler
 
-    def _model(self, runner: SearchRunner) -> LatencyModel:
-        problem = runner.problem
-        reference = problem.reference_onnx
-
-        def ratio_of(plan: CompressionPlan) -> float:
-            return problem.latency_ratio(plan)
-
-        return LatencyModel.load_or_measure(
-            problem.table, self.ctx.space, ratio_of, policy_sha256=hashlib.sha256(reference).hexdigest(),
-            target_fingerprint=problem.target_fingerprint)
-
     def run(self, runner: SearchRunner) -> None:
         space, table = self.ctx.space, runner.problem.table
-        model = self._model(runner)
+        model = latency_model(runner.problem, space)
         sens = sensitivities(runner.problem, space, folder=self.ctx.folder)
         plans = front(space, table, model, sens)
         plans = [(b, p) for b, p in plans if not plan_of(space, p).is_identity]

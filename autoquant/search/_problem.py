@@ -203,6 +203,14 @@ class SearchProblem:
                               verify_kernels=False)
         return fidelity_score(self._proxy_fidelity(compressed.onnx, OrtRunner(compressed.onnx)))
 
+    def output_loss_of(self, plan: CompressionPlan) -> float:
+        """The plan's relative squared output error against fp32 on the held-out states
+        (``output_mse``): what the search's sensitivities sum, built as a trial builds it."""
+        compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed, cache=self._cache,
+                              verify_kernels=False)
+        outputs = self._candidate(compressed.onnx, OrtRunner(compressed.onnx))(self.held_out)
+        return float(fidelity(self.reference_outputs, outputs, self.bundle.action)["output_mse"])
+
     def visited_states(self, runner: OrtRunner) -> np.ndarray:
         """States the plan (``runner``) visits itself: see ``evaluate.visited_states``."""
         if self._proxy_env is None:

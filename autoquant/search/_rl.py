@@ -44,7 +44,6 @@ resumed their replay buffer is first filled with the study's finished trials.
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -52,20 +51,19 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 import optuna
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 
-from autoquant.compress import FLOAT, INT_ACT_BITS, CompressionPlan, LayerSpec, compress
-from autoquant.errors import AutoquantError, UsageError
-from autoquant.evaluate import fidelity
+from autoquant._io import write_json
+from autoquant.compress import FLOAT
+from autoquant.errors import UsageError
 from autoquant.policy import LayerTable
 from autoquant.search._agent import AgentContext
 from autoquant.search._cost import layer_costs
-from autoquant.search._problem import ProblemSettings, SearchProblem, fidelity_score
+from autoquant.search._problem import ProblemSettings
 from autoquant.search._record import TrialRecord, TrialResult
 from autoquant.search._space import SearchSpace
 from autoquant.search._study import ProposalSampler, SearchRunner
-from autoquant.targets import OrtRunner
+from autoquant.search._surrogate import Choice, Surrogate, latency_model, layer_choices, plan_of, sensitivities
 
 __all__ = [
     "OBS_DIM",
@@ -193,35 +191,15 @@ def _choices(space: SearchSpace, table: LayerTable) -> list[_Choices]:
 
 # --- sensitivity ---------------------------------------------------------------------
 
-_SENSITIVITY: weakref.WeakKeyDictionary[SearchProblem, dict[tuple[Any, ...], float]] = \
-    weakref.WeakKeyDictionary()
 
-
-def layer_sensitivity(problem: SearchProblem, space: SearchSpace) -> list[float]:
-    """Per layer of ``problem.table``: the fidelity loss (1 - fidelity score, in [0, 1])
-    on the held-out states of the network with only that layer at its most aggressive
-    choice. Remembered per problem, so agents sharing a problem compute it once."""
-    cache = _SENSITIVITY.setdefault(problem, {})
-    reference = problem.reference_outputs
-    out = []
-    for choice in _choices(space, problem.table):
-        bits, ratio = choice.weight_bits(len(choice.bits) - 1), choice.ratios[-1]
-        key = (choice.name, bits, ratio, space.channel_multiple)
-        if bits is None and ratio == 0.0:
-            out.append(0.0)
-            continue
-        if key not in cache:
-            plan = CompressionPlan({choice.name: LayerSpec(bits, None if bits is None else INT_ACT_BITS, ratio)},
-                                   channel_multiple=space.channel_multiple)
-            try:
-                compressed = compress(problem.bundle, plan, problem.states, verify_kernels=False,
-                                      seed=problem.settings.seed)
-                fid = fidelity(reference, OrtRunner(compressed.onnx)(problem.held_out), problem.bundle.action)
-                cache[key] = float(np.clip(1.0 - fidelity_score(fid), 0.0, 1.0))
-            except AutoquantError:
-                cache[key] = 1.0  # it does not even compress: as sensitive as can be
-        out.append(cache[key])
-    return out
+def layer_sensitivity(table: LayerTable, space: SearchSpace, sens: Sequence[Mapping[Any, float]]) -> list[float]:
+    """Per layer of ``table``, in [0, 1]: the layer's largest sensitivity (``_surrogate``)
+    on a log scale, relative to the most sensitive layer's (0 for layers the space leaves)."""
+    by_name = {layer.name: max((v for v in s.values() if math.isfinite(v)), default=0.0)
+               for layer, s in zip(space.layers, sens)}
+    logs = {k: math.log10(max(v, 1e-6)) + 6.0 for k, v in by_name.items()}
+    top = max(logs.values(), default=0.0) or 1.0
+    return [logs.get(info.name, 0.0) / top for info in table]
 
 
 # --- the environment -----------------------------------------------------------------
@@ -248,7 +226,7 @@ class CompressionEnv(gym.Env):  # type: ignore[misc]
             raise UsageError(f"search space {self.space.name!r} leaves no free choice on any layer: "
                              "give some layer more than one weight_bits or prune_ratios entry")
         if sensitivity is None:
-            sensitivity = layer_sensitivity(runner.problem, self.space)
+            sensitivity = layer_sensitivity(self.table, self.space, sensitivities(runner.problem, self.space))
         self.sensitivity = list(sensitivity)
         self._static = layer_features(self.table, self.sensitivity, getattr(runner.problem.bundle, "net", None))
         self._fp32_size = 4.0 * self.table.total_params
@@ -284,14 +262,17 @@ class CompressionEnv(gym.Env):  # type: ignore[misc]
         obs = self._observation(self._t, self._choice)
         if self._t < len(self.decisions):
             return obs, 0.0, False, False, {}
-        params = self.params(self._choice)
+        reward, info = self._finish(self.params(self._choice))
+        return obs, reward, True, False, info
+
+    def _finish(self, params: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        """The episode's last step: the plan runs as a real trial."""
         outcome = self.runner.run_trial(params)
         self.last_outcome = outcome
         if outcome is None:
             self.exhausted = True
-            return obs, 0.0, True, False, {"params": params, "budget_used": True}
-        return obs, trial_reward(outcome.result, self.settings), True, False, \
-            {"params": params, "trial": outcome.number}
+            return 0.0, {"params": params, "budget_used": True}
+        return trial_reward(outcome.result, self.settings), {"params": params, "trial": outcome.number}
 
     # --- plans, costs, clipping ---
 
@@ -386,6 +367,48 @@ class CompressionEnv(gym.Env):  # type: ignore[misc]
         return steps
 
 
+def surrogate_reward(latency: float, loss: float, bound: float) -> float:
+    """An inner episode's reward: ``-log(predicted latency ratio)``, less ``1 + log(loss /
+    bound)`` (at most 5 in all) when the summed sensitivity exceeds the bound, the
+    surrogate's stand-in for the retention floor (same scale as ``trial_reward``)."""
+    speed = -math.log(max(latency, _EPS))
+    if loss <= bound:
+        return speed
+    if not math.isfinite(loss) or bound <= 0.0:
+        return speed - 5.0
+    return speed - 1.0 - min(4.0, math.log(loss / bound))
+
+
+class SurrogateEnv(CompressionEnv):
+    """The same episodes as ``CompressionEnv``, scored by the surrogate (predicted latency
+    and summed sensitivity against the boundary's current bound): milliseconds each, no
+    trial. Every plan it scores is remembered, for proposals."""
+
+    def __init__(self, runner: SearchRunner, surrogate: Surrogate) -> None:
+        self.surrogate = surrogate
+        super().__init__(runner, sensitivity=layer_sensitivity(runner.problem.table, runner.space, surrogate.sens))
+        self.bound = surrogate.boundary.bound()
+        self.seen: set[tuple[Choice, ...]] = set()
+        index = {layer.name: i for i, layer in enumerate(self.layers)}
+        self._space_index = [index[layer.name] for layer in self.space.layers]
+
+    def picks(self, choice: Sequence[tuple[int, int]]) -> tuple[Choice, ...]:
+        """The space's choices (``_surrogate.Choice``, in the space's layer order) of an env choice."""
+        out = []
+        for i in self._space_index:
+            layer, (b, r) = self.layers[i], choice[i]
+            out.append(Choice(layer.weight_bits(b), float(layer.ratios[r])))
+        return tuple(out)
+
+    def score(self, picks: Sequence[Choice]) -> float:
+        return surrogate_reward(self.surrogate.latency(picks), self.surrogate.loss(picks), self.bound)
+
+    def _finish(self, params: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        picks = self.picks(self._choice)
+        self.seen.add(picks)
+        return self.score(picks), {"params": params, "surrogate": True}
+
+
 # --- exploration, stopping, warm start -------------------------------------------------
 
 
@@ -407,15 +430,6 @@ class DecayingNormalNoise(ActionNoise):  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"DecayingNormalNoise(sigma={self.sigma:.3f}, decay={self.decay}, floor={self.floor})"
-
-
-class _StopWhenSpent(BaseCallback):  # type: ignore[misc]
-    def __init__(self, env: CompressionEnv) -> None:
-        super().__init__()
-        self._env = env
-
-    def _on_step(self) -> bool:
-        return not self._env.exhausted
 
 
 def warm_start(model: Any, env: CompressionEnv, study: Any) -> int:
@@ -448,27 +462,44 @@ def _build(algo: str, env: CompressionEnv, runner: SearchRunner, seed: int) -> A
     if algo == "ppo":
         return PPO("MlpPolicy", env, n_steps=steps * 4, batch_size=steps * 4, **common)
     history = len(runner.study.get_trials(deepcopy=False))
-    off = {"learning_starts": steps * min(5, max(2, runner.n_trials // 6)), "train_freq": (1, "step"),
+    off = {"learning_starts": steps * WARMUP_EPISODES, "train_freq": (1, "step"),
            "gradient_steps": 1, "batch_size": 64,
-           "buffer_size": max(10_000, steps * (runner.n_trials + history + 2))}
+           "buffer_size": min(200_000, max(10_000, steps * (INNER_FIRST + (INNER_EACH + 1) * runner.n_trials
+                                                            + history + 2)))}
     if algo == "sac":
         return SAC("MlpPolicy", env, **off, **common)
     cls = DDPG if algo == "ddpg" else TD3
     return cls("MlpPolicy", env, action_noise=DecayingNormalNoise(2), **off, **common)
 
 
+WARMUP_EPISODES = 50  # random surrogate episodes before an off-policy agent learns
+INNER_FIRST = 400  # surrogate episodes before the first proposal
+INNER_EACH = 100  # surrogate episodes between proposals
+
+
 @dataclass
 class RLAgent:
-    """A stable-baselines3 agent proposing one plan per episode of a CompressionEnv.
+    """A stable-baselines3 agent trained where training is cheap.
 
-    After ``run``: ``model`` is the trained SB3 model and ``warm_started`` the number of
-    earlier trials its replay buffer was filled with.
+    Its episodes run against the surrogate (``SurrogateEnv``: the target's measured latency
+    model and the per-layer sensitivities, milliseconds an episode): ``INNER_FIRST`` of them
+    before the first proposal and ``INNER_EACH`` between proposals. Only its proposals
+    become real trials: the plan its policy picks greedily, or, if that plan was tried
+    already, the best untried plan its training visited by the surrogate's score. Every real
+    trial corrects the latency model and moves the boundary (where the floor lies on
+    summed sensitivity), and off-policy agents take it into their replay buffer with its
+    real reward. The settings are the same for every network.
+
+    After ``run``: ``model`` is the trained SB3 model, ``warm_started`` the number of
+    earlier trials its replay buffer was filled with, and ``surrogate`` what it learnt.
     """
 
     name: str
     context: AgentContext
     model: Any = field(default=None, repr=False)
     warm_started: int = 0
+    surrogate: Surrogate | None = field(default=None, repr=False)
+    proposals: list[str] = field(default_factory=list)  # how each proposal was chosen
 
     def sampler(self) -> Any:
         return ProposalSampler()
@@ -476,17 +507,74 @@ class RLAgent:
     def run(self, runner: SearchRunner) -> None:
         if runner.remaining() <= 0:
             return
-        env = CompressionEnv(runner)
+        space, problem = self.context.space, runner.problem
+        self.surrogate = surrogate = Surrogate(space, problem.table, latency_model(problem, space),
+                                               sensitivities(problem, space, folder=self.context.folder))
+        real = CompressionEnv(runner, sensitivity=layer_sensitivity(problem.table, space, surrogate.sens))
+        env = SurrogateEnv(runner, surrogate)
+        probe = SurrogateEnv(runner, surrogate)  # greedy rollouts, apart from the env SB3 steps
+        probe.seen = env.seen
+        tried = self._history(runner, env, surrogate)
         self.model = model = _build(self.name, env, runner, self.context.run_seed)
         if self.name in OFF_POLICY:
-            self.warm_started = warm_start(model, env, runner.study)
-            model.learning_starts = max(0, model.learning_starts - self.warm_started * env.steps_per_episode)
-        callback = _StopWhenSpent(env)
+            self.warm_started = warm_start(model, real, runner.study)
+        rng = np.random.default_rng(self.context.run_seed)
+        episodes = INNER_FIRST
         first = True
-        while not env.exhausted and runner.remaining() > 0:
-            before = len(runner.study.get_trials(deepcopy=False))
-            model.learn(total_timesteps=env.steps_per_episode * runner.remaining(), callback=callback,
-                        reset_num_timesteps=first, progress_bar=False)
-            first = False
-            if len(runner.study.get_trials(deepcopy=False)) == before:  # nothing ran: do not spin
-                break
+        try:
+            while runner.remaining() > 0:
+                env.bound = probe.bound = surrogate.boundary.bound()
+                model.learn(total_timesteps=env.steps_per_episode * episodes, reset_num_timesteps=first,
+                            progress_bar=False)
+                first, episodes = False, INNER_EACH
+                picks = self._propose(model, probe, tried, rng)
+                outcome = runner.run_trial(space.params(plan_of(space, picks)))
+                if outcome is None:
+                    break
+                tried.add(picks)
+                surrogate.observe(picks, outcome.result, runner.settings.min_retention, cached=outcome.cached)
+                if self.name in OFF_POLICY and outcome.result is not None:
+                    _add_episode(model, real, outcome.params, trial_reward(outcome.result, runner.settings))
+        finally:
+            if self.context.folder is not None:
+                write_json(self.context.folder / f"{self.name}_surrogate.json",
+                           {**surrogate.report(), "proposals": self.proposals})
+
+    def _history(self, runner: SearchRunner, env: SurrogateEnv, surrogate: Surrogate) -> set[tuple[Choice, ...]]:
+        """Plans the study measured already (a resumed or shared search) correct the surrogate."""
+        tried: set[tuple[Choice, ...]] = set()
+        for trial in runner.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            record = TrialRecord.from_trial(trial)
+            choice = env.choice_of(record.params)
+            if choice is None or record.result is None:
+                continue
+            picks = env.picks(choice)
+            tried.add(picks)
+            surrogate.observe(picks, record.result, runner.settings.min_retention, cached=record.repeat)
+        return tried
+
+    def _propose(self, model: Any, env: SurrogateEnv, tried: set[tuple[Choice, ...]],
+                 rng: np.random.Generator) -> tuple[Choice, ...]:
+        obs, _ = env.reset()
+        for _ in range(env.steps_per_episode):
+            action, _ = model.predict(obs, deterministic=True)
+            obs, *_ = env.step(action)
+        greedy = env.picks(env._choice)
+        if greedy not in tried and not plan_of(env.space, greedy).is_identity:
+            self.proposals.append("greedy")
+            return greedy
+        fresh = [p for p in env.seen if p not in tried and not plan_of(env.space, p).is_identity]
+        if fresh:
+            self.proposals.append("visited")
+            return max(fresh, key=lambda p: (env.score(p), repr(p)))
+        self.proposals.append("random")
+        return tuple(layer[int(rng.integers(len(layer)))] for layer in layer_choices(env.space))
+
+
+def _add_episode(model: Any, env: CompressionEnv, params: Mapping[str, Any], reward: float) -> None:
+    """A real trial's episode into an off-policy model's replay buffer."""
+    steps = env.replay(params)
+    for k, (obs, action, nxt) in enumerate(steps or []):
+        last = k == len(steps) - 1  # type: ignore[arg-type]
+        model.replay_buffer.add(obs[None], nxt[None], action[None], np.array([reward if last else 0.0]),
+                                np.array([last]), [{}])

@@ -12,6 +12,7 @@ import numpy as np
 import optuna
 import pytest
 
+from autoquant.search._rl import layer_sensitivity
 from autoquant.search import (
     AgentContext,
     CompressionEnv,
@@ -38,6 +39,12 @@ def space(cartpole_problem):  # type: ignore[no-untyped-def]
     return load_space("joint", cartpole_problem.table)
 
 
+def _env(runner):  # type: ignore[no-untyped-def]
+    """A CompressionEnv whose sensitivity features are left at 0: these tests are about
+    plans, budgets and trials, not about what the features say."""
+    return CompressionEnv(runner, sensitivity=[0.0] * len(runner.problem.table))
+
+
 def _runner(tmp_path: Path, space, problem, budget: int, agent: str = "test"):  # type: ignore[no-untyped-def]
     tmp_path.mkdir(parents=True, exist_ok=True)
     study = open_study(f"sqlite:///{tmp_path / 'study.db'}", "s", "single", ProposalSampler())
@@ -60,7 +67,7 @@ def test_bins_map_extreme_actions_to_the_first_and_last_choices() -> None:
 
 def test_extreme_actions_give_the_plain_and_the_most_aggressive_plan(space, cartpole_problem,  # type: ignore[no-untyped-def]
                                                                      tmp_path: Path) -> None:
-    env = CompressionEnv(_runner(tmp_path, space, cartpole_problem, 0))  # budget 0: no trial runs
+    env = _env(_runner(tmp_path, space, cartpole_problem, 0))  # budget 0: no trial runs
     plain = {"fc1.bits": "float", "fc1.prune": 0.0, "fc2.bits": "float", "fc2.prune": 0.0, "fc3.bits": "float"}
     aggressive = {"fc1.bits": "8", "fc1.prune": 0.75, "fc2.bits": "4", "fc2.prune": 0.75, "fc3.bits": "4"}
     for value, want in ((-1.0, plain), (1.0, aggressive)):
@@ -91,7 +98,7 @@ def test_check_env_with_the_real_runner(space, cartpole_problem, tmp_path: Path)
     from stable_baselines3.common.env_checker import check_env
 
     runner = _runner(tmp_path, space, cartpole_problem, 2)
-    env = CompressionEnv(runner)
+    env = _env(runner)
     assert env.steps_per_episode == 3  # fc1 (bits, prune), fc2 (bits, prune), fc3 (bits)
     check_env(env)
     assert env.exhausted and runner.remaining() == 0
@@ -109,7 +116,7 @@ def test_check_env_with_the_real_runner(space, cartpole_problem, tmp_path: Path)
 def test_budget_clipping_keeps_the_plan_under_the_budget(space, cartpole_problem,  # type: ignore[no-untyped-def]
                                                          tmp_path: Path) -> None:
     budget = dataclasses.replace(space, max_size_ratio=0.3)
-    dry = CompressionEnv(_runner(tmp_path / "dry", budget, cartpole_problem, 0))  # no trials: plans only
+    dry = _env(_runner(tmp_path / "dry", budget, cartpole_problem, 0))  # no trials: plans only
     rng = np.random.default_rng(0)
     for _ in range(30):  # whatever the agent wishes, the clipped plan fits
         dry.reset()
@@ -117,7 +124,7 @@ def test_budget_clipping_keeps_the_plan_under_the_budget(space, cartpole_problem
             *_, info = dry.step(rng.uniform(-1, 1, 2).astype(np.float32))
         size, _ = plan_cost(cartpole_problem.table, budget.plan(info["params"]))
         assert size <= 0.3
-    env = CompressionEnv(_runner(tmp_path, budget, cartpole_problem, 1))
+    env = _env(_runner(tmp_path, budget, cartpole_problem, 1))
     env.reset(seed=0)
     for _ in range(env.steps_per_episode):  # the least aggressive wish, run for real
         *_, done, _, info = env.step(np.array([-1.0, -1.0], np.float32))
@@ -163,7 +170,8 @@ def test_resume_warm_starts_the_replay_buffer(space, cartpole_problem, tmp_path:
     steps = 3
     buffer = second.model.replay_buffer
     assert buffer.size() >= steps * (len(done) + 2)
-    env = CompressionEnv(runner)
+    features = layer_sensitivity(cartpole_problem.table, space, second.surrogate.sens)  # as the agent's
+    env = CompressionEnv(runner, sensitivity=features)
     for k, trial in enumerate(done):  # the first transitions are the earlier trials, replayed
         replayed = env.replay(trial.params)
         rows = slice(k * steps, (k + 1) * steps)
