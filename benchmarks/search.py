@@ -3,16 +3,17 @@
 For two policy networks, the Nature-CNN Q-network of a DQN on Pong
 (``dqn-PongNoFrameskip-v4/dqn_pong.pt``, the headline) and the DQN MLP on
 LunarLander (``dqn-LunarLander-v2/LunarLander-v2.zip``, played on LunarLander-v3),
-five searches run with the same trial budget, seed, recorded states, reference
-episodes and retention floor (``autoquant.search._compare.compare``):
+six searches run with the same wall-clock budget (and trial cap), seed, recorded
+states, reference episodes and retention floor (``autoquant.search._compare.compare``):
 
-  joint/ddpg    the meta-RL agent (DDPG) on the joint space (bits + pruning)
+  joint/ddpg    the meta-RL agent (DDPG), trained on the surrogate between real trials
+  joint/ilp     the integer program over the latency model and summed sensitivities
   joint/tpe     Optuna's TPE on the joint space
   joint/random  seeded random search on the joint space
   prune/tpe     TPE on pruning ratios only (fp32 weights)
   quant/tpe     TPE on bit widths only (nothing pruned)
 
-so agents are compared on one space (the first three rows) and spaces with one
+so agents are compared on one space (the first four rows) and spaces with one
 agent (joint/tpe, prune/tpe, quant/tpe). Every trial is measured like
 ``autoquant search`` does it: the graph builder, onnxruntime latency against the
 fp32 export in the same window (latency ratio, lower is faster), the proxy screen,
@@ -40,7 +41,13 @@ passed by luck.
 The Pong checkpoint is partially trained and may be replaced: its reward is read
 from the run, never assumed.
 
-Run from the repository root (about 30 minutes on 2 cores; resumable: run the
+The budget is wall-clock (``--pong-seconds``, ``--lunarlander-seconds``), the agents'
+set-up included (sensitivities, which each model-based agent measures in its own run
+folder); the target's latency model is measured once per network at set-up and reused
+by ddpg and ilp, as a user's later runs on the same target reuse it (its cost is
+reported). A search ends at its wall-clock budget or at its trial cap, never mid-trial.
+
+Run from the repository root (about 45 minutes on 2 cores; resumable: run the
 same command again after an interruption, finished trials are kept):
 
     python benchmarks/search.py                       # full run, writes benchmarks/results/
@@ -77,21 +84,22 @@ from common import DEFAULT_POLICIES, DEFAULT_RESULTS, REPO, quiet, rel  # benchm
 DEFAULT_WORK = REPO / "benchmarks" / "scratch" / "search"
 
 COMBOS: tuple[tuple[str, str], ...] = (
-    ("joint", "ddpg"), ("joint", "tpe"), ("joint", "random"), ("prune", "tpe"), ("quant", "tpe"),
+    ("joint", "ddpg"), ("joint", "ilp"), ("joint", "tpe"), ("joint", "random"), ("prune", "tpe"), ("quant", "tpe"),
 )
-# compare() runs the product methods x agents; the five combos are two products.
+# compare() runs the product methods x agents; the six combos are two products.
 GROUPS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
-    (("joint",), ("ddpg", "tpe", "random")),
+    (("joint",), ("ddpg", "ilp", "tpe", "random")),
     (("prune", "quant"), ("tpe",)),
 )
-SETTINGS = ("trials", "episodes", "confirm_episodes", "envs", "states", "min_retention")
+SETTINGS = ("trials", "seconds", "episodes", "confirm_episodes", "envs", "states", "min_retention")
 
 
 @dataclass(frozen=True)
 class Budget:
     """What one search of a network may spend, and its retention floor."""
 
-    trials: int
+    trials: int  # the cap
+    seconds: float  # the wall-clock budget
     episodes: int
     confirm_episodes: int
     envs: int
@@ -112,11 +120,15 @@ class Network:
 NETWORKS = (
     Network("pong", "Nature-CNN Q-network (DQN, PongNoFrameskip-v4)", "dqn-PongNoFrameskip-v4/dqn_pong.pt",
             "PongNoFrameskip-v4",
-            full=Budget(trials=30, episodes=10, confirm_episodes=6, envs=6, states=512, min_retention=0.9),
-            quick=Budget(trials=2, episodes=1, confirm_episodes=1, envs=1, states=64, min_retention=0.9)),
+            full=Budget(trials=200, seconds=200.0, episodes=10, confirm_episodes=6, envs=6, states=512,
+                        min_retention=0.9),
+            quick=Budget(trials=2, seconds=60.0, episodes=1, confirm_episodes=1, envs=1, states=64,
+                         min_retention=0.9)),
     Network("lunarlander", "MLP Q-network (DQN, LunarLander-v3)", "dqn-LunarLander-v2/LunarLander-v2.zip", None,
-            full=Budget(trials=30, episodes=10, confirm_episodes=20, envs=8, states=1024, min_retention=0.98),
-            quick=Budget(trials=3, episodes=2, confirm_episodes=2, envs=2, states=128, min_retention=0.98)),
+            full=Budget(trials=200, seconds=60.0, episodes=10, confirm_episodes=20, envs=8, states=1024,
+                        min_retention=0.98),
+            quick=Budget(trials=3, seconds=60.0, episodes=2, confirm_episodes=2, envs=2, states=128,
+                         min_retention=0.98)),
 )
 
 
@@ -179,7 +191,7 @@ def base_config(network: Network, policies: Path, budget: Budget, seed: int, arg
 
     return RunConfig(
         policy=str((policies / network.path).resolve()), env_id=network.env_id, method="joint", agent="ddpg",
-        n_trials=budget.trials, min_retention=budget.min_retention, episodes=budget.episodes,
+        n_trials=budget.trials, time_budget_s=budget.seconds, min_retention=budget.min_retention, episodes=budget.episodes,
         confirm_episodes=budget.confirm_episodes, n_states=budget.states, n_envs=budget.envs, seed=seed,
         argv=tuple(argv),
     )
@@ -230,6 +242,14 @@ def prepare(out: Path, base: Any, log: Callable[[str], None]) -> float | None:
         if not (folder / "run.json").is_file():
             start_run(folder, dataclasses.replace(base, method=method, agent=agent, study_name=None),
                       share_from=first)
+    model_path = out / LATENCY_MODEL
+    if not model_path.is_file():  # the target's latency model, measured once for ddpg and ilp
+        from autoquant.search import latency_model
+
+        log("measuring the target's latency model (every layer option alone and every adjacent pair)")
+        t1 = time.perf_counter()
+        model = latency_model(first.problem, first.space)
+        model_path.write_text(json.dumps({"seconds": time.perf_counter() - t1, "probes": model.probes}) + "\n")
     setup = out / SETUP
     return float(json.loads(setup.read_text())["setup_s"]) if setup.is_file() else None
 
@@ -279,6 +299,9 @@ FINISHED = "benchmark_finished.json"
 SETUP = "benchmark_setup.json"
 
 
+LATENCY_MODEL = "latency_model.json"
+
+
 def _finished(folder: Path, trials: int) -> dict[str, Any] | None:
     """The marker this script leaves in a run folder once its search and confirmation are
     done, if it was for ``trials`` trials (compare() would confirm a finished run again)."""
@@ -324,12 +347,14 @@ def _confirmed(folder: Path) -> dict[str, Any] | None:
 
 def run_network(network: Network, policies: Path, out: Path, budget: Budget, seed: int,
                 argv: list[str], calls: int, code: Mapping[str, Any]) -> dict[str, Any]:
-    """The five searches on one network, their combined comparison, and the headline."""
+    """The six searches on one network, their combined comparison, and the headline."""
     from autoquant.report import write_compare
     from autoquant.search import compare
     from autoquant.search import load_run
+    from autoquant.search import SEARCH_SECONDS
 
     out.mkdir(parents=True, exist_ok=True)
+    os.environ["AUTOQUANT_CACHE"] = str(out / "cache")  # latency models: this network's run only
     base = base_config(network, policies, budget, seed, argv)
     progress = Progress()
     t0 = time.perf_counter()
@@ -371,6 +396,7 @@ def run_network(network: Network, policies: Path, out: Path, budget: Budget, see
         row["counts"] = _counts(records)
         row["confirm"] = _confirmed(runs[label].folder)
         row["total_s"] = combo_totals.get(label)
+        row["search_s"] = runs[label].study().user_attrs.get(SEARCH_SECONDS)
         row["code"] = combo_code.get(label)
     head = headline(rows, ort, budget.min_retention)
     progress.log("timing fp32, onnxruntime int8 and the best plans in one window")
@@ -398,6 +424,7 @@ def run_network(network: Network, policies: Path, out: Path, budget: Budget, see
         "headline": head,
         "one_window": window,
         "setup_s": setup_s,
+        "latency_model": json.loads((out / LATENCY_MODEL).read_text()) if (out / LATENCY_MODEL).is_file() else None,
         "wall_s": sum(known),
         "wall_s_complete": len(known) == 2 + len(combo_totals),
         "this_invocation_s": time.perf_counter() - t0,
@@ -491,7 +518,9 @@ def window_headline(window: Sequence[Mapping[str, Any]]) -> dict[str, Any] | Non
 def network_markdown(key: str, data: Mapping[str, Any], png: str | None) -> str:
     s, ref, head = data["settings"], data["reference"], data["headline"]
     ort = ref["onnxruntime_int8"]
-    settings = (f"`{data['policy']}` on {data['env_id']}; {s['trials']} trials per search, at most {s['episodes']} "
+    budget = (f"{s['seconds']:.0f} s of wall-clock per search (at most {s['trials']} trials)" if s.get("seconds")
+              else f"{s['trials']} trials per search")
+    settings = (f"`{data['policy']}` on {data['env_id']}; {budget}, at most {s['episodes']} "
                 f"episodes per played trial ({s['envs']} envs in lockstep; the sequential test stops sooner), "
                 f"{s['confirm_episodes']} fresh episodes to confirm, {s['states']} recorded states, retention floor "
                 f"{s['min_retention']}, initial proxy screen {s['fidelity_floor']}, seed {s['seed']}, target "
@@ -508,9 +537,10 @@ def network_markdown(key: str, data: Mapping[str, Any], png: str | None) -> str:
         lines += [point, ""]
     else:
         lines += [f"onnxruntime uniform int8 could not be built: {ort.get('error')}", ""]
-    headers = ["combo", "best latency ratio", "its retention", "hypervolume", "trials to 95 %", "search wall s",
-               "total s", "speed-up vs ort int8", "played / feasible / failed", "confirmed (fresh seeds)"]
-    lines += ["| " + " | ".join(headers) + " |", "|:---|" + "---:|" * 8 + ":---|"]
+    headers = ["combo", "best latency ratio", "its retention", "hypervolume", "trials to 95 %", "trials",
+               "search s", "total s", "speed-up vs ort int8", "played / feasible / failed",
+               "confirmed (fresh seeds)"]
+    lines += ["| " + " | ".join(headers) + " |", "|:---|" + "---:|" * 9 + ":---|"]
     for row in data["rows"]:
         c = row.get("confirm")
         if c is None:
@@ -524,11 +554,15 @@ def network_markdown(key: str, data: Mapping[str, Any], png: str | None) -> str:
         speedup = (row.get("speedup_vs") or {}).get("onnxruntime int8")
         lines.append("| " + " | ".join([
             row["combo"], _fmt(row["best_latency_ratio"]), _fmt(row["best_retention"]),
-            _fmt(row["hypervolume"], 4), _fmt(row["trials_to_95"]), _fmt(row["wall_s"], 0),
+            _fmt(row["hypervolume"], 4), _fmt(row["trials_to_95"]),
+            str(counts["complete"] - counts["cached"] + counts["failed"]), _fmt(row.get("search_s", row["wall_s"]), 0),
             _fmt(row.get("total_s"), 0), _fmt(speedup, 2) + ("x" if speedup is not None else ""),
             f"{counts['played']} / {counts['feasible']} / {counts['failed']}", confirm]) + " |")
     lines.append("")
     setup = f"{data['setup_s']:.0f} s" if data.get("setup_s") is not None else "not recorded"
+    model = data.get("latency_model")
+    if model:
+        setup += f", of which the target's latency model {model['seconds']:.0f} s ({model['probes']} probes)"
     lines += [f"Wall time: {data['wall_s'] / 60:.1f} min (set-up {setup}, then the searches with their "
               "confirmations, then the one-window timing)"
               + ("" if data.get("wall_s_complete") else "; some parts were run before this script kept time")
@@ -604,12 +638,12 @@ def _noise_note(results: Mapping[str, Any]) -> str:
 def document(results: Mapping[str, Any], sections: Sequence[str], facts_md: str) -> str:
     combos = ", ".join(f"{m}/{a}" for m, a in COMBOS)
     return (
-        "# Search: meta-RL agent vs TPE vs random, joint vs prune-only vs quant-only\n\n"
+        "# Search: meta-RL agent vs ILP vs TPE vs random, joint vs prune-only vs quant-only\n\n"
         f"autoquant {results['autoquant_version']}. Reproduce from the repository root "
         f"({results['total_wall_s'] / 60:.1f} min here for everything below):\n\n"
         f"    {results['command']}\n\n"
         f"{code_text(results)}\n\n"
-        f"Five searches per network ({combos}) with the same budget, seed, recorded states, "
+        f"Six searches per network ({combos}) with the same wall-clock budget, seed, recorded states, "
         "reference episodes and retention floor, run by `autoquant.search._compare.compare`. "
         "Latency ratio = p10 latency of the compressed ONNX model / the fp32 ONNX export, timed "
         "interleaved in one window on the target (batch 1, 1 thread); retention = (R_plan - R_random) / "
@@ -621,12 +655,15 @@ def document(results: Mapping[str, Any], sections: Sequence[str], facts_md: str)
         "Columns: **best latency ratio** / **its retention**: the fastest played trial at or above the "
         "floor (search seeds); **hypervolume**: area dominated in (latency ratio, retention) from "
         "(1.5, floor - 0.1); **trials to 95 %**: trials until a search is within 95 % of the best speed-up "
-        "any search on the network found; **search wall s**: first trial start to last trial end; "
+        "any search on the network found; **trials**: trials measured (repeats of a measured plan not "
+        "counted); **search s**: what the wall-clock budget counts, the agent's set-up (sensitivities) and "
+        "every trial; "
         "**total s**: the search plus its confirmation and report, timed by the invocation that ran it; **speed-up vs ort int8**: "
         "onnxruntime int8's latency ratio / the best latency ratio; **confirmed**: the best feasible plans "
         "replayed on fresh seeds, the first that keeps the floor.\n\n"
-        "Notes: joint/ddpg's total s includes the meta-RL agent's per-layer sensitivity probes (one "
-        "compression per layer) before its first trial; they are not trials. " + _noise_note(results) +
+        "Notes: the target's latency model is measured once per network at set-up (reported with it) and "
+        "read by joint/ddpg and joint/ilp, as a user's later searches on the same target read it. "
+        + _noise_note(results) +
         " The confirmation on fresh seeds guards against plans that passed by luck; retentions above 1 are "
         "that noise too. Searches with the same seed share their first trials when their samplers "
         "start alike (TPE's start-up trials are random search's first trials).\n\n"
@@ -685,7 +722,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         changes = {name: getattr(args, f"{network.key}_{name}") for name in SETTINGS
                    if getattr(args, f"{network.key}_{name}") is not None}
         budget = dataclasses.replace(budget, **changes)
-        if min(budget.trials, budget.episodes, budget.confirm_episodes, budget.envs, budget.states) < 1:
+        if min(budget.trials, budget.seconds, budget.episodes, budget.confirm_episodes, budget.envs,
+               budget.states) <= 0:
             parser.error(f"{network.key}: budgets must be positive")
         if not 0.0 < budget.min_retention <= 1.5:
             parser.error(f"{network.key}: the retention floor must be in (0, 1.5]")
