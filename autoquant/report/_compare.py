@@ -10,7 +10,7 @@ from typing import Any
 
 from autoquant._io import atomic_write
 from autoquant._version import __version__
-from autoquant.report._best import best_feasible, trials_to_reach
+from autoquant.report._best import best_feasible, best_so_far, trials_to_reach
 from autoquant.report._hypervolume import hypervolume
 from autoquant.report._markdown import fmt, table
 from autoquant.report._plots import plot_compare
@@ -22,6 +22,7 @@ COMPARE_VERSION = 1
 HV_LATENCY_RATIO = 1.5      # hypervolume reference: 1.5x the fp32 latency ...
 HV_RETENTION_MARGIN = 0.1   # ... and 0.1 below the retention floor
 TARGET_FRACTION = 0.95      # trials_to_95: reach 95 % of the best speed-up any combo found
+EARLY_TRIALS = 10           # best_at_10: the best feasible latency ratio after this many trials
 
 
 def hypervolume_reference(floor: float) -> dict[str, float]:
@@ -71,7 +72,9 @@ def compare_table(
             "hypervolume": hypervolume(points, (hv_ref["latency_ratio"], hv_ref["retention"]),  # type: ignore[arg-type]
                                        ("min", "max")),
             "trials_to_95": None,
+            "best_at_10": _best_at(records, EARLY_TRIALS),
             "wall_s": value(result, "wall_s"),
+            "search_s": value(result, "search_s"),
         }
         if references is not None:
             ratio = row["best_latency_ratio"]
@@ -86,6 +89,13 @@ def compare_table(
     return rows
 
 
+def _best_at(records: Sequence[Mapping[str, Any]], n: int) -> float | None:
+    """The best feasible latency ratio after the first ``n`` counted trials (fewer if the run
+    had fewer); None when none of them was feasible and faster than fp32."""
+    bests = best_so_far(records)[:n]
+    return bests[-1] if bests else None
+
+
 _COLUMNS = [
     ("combo", "the search: method/agent"),
     ("trials", "trial records in the run, failed and unplayed ones included"),
@@ -97,7 +107,11 @@ _COLUMNS = [
     ("trials to 95 %", ("trials (1-based, trial-number order, failed ones included) until the best feasible "
                         "latency ratio is <= the target above, i.e. within 95 % of the best speed-up any "
                         "combo found; '-' = never")),
-    ("wall s", "wall-clock seconds of the whole run, as given"),
+    ("best at 10", (f"the best latency ratio among feasible plans after the first {EARLY_TRIALS} counted trials "
+                    "(trial-number order): how good a search is early; '-' = none yet")),
+    ("wall s", "wall-clock seconds from the first trial's start to the last one's end"),
+    ("search s", "seconds the search's wall-clock budget counts: the agent's set-up (a model-based agent's "
+                 "sensitivities and latency model) and every trial, all sessions"),
 ]
 
 
@@ -105,11 +119,12 @@ def _markdown(rows: Sequence[Mapping[str, Any]], floor: float, target: float | N
               references: Mapping[str, Mapping[str, Any]] | None) -> str:
     hv_ref = hypervolume_reference(floor)
     ref_names = list(rows[0].get("speedup_vs", {})) if rows else []
-    headers = ["combo", "trials", "best latency ratio", "best retention", "hypervolume", "trials to 95 %", "wall s"]
+    headers = ["combo", "trials", "best latency ratio", "best retention", "hypervolume", "trials to 95 %",
+               "best at 10", "wall s", "search s"]
     headers += [f"speed-up vs {name}" for name in ref_names]
     body = [[row["combo"], row["trials"], fmt(row["best_latency_ratio"]), fmt(row["best_retention"]),
              fmt(row["hypervolume"], 4), row["trials_to_95"] if row["trials_to_95"] is not None else "-",
-             fmt(row["wall_s"], 1)]
+             fmt(row["best_at_10"]), fmt(row["wall_s"], 1), fmt(row["search_s"], 1)]
             + [fmt(row["speedup_vs"].get(name), 2) for name in ref_names] for row in rows]
     target_line = (f"Target for trials to 95 %: latency ratio <= {fmt(target)} (best feasible latency ratio "
                    f"of all combos / {TARGET_FRACTION})." if target is not None
@@ -118,7 +133,7 @@ def _markdown(rows: Sequence[Mapping[str, Any]], floor: float, target: float | N
                f"{fmt(hv_ref['latency_ratio'])}, retention {fmt(hv_ref['retention'])} "
                f"(floor - {HV_RETENTION_MARGIN}); a trial adds area only if it is faster and retains more than that.")
     lines = ["# autoquant comparison", "", hv_line, target_line, ""]
-    lines += table(headers, body, "lrrrrrr" + "r" * len(ref_names))
+    lines += table(headers, body, "lrrrrrrrr" + "r" * len(ref_names))
     lines += ["", "## Columns", ""] + [f"- **{name}**: {text}" for name, text in _COLUMNS]
     if ref_names:
         lines.append("- **speed-up vs NAME**: the reference's latency ratio / the best latency ratio "

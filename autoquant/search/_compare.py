@@ -9,6 +9,7 @@ from typing import Any
 from autoquant._io import check_output_folder
 from autoquant.errors import UsageError
 from autoquant.search._run import Run, RunConfig, load_run, start_run
+from autoquant.search._study import SEARCH_SECONDS
 
 __all__ = ["compare"]
 
@@ -50,8 +51,9 @@ def compare(out: Path, base: RunConfig, *, methods: Sequence[str], agents: Seque
             run.write_report()
             runs[label] = run
     results: dict[str, dict[str, Any]] = {label: {"records": run.report_records()} for label, run in runs.items()}
-    for entry in results.values():
+    for label, entry in results.items():
         entry["wall_s"] = _wall_s(entry["records"])
+        entry["search_s"] = runs[label].study().user_attrs.get(SEARCH_SECONDS)
     references = next(iter(runs.values())).references()
     rows = write_compare(out, results, floor=base.min_retention, references=references)
     return {"out": str(out), "rows": rows, "runs": {label: str(run.folder) for label, run in runs.items()}}

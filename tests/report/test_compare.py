@@ -37,6 +37,20 @@ def test_rows_per_combo(results) -> None:  # type: ignore[no-untyped-def]
     assert quant["hypervolume"] == 0.0                   # retention 0.5 is below the reference
 
 
+def test_best_after_the_first_trials(results) -> None:  # type: ignore[no-untyped-def]
+    from autoquant.report._compare import EARLY_TRIALS
+
+    many = {"joint/tpe": {"records": [trial(i, 0.9 - 0.01 * i, 0.99) for i in range(EARLY_TRIALS + 5)],
+                          "search_s": 42.0}}
+    rows = {row["combo"]: row for row in compare_table({**results, **many}, floor=FLOOR)}
+    # the 10th trial (number 9) is the best of the first ten; the later, faster ones do not count
+    assert rows["joint/tpe"]["best_at_10"] == pytest.approx(0.9 - 0.01 * (EARLY_TRIALS - 1))
+    assert rows["joint/tpe"]["best_latency_ratio"] == pytest.approx(0.9 - 0.01 * (EARLY_TRIALS + 4))
+    assert rows["joint/tpe"]["search_s"] == 42.0 and rows["joint/random"]["search_s"] is None
+    assert rows["joint/random"]["best_at_10"] == 0.52  # a run shorter than ten: its best so far
+    assert rows["quant/tpe"]["best_at_10"] is None
+
+
 def test_speedup_against_references(results) -> None:  # type: ignore[no-untyped-def]
     refs = {"fp32": {"latency_ratio": 1.0, "retention": 1.0}, "onnxruntime int8": {"latency_ratio": 0.6},
             "broken": {"latency_ratio": None}}
