@@ -251,3 +251,23 @@ def test_resume_after_an_interrupted_set_up_says_to_start_again(tmp_path: Path) 
     proc = run_cli("search", "--out", str(tmp_path / "run"), "--resume")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "no run.json" in proc.stderr and "start the search again without --resume" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "inf"])
+def test_a_bad_time_budget_is_one_line_and_exit_2(value: str, cartpole_dqn_path: Path, tmp_path: Path) -> None:
+    proc = run_cli("search", "--policy", str(cartpole_dqn_path), "--time-budget", value, "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "--time-budget" in proc.stderr and "seconds" in proc.stderr
+    assert not (tmp_path / "r").exists()  # nothing was started
+
+
+def test_a_time_budget_ends_the_search_before_its_trials(cartpole_dqn_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    proc = run_cli("search", "--policy", str(cartpole_dqn_path), "--agent", "random", "--trials", "1000",
+                   "--time-budget", "5", "--states", "256", "--episodes", "2", "--confirm-episodes", "2",
+                   "--out", str(out), "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert 1 <= summary["trials"] < 1000
+    study = optuna.load_study(study_name="r", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.user_attrs["search_seconds"] >= 5.0
