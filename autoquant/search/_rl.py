@@ -1,17 +1,22 @@
 """Meta-RL agents: a gymnasium ``CompressionEnv`` and stable-baselines3 DDPG, TD3, SAC, PPO.
 
-One episode is one plan is one trial. The env takes one step per compressible layer
-that has a free choice (layers with a single choice of bits and ratio are applied
-silently, but their cost and position still count in the features and the budget).
+One episode is one plan. The env takes one step per compressible layer that has a
+free choice (layers with a single choice of bits and ratio are applied silently, but
+their cost and position still count in the features and the budget). The agent
+(``RLAgent``) plays its episodes against the surrogate (``SurrogateEnv``: the target's
+latency model and the summed sensitivities, ``_surrogate``) and sends only its
+proposals to real trials (``CompressionEnv``'s episodes, which the replay buffer takes in).
 
-Observation (float32, bounded in [-1, 1]), per step: the layer's position (index/L),
-is-conv, log2 of its input and output channels (normalised by the network's largest),
-kernel area and stride (normalised by the network's largest), its share of the
-network's parameters and MACs, its sensitivity (fidelity loss on the held-out states of
-the network with only this layer at its most aggressive choice, computed once when
-the agent starts), the previous layer's executed action (the centres of its chosen
-bins), and the budget used so far (estimated size and MAC fractions of the layers
-already decided).
+Observation (float32, bounded in [-1, 1]; layout ``OBS_VERSION`` 2), per step: the
+layer's position (index/L), is-conv, log2 of its input and output channels, kernel
+area and stride (each relative to the network's largest), the share of fp32 latency
+the layer can save on the target (1 - its fastest option's ratio in the latency
+model), its share of the MACs, its largest sensitivity against the current bound
+(``relative_to_bound``: log10(s / bound) / 4), the previous layer's executed action
+(the centres of its chosen bins), the summed sensitivity of the layers already decided
+against the bound, and their MAC fraction. Nothing in it names the network's size or
+scale, so a policy trained on other networks' surrogates reads a new one the same way
+(``_pretrain``).
 
 Action: ``Box(-1, 1, (2,))``, (bits, prune), each mapped by equal bins onto the layer's
 choices: bit widths from float (most precise) to the fewest bits, pruning ratios
@@ -21,8 +26,8 @@ plan meet the budget if every later layer took its most aggressive choice (the m
 aggressive one when none does). Costs are estimated from the LayerTable
 (``plan_cost``), never by compressing.
 
-Reward, 0 on every step but the last; on the last the trial runs and, with
-``ratio`` its measured latency ratio to the fp32 reference:
+Reward, 0 on every step but the last. On the surrogate: ``surrogate_reward``. On the
+last step of a real trial, with ``ratio`` its measured latency ratio to fp32:
 
 - failed trial (no result): -2
 - played, retention >= min_retention: ``-log(ratio)``; in pareto mode
@@ -64,21 +69,25 @@ from autoquant.search._record import TrialRecord, TrialResult
 from autoquant.search._space import SearchSpace
 from autoquant.search._study import ProposalSampler, SearchRunner
 from autoquant.search._surrogate import Choice, Surrogate, latency_model, layer_choices, plan_of, sensitivities
+from autoquant.search._weights import load_weights
 
 __all__ = [
     "OBS_DIM",
+    "OBS_VERSION",
     "CompressionEnv",
     "DecayingNormalNoise",
     "RLAgent",
     "bin_centre",
     "bin_index",
     "layer_features",
-    "layer_sensitivity",
+    "relative_to_bound",
+    "surrogate_reward",
     "trial_reward",
     "warm_start",
 ]
 
 OBS_DIM = 13
+OBS_VERSION = 2  # the observation layout (module docstring); pretrained weights name the one they were made for
 OFF_POLICY = ("ddpg", "td3", "sac")
 _EPS = 1e-9
 
@@ -133,10 +142,11 @@ def _geometry(layer: Any, net: Any) -> tuple[float, float]:
     return float(area), float(max(stride, 1))
 
 
-def layer_features(table: LayerTable, sensitivity: Sequence[float], net: Any = None) -> np.ndarray:
-    """The static part of each layer's observation, shape (layers, 9), values in [0, 1]:
-    index/L, is-conv, log2 in / out channels, kernel area, stride, params share,
-    MACs share, sensitivity."""
+def layer_features(table: LayerTable, net: Any = None, latency_share: Sequence[float] | None = None) -> np.ndarray:
+    """The static part of each layer's observation, shape (layers, 8), values in [0, 1]:
+    index/L, is-conv, log2 in / out channels, kernel area, stride (each relative to the
+    network's largest), the share of fp32 latency the layer can save (from the target's
+    latency model: 1 - its fastest option's ratio; 0 without a model), MACs share."""
     n = len(table)
     log_in = [math.log2(max(layer.in_shape[0], 1)) for layer in table]
     log_out = [math.log2(max(layer.out_shape[0], 1)) for layer in table]
@@ -144,15 +154,23 @@ def layer_features(table: LayerTable, sensitivity: Sequence[float], net: Any = N
     geometry = [_geometry(layer, net) for layer in table]
     top_area = max(g[0] for g in geometry)
     top_stride = max(g[1] for g in geometry)
+    share = list(latency_share) if latency_share is not None else [0.0] * n
     rows = []
     for i, layer in enumerate(table):
         rows.append([
             i / n, float(layer.type == "conv"), log_in[i] / top_log, log_out[i] / top_log,
             geometry[i][0] / top_area, geometry[i][1] / top_stride,
-            layer.params / table.total_params, layer.macs / table.total_macs,
-            float(np.clip(sensitivity[i], 0.0, 1.0)),
+            float(np.clip(share[i], 0.0, 1.0)), layer.macs / table.total_macs,
         ])
     return np.asarray(rows, dtype=np.float32)
+
+
+def relative_to_bound(value: float, bound: float) -> float:
+    """A sensitivity against the bound, in [-1, 1]: log10(value / bound) / 4, so 0 is at
+    the bound and +-1 four decades away (0 and below count as far below)."""
+    if not math.isfinite(value):
+        return 1.0
+    return float(np.clip(math.log10(max(value, 1e-12) / max(bound, 1e-12)) / 4.0, -1.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -189,19 +207,6 @@ def _choices(space: SearchSpace, table: LayerTable) -> list[_Choices]:
     return out
 
 
-# --- sensitivity ---------------------------------------------------------------------
-
-
-def layer_sensitivity(table: LayerTable, space: SearchSpace, sens: Sequence[Mapping[Any, float]]) -> list[float]:
-    """Per layer of ``table``, in [0, 1]: the layer's largest sensitivity (``_surrogate``)
-    on a log scale, relative to the most sensitive layer's (0 for layers the space leaves)."""
-    by_name = {layer.name: max((v for v in s.values() if math.isfinite(v)), default=0.0)
-               for layer, s in zip(space.layers, sens)}
-    logs = {k: math.log10(max(v, 1e-6)) + 6.0 for k, v in by_name.items()}
-    top = max(logs.values(), default=0.0) or 1.0
-    return [logs.get(info.name, 0.0) / top for info in table]
-
-
 # --- the environment -----------------------------------------------------------------
 
 
@@ -214,7 +219,7 @@ class CompressionEnv(gym.Env):  # type: ignore[misc]
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
-    def __init__(self, runner: SearchRunner, *, sensitivity: Sequence[float] | None = None) -> None:
+    def __init__(self, runner: SearchRunner, *, surrogate: Surrogate | None = None) -> None:
         super().__init__()
         self.runner = runner
         self.space: SearchSpace = runner.space
@@ -225,10 +230,15 @@ class CompressionEnv(gym.Env):  # type: ignore[misc]
         if not self.decisions:
             raise UsageError(f"search space {self.space.name!r} leaves no free choice on any layer: "
                              "give some layer more than one weight_bits or prune_ratios entry")
-        if sensitivity is None:
-            sensitivity = layer_sensitivity(self.table, self.space, sensitivities(runner.problem, self.space))
-        self.sensitivity = list(sensitivity)
-        self._static = layer_features(self.table, self.sensitivity, getattr(runner.problem.bundle, "net", None))
+        self.surrogate = surrogate
+        # the bound the sensitivities are observed against: the surrogate's, kept current by the agent
+        self.bound = surrogate.boundary.bound() if surrogate is not None else 1.0
+        self._sens = self._choice_sensitivities(surrogate)
+        self._layer_sens = [max((v for v in s.values()), default=0.0) for s in self._sens]
+        share = None
+        if surrogate is not None:
+            share = [1.0 - min(singles.values()) for singles in surrogate.model.singles]
+        self._static = layer_features(self.table, getattr(runner.problem.bundle, "net", None), share)
         self._fp32_size = 4.0 * self.table.total_params
         self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(OBS_DIM,), dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
@@ -236,6 +246,17 @@ class CompressionEnv(gym.Env):  # type: ignore[misc]
         self.last_outcome: Any = None
         self._choice: list[tuple[int, int]] = [(0, 0)] * len(self.layers)
         self._t = 0
+
+    def _choice_sensitivities(self, surrogate: Surrogate | None) -> list[dict[tuple[int, int], float]]:
+        """Per table layer: the surrogate's sensitivity of each (bits index, ratio index)."""
+        by_name = {layer.name: sens for layer, sens in zip(self.space.layers, surrogate.sens)} \
+            if surrogate is not None else {}
+        out = []
+        for layer in self.layers:
+            sens = by_name.get(layer.name, {})
+            out.append({(b, r): float(sens.get(Choice(layer.weight_bits(b), float(layer.ratios[r])), 0.0))
+                        for b in range(len(layer.bits)) for r in range(len(layer.ratios))})
+        return out
 
     @property
     def steps_per_episode(self) -> int:
@@ -333,7 +354,8 @@ class CompressionEnv(gym.Env):  # type: ignore[misc]
         obs = np.zeros(OBS_DIM, dtype=np.float32)
         i = self.decisions[t] if t < len(self.decisions) else len(self.layers)
         if t < len(self.decisions):
-            obs[:9] = self._static[i]
+            obs[:8] = self._static[i]
+            obs[8] = relative_to_bound(self._layer_sens[i], self.bound)
         else:
             obs[0] = 1.0
         if i > 0:
@@ -341,9 +363,10 @@ class CompressionEnv(gym.Env):  # type: ignore[misc]
             b, r = choice[i - 1]
             obs[9] = bin_centre(b, len(prev.bits))
             obs[10] = bin_centre(r, len(prev.ratios))
-            done = self._costs(choice)[:i]
-            obs[11] = sum(c[0] for c in done) / self._fp32_size
-            obs[12] = sum(c[1] for c in done) / self.table.total_macs
+            obs[11] = relative_to_bound(sum(self._sens[j][choice[j]] for j in range(i)), self.bound)
+            obs[12] = sum(c[1] for c in self._costs(choice)[:i]) / self.table.total_macs
+        else:
+            obs[11] = -1.0  # nothing used yet
         return np.clip(obs, -1.0, 1.0)
 
     def replay(self, params: Mapping[str, Any]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
@@ -368,15 +391,16 @@ class CompressionEnv(gym.Env):  # type: ignore[misc]
 
 
 def surrogate_reward(latency: float, loss: float, bound: float) -> float:
-    """An inner episode's reward: ``-log(predicted latency ratio)``, less ``1 + log(loss /
-    bound)`` (at most 5 in all) when the summed sensitivity exceeds the bound, the
-    surrogate's stand-in for the retention floor (same scale as ``trial_reward``)."""
-    speed = -math.log(max(latency, _EPS))
+    """An inner episode's reward: ``-log(predicted latency ratio)`` when the summed
+    sensitivity keeps within the bound (the surrogate's stand-in for the retention floor);
+    beyond it ``-1 - log(loss / bound)`` (at least -5), whatever the speed, so every plan
+    within the bound outranks every plan beyond it, as a feasible trial outranks an
+    infeasible one."""
     if loss <= bound:
-        return speed
+        return -math.log(max(latency, _EPS))
     if not math.isfinite(loss) or bound <= 0.0:
-        return speed - 5.0
-    return speed - 1.0 - min(4.0, math.log(loss / bound))
+        return -5.0
+    return -1.0 - min(4.0, math.log(loss / bound))
 
 
 class SurrogateEnv(CompressionEnv):
@@ -385,9 +409,8 @@ class SurrogateEnv(CompressionEnv):
     trial. Every plan it scores is remembered, for proposals."""
 
     def __init__(self, runner: SearchRunner, surrogate: Surrogate) -> None:
-        self.surrogate = surrogate
-        super().__init__(runner, sensitivity=layer_sensitivity(runner.problem.table, runner.space, surrogate.sens))
-        self.bound = surrogate.boundary.bound()
+        super().__init__(runner, surrogate=surrogate)
+        self.surrogate: Surrogate = surrogate
         self.seen: set[tuple[Choice, ...]] = set()
         index = {layer.name: i for i, layer in enumerate(self.layers)}
         self._space_index = [index[layer.name] for layer in self.space.layers]
@@ -500,6 +523,8 @@ class RLAgent:
     warm_started: int = 0
     surrogate: Surrogate | None = field(default=None, repr=False)
     proposals: list[str] = field(default_factory=list)  # how each proposal was chosen
+    pretrained: dict[str, Any] | None = None  # the metadata of the pretrained weights it started from
+    warm_bound: float = 1.0  # the bound the replayed earlier trials were observed against
 
     def sampler(self) -> Any:
         return ProposalSampler()
@@ -510,24 +535,40 @@ class RLAgent:
         space, problem = self.context.space, runner.problem
         self.surrogate = surrogate = Surrogate(space, problem.table, latency_model(problem, space),
                                                sensitivities(problem, space, folder=self.context.folder))
-        real = CompressionEnv(runner, sensitivity=layer_sensitivity(problem.table, space, surrogate.sens))
+        real = CompressionEnv(runner, surrogate=surrogate)
         env = SurrogateEnv(runner, surrogate)
         probe = SurrogateEnv(runner, surrogate)  # greedy rollouts, apart from the env SB3 steps
         probe.seen = env.seen
         tried = self._history(runner, env, surrogate)
+        envs = (real, env, probe)
+        for e in envs:
+            e.bound = surrogate.boundary.bound()
+        self.warm_bound = real.bound
         self.model = model = _build(self.name, env, runner, self.context.run_seed)
+        self.pretrained = self._load_pretrained(model)
+        pretrained = bool(self.pretrained and self.pretrained.get("used"))
         if self.name in OFF_POLICY:
             self.warm_started = warm_start(model, real, runner.study)
         rng = np.random.default_rng(self.context.run_seed)
-        episodes = INNER_FIRST
+        # Pretrained weights propose once before any fine-tuning (zero-shot), then fine-tune.
+        episodes = 0 if pretrained else INNER_FIRST
         first = True
         try:
             while runner.remaining() > 0:
-                env.bound = probe.bound = surrogate.boundary.bound()
-                model.learn(total_timesteps=env.steps_per_episode * episodes, reset_num_timesteps=first,
-                            progress_bar=False)
-                first, episodes = False, INNER_EACH
-                picks = self._propose(model, probe, tried, rng)
+                for e in envs:
+                    e.bound = surrogate.boundary.bound()
+                if episodes:
+                    model.learn(total_timesteps=env.steps_per_episode * episodes, reset_num_timesteps=first,
+                                progress_bar=False)
+                    first = False
+                episodes = INNER_FIRST if first and not pretrained else INNER_EACH
+                picks = self._propose(model, probe, tried, rng, allow_random=not first)
+                if picks is None:  # the pretrained policy's own plan breaks the bound: fine-tune first
+                    model.learn(total_timesteps=env.steps_per_episode * INNER_FIRST, reset_num_timesteps=True,
+                                progress_bar=False)
+                    first, episodes = False, INNER_EACH
+                    picks = self._propose(model, probe, tried, rng)
+                assert picks is not None
                 outcome = runner.run_trial(space.params(plan_of(space, picks)))
                 if outcome is None:
                     break
@@ -538,7 +579,19 @@ class RLAgent:
         finally:
             if self.context.folder is not None:
                 write_json(self.context.folder / f"{self.name}_surrogate.json",
-                           {**surrogate.report(), "proposals": self.proposals})
+                           {**surrogate.report(), "proposals": self.proposals, "pretrained": self.pretrained})
+
+    def _load_pretrained(self, model: Any) -> dict[str, Any] | None:
+        """The shipped pretrained weights for this algorithm, loaded into ``model`` (None when
+        there are none, or when they were made for another observation layout)."""
+        loaded = load_weights(self.name, model, obs_version=OBS_VERSION, obs_dim=OBS_DIM)
+        if loaded is None or not loaded["used"]:
+            return loaded
+        if self.name in OFF_POLICY:
+            model.learning_starts = 0  # the policy is already trained: fine-tune from the first step
+            if isinstance(model.action_noise, DecayingNormalNoise):
+                model.action_noise.sigma = model.action_noise.floor
+        return loaded
 
     def _history(self, runner: SearchRunner, env: SurrogateEnv, surrogate: Surrogate) -> set[tuple[Choice, ...]]:
         """Plans the study measured already (a resumed or shared search) correct the surrogate."""
@@ -554,19 +607,30 @@ class RLAgent:
         return tried
 
     def _propose(self, model: Any, env: SurrogateEnv, tried: set[tuple[Choice, ...]],
-                 rng: np.random.Generator) -> tuple[Choice, ...]:
+                 rng: np.random.Generator, *, allow_random: bool = True) -> tuple[Choice, ...] | None:
+        """The next plan to try for real; None, when ``allow_random`` is off, instead of a
+        random plan (nothing the policy picks or visited keeps within the bound)."""
         obs, _ = env.reset()
         for _ in range(env.steps_per_episode):
             action, _ = model.predict(obs, deterministic=True)
             obs, *_ = env.step(action)
         greedy = env.picks(env._choice)
-        if greedy not in tried and not plan_of(env.space, greedy).is_identity:
-            self.proposals.append("greedy")
+        surrogate = env.surrogate
+        if greedy not in tried and not plan_of(env.space, greedy).is_identity \
+                and surrogate.loss(greedy) <= env.bound:
+            zero_shot = bool(self.pretrained and self.pretrained.get("used")) and not self.proposals
+            self.proposals.append("zero-shot" if zero_shot else "greedy")
             return greedy
         fresh = [p for p in env.seen if p not in tried and not plan_of(env.space, p).is_identity]
-        if fresh:
+        within = [p for p in fresh if surrogate.loss(p) <= env.bound]
+        if within:  # the fastest plan its training visited that keeps within the bound
             self.proposals.append("visited")
-            return max(fresh, key=lambda p: (env.score(p), repr(p)))
+            return min(within, key=lambda p: (surrogate.latency(p), surrogate.loss(p), repr(p)))
+        if fresh:  # none keeps within: the least sensitive one
+            self.proposals.append("visited")
+            return min(fresh, key=lambda p: (surrogate.loss(p), surrogate.latency(p), repr(p)))
+        if not allow_random:
+            return None
         self.proposals.append("random")
         return tuple(layer[int(rng.integers(len(layer)))] for layer in layer_choices(env.space))
 

@@ -12,7 +12,6 @@ import numpy as np
 import optuna
 import pytest
 
-from autoquant.search._rl import layer_sensitivity
 from autoquant.search import (
     AgentContext,
     CompressionEnv,
@@ -40,9 +39,9 @@ def space(cartpole_problem):  # type: ignore[no-untyped-def]
 
 
 def _env(runner):  # type: ignore[no-untyped-def]
-    """A CompressionEnv whose sensitivity features are left at 0: these tests are about
-    plans, budgets and trials, not about what the features say."""
-    return CompressionEnv(runner, sensitivity=[0.0] * len(runner.problem.table))
+    """A CompressionEnv without a surrogate (its sensitivity and latency features are 0):
+    these tests are about plans, budgets and trials, not about what the features say."""
+    return CompressionEnv(runner)
 
 
 def _runner(tmp_path: Path, space, problem, budget: int, agent: str = "test"):  # type: ignore[no-untyped-def]
@@ -170,8 +169,8 @@ def test_resume_warm_starts_the_replay_buffer(space, cartpole_problem, tmp_path:
     steps = 3
     buffer = second.model.replay_buffer
     assert buffer.size() >= steps * (len(done) + 2)
-    features = layer_sensitivity(cartpole_problem.table, space, second.surrogate.sens)  # as the agent's
-    env = CompressionEnv(runner, sensitivity=features)
+    env = CompressionEnv(runner, surrogate=second.surrogate)
+    env.bound = second.warm_bound  # the bound the earlier trials were replayed against
     for k, trial in enumerate(done):  # the first transitions are the earlier trials, replayed
         replayed = env.replay(trial.params)
         rows = slice(k * steps, (k + 1) * steps)

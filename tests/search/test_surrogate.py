@@ -4,6 +4,7 @@ wall-clock budget, and the meta-RL agent proposing through the surrogate."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from autoquant.search import AgentContext, ProposalSampler, SearchRunner, TrialR
 from autoquant.search._rl import SurrogateEnv, surrogate_reward
 from autoquant.search._study import SEARCH_SECONDS
 from autoquant.search._surrogate import Boundary, layer_choices, plan_of, sensitivities
+from autoquant.search._weights import PRETRAINED_DIR
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +86,12 @@ def test_boundary_brackets_the_floor_between_feasible_and_infeasible_plans() -> 
 def test_surrogate_reward_prefers_fast_plans_within_the_bound() -> None:
     assert surrogate_reward(0.5, 0.01, 0.02) == pytest.approx(-math.log(0.5))
     assert surrogate_reward(0.3, 0.01, 0.02) > surrogate_reward(0.5, 0.01, 0.02)
-    over = surrogate_reward(0.3, 0.04, 0.02)
-    assert over == pytest.approx(-math.log(0.3) - 1 - math.log(2))
-    assert over < surrogate_reward(0.9, 0.01, 0.02)  # slower but within the bound wins
-    assert surrogate_reward(0.3, 1e9, 0.02) == pytest.approx(-math.log(0.3) - 5)  # the penalty is capped
-    assert surrogate_reward(0.3, math.inf, 0.02) == pytest.approx(-math.log(0.3) - 5)
+    over = surrogate_reward(0.1, 0.04, 0.02)
+    assert over == pytest.approx(-1 - math.log(2))
+    assert over < surrogate_reward(1.2, 0.01, 0.02)  # even slower than fp32 within the bound wins
+    assert surrogate_reward(0.1, 0.08, 0.02) < over  # further beyond is worse
+    assert surrogate_reward(0.3, 1e9, 0.02) == pytest.approx(-5)  # the penalty is capped
+    assert surrogate_reward(0.3, math.inf, 0.02) == pytest.approx(-5)
 
 
 def test_time_budget_ends_the_search_and_adds_up_across_sessions(cartpole_problem, space,  # type: ignore[no-untyped-def]
@@ -119,6 +122,8 @@ def test_rl_agent_proposes_through_the_surrogate(cartpole_problem, space, tmp_pa
     agent.run(runner)
     surrogate = agent.surrogate
     assert surrogate is not None and len(agent.proposals) == len(study.get_trials())
+    assert agent.pretrained is not None and agent.pretrained["used"]  # the shipped weights fit the agent
+    assert agent.pretrained["sha256"] == json.loads((PRETRAINED_DIR / "ddpg.json").read_text())["sha256"]
     measured = [t for t in study.get_trials() if t.user_attrs.get("result") and not t.user_attrs.get("cached")]
     assert len(surrogate.model.errors) == len(measured)  # every measured trial corrected the latency model
     known = len(surrogate.boundary.feasible) + len(surrogate.boundary.infeasible)
