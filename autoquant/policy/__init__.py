@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from autoquant.policy._arch import Block, build_chain
 from autoquant.policy._bundle import ActionSpec, PolicyBundle
 from autoquant.policy._envs import canonical_env_id, is_atari, make_env, read_zoo_yaml
 from autoquant.policy._layers import LayerInfo, LayerTable, analyse, analyse_module
@@ -9,11 +10,13 @@ from autoquant.policy._load import load_policy
 
 __all__ = [
     "ActionSpec",
+    "Block",
     "LayerInfo",
     "LayerTable",
     "PolicyBundle",
     "analyse",
     "analyse_module",
+    "build_chain",
     "canonical_env_id",
     "is_atari",
     "load_policy",
