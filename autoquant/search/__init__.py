@@ -25,7 +25,7 @@ from autoquant.search._run import CONFIRM_FORMAT, RUN_FORMAT, Run, RunConfig, lo
 from autoquant.search._space import LayerChoices, SearchSpace, available_spaces, load_space
 from autoquant.search._latency import LatencyModel
 from autoquant.search._study import SEARCH_SECONDS, ProposalSampler, SearchRunner, TrialOutcome, open_study, trial_records
-from autoquant.search._surrogate import Boundary, Surrogate, latency_model, sensitivities
+from autoquant.search._surrogate import Boundary, Choice, Surrogate, latency_model, layer_choices, sensitivities
 
 if TYPE_CHECKING:
     from autoquant.search._rl import CompressionEnv, RLAgent, bin_centre, bin_index, trial_reward
@@ -51,6 +51,7 @@ __all__ = [
     "Agent",
     "AgentContext",
     "Boundary",
+    "Choice",
     "LatencyModel",
     "LayerChoices",
     "ProblemSettings",
@@ -72,6 +73,7 @@ __all__ = [
     "compare",
     "fidelity_score",
     "latency_model",
+    "layer_choices",
     "load_run",
     "load_space",
     "make_agent",
