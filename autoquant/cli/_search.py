@@ -125,7 +125,9 @@ class SearchCommand(Command):
         _add_run_arguments(parser)
         parser.add_argument("--method", default="joint",
                             help="search space: joint, prune, quant, or a .toml path (default joint)")
-        parser.add_argument("--agent", default="ddpg", help="ddpg, td3, sac, ppo, tpe, nsga2, random, ilp (default ddpg)")
+        parser.add_argument("--agent", default="ilp",
+                            help="ilp, ddpg, td3, sac, ppo, tpe, nsga2, random (default ilp: it finds the fastest "
+                                 "plans at the floor in benchmarks/results/search.md)")
         parser.add_argument("--out", type=Path, help="run folder (default runs/<policy name>)")
         parser.add_argument("--resume", action="store_true", help="continue the run in --out")
         parser.add_argument("--storage", help="Optuna storage URL shared by workers (default: SQLite in --out)")
@@ -237,8 +239,8 @@ class CompareCommand(Command):
         _add_run_arguments(parser)
         parser.add_argument("--methods", type=names, default=["prune", "quant", "joint"],
                             help="comma-separated search spaces (default prune,quant,joint)")
-        parser.add_argument("--agents", type=names, default=["ddpg", "tpe", "random"],
-                            help="comma-separated agents (default ddpg,tpe,random)")
+        parser.add_argument("--agents", type=names, default=["ilp", "ddpg", "tpe", "random"],
+                            help="comma-separated agents (default ilp,ddpg,tpe,random)")
         parser.add_argument("--out", type=Path, required=True, help="comparison folder (resumable)")
 
     def run(self, args: argparse.Namespace) -> dict[str, Any]:

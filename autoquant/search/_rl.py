@@ -170,6 +170,8 @@ def relative_to_bound(value: float, bound: float) -> float:
     the bound and +-1 four decades away (0 and below count as far below)."""
     if not math.isfinite(value):
         return 1.0
+    if not math.isfinite(bound):
+        return -1.0
     return float(np.clip(math.log10(max(value, 1e-12) / max(bound, 1e-12)) / 4.0, -1.0, 1.0))
 
 
@@ -608,8 +610,10 @@ class RLAgent:
 
     def _propose(self, model: Any, env: SurrogateEnv, tried: set[tuple[Choice, ...]],
                  rng: np.random.Generator, *, allow_random: bool = True) -> tuple[Choice, ...] | None:
-        """The next plan to try for real; None, when ``allow_random`` is off, instead of a
-        random plan (nothing the policy picks or visited keeps within the bound)."""
+        """The next plan to try for real: the policy's greedy plan if it keeps within the bound
+        and is new, else the fastest new plan its training visited within the bound. Failing
+        both: None when ``allow_random`` is off (the policy has not trained on this network
+        yet), else the least sensitive visited plan, else a random one."""
         obs, _ = env.reset()
         for _ in range(env.steps_per_episode):
             action, _ = model.predict(obs, deterministic=True)
@@ -626,11 +630,11 @@ class RLAgent:
         if within:  # the fastest plan its training visited that keeps within the bound
             self.proposals.append("visited")
             return min(within, key=lambda p: (surrogate.latency(p), surrogate.loss(p), repr(p)))
+        if not allow_random:  # nothing the policy knows keeps within the bound: it must learn first
+            return None
         if fresh:  # none keeps within: the least sensitive one
             self.proposals.append("visited")
             return min(fresh, key=lambda p: (surrogate.loss(p), surrogate.latency(p), repr(p)))
-        if not allow_random:
-            return None
         self.proposals.append("random")
         return tuple(layer[int(rng.integers(len(layer)))] for layer in layer_choices(env.space))
 

@@ -77,7 +77,7 @@ class RunConfig:
     device: str | None = None
     secret_file: str | None = None
     method: str = "joint"
-    agent: str = "ddpg"
+    agent: str = "ilp"
     n_trials: int = 200
     time_budget_s: float | None = None
     mode: str = "single"

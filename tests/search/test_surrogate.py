@@ -132,3 +132,27 @@ def test_rl_agent_proposes_through_the_surrogate(cartpole_problem, space, tmp_pa
     # The inner loop scored many more plans than the study paid for.
     env = SurrogateEnv(runner, surrogate)
     assert env.steps_per_episode == 3 and env.bound > 0
+
+
+def test_a_proposal_keeps_within_the_bound_or_waits_for_training(cartpole_problem, space, sens,  # type: ignore[no-untyped-def]
+                                                                  tmp_path: Path) -> None:
+    from stable_baselines3 import DDPG
+
+    from autoquant.search import Surrogate, latency_model
+    from autoquant.search._rl import RLAgent
+
+    _, values = sens
+    surrogate = Surrogate(space, cartpole_problem.table, latency_model(cartpole_problem, space), values)
+    study = open_study(f"sqlite:///{tmp_path / 's.db'}", "s", "single", ProposalSampler())
+    env = SurrogateEnv(SearchRunner(study, space, cartpole_problem, n_trials=0, agent="ddpg"), surrogate)
+    model = DDPG("MlpPolicy", env, seed=0, device="cpu", policy_kwargs={"net_arch": [64, 64]})
+    agent = RLAgent("ddpg", AgentContext(space, "single", 0, 1))
+    rng = np.random.default_rng(0)
+    env.bound = 1e-12  # every plan that changes anything breaks it
+    assert agent._propose(model, env, set(), rng, allow_random=False) is None and agent.proposals == []
+    picked = agent._propose(model, env, set(), rng)  # after training: the least sensitive plan it knows
+    assert picked is not None and agent.proposals == ["visited"]
+    env.bound = math.inf
+    greedy = agent._propose(model, env, set(), rng, allow_random=False)
+    assert greedy is not None and agent.proposals[-1] in ("greedy", "visited")
+    assert surrogate.loss(greedy) <= env.bound
