@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_POLICIES, DEFAULT_RESULTS, code_state, command_line, quiet, write_results  # noqa: E402
+from common import DEFAULT_POLICIES, DEFAULT_RESULTS, Record, header, quiet  # noqa: E402
 
 NETWORKS: dict[str, dict[str, Any]] = {
     "pong": {"path": ("dqn-PongNoFrameskip-v4", "dqn_pong.pt"), "env": "PongNoFrameskip-v4", "states": 512,
@@ -104,13 +104,7 @@ def measure(name: str, spec: dict[str, Any], policies: Path, n_plans: int | None
 
 def write_markdown(data: dict[str, Any], path: Path) -> None:
     lines = [
-        "# Do sensitivities add up?",
-        "",
-        f"autoquant {data['autoquant_version']}, git commit {data['commit']}"
-        + (" (uncommitted changes)" if data.get("dirty") else "") + f". Reproduce ({data['wall_s'] / 60:.1f} min here):",
-        "",
-        f"    {data['command']}",
-        "",
+        *header(data, "Do sensitivities add up?"),
         "Each layer choice of the joint space measured alone, then random joint plans measured whole. Per "
         "candidate: Spearman and Pearson correlation between the sum of a plan's single-layer values and its "
         "whole value, and the median whole / sum (1 = exactly additive). `output_mse` is what the search's "
@@ -136,15 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     quiet()
-    import autoquant
-
-    start = time.perf_counter()
-    code = code_state()
+    record = Record("benchmarks/additivity.py", argv)
     networks = [measure(name, NETWORKS[name], args.policies, args.plans, args.seed) for name in args.networks]
-    data = {"autoquant_version": autoquant.__version__, **code,
-            "command": command_line("benchmarks/additivity.py", argv), "wall_s": time.perf_counter() - start,
-            "networks": networks}
-    write_results(data, args.out, write_markdown)
+    record.save(args.out, write_markdown, networks=networks)
     return 0
 
 

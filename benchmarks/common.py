@@ -6,16 +6,17 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import sys
-import subprocess
 import os
+import subprocess
+import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_POLICIES", "DEFAULT_RESULTS", "REPO", "code_state", "command_line", "quiet", "rel",
-           "write_results"]
+__all__ = ["DEFAULT_POLICIES", "DEFAULT_RESULTS", "REPO", "Record", "code_state", "command_line", "header", "quiet",
+           "rel", "write_results"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POLICIES = REPO / ".." / "shared" / "policies"
@@ -58,3 +59,31 @@ def write_results(data: dict[str, Any], out: Path, write_markdown: Callable[[dic
     out.write_text(json.dumps(data, indent=1) + "\n")
     write_markdown(data, out.with_suffix(".md"))
     print(f"wrote {rel(out)} and {rel(out.with_suffix('.md'))}")
+
+
+class Record:
+    """A results file in the making: made before any work, so the library's commit and
+    state it records are those of the code that ran; ``save`` adds the wall time and
+    writes the JSON and its prose."""
+
+    def __init__(self, script: str, argv: Sequence[str] | None) -> None:
+        import autoquant
+
+        self.start = time.perf_counter()
+        self.head: dict[str, Any] = {"autoquant_version": autoquant.__version__, **code_state(),
+                                     "command": command_line(script, argv)}
+
+    def save(self, out: Path, write_markdown: Callable[[dict[str, Any], Path], None],
+             **payload: Any) -> dict[str, Any]:
+        data = {**self.head, "wall_s": time.perf_counter() - self.start, **payload}
+        write_results(data, out, write_markdown)
+        return data
+
+
+def header(data: dict[str, Any], title: str) -> list[str]:
+    """The lines every results page opens with: what ran, at which commit, and how to run it again."""
+    took = f" ({data['wall_s'] / 60:.1f} min here)" if data.get("wall_s") is not None else ""
+    return [f"# {title}", "",
+            f"autoquant {data['autoquant_version']}, git commit {data['commit']}"
+            + (" with uncommitted library changes" if data.get("dirty") else "")
+            + f". Reproduce from the repository root{took}:", "", f"    {data['command']}", ""]

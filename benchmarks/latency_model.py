@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_POLICIES, DEFAULT_RESULTS, code_state, command_line, quiet, rel, write_results  # noqa: E402
+from common import DEFAULT_POLICIES, DEFAULT_RESULTS, Record, header, quiet, rel  # noqa: E402
 
 POLICY = ("dqn-PongNoFrameskip-v4", "dqn_pong.pt")
 ENV = "PongNoFrameskip-v4"
@@ -90,13 +89,7 @@ def measure(target_name: str, policies: Path, n_plans: int, seed: int) -> dict[s
 
 def write_markdown(data: dict[str, Any], path: Path) -> None:
     lines = [
-        "# Latency model: predicted against measured, Pong CNN",
-        "",
-        f"autoquant {data['autoquant_version']}, git commit {data['commit']}"
-        + (" (uncommitted changes)" if data.get("dirty") else "") + f". Reproduce ({data['wall_s'] / 60:.1f} min here):",
-        "",
-        f"    {data['command']}",
-        "",
+        *header(data, "Latency model: predicted against measured, Pong CNN"),
         "The model of each target is measured from scratch (every layer option alone and every adjacent pair, "
         "the rest fp32), then the same random joint plans are predicted and measured end to end. *Raw*: the "
         "model's prediction; *corrected*: scaled by the median measured/predicted of the plans measured before "
@@ -131,18 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     quiet()
-    import autoquant
-
-    start = time.perf_counter()
-    code = code_state()
+    record = Record("benchmarks/latency_model.py", argv)
     targets = []
     for name in args.targets:
         print(f"{name}:", flush=True)
         targets.append(measure(name, args.policies, args.plans, args.seed))
-    data = {"autoquant_version": autoquant.__version__, **code,
-            "command": command_line("benchmarks/latency_model.py", argv), "wall_s": time.perf_counter() - start,
-            "targets": targets}
-    write_results(data, args.out, write_markdown)
+    record.save(args.out, write_markdown, targets=targets)
     print(f"see {rel(args.out.with_suffix('.md'))}")
     return 0
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_POLICIES, DEFAULT_RESULTS, code_state, command_line, quiet, rel, write_results  # noqa: E402
+from common import DEFAULT_POLICIES, DEFAULT_RESULTS, Record, header, quiet, rel  # noqa: E402
 
 NETWORKS: dict[str, dict[str, Any]] = {
     "lunarlander": {"path": ("dqn-LunarLander-v2", "LunarLander-v2.zip"), "env": None, "plans": 48,
@@ -130,11 +130,7 @@ def measure(name: str, spec: dict[str, Any], policies: Path, n_plans: int | None
 
 
 def write_markdown(data: dict[str, Any], out: Path) -> None:
-    lines = ["# Which proxy ranks plans by the reward they keep", "",
-             f"autoquant {data['autoquant_version']}, git commit {data['commit']}"
-             + (" with uncommitted library changes" if data.get("dirty") else "")
-             + f". Reproduce from the repository root ({data['wall_s'] / 60:.1f} min here):", "",
-             f"    {data['command']}", "",
+    lines = [*header(data, "Which proxy ranks plans by the reward they keep"),
              "Plans drawn uniformly at random from the joint search space (seed 0), built by the graph builder "
              "(rounding as the search does: GPTQ for MLPs, nearest for the CNN), scored by each candidate proxy against fp32, then played on the same seeds as "
              "fp32. Retention = (R_plan - R_random) / (R_fp32 - R_random) over those seeds. Proxies: "
@@ -142,8 +138,8 @@ def write_markdown(data: dict[str, Any], out: Path) -> None:
              "the regret of acting at random (`value_retention`); `output` = 1 - relative output error; `@held` on "
              "held-out states fp32 visited, `@self` on states the compressed policy visits in rollouts of its own.",
              ""]
-    header = "| network | plans | episodes each | " + " | ".join(PROXIES) + " |"
-    lines += ["Spearman rank correlation of each proxy with measured retention:", "", header,
+    columns = "| network | plans | episodes each | " + " | ".join(PROXIES) + " |"
+    lines += ["Spearman rank correlation of each proxy with measured retention:", "", columns,
               "|:---|---:|---:|" + "---:|" * len(PROXIES)]
     for net in data["networks"]:
         cells = [f"{net['spearman'][p]:.2f}" if net["spearman"][p] is not None else "n/a" for p in PROXIES]
@@ -179,19 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     quiet()
-    import autoquant
-
-    start = time.perf_counter()
-    code = code_state()  # before any work: the library that runs is the one recorded
+    record = Record("benchmarks/proxy.py", argv)  # before any work: the library that runs is the one recorded
     networks = []
     for name in args.networks:
         print(f"{name}:", flush=True)
         networks.append(measure(name, NETWORKS[name], args.policies, args.plans, args.seed))
         print(f"  spearman: {networks[-1]['spearman']}", flush=True)
-    data = {"autoquant_version": autoquant.__version__, **code,
-            "command": command_line("benchmarks/proxy.py", argv), "wall_s": time.perf_counter() - start,
-            "networks": networks}
-    write_results(data, args.out, write_markdown)
+    record.save(args.out, write_markdown, networks=networks)
     return 0
 
 

@@ -39,11 +39,10 @@ from common import (  # noqa: E402
     DEFAULT_POLICIES,
     DEFAULT_RESULTS,
     REPO,
-    code_state,
-    command_line,
+    Record,
+    header,
     quiet,
     rel,
-    write_results,
 )
 
 DEFAULT_WORK = REPO / "benchmarks" / "scratch" / "throughput"
@@ -172,10 +171,7 @@ def _f(value: Any, digits: int = 3) -> str:
 
 
 def write_markdown(data: dict[str, Any], out: Path) -> None:
-    lines = ["# Search throughput: joint TPE, phase by phase", "",
-             f"autoquant {data['autoquant_version']}, git commit {data['commit']}"
-             + (" with uncommitted library changes" if data.get("dirty") else "") + ". Reproduce from the repository "
-             "root:", "", f"    {data['command']}", "", f"Device: {data['device']}.", "",
+    lines = [*header(data, "Search throughput: joint TPE, phase by phase"), f"Device: {data['device']}.", "",
              "Each search runs as `autoquant search --method joint --agent tpe` does: every trial is built by the "
              "graph builder, timed on the host against the fp32 export in one window, and scored on held-out "
              "states; the proxy (agreement with fp32 on 128 or 512 states the plan visits itself) is measured only "
@@ -241,22 +237,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="start the searches over")
     args = parser.parse_args(argv)
     quiet()
-    import autoquant
     from autoquant.targets import host_facts
 
     def log(text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
-    code = code_state()  # before any work: the library that runs is the one recorded
+    record = Record("benchmarks/throughput.py", argv)  # before any work: the library that runs is recorded
     networks = []
     for name in args.networks:
         trials = getattr(args, f"{name}_trials")
         networks.append(run_network(name, NETWORKS[name], args.policies, args.work, args.fresh, trials, log))
     facts = host_facts(1)
-    data = {"autoquant_version": autoquant.__version__, **code,
-            "command": command_line("benchmarks/throughput.py", argv),
-            "device": f"{facts.get('cpu')}, {facts.get('cores')} cores, 1 onnxruntime thread", "networks": networks}
-    write_results(data, args.out, write_markdown)
+    record.save(args.out, write_markdown, networks=networks,
+                device=f"{facts.get('cpu')}, {facts.get('cores')} cores, 1 onnxruntime thread")
     return 0
 
 
