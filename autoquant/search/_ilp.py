@@ -152,7 +152,7 @@ class ILPAgent:
     def run(self, runner: SearchRunner) -> None:
         space, table = self.ctx.space, runner.problem.table
         model = latency_model(runner.problem, space)
-        sens = sensitivities(runner.problem, space, folder=self.ctx.folder)
+        sens = sensitivities(runner.problem.output_loss_of, space, folder=self.ctx.folder)
         plans = front(space, table, model, sens)
         plans = [(b, p) for b, p in plans if not plan_of(space, p).is_identity]
         tried: set[tuple[Choice, ...]] = set()

@@ -97,7 +97,7 @@ def surrogate_of(name: str, family: str, bundle: Any, states: np.ndarray, held: 
     model = LatencyModel.load_or_measure(table, space, ratio_of,
                                          policy_sha256=hashlib.sha256(reference).hexdigest(),
                                          target_fingerprint=fingerprint, folder=cache)
-    sens = sensitivities(SimpleNamespace(output_loss_of=output_loss_of), space)  # type: ignore[arg-type]
+    sens = sensitivities(output_loss_of, space)
     seconds = time.perf_counter() - start
     log(f"{name}: {len(table)} layers, {model.probes} latency probes, {seconds:.0f} s")
     return CorpusEntry(name, family, Surrogate(space, table, model, sens), table, space, bundle, seconds)

@@ -466,11 +466,7 @@ def warm_start(model: Any, env: CompressionEnv, study: Any) -> int:
         steps = env.replay(record.params) if record.result is not None else None
         if not steps:
             continue
-        reward = trial_reward(record.result, env.settings)
-        for k, (obs, action, nxt) in enumerate(steps):
-            last = k == len(steps) - 1
-            model.replay_buffer.add(obs[None], nxt[None], action[None], np.array([reward if last else 0.0]),
-                                    np.array([last]), [{}])
+        _add_steps(model, steps, trial_reward(record.result, env.settings))
         n += 1
     return n
 
@@ -536,7 +532,8 @@ class RLAgent:
             return
         space, problem = self.context.space, runner.problem
         self.surrogate = surrogate = Surrogate(space, problem.table, latency_model(problem, space),
-                                               sensitivities(problem, space, folder=self.context.folder))
+                                               sensitivities(problem.output_loss_of, space,
+                                                             folder=self.context.folder))
         real = CompressionEnv(runner, surrogate=surrogate)
         env = SurrogateEnv(runner, surrogate)
         probe = SurrogateEnv(runner, surrogate)  # greedy rollouts, apart from the env SB3 steps
@@ -641,8 +638,13 @@ class RLAgent:
 
 def _add_episode(model: Any, env: CompressionEnv, params: Mapping[str, Any], reward: float) -> None:
     """A real trial's episode into an off-policy model's replay buffer."""
-    steps = env.replay(params)
-    for k, (obs, action, nxt) in enumerate(steps or []):
-        last = k == len(steps) - 1  # type: ignore[arg-type]
+    _add_steps(model, env.replay(params) or [], reward)
+
+
+def _add_steps(model: Any, steps: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], reward: float) -> None:
+    """One episode's (observation, action, next observation) steps into the replay buffer,
+    the reward on its last step."""
+    for k, (obs, action, nxt) in enumerate(steps):
+        last = k == len(steps) - 1
         model.replay_buffer.add(obs[None], nxt[None], action[None], np.array([reward if last else 0.0]),
                                 np.array([last]), [{}])

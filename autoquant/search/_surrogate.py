@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,10 +84,11 @@ def picks_of(space: SearchSpace, plan: CompressionPlan) -> list[Choice] | None:
     return out
 
 
-def sensitivities(problem: SearchProblem, space: SearchSpace, *, folder: Path | None = None
-                  ) -> list[dict[Choice, float]]:
-    """Per layer and choice: ``output_mse`` of the network with only that layer changed
-    (0 for leaving it fp32). Stored in ``folder``/sensitivities.json and read back."""
+def sensitivities(loss_of: Callable[[CompressionPlan], float], space: SearchSpace, *,
+                  folder: Path | None = None) -> list[dict[Choice, float]]:
+    """Per layer and choice: ``loss_of`` the plan with only that layer changed, which a search
+    measures as ``output_mse`` (``SearchProblem.output_loss_of``); 0 for leaving it fp32.
+    Stored in ``folder``/sensitivities.json and read back."""
     path = folder / "sensitivities.json" if folder is not None else None
     stored: dict[str, float] = {}
     if path is not None and path.is_file():
@@ -108,7 +109,7 @@ def sensitivities(problem: SearchProblem, space: SearchSpace, *, folder: Path | 
             if key not in stored:
                 plan = CompressionPlan({layer.name: choice.spec()}, channel_multiple=space.channel_multiple)
                 try:
-                    stored[key] = float(problem.output_loss_of(plan))
+                    stored[key] = float(loss_of(plan))
                 except AutoquantError:
                     stored[key] = math.inf  # it does not even build
             found[choice] = stored[key]

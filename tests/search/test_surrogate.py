@@ -29,7 +29,7 @@ def space(cartpole_problem):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def sens(cartpole_problem, space, tmp_path_factory):  # type: ignore[no-untyped-def]
     folder = tmp_path_factory.mktemp("sens")
-    return folder, sensitivities(cartpole_problem, space, folder=folder)
+    return folder, sensitivities(cartpole_problem.output_loss_of, space, folder=folder)
 
 
 def _result(**kw):  # type: ignore[no-untyped-def]
@@ -63,7 +63,7 @@ def test_sensitivities_are_read_back_from_the_run_folder(cartpole_problem, space
         raise AssertionError(f"measured {plan.describe()} again")
 
     monkeypatch.setattr(cartpole_problem, "output_loss_of", refuse)
-    assert sensitivities(cartpole_problem, space, folder=folder) == values
+    assert sensitivities(cartpole_problem.output_loss_of, space, folder=folder) == values
 
 
 def test_boundary_brackets_the_floor_between_feasible_and_infeasible_plans() -> None:
