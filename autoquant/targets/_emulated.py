@@ -24,6 +24,7 @@ import numpy as np
 
 from autoquant.errors import TargetError
 from autoquant.targets._base import LatencyResult
+from autoquant.targets._ort import session_options
 
 __all__ = ["EmulatedTarget", "emulation_dir", "setup_emulation"]
 
@@ -57,6 +58,8 @@ def setup_emulation(cpus: list[str], *, log: Any = None) -> Path:
 
 class EmulatedTarget:
     """onnxruntime (aarch64) under qemu-aarch64 ``-cpu CPU``; cost = instructions."""
+
+    emulated = True  # its numerics cost seconds a batch: the search's sensitivities use the host's
 
     def __init__(self, name: str, cpu: str, *, runs: int = 20, warmup: int = 3) -> None:
         self.name = name
@@ -116,7 +119,8 @@ class EmulatedTarget:
         return LatencyResult(
             target=self.name, unit="instructions", candidate={"instructions": cand},
             reference=None if ref is None else {"instructions": ref}, statistic="instructions",
-            calls=self.runs, facts={**self.facts(), "where": f"emulated {self.cpu} (qemu user mode)"})
+            calls=self.runs, facts={**self.facts(), "where": f"emulated {self.cpu} (qemu user mode)",
+                                     "session": {**session_options(1), "allow_spinning": 0}})
 
     def infer(self, model: bytes, x: np.ndarray) -> np.ndarray:
         """Outputs computed by the aarch64 onnxruntime (Arm numerics)."""

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from autoquant.targets._base import LatencyResult, MeasureProtocol, host_facts
-from autoquant.targets._ort import make_session
+from autoquant.targets._ort import make_session, session_options
 
 __all__ = ["HostTarget", "time_interleaved"]
 
@@ -59,5 +59,5 @@ class HostTarget:
         return LatencyResult.from_times(
             target=self.name, candidate=times[0], reference=times[1] if reference is not None else None,
             statistic=self.protocol.statistic,
-            facts={**self.facts(), "protocol": self.protocol.to_json()},
+            facts={**self.facts(), "protocol": self.protocol.to_json(), "session": session_options(self.threads)},
         )

@@ -22,6 +22,12 @@ FLOAT_OPS = frozenset({"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "Fuse
 LAYER_OPS = INTEGER_OPS | FLOAT_OPS
 
 
+def session_options(threads: int) -> dict[str, Any]:
+    """The onnxruntime session options every latency here is measured with (recorded with it)."""
+    return {"intra_op_num_threads": threads, "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
+            "graph_optimization_level": "ORT_ENABLE_ALL", "providers": ["CPUExecutionProvider"]}
+
+
 def make_session(model: bytes, *, threads: int = 1, profile_prefix: str | None = None,
                  initializers: Mapping[str, np.ndarray] | None = None) -> Any:
     """A CPU onnxruntime session with a fixed thread count.
