@@ -83,7 +83,10 @@ class EvaluateCommand(Command):
         parser.add_argument("--states", type=positive, default=1024,
                             help="recorded states for calibration and fidelity (default 1024)")
         parser.add_argument("--finetune", type=non_negative, default=0, metavar="EPOCHS",
-                            help="fine-tune the compressed network by distillation (default 0)")
+                            help="fine-tune the compressed network by distillation from fp32 (default 0)")
+        parser.add_argument("--finetune-rounds", type=non_negative, default=2,
+                            help="DAgger rounds after the first distillation, each on states the compressed "
+                                 "network visits itself (default 2)")
         parser.add_argument("--envs", type=positive, default=8, help="environments stepped in lockstep")
         parser.add_argument("--save-onnx", type=Path, help="write the evaluated compressed model here")
 
@@ -107,7 +110,8 @@ class EvaluateCommand(Command):
         if plan is not None:
             plan.validate(analyse(bundle))
         result = evaluate(bundle, target=target, plan=plan, episodes=args.episodes, seed=args.seed,
-                          n_states=args.states, finetune_epochs=args.finetune, n_envs=args.envs)
+                          n_states=args.states, finetune_epochs=args.finetune,
+                          finetune_rounds=args.finetune_rounds, n_envs=args.envs)
         if args.save_onnx is not None:
             args.save_onnx.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(args.save_onnx, result.compressed.onnx)

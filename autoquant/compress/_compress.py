@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,7 @@ from torch import nn
 from autoquant._version import __version__
 from autoquant.compress._build import ActivationCache, QuantizedLayer, build_graph, pruned_net, slice_net, supported
 from autoquant.compress._to_onnx import export_onnx
-from autoquant.compress._finetune import FinetuneResult, distill
+from autoquant.compress._finetune import FinetuneResult, dagger
 from autoquant.compress._plan import CompressionPlan
 from autoquant.compress._prune import prune
 from autoquant.compress._quant import calibrate, gptq, quantize
@@ -79,8 +80,9 @@ def compress(
     states: np.ndarray,
     *,
     finetune_epochs: int = 0,
-    finetune_lr: float = 1e-4,
-    advantage_weight: float = 10.0,
+    finetune_lr: float = 1e-3,
+    finetune_rounds: int = 0,
+    visit: Callable[[bytes], np.ndarray] | None = None,
     rounding: str = "auto",
     verify_kernels: bool = True,
     seed: int = 0,
@@ -101,6 +103,10 @@ def compress(
     larger ones (a Nature CNN takes 6-90 s under GPTQ here, too slow per trial). The
     choice is the network's, not the plan's: every plan of a search rounds alike.
 
+    ``finetune_rounds``: DAgger rounds after the first distillation, each adding the
+    states ``visit(onnx)`` returns for the student's graph as it then is (the caller plays
+    it; this module knows no environment). Calibration keeps ``states``.
+
     ``cache``: an ActivationCache of ``bundle.net`` and these ``states`` (the same array),
     which a search keeps so that calibration reuses the activations of earlier plans.
 
@@ -112,10 +118,9 @@ def compress(
     full = analyse(bundle)
     plan.validate(full)
     states = np.asarray(states, dtype=np.float32)
+    tune = _Tune(bundle, states, finetune_epochs, finetune_lr, seed, finetune_rounds, visit)
     if supported(bundle.net) is not None:
-        compressed = _compress_brevitas(bundle, plan, states, finetune_epochs=finetune_epochs,
-                                        finetune_lr=finetune_lr, advantage_weight=advantage_weight,
-                                        rounding=_resolve(rounding, full, plan), seed=seed)
+        compressed = _compress_brevitas(bundle, plan, states, tune, rounding=_resolve(rounding, full, plan))
     else:
         rounding = _resolve(rounding, full, plan)
         metadata = _onnx_metadata(bundle, plan)
@@ -128,24 +133,28 @@ def compress(
         else:  # a model to fit first (GPTQ, fine-tuning), on the network cut to the kept channels
             sliced, kept = slice_net(bundle.net, plan)
             pruned = pruned_net(bundle.net, sliced)
-            weights = scales = None
+
+            def graph(weights: Any, scales: Any) -> Any:
+                # ``pruned`` holds the kept channels already: the plan's bit widths without its pruning
+                return build_graph(pruned, bundle.input_shape, plan.without_pruning(), states, metadata=metadata,
+                                   weights=weights, scales=scales)
+
             if plan.quantized:
                 model = quantize(pruned, plan, input_nonnegative=bool(states.min() >= 0))
                 calibrate(model, states)
                 if rounding == "gptq":
                     gptq(model, states)
                 if finetune_epochs > 0:
-                    result = _distill(model, bundle, states, finetune_epochs, finetune_lr, advantage_weight, seed)
+                    result = tune(model, lambda: graph(*_brevitas_values(model, plan)).onnx)
                 weights, scales = _brevitas_values(model, plan)
             else:
+                weights = scales = None
                 for p in pruned.parameters():
                     p.requires_grad_(True)
-                result = _distill(pruned, bundle, states, finetune_epochs, finetune_lr, advantage_weight, seed)
+                result = tune(pruned, lambda: graph(None, None).onnx)
                 for p in pruned.parameters():
                     p.requires_grad_(False)
-            # ``pruned`` holds the kept channels already: the plan's bit widths without its pruning
-            built = build_graph(pruned, bundle.input_shape, plan.without_pruning(), states, metadata=metadata,
-                                weights=weights, scales=scales)
+            built = graph(weights, scales)
             net = pruned_net(pruned, built.sliced, built.layers)
         table = analyse_module(net, bundle.input_shape, bundle.layer_sources)
         compressed = CompressedPolicy(bundle=bundle, plan=plan, net=net, kept=kept, table=table,
@@ -162,10 +171,24 @@ def _resolve(rounding: str, table: LayerTable, plan: CompressionPlan) -> str:
     return "gptq" if plan.quantized and table.total_params <= GPTQ_AUTO_MAX_PARAMS else "nearest"
 
 
-def _distill(model: nn.Module, bundle: PolicyBundle, states: np.ndarray, epochs: int, lr: float,
-             advantage_weight: float, seed: int) -> FinetuneResult:
-    return distill(model, bundle.net, states, epochs=epochs, lr=lr, seed=seed,
-                   advantage_weight=advantage_weight if bundle.action.discrete else 0.0)
+@dataclass(frozen=True)
+class _Tune:
+    """How ``compress`` fine-tunes: distillation, then DAgger rounds on visited states."""
+
+    bundle: PolicyBundle
+    states: np.ndarray
+    epochs: int
+    lr: float
+    seed: int
+    rounds: int
+    visit: Callable[[bytes], np.ndarray] | None
+
+    def __call__(self, model: nn.Module, emit: Callable[[], bytes]) -> FinetuneResult:
+        """Fine-tune ``model`` in place; ``emit()``: its graph as it now is."""
+        visit = self.visit
+        return dagger(model, self.bundle.net, self.states, rounds=self.rounds,
+                      visit=None if visit is None else lambda: visit(emit()),
+                      epochs=self.epochs, lr=self.lr, seed=self.seed, discrete=self.bundle.action.discrete)
 
 
 def _brevitas_values(model: nn.Module, plan: CompressionPlan) -> tuple[dict[str, QuantizedLayer], dict[str, float]]:
@@ -204,8 +227,8 @@ def _verify_kernels(compressed: CompressedPolicy, plan: CompressionPlan, states:
         )
 
 
-def _compress_brevitas(bundle: PolicyBundle, plan: CompressionPlan, states: np.ndarray, *, finetune_epochs: int,
-                       finetune_lr: float, advantage_weight: float, rounding: str, seed: int) -> CompressedPolicy:
+def _compress_brevitas(bundle: PolicyBundle, plan: CompressionPlan, states: np.ndarray, tune: _Tune | None = None,
+                       *, rounding: str) -> CompressedPolicy:
     """The whole route through torch pruning and Brevitas' exporter, for networks the
     graph builder does not emit. ``rounding``: "gptq" or "nearest" (resolved)."""
     pruned, kept = prune(bundle.net, bundle.input_shape, plan)
@@ -216,9 +239,10 @@ def _compress_brevitas(bundle: PolicyBundle, plan: CompressionPlan, states: np.n
         calibrate(model, states)
         if rounding == "gptq":
             gptq(model, states)
-    result = None
-    if finetune_epochs > 0:
-        result = _distill(model, bundle, states, finetune_epochs, finetune_lr, advantage_weight, seed)
-    onnx_bytes = export_onnx(model, bundle.input_shape, quantized=plan.quantized, metadata=_metadata(bundle, plan))
-    return CompressedPolicy(bundle=bundle, plan=plan, net=model, kept=kept, table=table, onnx=onnx_bytes,
+
+    def emit() -> bytes:
+        return export_onnx(model, bundle.input_shape, quantized=plan.quantized, metadata=_metadata(bundle, plan))
+
+    result = tune(model, emit) if tune is not None and tune.epochs > 0 else None
+    return CompressedPolicy(bundle=bundle, plan=plan, net=model, kept=kept, table=table, onnx=emit(),
                             finetune=result)

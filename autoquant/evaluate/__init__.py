@@ -6,7 +6,8 @@ from autoquant.evaluate._episodes import EpisodeStats, ci95, paired_comparison, 
 from autoquant.evaluate._evaluation import HELD_OUT_SEED_OFFSET, Evaluation, episode_seeds, evaluate, onnx_actor
 from autoquant.evaluate._fidelity import fidelity, value_retention
 from autoquant.evaluate._sequential import ABOVE, BELOW, UNDECIDED, RetentionTest
-from autoquant.evaluate._states import PROXY_SEED_OFFSET, StateSet, proxy_state_count, record_states, visited_states
+from autoquant.evaluate._states import (PROXY_SEED_OFFSET, StateSet, dagger_visitor, proxy_state_count, record_states,
+                                       visited_states)
 
 __all__ = [
     "ABOVE",
@@ -18,6 +19,7 @@ __all__ = [
     "EpisodeStats",
     "Evaluation",
     "StateSet",
+    "dagger_visitor",
     "ci95",
     "episode_seeds",
     "evaluate",

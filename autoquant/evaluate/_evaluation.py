@@ -9,7 +9,7 @@ from typing import Any
 from autoquant.compress import CompressionPlan, compress, export_reference, weight_bytes
 from autoquant.evaluate._episodes import paired_comparison, play_episodes, random_actor
 from autoquant.evaluate._fidelity import fidelity
-from autoquant.evaluate._states import StateSet, record_states
+from autoquant.evaluate._states import StateSet, dagger_visitor, record_states
 from autoquant.policy import PolicyBundle
 from autoquant.policy import analyse
 from autoquant.targets import Target
@@ -59,6 +59,7 @@ def evaluate(
     n_states: int = 1024,
     states: StateSet | None = None,
     finetune_epochs: int = 0,
+    finetune_rounds: int = 2,
     n_envs: int = 8,
 ) -> Evaluation:
     """fp32 vs ``plan`` on the same seeds: reward, retention, fidelity, latency, size, kernels."""
@@ -93,7 +94,8 @@ def evaluate(
             result.latency = latency.to_json()
         return result
 
-    compressed = compress(bundle, plan, x, finetune_epochs=finetune_epochs, seed=seed)
+    compressed = compress(bundle, plan, x, finetune_epochs=finetune_epochs, finetune_rounds=finetune_rounds,
+                          visit=dagger_visitor(bundle, seed=seed), seed=seed)
     # Fidelity on states the compression never saw (other episodes than calibration's).
     held_out = record_states(bundle, n=max(256, len(states) // 4), seed=seed + HELD_OUT_SEED_OFFSET).states
     cand_out = OrtRunner(compressed.onnx)(held_out)

@@ -15,8 +15,9 @@ import numpy as np
 from autoquant.errors import AutoquantError
 from autoquant.policy import PolicyBundle
 from autoquant.policy import make_env
+from autoquant.targets import OrtRunner
 
-__all__ = ["StateSet", "record_states"]
+__all__ = ["StateSet", "dagger_visitor", "record_states"]
 
 STATES_FORMAT = "autoquant.states"
 
@@ -120,3 +121,23 @@ def visited_states(bundle: PolicyBundle, act: Callable[[np.ndarray], np.ndarray]
     mistakes compound, unlike the states fp32 visited. ``env``: reuse an environment."""
     return record_states(bundle, n=n or proxy_state_count(bundle), seed=seed + PROXY_SEED_OFFSET, epsilon=0.0,
                          act=act, n_envs=1, envs=None if env is None else [env]).states
+
+
+DAGGER_SEED_OFFSET = 31_337  # DAgger's rollouts start from seeds of their own (not the proxy's, not the episodes')
+
+
+def dagger_visitor(bundle: PolicyBundle, *, seed: int, n: int | None = None,
+                   env: Any = None) -> Callable[[bytes], np.ndarray]:
+    """``visit(onnx)`` for ``compress``'s DAgger rounds: the states a compressed graph visits
+    itself, acting greedily, from a new seed each round (``seed + DAGGER_SEED_OFFSET``, then
+    on by 101): neither the proxy's rollouts nor any episode's."""
+    rounds = iter(range(1 << 30))
+
+    def visit(onnx: bytes) -> np.ndarray:
+        runner = OrtRunner(onnx)
+        act = lambda obs: bundle.action.actions(runner(bundle.prepare(obs)))  # noqa: E731
+        return record_states(bundle, n=n or proxy_state_count(bundle), epsilon=0.0, act=act, n_envs=1,
+                             seed=seed + DAGGER_SEED_OFFSET + 101 * next(rounds),
+                             envs=None if env is None else [env]).states
+
+    return visit

@@ -67,8 +67,7 @@ def test_builder_equals_brevitas_export_on_the_pong_cnn(pong, pong_states, layer
     plan = CompressionPlan(layers)
     states = pong_states.states
     built = compress(pong, plan, states, rounding="nearest", verify_kernels=False)
-    exported = _compress_brevitas(pong, plan, states, finetune_epochs=0, finetune_lr=0.0, advantage_weight=0.0,
-                                  rounding="nearest", seed=0)
+    exported = _compress_brevitas(pong, plan, states, rounding="nearest")
     assert built.kept == exported.kept
     assert built.table.total_macs == exported.table.total_macs
     _assert_same_graph(built.onnx, exported.onnx, states)
@@ -79,8 +78,7 @@ def test_builder_equals_brevitas_export_on_an_mlp(cartpole_dqn, cartpole_states,
     plan = CompressionPlan(layers)
     states = cartpole_states.states
     built = compress(cartpole_dqn, plan, states, rounding="nearest", verify_kernels=False)
-    exported = _compress_brevitas(cartpole_dqn, plan, states, finetune_epochs=0, finetune_lr=0.0,
-                                  advantage_weight=0.0, rounding="nearest", seed=0)
+    exported = _compress_brevitas(cartpole_dqn, plan, states, rounding="nearest")
     assert built.kept == exported.kept
     _assert_same_graph(built.onnx, exported.onnx, states)
 
@@ -89,8 +87,7 @@ def test_builder_serialises_gptq_rounding(cartpole_dqn, cartpole_states) -> None
     plan = CompressionPlan(MLP_PLANS[0])
     states = cartpole_states.states
     built = compress(cartpole_dqn, plan, states, rounding="gptq", verify_kernels=False)
-    exported = _compress_brevitas(cartpole_dqn, plan, states, finetune_epochs=0, finetune_lr=0.0,
-                                  advantage_weight=0.0, rounding="gptq", seed=0)
+    exported = _compress_brevitas(cartpole_dqn, plan, states, rounding="gptq")
     nearest = compress(cartpole_dqn, plan, states, rounding="nearest", verify_kernels=False)
     _assert_same_graph(built.onnx, exported.onnx, states)
     # GPTQ moved some integers away from nearest rounding, and the builder kept them.
