@@ -8,6 +8,7 @@ from typing import Any
 
 from autoquant._io import atomic_write, write_json
 from autoquant._version import __version__
+from autoquant.errors import UsageError
 from autoquant.search import Run
 
 __all__ = ["export_actorq", "export_onnx", "export_torch", "torch_model"]
@@ -55,14 +56,18 @@ def _describe(run: Run, number: int, plan: Any, compressed: Any, model_format: s
         "policy": run.info["policy"]["path"], "env_id": bundle.env_id, "action": bundle.action.to_json(),
         "obs_scale": bundle.obs_scale, "input_shape": list(bundle.input_shape), "target": run.info["target"],
         "kernels": compressed.kernels.to_json() if compressed.kernels else None,
-        "size_bytes": compressed.size_bytes,
+        "size_bytes": compressed.size_bytes, "fine_tuned": run.fine_tuned(plan) is not None,
     }
 
 
 def _model_files(run: Run, number: int, plan: Any, out: Path, model_format: str) -> dict[str, Any]:
+    tuned = run.fine_tuned(plan)
+    if tuned is not None and model_format != "onnx":
+        raise UsageError(f"trial {number} was fine-tuned and its weights are kept as the ONNX graph it was judged "
+                         "with: export it with --format onnx")
     compressed = run.compress(plan)
     if model_format == "onnx":
-        path = atomic_write(out / "policy.onnx", compressed.onnx)
+        path = atomic_write(out / "policy.onnx", tuned or compressed.onnx)
     else:
         import torch
 
@@ -113,6 +118,9 @@ def export_actorq(run: Run, number: int, plan: Any, out: Path) -> dict[str, Any]
     from autoquant.evaluate import fidelity
     from autoquant.targets import OrtRunner
 
+    if run.fine_tuned(plan) is not None:
+        raise UsageError(f"trial {number} was fine-tuned: ActorQ actors rebuild each broadcast from the learner's "
+                         "weights, which fine-tuning does not see; pick a trial that was not fine-tuned for a bundle")
     compressed = run.compress(plan, rounding="nearest")
     fid = fidelity(run.problem.reference_outputs, OrtRunner(compressed.onnx)(run.held_out), run.bundle.action)
     target = target_entry(run.config.target, facts=run.info["target"].get("facts"))

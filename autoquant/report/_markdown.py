@@ -133,6 +133,24 @@ def _played(records: Sequence[Mapping[str, Any]]) -> list[str]:
                           "decision", "feasible"), rows, "rlrrrrccc")
 
 
+def _fine_tuned(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Which trials were fine-tuned before they were judged, and what it bought."""
+    tuned = [r for r in records if is_complete(r) and r.get("finetune") and not r.get("cached")]
+    if not tuned:
+        return []
+    lines = ["## Fine-tuned trials", "",
+             "Distilled from fp32 (quantization-aware) on the recorded states, then on states each plan visited "
+             "itself (DAgger rounds). Where that raised held-out fidelity the trial was judged on the fine-tuned "
+             "graph (latency, fidelity, proxy, episodes), kept in `models/`; elsewhere on the graph as built.", ""]
+    rows = [(r.get("number"), r.get("summary") or "(no summary)", r["finetune"].get("epochs"),
+             r["finetune"].get("rounds"), fmt(r["finetune"].get("fidelity_before")),
+             fmt(r["finetune"].get("fidelity_after")), "yes" if r["finetune"].get("kept") else "no",
+             fmt(r["finetune"].get("seconds"), 1), fmt(r.get("retention")) if is_played(r) else "not played")
+            for r in tuned]
+    return lines + table(("trial", "plan", "epochs", "DAgger rounds", "fidelity before", "after", "judged tuned",
+                          "seconds", "retention"), rows, "rlrrrrcrr") + [""]
+
+
 def _references(references: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
     lines = ["## Reference points", ""]
     if not references:
@@ -184,7 +202,7 @@ def write_report(
     plot_pareto(records, references, out.parent / plot_name, floor=floor, title=title or "autoquant search")
     lines = _header(run_info, floor)
     lines += ["", _summary(records, floor), ""]
-    lines += _front(records) + [""] + _played(records) + [""] + _references(references) + [""]
+    lines += _front(records) + [""] + _played(records) + [""] + _fine_tuned(records) + _references(references) + [""]
     lines += _counts(records)
     lines += ["", "## Plot", "", f"![pareto]({plot_name})", ""]
     out.write_text("\n".join(lines), encoding="utf-8")

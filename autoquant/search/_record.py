@@ -62,6 +62,7 @@ class TrialResult:
     retention: float | None = None
     seconds: dict[str, float] | None = None
     proxy: float | None = None  # agreement on the plan's own states; None where not measured
+    finetune: dict[str, Any] | None = None  # set where fine-tuning was tried; "kept": the trial judged its graph
 
     def feasible(self, min_retention: float) -> bool:
         """Played and at or above the floor. Where the sequential test recorded an interval it
@@ -76,6 +77,11 @@ class TrialResult:
             if test["high"] < min_retention:
                 return False
         return self.retention >= min_retention
+
+    @property
+    def fine_tuned(self) -> bool:
+        """Judged on a fine-tuned graph (fine-tuning was tried and raised held-out fidelity)."""
+        return bool(self.finetune and self.finetune.get("kept"))
 
     @property
     def episodes(self) -> int:
@@ -150,7 +156,7 @@ class TrialRecord:
             "wall_s": (self.finished_at - study_start) if self.finished_at and study_start else None,
             "error": self.error, "cached": self.cached, "counted": self.counted,
             "skip_reason": r.skip_reason if r else None,
-            "proxy": r.proxy if r else None,
+            "proxy": r.proxy if r else None, "finetune": r.finetune if r else None,
             "episodes": r.episodes if r else 0, **_interval(r),
         }
 

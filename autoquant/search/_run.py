@@ -5,6 +5,7 @@
     RUN/states.npz       recorded states (calibration), RUN/held_out.npz (fidelity)
     RUN/study.db         the Optuna study (unless --storage names another database)
     RUN/best/            plan.json, policy.onnx, confirm.json of the confirmed best plan
+    RUN/models/          KEY.onnx: the graphs of fine-tuned trials (--finetune), as judged
     RUN/report.md, RUN/pareto.png
 
 Setting up happens in a staging folder renamed into place at the end, so a run
@@ -90,6 +91,9 @@ class RunConfig:
     seed: int = 0
     confidence: float = 0.95
     proxy_states: int | None = None
+    finetune_epochs: int = 0
+    finetune_rounds: int = 2
+    finetune_below: float = 0.98
     storage: str = DEFAULT_STORAGE
     study_name: str | None = None
     argv: tuple[str, ...] = ()
@@ -117,7 +121,8 @@ class RunConfig:
         object.__setattr__(self, "_settings", ProblemSettings(
             mode=self.mode, min_retention=self.min_retention, episodes=self.episodes,
             fidelity_floor=self.fidelity_floor, n_envs=self.n_envs, seed=self.seed, confidence=self.confidence,
-            proxy_states=self.proxy_states))
+            proxy_states=self.proxy_states, finetune_epochs=self.finetune_epochs,
+            finetune_rounds=self.finetune_rounds, finetune_below=self.finetune_below))
 
     @property
     def settings(self) -> ProblemSettings:
@@ -251,8 +256,14 @@ class Run:
         return int(trial), CompressionPlan.from_json(record.plan)
 
     def compress(self, plan: CompressionPlan, *, rounding: str | None = None) -> Any:
+        """The plan compressed as its trials built it, before any fine-tuning (see ``model``)."""
         options = {} if rounding is None else {"rounding": rounding}
         return compress(self.bundle, plan, self.states.states, seed=self.config.seed, **options)
+
+    def fine_tuned(self, plan: CompressionPlan) -> bytes | None:
+        """The graph of the plan's fine-tuned trial, as it was judged; None where the plan was
+        not fine-tuned."""
+        return self.problem.kept_model(plan)
 
     def confirm(self, *, max_candidates: int = 3) -> dict[str, Any] | None:
         """Replay the best feasible plans on fresh seeds; the first that keeps the floor
@@ -280,7 +291,8 @@ class Run:
             assert record.plan is not None and record.result is not None  # feasible records have both
             plan = CompressionPlan.from_json(record.plan)
             compressed = self.compress(plan)
-            episodes = self.problem.play(compressed.onnx, seeds)
+            model = self.fine_tuned(plan) or compressed.onnx
+            episodes = self.problem.play(model, seeds)
             paired = paired_comparison(episodes, fp32, floor)
             attempt = {"trial": record.number, "summary": record.summary, "retention": paired["retention"],
                        "reward": episodes.to_json(), "paired": paired}
@@ -288,7 +300,7 @@ class Run:
             if paired["retention"] >= floor_retention:
                 best_dir = self.folder / "best"
                 best_dir.mkdir(exist_ok=True)
-                atomic_write(best_dir / "policy.onnx", compressed.onnx)
+                atomic_write(best_dir / "policy.onnx", model)
                 write_json(best_dir / "plan.json", plan.to_json())
                 data = {
                     "format": CONFIRM_FORMAT, "version": CONFIRM_VERSION, "autoquant_version": __version__,
@@ -300,7 +312,7 @@ class Run:
                                 "random_reward": floor.to_json()},
                     "size_bytes": compressed.size_bytes,
                     "kernels": compressed.kernels.to_json() if compressed.kernels else None,
-                    "attempts": attempts,
+                    "attempts": attempts, "fine_tuned": record.result.finetune,
                 }
                 write_json(best_dir / "confirm.json", data)
                 return data
@@ -360,7 +372,7 @@ def _build(folder: Path, info: dict[str, Any], config: RunConfig, loaded: _Loade
         loaded.bundle, loaded.table, loaded.target, states=states.states, held_out=held_out,
         reference_onnx=loaded.reference_onnx, settings=config.settings, episode_seeds=list(ref["seeds"]),
         fp32_episodes=EpisodeStats.from_json(ref["fp32"]), random_episodes=EpisodeStats.from_json(ref["random"]),
-        target_fingerprint=info["target"]["fingerprint"],
+        target_fingerprint=info["target"]["fingerprint"], models_dir=folder / "models",
     )
     return Run(folder=folder, info=info, config=config, problem=problem, space=loaded.space, states=states,
                held_out=held_out)

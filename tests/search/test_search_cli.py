@@ -271,3 +271,47 @@ def test_a_time_budget_ends_the_search_before_its_trials(cartpole_dqn_path: Path
     assert 1 <= summary["trials"] < 1000
     study = optuna.load_study(study_name="r", storage=f"sqlite:///{out / 'study.db'}")
     assert study.user_attrs["search_seconds"] >= 5.0
+
+
+def test_finetuned_trials_are_recorded_kept_and_exported_as_judged(cartpole_dqn_path: Path, tmp_path: Path) -> None:
+    """--finetune: a plan below --finetune-below is fine-tuned before it is judged; the run
+    records it, keeps its graph, reports it, confirms and exports that graph, and refuses a
+    torch export it could not make faithfully (one line, exit 2)."""
+    space = tmp_path / "w4.toml"
+    space.write_text('name = "w4"\nweight_bits = [4]\nprune_ratios = [0.0, 0.5]\nchannel_multiple = 8\n')
+    out = tmp_path / "run"
+    proc = run_cli("search", "--policy", str(cartpole_dqn_path), "--method", str(space), "--agent", "random",
+                   "--trials", "2", "--finetune", "10", "--finetune-below", "1.0", "--min-retention", "0.5",
+                   "--episodes", "4", "--confirm-episodes", "4", "--states", "512", "--out", str(out), "--json",
+                   "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    records = trial_records(optuna.load_study(study_name="run", storage=f"sqlite:///{out / 'study.db'}"))
+    tried = [r for r in records if r.result is not None and r.result.finetune is not None]
+    assert tried, "every plan of this space is below agreement 1.0 and the first could beat fp32: it is fine-tuned"
+    for r in tried:  # judged on the tuned graph exactly where tuning raised held-out fidelity
+        info = r.result.finetune
+        assert info["rounds"] == 2 and info["epochs"] == 10 and info["seconds"] > 0
+        assert info["kept"] == (info["fidelity_after"] > info["fidelity_before"]) == r.result.fine_tuned
+        assert r.result.fidelity_score == info["fidelity_after" if info["kept"] else "fidelity_before"]
+        assert (out / "models" / f"{r.key}.onnx").is_file() == info["kept"]
+    tuned = [r for r in tried if r.result.fine_tuned]
+    assert tuned, [r.result.finetune for r in tried]  # 4-bit weights on this DQN: distillation helps
+    first = tuned[0]
+    kept = out / "models" / f"{first.key}.onnx"
+    assert kept.is_file()
+    assert "## Fine-tuned trials" in (out / "report.md").read_text()
+    proc = run_cli("export", str(out), "--trial", str(first.number), "--format", "onnx", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "x" / "policy.onnx").read_bytes() == kept.read_bytes()
+    proc = run_cli("export", str(out), "--trial", str(first.number), "--format", "torch", "--out", str(tmp_path / "t"))
+    assert proc.returncode == 2 and "fine-tuned" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag, value", [("--finetune", "-1"), ("--finetune-below", "1.5"),
+                                         ("--finetune-rounds", "x")])
+def test_a_bad_finetune_option_is_one_line_and_exit_2(flag: str, value: str, cartpole_dqn_path: Path,
+                                                     tmp_path: Path) -> None:
+    proc = run_cli("search", "--policy", str(cartpole_dqn_path), flag, value, "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert flag.lstrip("-").split("-")[0] in proc.stderr
+    assert not (tmp_path / "r").exists()
