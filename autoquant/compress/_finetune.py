@@ -35,6 +35,7 @@ class FinetuneResult:
 BACKOFF = 10.0  # the learning rate's divisor after an epoch that blew the loss up
 BLOWUP = 1.5  # an epoch that leaves the loss above this multiple of the best so far blew it up
 TEMPERATURE_SHARE = 0.5  # the distillation temperature, as a share of the teacher's typical action spread
+VALUE_WEIGHT = 1e-3  # the MSE term beside the KL for discrete actions: keeps the values on scale
 
 
 def temperature(target: torch.Tensor) -> float:
@@ -56,7 +57,7 @@ def _objective(out: torch.Tensor, target: torch.Tensor, tau: float | None) -> to
         return mse
     kl = nn.functional.kl_div(nn.functional.log_softmax(out / tau, dim=1),
                               nn.functional.log_softmax(target / tau, dim=1), reduction="batchmean", log_target=True)
-    return kl + 1e-3 * mse
+    return kl + VALUE_WEIGHT * mse
 
 
 def _loss(student: nn.Module, x: torch.Tensor, target: torch.Tensor, tau: float | None) -> float:

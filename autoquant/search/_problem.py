@@ -182,21 +182,10 @@ class SearchProblem:
             nonlocal compressed, latency, runner, fid
             if "score" not in measured:
                 if self.settings.finetune_epochs and fidelity_score(fid) < self.settings.finetune_below:
-                    start = time.perf_counter()
-                    tuned = self.finetune(plan)
-                    tuned_runner = OrtRunner(tuned.onnx)
-                    tuned_out = self._candidate(tuned.onnx, tuned_runner)(self.held_out)
-                    tuned_fid = fidelity(self.reference_outputs, tuned_out, self.bundle.action)
-                    # Judged on the fine-tuned graph only where fine-tuning raised held-out fidelity.
-                    kept = fidelity_score(tuned_fid) > fidelity_score(fid)
-                    assert tuned.finetune is not None  # fine-tuned just now
-                    measured["finetune"] = {**tuned.finetune.to_json(), "fidelity_before": fidelity_score(fid),
-                                            "fidelity_after": fidelity_score(tuned_fid), "kept": kept}
-                    if kept:
-                        compressed, runner, fid = tuned, tuned_runner, tuned_fid
+                    measured["finetune"], better = self.try_finetune(plan, fid)
+                    if better is not None:  # judged on the fine-tuned graph, its latency measured again
+                        compressed, runner, fid = better
                         latency = self.target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
-                        self._keep(plan, compressed.onnx)
-                    measured["finetune"]["seconds"] = round(time.perf_counter() - start, 3)
                 measured["fidelity"] = self._proxy_fidelity(compressed.onnx, runner)
                 measured["score"] = fidelity_score(measured["fidelity"])
             return float(measured["score"])
@@ -233,6 +222,25 @@ class SearchProblem:
         return result.replace(seconds={"compress": round(t1 - t0, 3), "measure": round(t2 - t1, 3),
                                        "fidelity": round(t_fid - t2, 3), "proxy": round(t3 - t_fid, 3),
                                        "play": round(t4 - t3, 3)})
+
+    def try_finetune(self, plan: CompressionPlan, fid: dict[str, Any]
+                     ) -> tuple[dict[str, Any], tuple[CompressedPolicy, OrtRunner, dict[str, Any]] | None]:
+        """Fine-tune ``plan`` (held-out fidelity ``fid`` as built): the record of the attempt,
+        and the tuned graph with its session and held-out fidelity where tuning raised that
+        fidelity (the graph then kept in the run folder), else None: judge the plan as built."""
+        start = time.perf_counter()
+        tuned = self.finetune(plan)
+        runner = OrtRunner(tuned.onnx)
+        tuned_fid = fidelity(self.reference_outputs, self._candidate(tuned.onnx, runner)(self.held_out),
+                             self.bundle.action)
+        kept = fidelity_score(tuned_fid) > fidelity_score(fid)
+        if kept:
+            self._keep(plan, tuned.onnx)
+        assert tuned.finetune is not None  # fine-tuned just now
+        record = {**tuned.finetune.to_json(), "fidelity_before": fidelity_score(fid),
+                  "fidelity_after": fidelity_score(tuned_fid), "kept": kept,
+                  "seconds": round(time.perf_counter() - start, 3)}
+        return record, ((tuned, runner, tuned_fid) if kept else None)
 
     def finetune(self, plan: CompressionPlan) -> CompressedPolicy:
         """The plan compressed and fine-tuned as the run's settings say: distillation from
