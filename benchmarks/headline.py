@@ -155,8 +155,7 @@ def target_stage(target: str, run: Any, refs: Mapping[str, Any], int8: bytes, wo
 
 def window(run: Any, models: Sequence[tuple[str, bytes]], calls: int) -> list[dict[str, Any]]:
     """Every model timed interleaved in one window on the host (1 thread, batch 1)."""
-    from autoquant.targets import MeasureProtocol, make_session, time_interleaved
-    from autoquant.targets._ort import session_options
+    from autoquant.targets import MeasureProtocol, make_session, session_options, time_interleaved
 
     protocol = MeasureProtocol(warmup=50, calls=calls, block=20, statistic="p10")
     sessions = [make_session(onnx, threads=1) for _, onnx in models]

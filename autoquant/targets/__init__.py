@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoquant.targets._base import LatencyResult, MeasureProtocol, Target, host_facts
 from autoquant.targets._host import HostTarget, time_interleaved
-from autoquant.targets._ort import KernelReport, OrtRunner, kernel_report, make_session
+from autoquant.targets._ort import KernelReport, OrtRunner, kernel_report, make_session, session_options
 from autoquant.targets._registry import TargetSpec, available_targets, find_target_spec, get_target, load_target_spec
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ __all__ = [
     "load_target_spec",
     "make_session",
     "serve",
+    "session_options",
     "setup_emulation",
     "time_interleaved",
 ]
