@@ -3,6 +3,7 @@ fine-tuning and fidelity."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -131,7 +132,7 @@ def dagger_visitor(bundle: PolicyBundle, *, seed: int, n: int | None = None,
     """``visit(onnx)`` for ``compress``'s DAgger rounds: the states a compressed graph visits
     itself, acting greedily, from a new seed each round (``seed + DAGGER_SEED_OFFSET``, then
     on by 101): neither the proxy's rollouts nor any episode's."""
-    rounds = iter(range(1 << 30))
+    rounds = itertools.count()
 
     def visit(onnx: bytes) -> np.ndarray:
         runner = OrtRunner(onnx)
