@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DEFAULT_POLICIES", "DEFAULT_RESULTS", "REPO", "Record", "code_state", "command_line", "header", "quiet",
-           "rel", "write_results"]
+           "rel", "time_window", "write_results"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POLICIES = REPO / ".." / "shared" / "policies"
@@ -87,3 +87,24 @@ def header(data: dict[str, Any], title: str) -> list[str]:
             f"autoquant {data['autoquant_version']}, git commit {data['commit']}"
             + (" with uncommitted library changes" if data.get("dirty") else "")
             + f". Reproduce from the repository root{took}:", "", f"    {data['command']}", ""]
+
+
+def time_window(models: Sequence[tuple[str, bytes]], x: Any, *, calls: int, threads: int = 1) -> list[dict[str, Any]]:
+    """Every model timed interleaved in ONE window on the host (50 warm-up calls, ``calls``
+    timed in blocks of 20, batch ``x``): p10 and median, and their ratios to the first model,
+    with the protocol and the onnxruntime session options they ran with."""
+    import numpy as np
+
+    from autoquant.targets import MeasureProtocol, make_session, session_options, time_interleaved
+
+    protocol = MeasureProtocol(warmup=50, calls=calls, block=20, statistic="p10")
+    sessions = [make_session(onnx, threads=threads) for _, onnx in models]
+    times = time_interleaved(sessions, x, protocol)
+    ref_p10, ref_median = float(np.percentile(times[0], 10)), float(np.median(times[0]))
+    out = []
+    for (label, _), t in zip(models, times):
+        p10, median = float(np.percentile(t, 10)), float(np.median(t))
+        out.append({"label": label, "p10_ms": p10 * 1e3, "median_ms": median * 1e3, "ratio_p10": p10 / ref_p10,
+                    "ratio_median": median / ref_median, "protocol": {**protocol.to_json(), "threads": threads},
+                    "session": session_options(threads)})
+    return out

@@ -25,14 +25,13 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_POLICIES, DEFAULT_RESULTS, REPO, Record, header, quiet, rel  # noqa: E402
+from common import DEFAULT_POLICIES, DEFAULT_RESULTS, REPO, Record, header, quiet, rel, time_window  # noqa: E402
 
 POLICY = Path("dqn-PongNoFrameskip-v4") / "dqn_pong.pt"
 ENV_ID = "PongNoFrameskip-v4"
@@ -86,15 +85,14 @@ def candidates(run: Any) -> list[dict[str, Any]]:
 
 
 def claim(run: Any, model: bytes, refs: Mapping[str, Any], seeds: list[int]) -> dict[str, Any]:
-    """``model`` on the claim's seeds, paired with fp32: retention and its 95 % interval."""
-    from autoquant.evaluate import ci95
+    """``model`` on the claim's seeds, paired with fp32: retention and its 95 % interval (the
+    paired interval of the reward differences over fp32's gain on random)."""
+    from autoquant.evaluate import EpisodeStats, paired_comparison
 
     episodes = run.problem.play(model, seeds)
-    fp32, floor = refs["fp32"], refs["random"]
-    gain = float(np.mean(fp32["rewards"])) - float(np.mean(floor["rewards"]))
-    diffs = np.array(episodes.rewards) - np.array(fp32["rewards"])
-    half = ci95(list(diffs)) / gain
-    retention = 1.0 + float(diffs.mean()) / gain
+    fp32, floor = EpisodeStats.from_json(refs["fp32"]), EpisodeStats.from_json(refs["random"])
+    paired = paired_comparison(episodes, fp32, floor)
+    retention, half = paired["retention"], paired["mean_diff_ci95"] / (fp32.mean - floor.mean)
     return {"rewards": list(episodes.rewards), "lengths": list(episodes.lengths), "reward": episodes.mean,
             "retention": retention, "low": retention - half, "high": retention + half,
             "holds": retention >= MEAN_RULE and retention - half >= LOW_RULE}
@@ -153,20 +151,6 @@ def target_stage(target: str, run: Any, refs: Mapping[str, Any], int8: bytes, wo
     return out
 
 
-def window(run: Any, models: Sequence[tuple[str, bytes]], calls: int) -> list[dict[str, Any]]:
-    """Every model timed interleaved in one window on the host (1 thread, batch 1)."""
-    from autoquant.targets import MeasureProtocol, make_session, session_options, time_interleaved
-
-    protocol = MeasureProtocol(warmup=50, calls=calls, block=20, statistic="p10")
-    sessions = [make_session(onnx, threads=1) for _, onnx in models]
-    times = time_interleaved(sessions, run.held_out[:1], protocol)
-    ref_p10, ref_median = float(np.percentile(times[0], 10)), float(np.median(times[0]))
-    return [{"label": label, "p10_ms": float(np.percentile(t, 10)) * 1e3, "median_ms": float(np.median(t)) * 1e3,
-             "ratio_p10": float(np.percentile(t, 10)) / ref_p10, "ratio_median": float(np.median(t)) / ref_median,
-             "protocol": protocol.to_json(), "session": session_options(1)}
-            for (label, _), t in zip(models, times)]
-
-
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     from autoquant.compress import CompressionPlan, onnxruntime_uniform_int8
     from autoquant.evaluate import episode_seeds
@@ -204,7 +188,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     for label, onnx in models:
         unique.setdefault(onnx, label)
     log(f"one window: {len(unique)} models, {args.calls} calls each")
-    timed = window(host, [(label, onnx) for onnx, label in unique.items()], args.calls)
+    timed = time_window([(label, onnx) for onnx, label in unique.items()], host.held_out[:1], calls=args.calls)
     return {"policy": rel(policy), "policy_meta": {k: meta.get(k) for k in ("trained_env_steps", "mean_reward",
                                                                                  "ci95", "eval_episodes", "status")},
             "settings": {"budget_s": args.budget, "arm_budget_s": args.arm_budget, "finetune_epochs": args.finetune,

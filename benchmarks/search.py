@@ -77,9 +77,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from common import DEFAULT_POLICIES, DEFAULT_RESULTS, REPO, quiet, rel  # benchmarks/common.py
+from common import DEFAULT_POLICIES, DEFAULT_RESULTS, REPO, quiet, rel, time_window  # benchmarks/common.py
 
 DEFAULT_WORK = REPO / "benchmarks" / "scratch" / "search"
 
@@ -479,7 +477,6 @@ def window_check(runs: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], hea
     search-time best) timed interleaved in ONE window on the target's thread count: the only
     latency ratios here that were all measured at the same time."""
     from autoquant.compress import CompressionPlan, onnxruntime_uniform_int8
-    from autoquant.targets import MeasureProtocol, make_session, time_interleaved
 
     first = next(iter(runs.values()))
     threads = int(first.info["target"]["facts"].get("threads") or 1)
@@ -504,17 +501,9 @@ def window_check(runs: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], hea
         if summary not in seen:
             seen.add(summary)
             models.append((label, summary or CompressionPlan().describe(), onnx))
-    protocol = MeasureProtocol(warmup=50, calls=calls, block=20, statistic="p10")
-    sessions = [make_session(onnx, threads=threads) for _, _, onnx in models]
-    times = time_interleaved(sessions, first.held_out[:1], protocol)
-    ref_p10, ref_median = float(np.percentile(times[0], 10)), float(np.median(times[0]))
-    out = []
-    for (label, summary, _), t in zip(models, times):
-        p10, median = float(np.percentile(t, 10)), float(np.median(t))
-        out.append({"label": label, "plan": summary, "p10_ms": p10 * 1e3, "median_ms": median * 1e3,
-                    "ratio_p10": p10 / ref_p10, "ratio_median": median / ref_median,
-                    "protocol": {**protocol.to_json(), "threads": threads}})
-    return out
+    timed = time_window([(label, onnx) for label, _, onnx in models], first.held_out[:1], calls=calls,
+                        threads=threads)
+    return [{**row, "plan": summary} for row, (_, summary, _) in zip(timed, models)]
 
 
 def window_headline(window: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:

@@ -149,11 +149,7 @@ def compress(
                 weights, scales = _brevitas_values(model, plan)
             else:
                 weights = scales = None
-                for p in pruned.parameters():
-                    p.requires_grad_(True)
-                result = tune(pruned, lambda: graph(None, None).onnx)
-                for p in pruned.parameters():
-                    p.requires_grad_(False)
+                result = tune(pruned, lambda: graph(None, None).onnx)  # distill switches gradients on and off
             built = graph(weights, scales)
             net = pruned_net(pruned, built.sliced, built.layers)
         table = analyse_module(net, bundle.input_shape, bundle.layer_sources)
