@@ -21,6 +21,7 @@ import numpy as np
 
 from autoquant.actorq._bundle import ActorBundle, conv_strides, load_bundle
 from autoquant.actorq._quantizer import ActorPolicy, ActorQuantizer
+from autoquant.actorq._rebuild import Rebuilder
 from autoquant.compress import EXTERNAL_LOCATION, SlotSpec, as_array
 
 __all__ = ["ActorWorker", "Fp32ActorBuilder"]
@@ -34,13 +35,21 @@ class Fp32ActorBuilder:
     broadcast exactly as ``ActorQuantizer`` supplies its int8 ones. Plain data: picklable.
     """
 
-    def __init__(self, bundle: ActorBundle | str | Path, *, threads: int = 1) -> None:
+    def __init__(self, bundle: ActorBundle | str | Path, *, threads: int = 1, rebuild: str = "auto") -> None:
         self.bundle = bundle if isinstance(bundle, ActorBundle) else load_bundle(bundle)
         self.threads = threads
         self.layers = list(self.bundle.manifest["fingerprint"]["layers"])
         self.slots: dict[str, tuple[str, SlotSpec]] = {}  # slot name -> (state dict key, spec)
         self.graph = self._graph()
         self._quantizer = ActorQuantizer(self.bundle, threads=threads)  # for check() and the action spec
+        self.rebuilder = Rebuilder(self.graph, {name: spec for name, (_, spec) in self.slots.items()},
+                                   input_shape=self.bundle.input_shape, obs_scale=self.bundle.obs_scale,
+                                   threads=threads, path=rebuild)
+
+    @property
+    def rebuild_choice(self) -> dict[str, Any] | None:
+        """Which rebuild path builds take and why (None before the first build)."""
+        return self.rebuilder.choice
 
     def _graph(self) -> bytes:
         from onnx import TensorProto, helper, numpy_helper
@@ -91,10 +100,8 @@ class Fp32ActorBuilder:
 
     def build(self, learner_state_dict: Mapping[str, Any]) -> ActorPolicy:
         """An fp32 actor policy from the learner's weights (a session on the fixed graph)."""
-        from autoquant.targets import make_session
-
         arrays = {slot: as_array(learner_state_dict[key]) for slot, (key, _) in self.slots.items()}
-        session = make_session(self.graph, threads=self.threads, initializers=arrays)
+        session = self.rebuilder.session(arrays)
         return ActorPolicy(session, input_shape=self.bundle.input_shape, obs_scale=self.bundle.obs_scale,
                            action=self._quantizer.action_spec, algo=self.bundle.algo)
 

@@ -5,7 +5,8 @@ Nothing here goes through torch, Brevitas or an exporter. The bundle's graph is 
 graph's weight initializers from the learner's weights exactly as Brevitas would
 (per-output-channel symmetric narrow-range weights, int32 biases at the accumulator's
 scale), and onnxruntime opens a session on the fixed graph with those initializers
-supplied as its external data.
+supplied as its external data: on a graph it optimized once, where that is checked to
+reproduce a fresh session and is faster (``_rebuild``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from autoquant.actorq._bundle import ActorBundle, load_bundle
+from autoquant.actorq._rebuild import Rebuilder
 from autoquant.compress import as_array, encode_layer
 from autoquant.errors import ActorQError, NetworkMismatchError
 
@@ -81,16 +83,30 @@ class ActorQuantizer:
     ``build`` quantizes on the actor, from the learner's fp32 state dict (original key
     names; torch tensors or numpy arrays). ``quantize`` is the learner side of central
     quantization: it returns the broadcast payload (int8 weights, scales, int32 biases),
-    which ``build_quantized`` turns into an actor. Both hold no state between calls: an
-    instance is plain data (picklable) and may be shipped to remote actors.
+    which ``build_quantized`` turns into an actor. An instance is plain data (picklable)
+    and may be shipped to remote actors.
+
+    ``rebuild`` chooses how each build opens its session (``_rebuild.Rebuilder``):
+    ``"auto"`` (default) optimizes the graph once on the first build, checks that sessions
+    on the optimized graph reproduce fresh ones, times both and keeps the faster;
+    ``"session"`` optimizes on every build; ``"preoptimized"`` insists on the optimized
+    graph. ``rebuild_choice`` says which path ran and why (set by the first build).
     """
 
-    def __init__(self, bundle: ActorBundle | str | Path, *, threads: int = 1) -> None:
+    def __init__(self, bundle: ActorBundle | str | Path, *, threads: int = 1, rebuild: str = "auto") -> None:
         self.bundle = bundle if isinstance(bundle, ActorBundle) else load_bundle(bundle)
         if threads < 1:
             raise ActorQError(f"threads must be >= 1, got {threads}")
         self.threads = threads
         self._action: Any = None
+        slots = {s.name: s for r in self.bundle.layers for s in r.slots.values()}
+        self.rebuilder = Rebuilder(self.bundle.graph, slots, input_shape=self.bundle.input_shape,
+                                   obs_scale=self.bundle.obs_scale, threads=threads, path=rebuild)
+
+    @property
+    def rebuild_choice(self) -> dict[str, Any] | None:
+        """Which rebuild path builds take and why (None before the first build)."""
+        return self.rebuilder.choice
 
     # --- learner side -----------------------------------------------------------------
 
@@ -150,9 +166,7 @@ class ActorQuantizer:
         return self._session(arrays)
 
     def _session(self, arrays: dict[str, np.ndarray]) -> ActorPolicy:
-        from autoquant.targets import make_session
-
-        session = make_session(self.bundle.graph, threads=self.threads, initializers=arrays)
+        session = self.rebuilder.session(arrays)
         return ActorPolicy(session, input_shape=self.bundle.input_shape, obs_scale=self.bundle.obs_scale,
                            action=self.action_spec, algo=self.bundle.algo)
 

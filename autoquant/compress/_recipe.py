@@ -94,7 +94,7 @@ def encode_layer(recipe: LayerRecipe, weight: np.ndarray, bias: np.ndarray | Non
             out[slots["bias"].name] = b
         return out
     flat = w.reshape(len(w), -1)
-    absmax = np.abs(flat).max(axis=1)
+    absmax = np.maximum(flat.max(axis=1), -flat.min(axis=1))  # max |w| without an |w| copy
     scale = np.maximum(absmax, _SCALE_MIN) / np.float32(recipe.int_max)
     if not np.all(np.isfinite(scale)):
         raise ActorQError(f"the learner's weights of layer {recipe.name} ({recipe.weight_key}) are not finite: "

@@ -29,12 +29,15 @@ def session_options(threads: int) -> dict[str, Any]:
 
 
 def make_session(model: bytes, *, threads: int = 1, profile_prefix: str | None = None,
-                 initializers: Mapping[str, np.ndarray] | None = None) -> Any:
+                 initializers: Mapping[str, np.ndarray] | None = None, optimize: bool = True,
+                 save_optimized: str | None = None) -> Any:
     """A CPU onnxruntime session with a fixed thread count.
 
     ``initializers`` supplies the graph's external-data initializers by name (a recipe
     graph's slots); the session reads them from the arrays, which must outlive it: they
-    are kept on the session as ``_autoquant_buffers``.
+    are kept on the session as ``_autoquant_buffers``. ``optimize=False`` opens a graph
+    that is already optimized (one ``save_optimized`` wrote, a file path) without
+    optimizing it again.
     """
     import onnxruntime as ort
 
@@ -42,8 +45,11 @@ def make_session(model: bytes, *, threads: int = 1, profile_prefix: str | None =
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.log_severity_level = 3
+    if save_optimized is not None:
+        options.optimized_model_filepath = save_optimized
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

@@ -321,6 +321,45 @@ def test_fp32_actors_run_the_learners_network(pong_bundle, pong, pong_states, po
     assert not np.allclose(moved_want, want)
 
 
+def test_pong_rebuilds_on_a_graph_optimized_once(pong_bundle, pong_states, pong_pt_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The fast rebuild path: the graph optimized on the first build, sessions on it with the
+    integer kernels, bit-identical to fresh sessions for every later broadcast; where
+    optimization bakes weights into constants of its own (fp32 convs' NCHWc layout), the
+    check refuses the path and ``auto`` keeps fresh sessions, saying why."""
+    import pickle
+
+    import onnx
+
+    from autoquant.actorq import ActorQError, ActorQuantizer, Fp32ActorBuilder
+
+    _, bundle = pong_bundle
+    learner = torch.load(pong_pt_path, weights_only=True)
+    states = pong_states.states[:64]
+    fast = ActorQuantizer(bundle, rebuild="preoptimized")
+    slow = ActorQuantizer(bundle, rebuild="session")
+    for seed in (4, 5):
+        moved = _perturbed(learner, seed=seed)
+        np.testing.assert_array_equal(fast.build(moved).forward(states), slow.build(moved).forward(states))
+    assert fast.rebuild_choice["path"] == "preoptimized" and slow.rebuild_choice["path"] == "session"
+    # The optimized graph runs the integer kernels.
+    ops = {node.op_type for node in onnx.load_from_string(fast.rebuilder.optimized_graph).graph.node}
+    assert {"QLinearConv", "QGemm"} <= ops and not ops & {"Conv", "Gemm", "DequantizeLinear"}, ops
+    auto = ActorQuantizer(bundle)
+    auto.build(learner)
+    choice = auto.rebuild_choice
+    assert choice["path"] in ("session", "preoptimized") and choice["session_ms"] > 0 and choice["preoptimized_ms"] > 0
+    shipped = pickle.loads(pickle.dumps(auto))  # each actor decides on its own machine
+    assert shipped.rebuild_choice is None and shipped.rebuilder.optimized_graph is None
+    # fp32 convolutions: onnxruntime reorders their weights into blocked constants.
+    with pytest.raises(ActorQError) as info:
+        Fp32ActorBuilder(bundle, rebuild="preoptimized").build(learner)
+    text = str(info.value)
+    assert "\n" not in text and "constants of its own" in text and "rebuild='auto'" in text, text
+    fp32 = Fp32ActorBuilder(bundle)
+    fp32.build(learner)
+    assert fp32.rebuild_choice["path"] == "session" and "fp32/conv1/weight" in fp32.rebuild_choice["reason"]
+
+
 def test_pong_bundle_refuses_other_networks(pong_bundle, cartpole_dqn_path: Path) -> None:  # type: ignore[no-untyped-def]
     from autoquant.actorq import ActorQuantizer, NetworkMismatchError
 
@@ -367,9 +406,18 @@ def test_every_kind_of_layer_rebuilds_bit_exactly(layers, cartpole_dqn, cartpole
     plan = CompressionPlan({name: LayerSpec(*spec) for name, spec in layers.items()})
     compressed = compress(cartpole_dqn, plan, cartpole_states.states, rounding="nearest")
     write_bundle(compressed, tmp_path)
-    policy = ActorQuantizer(tmp_path).build(_state_dict_of_zip(cartpole_dqn_path))
+    learner = _state_dict_of_zip(cartpole_dqn_path)
+    quantizer = ActorQuantizer(tmp_path)
+    policy = quantizer.build(learner)
     states = cartpole_states.states
     np.testing.assert_array_equal(policy.forward(states), OrtRunner(compressed.onnx)(states))
+    # Whichever rebuild path the first build chose, later broadcasts follow the new weights
+    # as a fresh session does.
+    assert quantizer.rebuild_choice is not None and quantizer.rebuild_choice["path"] in ("session", "preoptimized")
+    moved = _perturbed(learner, seed=3)
+    fresh = ActorQuantizer(tmp_path, rebuild="session").build(moved).forward(states)
+    np.testing.assert_array_equal(quantizer.build(moved).forward(states), fresh)
+    assert not np.array_equal(fresh, policy.forward(states))
 
 
 def test_write_bundle_refuses_gptq_rounding(pong, pong_states, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
