@@ -12,7 +12,10 @@ plan, order alternating, then a block of environment steps):
     ``--builds`` builds with freshly perturbed learner weights each time (nothing can
     be cached), split into the numpy quantization (``quantize``, the learner's share
     when it quantizes centrally) and the onnxruntime session (``build_quantized``,
-    the actor's share then);
+    the actor's share then), on the rebuild path the quantizer chose (``rebuild``
+    "auto": a graph optimized once, where that is checked and faster) and, for the
+    same payloads in the same rounds, on a fresh session that optimizes the graph
+    every build (``rebuild="session"``, the path before);
   - broadcast payload: the fp32 weights of the policy's layers against the centrally
     quantized payload (int8 weights, per-channel scales, int32 biases and their
     scales; float layers stay fp32);
@@ -126,11 +129,13 @@ class PlanClock:
     """One plan's quantizer and the times of its builds."""
 
     quantizer: Any
+    fresh: Any  # the same bundle rebuilt with a fresh, optimizing session every build
     first_build: float
     check: dict[str, Any]
     build: list[float]
     quantize: list[float]
     session: list[float]
+    fresh_session: list[float]
     payload_bytes: int = 0
 
     def round(self, learner: dict[str, Any], generator: Any) -> None:
@@ -145,6 +150,9 @@ class PlanClock:
         self.quantizer.build_quantized(payload)
         self.session.append(time.perf_counter() - middle)
         self.quantize.append(middle - start)
+        start = time.perf_counter()
+        self.fresh.build_quantized(payload)
+        self.fresh_session.append(time.perf_counter() - start)
         self.payload_bytes = sum(int(v.nbytes) for v in payload.values())
 
 
@@ -157,12 +165,14 @@ def open_plan(bundle_dir: Path, learner: dict[str, Any], states: np.ndarray) -> 
     start = time.perf_counter()
     policy = quantizer.build(learner)
     first = time.perf_counter() - start
+    fresh = ActorQuantizer(load_bundle(bundle_dir), rebuild="session")
+    fresh.build(learner)
     template = OrtRunner(quantizer.bundle.template)(states)
     got = policy.forward(states)
     check = {"states": len(states),
              "action_agreement": float(np.mean(got.argmax(axis=1) == template.argmax(axis=1))),
              "max_abs_output_difference": float(np.abs(got - template).max())}
-    return PlanClock(quantizer, first, check, [], [], [])
+    return PlanClock(quantizer, fresh, first, check, [], [], [], [])
 
 
 def predict_ms(policy: Any, x: np.ndarray, calls: int = 500) -> dict[str, float]:
@@ -220,6 +230,10 @@ def run_network(network: Network, policies: Path, builds: int, seed: int) -> dic
             "build_ms": {**build, "first_build": 1e3 * clock.first_build, "builds": len(clock.build)},
             "quantize_ms": _ms(clock.quantize),
             "session_ms": _ms(clock.session),
+            "fresh_session_ms": _ms(clock.fresh_session),
+            "rebuild_path": clock.quantizer.rebuild_choice,
+            "session_in_env_steps": _ms(clock.session)["median"] / step["median"],
+            "fresh_session_in_env_steps": _ms(clock.fresh_session)["median"] / step["median"],
             "predict_ms": predict_ms(clock.quantizer.build(learner), states[:1]),
             "build_in_env_steps": build["median"] / step["median"],
             "payload_bytes": {"fp32_state_dict": fp32, "central": clock.payload_bytes,
@@ -243,16 +257,19 @@ def markdown(network: dict[str, Any]) -> str:
         (f"`{network['policy']}`, input {tuple(network['input_shape'])}; one `{network['env_id']}` step: "
          f"median {step['median']:.4f} ms (mean {step['mean']:.4f} ms, {step['steps']} random-action steps)"),
         "",
-        ("| plan | build ms median | build ms p10 | = env steps | quantize ms | session ms | first build ms "
+        ("| plan | rebuild path | build ms median | build ms p10 | = env steps | quantize ms | session ms "
+         "| = env steps | fresh session ms | = env steps | first build ms "
          "| predict ms | fp32 payload | central payload | ratio | template agreement |"),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in network["plans"].values():
         pay = row["payload_bytes"]
         lines.append(
-            f"| {row['summary']} | {row['build_ms']['median']:.2f} | {row['build_ms']['p10']:.2f} | "
-            f"{row['build_in_env_steps']:.1f} | "
+            f"| {row['summary']} | {row['rebuild_path']['path']} | {row['build_ms']['median']:.2f} | "
+            f"{row['build_ms']['p10']:.2f} | {row['build_in_env_steps']:.1f} | "
             f"{row['quantize_ms']['median']:.2f} | {row['session_ms']['median']:.2f} | "
+            f"{row['session_in_env_steps']:.1f} | {row['fresh_session_ms']['median']:.2f} | "
+            f"{row['fresh_session_in_env_steps']:.1f} | "
             f"{row['build_ms']['first_build']:.1f} | {row['predict_ms']['median']:.4f} | "
             f"{_fmt_bytes(pay['fp32_state_dict'])} | {_fmt_bytes(pay['central'])} | {pay['ratio']:.3f} | "
             f"{row['template_check']['action_agreement']:.1%} |")
@@ -297,8 +314,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{builds} rounds per network, each one build of every plan (order alternating) from the learner's fp32 "
         "state dict (torch tensors) with freshly perturbed weights, then a block of env steps, so builds and "
         "steps share one window. Build = numpy quantization (quantize column) + onnxruntime session on the fixed "
-        "graph (session column, what an actor pays when the learner quantizes centrally), one thread; "
-        "'= env steps' is the median build over the median env step. The fp32 payload counts the policy's "
+        "graph (session column, what an actor pays when the learner quantizes centrally), one thread, on the "
+        "rebuild path the quantizer chose on its first build (`preoptimized`: a session on the graph it "
+        "optimized once, checked bit-exact against a fresh session; `session`: a fresh session that optimizes "
+        "the graph); 'fresh session' is the same payload on a fresh, optimizing session in the same round (the "
+        "path before the pre-optimized graph); '= env steps' is the median time over the median env step. The fp32 payload counts the policy's "
         "layers only (an SB3 DQN state dict also holds the target network, which is not broadcast); the central "
         "payload is `ActorQuantizer.quantize`'s int8 weights, per-channel scales and int32 biases with their "
         "scales. Env steps: random actions, the project's wrappers (`autoquant.policy.make_env`). Template "

@@ -19,28 +19,36 @@ same network. What each broadcast recomputes and what stays fixed is written in 
 bundle's manifest (``broadcast``).
 
 ``run_actorq`` (``autoquant actorq run``) is the whole loop: Ray actors with the bundle's
-quantized policy (or fp32, for comparison) feed an fp32 stable-baselines3 DQN learner.
+quantized policy (or fp32, for comparison) feed an fp32 stable-baselines3 learner: DQN
+for Q-networks, PPO for policies, which corrects for the actors' quantized behaviour
+policy with truncated importance sampling on the log-probabilities they ship.
 
-Rooms: ``_bundle`` (the bundle format), ``_quantizer`` (per-broadcast rebuild),
-``_actors`` (actor builders and the actor), ``_learner`` (the DQN learner and its
-presets), ``_loop`` (the Ray loop and its report). The numpy recipe that rebuilds a
+Rooms: ``_bundle`` (the bundle format), ``_quantizer`` (per-broadcast quantization),
+``_rebuild`` (sessions per broadcast: a graph optimized once, checked), ``_actors``
+(actor builders and the actor), ``_learner`` (the DQN learner and its presets), ``_ppo``
+(the PPO learner, its presets and the correction), ``_loop`` (the Ray loop and its report). The numpy recipe that rebuilds a
 layer's initializers lives with the graph it fills, in ``autoquant.compress``.
 """
 
 from __future__ import annotations
 
-from autoquant.actorq._actors import ActorWorker, Fp32ActorBuilder
+from autoquant.actorq._actors import ActorWorker, Fp32ActorBuilder, hidden_activation, sample_logits
 from autoquant.actorq._bundle import BUNDLE_FORMAT, BUNDLE_VERSION, ActorBundle, load_bundle, target_entry, write_bundle
-from autoquant.actorq._learner import DQN_PRESETS, DQNConfig, DQNLearner, dqn_preset
+from autoquant.actorq._learner import DQN_PRESETS, DQNConfig, DQNLearner, dqn_preset, learner_algo
 from autoquant.actorq._loop import ActorRunConfig, run_actorq
+from autoquant.actorq._ppo import CORRECTIONS, PPO_PRESETS, PPOConfig, PPOLearner, ppo_preset
 from autoquant.actorq._quantizer import ActorPolicy, ActorQuantizer
+from autoquant.actorq._rebuild import REBUILD_PATHS, Rebuilder
 from autoquant.compress import LayerRecipe, SlotSpec, encode_layer
 from autoquant.errors import ActorQError, BundleFormatError, NetworkMismatchError
 
 __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_VERSION",
+    "CORRECTIONS",
     "DQN_PRESETS",
+    "PPO_PRESETS",
+    "REBUILD_PATHS",
     "ActorBundle",
     "ActorPolicy",
     "ActorQError",
@@ -53,11 +61,18 @@ __all__ = [
     "Fp32ActorBuilder",
     "LayerRecipe",
     "NetworkMismatchError",
+    "PPOConfig",
+    "PPOLearner",
+    "Rebuilder",
     "SlotSpec",
     "dqn_preset",
     "encode_layer",
+    "hidden_activation",
+    "learner_algo",
     "load_bundle",
+    "ppo_preset",
     "run_actorq",
+    "sample_logits",
     "target_entry",
     "write_bundle",
 ]

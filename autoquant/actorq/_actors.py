@@ -20,17 +20,29 @@ from typing import Any
 import numpy as np
 
 from autoquant.actorq._bundle import ActorBundle, conv_strides, load_bundle
-from autoquant.actorq._quantizer import ActorPolicy, ActorQuantizer
+from autoquant.actorq._quantizer import ActorPolicy, ActorQuantizer, sample_logits
 from autoquant.actorq._rebuild import Rebuilder
 from autoquant.compress import EXTERNAL_LOCATION, SlotSpec, as_array
+from autoquant.errors import ActorQError
 
-__all__ = ["ActorWorker", "Fp32ActorBuilder"]
+__all__ = ["ActorWorker", "Fp32ActorBuilder", "hidden_activation", "sample_logits"]
+
+
+def hidden_activation(bundle: ActorBundle) -> str:
+    """The ONNX op between the bundle network's layers: "Relu" or "Tanh" (ActorQError otherwise)."""
+    import onnx
+
+    ops = {node.op_type for node in onnx.load_from_string(bundle.graph).graph.node}
+    found = ops & {"Relu", "Tanh"}
+    if len(found) > 1:
+        raise ActorQError("the bundle's network mixes ReLU and Tanh: actorq run supports one hidden activation")
+    return found.pop() if found else "Relu"  # a quantized ReLU may live in an unsigned activation quantizer
 
 
 class Fp32ActorBuilder:
     """``build(state_dict)`` -> an ActorPolicy running the bundle's network in fp32.
 
-    The graph (Conv/Gemm layers with ReLU between them, Flatten before the first Gemm
+    The graph (Conv/Gemm layers with the bundle's activation, ReLU or Tanh, between them, Flatten before the first Gemm
     after a conv) is fixed and its weight initializers are external, supplied by each
     broadcast exactly as ``ActorQuantizer`` supplies its int8 ones. Plain data: picklable.
     """
@@ -40,6 +52,7 @@ class Fp32ActorBuilder:
         self.threads = threads
         self.layers = list(self.bundle.manifest["fingerprint"]["layers"])
         self.slots: dict[str, tuple[str, SlotSpec]] = {}  # slot name -> (state dict key, spec)
+        self.activation = hidden_activation(self.bundle)
         self.graph = self._graph()
         self._quantizer = ActorQuantizer(self.bundle, threads=threads)  # for check() and the action spec
         self.rebuilder = Rebuilder(self.graph, {name: spec for name, (_, spec) in self.slots.items()},
@@ -84,8 +97,8 @@ class Fp32ActorBuilder:
                 nodes.append(helper.make_node("Gemm", inputs, [out], name=name, transB=1))
             x = out
             if i < len(self.layers) - 1:
-                nodes.append(helper.make_node("Relu", [x], [f"{name}/relu"]))
-                x = f"{name}/relu"
+                nodes.append(helper.make_node(self.activation, [x], [f"{name}/act"]))
+                x = f"{name}/act"
         graph = helper.make_graph(
             nodes, "actorq_fp32",
             [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", *self.bundle.input_shape])],
@@ -107,27 +120,47 @@ class Fp32ActorBuilder:
 
 
 class ActorWorker:
-    """One actor: an env, a policy rebuilt when the broadcast version changes, and
-    epsilon-greedy collection of ``steps`` transitions per request. Made a Ray actor by
-    ``ray.remote(ActorWorker)``; plain Python otherwise."""
+    """One actor: ``envs`` copies of the env stepped in lockstep with one batched policy call
+    per step, a policy rebuilt when the broadcast version changes, and ``rounds`` lockstep
+    steps per request. Behaviour: epsilon-greedy on Q-values (``epsilon`` given: a DQN
+    learner) or actions sampled from the policy's own softmax with their log-probabilities
+    (``epsilon=None``: an on-policy learner that corrects for the actor's quantized policy).
+    Made a Ray actor by ``ray.remote(ActorWorker)``; plain Python otherwise."""
 
-    def __init__(self, builder: Any, env_id: str, *, seed: int, central: bool) -> None:
+    def __init__(self, builder: Any, env_id: str, *, seed: int, central: bool, envs: int = 1) -> None:
         from autoquant.policy import make_env
 
         self.builder = builder
         self.central = central
-        self.env = make_env(env_id)
-        self.env.action_space.seed(seed)
+        self.envs = [make_env(env_id) for _ in range(envs)]
+        for j, env in enumerate(self.envs):
+            env.action_space.seed(seed + 7919 * j)
         self.rng = np.random.default_rng(seed)
-        self.obs, _ = self.env.reset(seed=seed)
-        self.space = self.env.observation_space
+        self.obs = np.stack([env.reset(seed=seed + 7919 * j)[0] for j, env in enumerate(self.envs)])
+        self.space = self.envs[0].observation_space
         self.policy: ActorPolicy | None = None
         self.version = -1
-        self.episode_return = 0.0
-        self.episode_length = 0
+        self.episode_return = np.zeros(envs)
+        self.episode_length = np.zeros(envs, dtype=np.int64)
+        self.episode_start = np.ones(envs, dtype=bool)
 
-    def collect(self, box: Sequence[Any], version: int, epsilon: float, steps: int) -> dict[str, Any]:
-        """``steps`` transitions with the broadcast in ``box`` ([ObjectRef] or [weights])."""
+    def where(self) -> dict[str, Any]:
+        """The node, process and host this actor runs on (Ray's node id when on Ray)."""
+        import os
+        import socket
+
+        node = None
+        try:
+            import ray
+
+            if ray.is_initialized():
+                node = ray.get_runtime_context().get_node_id()
+        except ModuleNotFoundError:
+            pass
+        return {"node_id": node, "pid": os.getpid(), "host": socket.gethostname()}
+
+    def collect(self, box: Sequence[Any], version: int, epsilon: float | None, rounds: int) -> dict[str, Any]:
+        """``rounds`` lockstep steps of every env with the broadcast in ``box`` ([ObjectRef] or [weights])."""
         rebuild_s = 0.0
         if version != self.version:
             weights = box[0]
@@ -140,48 +173,65 @@ class ActorWorker:
             rebuild_s = time.perf_counter() - start
             self.version = version
         assert self.policy is not None
-        policy, env, rng = self.policy, self.env, self.rng
-        obs = np.empty((steps, *self.space.shape), dtype=self.space.dtype)
+        policy, envs, rng = self.policy, self.envs, self.rng
+        n = len(envs)
+        shape = (rounds, n)
+        obs = np.empty((*shape, *self.space.shape), dtype=self.space.dtype)
         next_obs = np.empty_like(obs)
-        actions = np.empty(steps, dtype=np.int64)
-        rewards = np.empty(steps, dtype=np.float32)
-        terminated = np.empty(steps, dtype=bool)
-        truncated = np.empty(steps, dtype=bool)
-        episodes: list[tuple[int, float, int]] = []  # (index in this chunk, return, length)
-        policy_s, policy_cpu_s, env_s, policy_calls = 0.0, 0.0, 0.0, 0
+        actions = np.empty(shape, dtype=np.int64)
+        log_probs = np.zeros(shape, dtype=np.float64)
+        rewards = np.empty(shape, dtype=np.float32)
+        terminated = np.empty(shape, dtype=bool)
+        truncated = np.empty(shape, dtype=bool)
+        starts = np.empty(shape, dtype=bool)
+        episodes: list[tuple[int, int, float, int]] = []  # (round, env, return, length)
+        policy_s, policy_cpu_s, env_s, policy_calls, policy_steps = 0.0, 0.0, 0.0, 0, 0
         start, cpu_start = time.perf_counter(), time.thread_time()
         current = self.obs
-        for i in range(steps):
+        for i in range(rounds):
             obs[i] = current
+            starts[i] = self.episode_start
             t0 = time.perf_counter()
-            if epsilon > 0.0 and rng.random() < epsilon:
-                action = int(env.action_space.sample())
-                t1 = time.perf_counter()
-            else:
+            if epsilon is None:
                 c0 = time.thread_time()  # onnxruntime runs one intra-op thread: this one
-                action = int(policy.predict(current)[0])
+                step_actions, log_probs[i] = policy.sample(current, rng)
                 policy_cpu_s += time.thread_time() - c0
-                t1 = time.perf_counter()
-                policy_s += t1 - t0
-                policy_calls += 1
-            new, reward, term, trunc, _ = env.step(action)
+                policy_s += time.perf_counter() - t0
+                policy_calls, policy_steps = policy_calls + 1, policy_steps + n
+            else:
+                explore = rng.random(n) < epsilon if epsilon > 0.0 else np.zeros(n, dtype=bool)
+                step_actions = np.empty(n, dtype=np.int64)
+                if not explore.all():
+                    c0 = time.thread_time()
+                    step_actions[:] = policy.predict(current if n > 1 else current[0])[0]
+                    policy_cpu_s += time.thread_time() - c0
+                    policy_s += time.perf_counter() - t0
+                    policy_calls, policy_steps = policy_calls + 1, policy_steps + int((~explore).sum())
+                for j in np.flatnonzero(explore):
+                    step_actions[j] = int(envs[j].action_space.sample())
+            actions[i] = step_actions
+            t1 = time.perf_counter()
+            new = np.empty_like(current)
+            for j, env in enumerate(envs):
+                o, reward, term, trunc, _ = env.step(int(step_actions[j]))
+                next_obs[i, j] = o
+                rewards[i, j], terminated[i, j], truncated[i, j] = reward, term, trunc
+                self.episode_return[j] += float(reward)
+                self.episode_length[j] += 1
+                if term or trunc:
+                    episodes.append((i, j, float(self.episode_return[j]), int(self.episode_length[j])))
+                    self.episode_return[j], self.episode_length[j] = 0.0, 0
+                    o, _ = env.reset()
+                new[j] = o
+            self.episode_start = terminated[i] | truncated[i]
             env_s += time.perf_counter() - t1
-            next_obs[i] = new
-            actions[i], rewards[i], terminated[i], truncated[i] = action, reward, term, trunc
-            self.episode_return += float(reward)
-            self.episode_length += 1
-            if term or trunc:
-                episodes.append((i, self.episode_return, self.episode_length))
-                self.episode_return, self.episode_length = 0.0, 0
-                t1 = time.perf_counter()
-                new, _ = env.reset()
-                env_s += time.perf_counter() - t1
             current = new
         self.obs = current
         busy_s, cpu_s = time.perf_counter() - start, time.thread_time() - cpu_start
-        return {"obs": obs, "next_obs": next_obs, "actions": actions, "rewards": rewards,
-                "terminated": terminated, "truncated": truncated, "episodes": episodes, "steps": steps,
+        return {"obs": obs, "next_obs": next_obs, "actions": actions, "log_probs": log_probs, "rewards": rewards,
+                "terminated": terminated, "truncated": truncated, "episode_starts": starts,
+                "last_obs": current.copy(), "episodes": episodes, "steps": rounds * n, "envs": n,
                 "busy_s": busy_s, "cpu_s": cpu_s, "policy_s": policy_s, "policy_cpu_s": policy_cpu_s, "env_s": env_s,
-                "policy_calls": policy_calls, "rebuild_s": rebuild_s, "version": version}
-
-
+                "policy_calls": policy_calls, "policy_steps": policy_steps, "rebuild_s": rebuild_s,
+                "rebuild_choice": getattr(self.builder, "rebuild_choice", None) if rebuild_s else None,
+                "version": version}

@@ -26,7 +26,7 @@ __all__ = [
     "DQN_PRESETS",
     "DQNConfig",
     "DQNLearner",
-    "check_algo",
+    "learner_algo",
     "check_env",
     "dqn_preset",
     "init_from_policy",
@@ -116,20 +116,34 @@ def check_env(bundle: ActorBundle, env_id: str) -> str:
     return wanted
 
 
-def check_algo(bundle: ActorBundle) -> None:
-    if bundle.algo not in ("dqn", "torch", "torchscript"):
-        raise ActorQError(f"actorq run trains a DQN learner; the bundle is for a {bundle.algo} policy: "
-                          "export a bundle from a DQN policy")
+def learner_algo(bundle: ActorBundle, asked: str | None) -> str:
+    """The learner a bundle's policy trains with ("dqn" or "ppo"), checked against ``asked``."""
+    natural = {"dqn": "dqn", "torch": "dqn", "torchscript": "dqn", "ppo": "ppo", "a2c": "ppo"}.get(bundle.algo)
+    algo = asked or natural
+    if algo is None:
+        raise ActorQError(f"actorq run trains DQN (Q-value networks) or PPO (discrete policies); the bundle is for "
+                          f"a {bundle.algo} policy: export a bundle from a DQN or PPO policy")
+    if algo not in ("dqn", "ppo"):
+        raise UsageError(f"--learner {algo!r} is not one of dqn, ppo")
     if bundle.manifest["policy"]["action"]["kind"] != "argmax":
-        raise ActorQError("actorq run trains a DQN learner; the bundle's network does not output one Q-value "
-                          "per discrete action")
+        raise ActorQError(f"actorq run's {algo.upper()} learner needs discrete actions; the bundle's network "
+                          "does not output one value per discrete action")
+    if natural is not None and algo != natural:
+        kind = "Q-values" if natural == "dqn" else "policy logits"
+        raise UsageError(f"--learner {algo}: the bundle's {bundle.algo} network outputs {kind}, which a "
+                         f"{algo.upper()} learner does not train; drop --learner or pass --learner {natural}")
     import onnx
 
     ops = {node.op_type for node in onnx.load_from_string(bundle.graph).graph.node}
     other = sorted(ops & _OTHER_ACTIVATIONS)
-    if other:
+    if algo == "dqn" and other:
         raise NetworkMismatchError(f"the bundle's network uses {other}; SB3's DQN learner uses ReLU: "
                                    "export a bundle of a ReLU network")
+    other = [op for op in other if op != "Tanh"]
+    if algo == "ppo" and other:
+        raise NetworkMismatchError(f"the bundle's network uses {other}; the PPO learner builds ReLU or Tanh "
+                                   "networks: export a bundle of one")
+    return algo
 
 
 def _learner_layers(model: Any) -> list[Any]:
@@ -245,12 +259,15 @@ class DQNLearner:
         return float(self.model.exploration_rate)
 
     def ingest(self, r: Mapping[str, Any]) -> None:
+        """An actor's chunk, (rounds, envs) arrays, one transition at a time in step order."""
         model, buffer = self.model, self.model.replay_buffer
         start = time.perf_counter()
-        for i in range(int(r["steps"])):
-            term, trunc = bool(r["terminated"][i]), bool(r["truncated"][i])
-            buffer.add(r["obs"][i:i + 1], r["next_obs"][i:i + 1], r["actions"][i:i + 1], r["rewards"][i:i + 1],
-                       np.array([term or trunc]), [{"TimeLimit.truncated": trunc and not term}])
+        flat = {key: np.asarray(r[key]).reshape(-1, *np.shape(r[key])[2:])
+                for key in ("obs", "next_obs", "actions", "rewards", "terminated", "truncated")}
+        for i in range(len(flat["actions"])):
+            term, trunc = bool(flat["terminated"][i]), bool(flat["truncated"][i])
+            buffer.add(flat["obs"][i:i + 1], flat["next_obs"][i:i + 1], flat["actions"][i:i + 1],
+                       flat["rewards"][i:i + 1], np.array([term or trunc]), [{"TimeLimit.truncated": trunc and not term}])
             model.num_timesteps += 1
             model._update_current_progress_remaining(model.num_timesteps, self.total)
             model._on_step()

@@ -1,13 +1,18 @@
 """``autoquant actorq run``: Ray actors with quantized (or fp32) policies feed an fp32 SB3 learner.
 
-The loop::
+The loop, with a DQN learner (asynchronous: an actor's chunk is ingested as it arrives)::
 
-    learner (this process, SB3 DQN, fp32)            actors (Ray actors, one env each)
+    learner (this process, SB3 DQN, fp32)            actors (Ray actors, E envs each, batched policy)
       weights -> ray.put, version v  ---------------->  pull v when it changed, rebuild the policy
       replay_buffer.add, _on_step, train  <-----------  K epsilon-greedy steps: transitions, returns, timing
 
-The learner (``_learner.py``) and the actors (``_actors.py``) have rooms of their own;
-this one starts Ray, places the actors, broadcasts, evaluates and reports.
+and with a PPO learner (synchronous, on-policy): every iteration broadcasts, every actor
+returns ``n_steps`` steps of each env sampled from its own policy with the behaviour
+log-probabilities, and the learner trains on them with truncated importance sampling
+(``_ppo.py``) or without correction.
+
+The learners (``_learner.py``, ``_ppo.py``) and the actors (``_actors.py``) have rooms of
+their own; this one starts Ray, places the actors, broadcasts, evaluates and reports.
 
 A bundle's activation quantizers are fixed (calibrated on the states it was made with).
 A learner that starts from scratch sends its actors to states a trained policy never
@@ -33,18 +38,21 @@ import numpy as np
 from autoquant._version import __version__
 from autoquant.actorq._actors import ActorWorker, Fp32ActorBuilder
 from autoquant.actorq._bundle import ActorBundle, load_bundle
+from autoquant.actorq._actors import hidden_activation
 from autoquant.actorq._learner import (
     DQNConfig,
     DQNLearner,
-    check_algo,
     check_env,
     dqn_preset,
     init_from_policy,
+    learner_algo,
     learner_policy,
     learner_weights,
     make_learner,
 )
+from autoquant.actorq._ppo import CORRECTIONS, PPOConfig, PPOLearner, make_ppo_learner, ppo_preset
 from autoquant.actorq._quantizer import ActorQuantizer
+from autoquant.actorq._rebuild import REBUILD_PATHS
 from autoquant.errors import UsageError, first_line
 
 __all__ = ["ActorRunConfig", "run_actorq"]
@@ -70,13 +78,19 @@ class ActorRunConfig:
     seed: int = 0
     init_from_policy: str | None = None
     ray_address: str | None = None
-    learner: DQNConfig | None = None  # None: dqn_preset(env_id)
+    learner: DQNConfig | PPOConfig | None = None  # None: the env's preset for the learner
     learner_source: str | None = None  # where ``learner``'s values come from (default "given")
     learner_threads: int = 1
     actor_threads: int = 1
+    learner_algo: str | None = None  # "dqn" | "ppo"; None: the bundle's policy's own
+    envs_per_actor: int = 1  # envs an actor steps in lockstep, one batched policy call per step
+    correction: str = "tis"  # PPO: "tis" (truncated importance sampling) | "none"
+    is_truncation: float = 2.0  # PPO: the largest importance weight
+    rebuild: str = "auto"  # actors' rebuild path (ActorQuantizer's rebuild)
 
     def __post_init__(self) -> None:
-        for name in ("actors", "steps", "broadcast_every", "chunk", "learner_threads", "actor_threads"):
+        for name in ("actors", "steps", "broadcast_every", "chunk", "learner_threads", "actor_threads",
+                     "envs_per_actor"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"actorq run: {name.replace('_', '-')} must be >= 1, got {getattr(self, name)!r}")
         if self.eval_every is not None and self.eval_every < 1:
@@ -86,6 +100,13 @@ class ActorRunConfig:
         if self.fp32_actors and self.central:
             raise UsageError("actorq run: --central quantizes on the learner for quantized actors; "
                              "fp32 actors receive fp32 weights: drop --central or --fp32-actors")
+
+        if self.correction not in CORRECTIONS:
+            raise UsageError(f"actorq run: --correction {self.correction!r} is not one of {', '.join(CORRECTIONS)}")
+        if not self.is_truncation >= 1.0:
+            raise UsageError(f"actorq run: --is-truncation must be >= 1, got {self.is_truncation!r}")
+        if self.rebuild not in REBUILD_PATHS:
+            raise UsageError(f"actorq run: --rebuild {self.rebuild!r} is not one of {', '.join(REBUILD_PATHS)}")
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -121,9 +142,12 @@ class _ActorTotals:
     policy_cpu_s: float = 0.0
     env_s: float = 0.0
     policy_calls: int = 0
+    policy_steps: int = 0
     first_rebuild: float | None = None  # an actor's first build also loads onnxruntime's kernels
     rebuilds: list[float] = field(default_factory=list)
     requests: int = 0
+    where: dict[str, Any] = field(default_factory=dict)
+    rebuild_choice: dict[str, Any] | None = None
 
     def add(self, r: Mapping[str, Any]) -> None:
         self.steps += int(r["steps"])
@@ -133,7 +157,10 @@ class _ActorTotals:
         self.policy_cpu_s += float(r["policy_cpu_s"])
         self.env_s += float(r["env_s"])
         self.policy_calls += int(r["policy_calls"])
+        self.policy_steps += int(r["policy_steps"])
         self.requests += 1
+        if r.get("rebuild_choice") is not None:
+            self.rebuild_choice = dict(r["rebuild_choice"])
         if r["rebuild_s"]:
             if self.first_rebuild is None:
                 self.first_rebuild = float(r["rebuild_s"])
@@ -147,10 +174,15 @@ class _ActorTotals:
                 "policy_ms_per_call": 1e3 * self.policy_s / self.policy_calls if self.policy_calls else None,
                 "policy_cpu_ms_per_call": (1e3 * self.policy_cpu_s / self.policy_calls if self.policy_calls
                                            else None),
-                "policy_calls": self.policy_calls, "env_ms_per_step": 1e3 * self.env_s / max(self.steps, 1),
+                "policy_cpu_ms_per_step": (1e3 * self.policy_cpu_s / self.policy_steps if self.policy_steps
+                                           else None),
+                "policy_calls": self.policy_calls, "policy_steps": self.policy_steps,
+                "policy_cpu_share": self.policy_cpu_s / self.cpu_s if self.cpu_s > 0 else None,
+                "env_ms_per_step": 1e3 * self.env_s / max(self.steps, 1),
                 "requests": self.requests, "rebuilds": len(self.rebuilds) + (self.first_rebuild is not None),
                 "first_rebuild_ms": 1e3 * self.first_rebuild if self.first_rebuild is not None else None,
-                "rebuild_ms": _stats_ms(self.rebuilds)}
+                "rebuild_ms": _stats_ms(self.rebuilds), "rebuild_path": self.rebuild_choice,
+                "where": self.where}
 
 
 def _greedy_learner(model: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -160,17 +192,23 @@ def _greedy_learner(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     return act
 
 
-def _actor_agreement(model: Any, builder: Any, bundle: ActorBundle, n: int = 1000) -> float | None:
-    """Share of the latest ``n`` replay states on which an actor built from the learner's
-    current weights takes the learner's greedy action (None before any transition)."""
+def _actor_agreement(states: np.ndarray | None, builder: Any, weights: Mapping[str, np.ndarray],
+                     model: Any) -> float | None:
+    """Share of ``states`` (recent ones the actors saw) on which an actor built from the
+    learner's current weights takes the learner's greedy action (None before any)."""
+    if states is None or len(states) == 0:
+        return None
+    actor = builder.build(weights)
+    return float(np.mean(actor.predict(states)[0] == _greedy_learner(model)(states)))
+
+
+def _replay_states(model: Any, n: int = 1000) -> np.ndarray | None:
     buffer = model.replay_buffer
     size = buffer.buffer_size if buffer.full else buffer.pos
     if size == 0:
         return None
     index = (buffer.pos - 1 - np.arange(min(n, size))) % buffer.buffer_size
-    states = buffer.observations[index, 0]
-    actor = builder.build(learner_weights(model, bundle))
-    return float(np.mean(actor.predict(states)[0] == _greedy_learner(model)(states)))
+    return buffer.observations[index, 0]
 
 
 def _probe(address: str) -> None:
@@ -210,8 +248,10 @@ def _ray_session(ray: Any, config: ActorRunConfig) -> tuple[bool, dict[str, Any]
                  log_to_driver=False, logging_level=logging.ERROR, object_store_memory=512 * 1024 ** 2)
         started = True
     resources = ray.cluster_resources()
+    nodes = [{"node_id": n["NodeID"], "cpus": n["Resources"].get("CPU", 0.0), "address": n.get("NodeManagerAddress")}
+             for n in ray.nodes() if n.get("Alive")]
     return started, {"version": ray.__version__, "address": config.ray_address or "local",
-                     "nodes": len(ray.nodes()), "cpus": resources.get("CPU")}
+                     "nodes": len(nodes), "node_list": nodes, "cpus": resources.get("CPU")}
 
 
 def run_actorq(config: ActorRunConfig, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -225,22 +265,37 @@ def run_actorq(config: ActorRunConfig, *, log: Callable[[str], None] | None = No
     say = log or (lambda s: None)
     bundle = load_bundle(config.bundle)
     env_id = check_env(bundle, config.env_id)
-    check_algo(bundle)
+    algo = learner_algo(bundle, config.learner_algo)
+    if config.learner is not None and not isinstance(config.learner, PPOConfig if algo == "ppo" else DQNConfig):
+        raise UsageError(f"actorq run: a {algo.upper()} learner was given {type(config.learner).__name__} "
+                         "hyperparameters")
     ray = _import_ray()
     if config.ray_address and not ray.is_initialized():
         _probe(config.ray_address)
-    preset_source, preset = dqn_preset(env_id)
-    hyper = config.learner or preset
+    preset_source, preset = (ppo_preset if algo == "ppo" else dqn_preset)(env_id)
+    hyper: Any = config.learner or preset
     threads = torch.get_num_threads()
     torch.set_num_threads(config.learner_threads)
     try:
-        model = make_learner(bundle, env_id, hyper, seed=config.seed)
-        init = init_from_policy(model, config.init_from_policy, env_id) if config.init_from_policy else None
-        if config.fp32_actors:
-            builder: Any = Fp32ActorBuilder(bundle, threads=config.actor_threads)
+        if algo == "ppo":
+            if config.init_from_policy:
+                raise UsageError("actorq run: --init-from-policy starts a DQN learner; the PPO learner starts "
+                                 "from scratch")
+            model = make_ppo_learner(bundle, env_id, hyper, activation=hidden_activation(bundle), seed=config.seed)
+            learner: Any = PPOLearner(model, hyper, bundle, config.steps, n_envs=config.actors * config.envs_per_actor,
+                                      correction=config.correction, truncation=config.is_truncation)
+            init = None
+            weights_of: Callable[[], dict[str, np.ndarray]] = learner.state_dict
         else:
-            builder = ActorQuantizer(bundle, threads=config.actor_threads)
-        builder.check(learner_weights(model, bundle))
+            model = make_learner(bundle, env_id, hyper, seed=config.seed)
+            init = init_from_policy(model, config.init_from_policy, env_id) if config.init_from_policy else None
+            learner = DQNLearner(model, hyper, config.steps)
+            weights_of = lambda: learner_weights(model, bundle)  # noqa: E731
+        if config.fp32_actors:
+            builder: Any = Fp32ActorBuilder(bundle, threads=config.actor_threads, rebuild=config.rebuild)
+        else:
+            builder = ActorQuantizer(bundle, threads=config.actor_threads, rebuild=config.rebuild)
+        builder.check(weights_of())
         seeds = episode_seeds(config.seed, config.eval_episodes) if config.eval_episodes else []
         random_stats = None
         if seeds:
@@ -249,39 +304,52 @@ def run_actorq(config: ActorRunConfig, *, log: Callable[[str], None] | None = No
             probe.close()
         t_start = time.perf_counter()
         started, ray_facts = _ray_session(ray, config)
-        say(f"ray {ray_facts['version']} ({ray_facts['address']}, {ray_facts['cpus']:.0f} CPUs); "
-            f"{config.actors} {'fp32' if config.fp32_actors else 'quantized'} actors, {config.steps} env steps")
+        kind = "fp32" if config.fp32_actors else "quantized"
+        say(f"ray {ray_facts['version']} ({ray_facts['address']}, {ray_facts['nodes']} nodes, "
+            f"{ray_facts['cpus']:.0f} CPUs); {config.actors} {kind} actors x {config.envs_per_actor} envs, "
+            f"{algo.upper()} learner, {config.steps} env steps")
         try:
-            result = _loop(ray, config, bundle, env_id, model, hyper, builder, seeds, say)
+            loop = _Loop(ray, config, bundle, env_id, model, learner, builder, weights_of, seeds, say)
+            result = loop.run_ppo() if algo == "ppo" else loop.run_dqn()
         finally:
             if started:
                 ray.shutdown()
         wall_s = time.perf_counter() - t_start
     finally:
         torch.set_num_threads(threads)
-    learner: DQNLearner = result.pop("_learner")
-    final_weights = learner_weights(model, bundle)
+    final_weights = weights_of()
     final: dict[str, Any] = {}
     if seeds:
         actor = builder.build(final_weights)
         final["actor"] = play_episodes(lambda obs: actor.predict(obs)[0], env_id, seeds).to_json()
         final["learner_fp32"] = result["curve"]["eval"][-1]["stats"]
         final["random"] = random_stats.to_json() if random_stats is not None else None
-    kind = "fp32" if config.fp32_actors else "quantized"
+    if algo == "ppo":
+        policy_kwargs = {k: (v.__name__ if isinstance(v, type) else v) for k, v in model.policy_kwargs.items()}
+        learner_facts: dict[str, Any] = {
+            "algo": "PPO", "policy": "MlpPolicy", "policy_kwargs": policy_kwargs,
+            "correction": config.correction if not config.fp32_actors else "none (fp32 actors)",
+            "is_truncation": config.is_truncation, "iterations": learner.iterations,
+            "importance_weights": _weight_summary(learner.weights)}
+    else:
+        learner_facts = {"algo": "DQN", "policy": learner_policy(bundle)[0], "policy_kwargs": learner_policy(bundle)[1]}
     return {
         "format": RUN_FORMAT, "version": RUN_VERSION, "autoquant_version": __version__,
         "config": config.to_json(), "env_id": env_id,
         "bundle": {"path": str(bundle.folder), "summary": bundle.manifest.get("summary"),
                    "fingerprint": bundle.fingerprint_id, "made_for": bundle.manifest["policy"].get("env_id"),
                    "payload_bytes": bundle.payload_bytes},
-        "actors": {"count": config.actors, "kind": kind,
+        "actors": {"count": config.actors, "kind": kind, "envs_per_actor": config.envs_per_actor,
+                   "behaviour": ("softmax samples with log-probs" if algo == "ppo"
+                                 else "epsilon-greedy with the learner's exploration rate"),
                    "network": ("fp32 ONNX of the bundle's network (onnxruntime, weights per broadcast)"
                                if config.fp32_actors else f"the bundle's plan: {bundle.manifest.get('summary')}"),
                    "quantizes": None if config.fp32_actors else ("learner" if config.central else "actor"),
                    "threads": config.actor_threads},
-        "learner": {"algo": "DQN", "policy": learner_policy(bundle)[0], "policy_kwargs": learner_policy(bundle)[1],
+        "learner": {**learner_facts,
                     "hyperparameters": hyper.to_json(),
-                    "hyperparameters_source": (config.learner_source or "given") if config.learner is not None else preset_source,
+                    "hyperparameters_source": ((config.learner_source or "given") if config.learner is not None
+                                               else preset_source),
                     "init_from_policy": init, "threads": config.learner_threads,
                     "updates": learner.updates, "train_s": learner.train_s, "ingest_s": learner.ingest_s,
                     "updates_per_s": learner.updates / learner.train_s if learner.train_s > 0 else 0.0,
@@ -295,120 +363,188 @@ def run_actorq(config: ActorRunConfig, *, log: Callable[[str], None] | None = No
     }
 
 
-def _loop(ray: Any, config: ActorRunConfig, bundle: ActorBundle, env_id: str, model: Any, hyper: DQNConfig,
-          builder: Any, seeds: list[int], say: Callable[[str], None]) -> dict[str, Any]:
-    from autoquant.evaluate import play_episodes
+def _weight_summary(weights: Sequence[Mapping[str, float]]) -> dict[str, Any] | None:
+    """Importance weights pi_old / mu over the run: mean of the per-iteration means, extremes,
+    the share above the truncation, and the mean log-ratio (KL of the actors' policy from the learner's)."""
+    if not weights:
+        return None
+    return {"rho_mean": float(np.mean([w["rho_mean"] for w in weights])),
+            "rho_min": float(min(w["rho_min"] for w in weights)),
+            "rho_max": float(max(w["rho_max"] for w in weights)),
+            "truncated_share": float(np.mean([w["truncated"] for w in weights])),
+            "kl_behaviour": float(np.mean([w["kl_behaviour"] for w in weights])),
+            "iterations": len(weights)}
 
-    learner = DQNLearner(model, hyper, config.steps)
-    remote = ray.remote(num_cpus=1)(ActorWorker)
-    actors = [remote.remote(builder, env_id, seed=config.seed * 1000 + 1 + i, central=config.central)
-              for i in range(config.actors)]
-    totals = [_ActorTotals() for _ in actors]
-    prepare_s: list[float] = []
-    payload_bytes: list[int] = []
 
-    def broadcast() -> Any:
+class _Loop:
+    """Ray actors placed, broadcasts, requests, evaluations: what both learners share."""
+
+    def __init__(self, ray: Any, config: ActorRunConfig, bundle: ActorBundle, env_id: str, model: Any,
+                 learner: Any, builder: Any, weights_of: Callable[[], dict[str, np.ndarray]], seeds: list[int],
+                 say: Callable[[str], None]) -> None:
+        self.ray, self.config, self.bundle, self.env_id = ray, config, bundle, env_id
+        self.model, self.learner, self.builder, self.weights_of = model, learner, builder, weights_of
+        self.seeds, self.say = seeds, say
+        remote = ray.remote(num_cpus=1)(ActorWorker)
+        self.actors = [remote.remote(builder, env_id, seed=config.seed * 1000 + 1 + i, central=config.central,
+                                     envs=config.envs_per_actor) for i in range(config.actors)]
+        self.totals = [_ActorTotals() for _ in self.actors]
+        for total, where in zip(self.totals, ray.get([actor.where.remote() for actor in self.actors])):
+            total.where = where
+        self.prepare_s: list[float] = []
+        self.payload_bytes: list[int] = []
+        self.version = -1
+        self.curve_eval: list[dict[str, Any]] = []
+        self.episodes: list[list[float]] = []  # [env step at the end, return, length, actor]
+        self.recent: np.ndarray | None = None  # states for the actor-agreement probe
+
+    def broadcast(self) -> Any:
         start = time.perf_counter()
-        weights = learner_weights(model, bundle)
-        payload = builder.quantize(weights, check=False) if config.central else weights
-        ref = ray.put(payload)
-        prepare_s.append(time.perf_counter() - start)
-        payload_bytes.append(sum(int(v.nbytes) for v in payload.values()))
+        weights = self.weights_of()
+        payload = self.builder.quantize(weights, check=False) if self.config.central else weights
+        ref = self.ray.put(payload)
+        self.prepare_s.append(time.perf_counter() - start)
+        self.payload_bytes.append(sum(int(v.nbytes) for v in payload.values()))
+        self.version += 1
         return ref
 
-    eval_every = config.eval_every or max(config.steps // 10, 1)
-    curve_eval: list[dict[str, Any]] = []
-    episodes: list[list[float]] = []  # [env step at the end, return, length, actor]
+    def received(self, i: int, r: Mapping[str, Any], base: int) -> None:
+        self.totals[i].add(r)
+        envs = int(r["envs"])
+        self.episodes.extend([base + k * envs + j + 1, ret, length, i] for k, j, ret, length in r["episodes"])
 
-    def evaluate(step: int) -> None:
-        if not seeds:
+    def evaluate(self, step: int, states: np.ndarray | None) -> None:
+        from autoquant.evaluate import play_episodes
+
+        if not self.seeds:
             return
         start = time.perf_counter()
-        stats = play_episodes(_greedy_learner(model), env_id, seeds, n_envs=min(8, len(seeds)))
-        agreement = _actor_agreement(model, builder, bundle)
-        curve_eval.append({"step": step, "mean": stats.mean, "ci95": stats.ci95, "updates": learner.updates,
-                           "actor_agreement": agreement, "eval_s": time.perf_counter() - start,
-                           "stats": stats.to_json()})
+        stats = play_episodes(_greedy_learner(self.model), self.env_id, self.seeds, n_envs=min(8, len(self.seeds)))
+        agreement = _actor_agreement(states, self.builder, self.weights_of(), self.model)
+        self.curve_eval.append({"step": step, "mean": stats.mean, "ci95": stats.ci95, "updates": self.learner.updates,
+                                "actor_agreement": agreement, "eval_s": time.perf_counter() - start,
+                                "stats": stats.to_json()})
         text = f", actor agrees on {agreement:.1%}" if agreement is not None else ""
-        say(f"step {step}: greedy learner {stats.mean:.1f} over {len(seeds)} episodes, "
-            f"{learner.updates} updates, epsilon {learner.epsilon:.3f}{text}")
+        eps = self.learner.epsilon
+        say_eps = f", epsilon {eps:.3f}" if eps is not None else ""
+        self.say(f"step {step}: greedy learner {stats.mean:.1f} over {len(self.seeds)} episodes, "
+                 f"{self.learner.updates} updates{say_eps}{text}")
 
-    try:
-        evaluate(0)
-        loop_start = time.perf_counter()
-        version, ref = 0, broadcast()
-        last_broadcast, updates_at_broadcast = 0, 0
-        submitted, received = 0, 0
-        next_eval = eval_every
-        pending: dict[Any, int] = {}
+    def run_dqn(self) -> dict[str, Any]:
+        config, learner, ray, actors = self.config, self.learner, self.ray, self.actors
+        envs = config.envs_per_actor
+        eval_every = config.eval_every or max(config.steps // 10, 1)
+        try:
+            self.evaluate(0, None)
+            loop_start = time.perf_counter()
+            ref = self.broadcast()
+            last_broadcast, updates_at_broadcast = 0, 0
+            submitted, received = 0, 0
+            next_eval = eval_every
+            pending: dict[Any, int] = {}
 
-        def submit(i: int) -> None:
-            nonlocal submitted
-            steps = min(config.chunk, config.steps - submitted)
-            if steps > 0:
-                pending[actors[i].collect.remote([ref], version, learner.epsilon, steps)] = i
-                submitted += steps
+            def submit(i: int) -> None:
+                nonlocal submitted
+                rounds = max(1, min(config.chunk, config.steps - submitted) // envs)
+                if submitted < config.steps:
+                    pending[actors[i].collect.remote([ref], self.version, learner.epsilon, rounds)] = i
+                    submitted += rounds * envs
 
-        for i in range(len(actors)):
-            submit(i)
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(done[0])
-            r = ray.get(done[0])
-            totals[i].add(r)
-            base = received
-            learner.ingest(r)
-            received += int(r["steps"])
-            episodes.extend([base + j + 1, ret, length, i] for j, ret, length in r["episodes"])
-            if received - last_broadcast >= config.broadcast_every and learner.updates > updates_at_broadcast:
-                version, ref = version + 1, broadcast()
-                last_broadcast, updates_at_broadcast = received, learner.updates
-            if received >= next_eval and received < config.steps:
-                evaluate(received)
-                while next_eval <= received:
-                    next_eval += eval_every
-            submit(i)
-        loop_s = time.perf_counter() - loop_start
-        evaluate(received)
-    finally:
-        for actor in actors:
-            ray.kill(actor)
-    per_actor = [t.to_json() for t in totals]
-    busy = sum(t.busy_s for t in totals)
-    cpu = sum(t.cpu_s for t in totals)
-    calls = sum(t.policy_calls for t in totals)
-    rebuilds = [s for t in totals for s in t.rebuilds]
-    first_rebuilds = [t.first_rebuild for t in totals if t.first_rebuild is not None]
-    eval_s = sum(e["eval_s"] for e in curve_eval[1:-1])
-    return {
-        "_learner": learner,
-        "env_steps": received,
-        "loop_s": loop_s,
-        "eval_s": eval_s,
-        "actor_steps_per_s": {
-            "total": sum(a["steps_per_s"] for a in per_actor),
-            "per_actor": [a["steps_per_s"] for a in per_actor],
-            "achieved": received / (loop_s - eval_s) if loop_s > eval_s else 0.0,
-            "per_cpu_s": received / cpu if cpu > 0 else None,
-            "note": ("per actor: its env steps over the time it spent collecting (policy, exploration, env), "
-                     "not waiting or rebuilding; total: their sum; achieved: all env steps over the loop's wall "
-                     "time less the greedy evaluations; per_cpu_s: env steps per CPU-second of an actor's "
-                     "collecting thread (what the actors ran, not what they waited for a core: steadier than "
-                     "wall time on a shared machine)"),
-        },
-        "policy_ms_per_call": 1e3 * sum(t.policy_s for t in totals) / calls if calls else None,
-        "policy_cpu_ms_per_call": 1e3 * sum(t.policy_cpu_s for t in totals) / calls if calls else None,
-        "env_ms_per_step": 1e3 * sum(t.env_s for t in totals) / max(received, 1),
-        "actor_busy_s": busy,
-        "per_actor": per_actor,
-        "broadcasts": {"count": version + 1, "every": config.broadcast_every,
-                       "payload": "int8 (central)" if config.central else "fp32 state dict",
-                       "payload_bytes": payload_bytes[0] if payload_bytes else None,
-                       "learner_prepare_ms": _stats_ms(prepare_s), "actor_rebuild_ms": _stats_ms(rebuilds),
-                       "actor_first_rebuild_ms": _stats_ms(first_rebuilds),
-                       "note": ("actor_rebuild_ms: every rebuild after an actor's first; the first one (building "
-                                "the policy from the initial weights) also loads onnxruntime's kernels")},
-        "curve": {"episodes": episodes, "eval": curve_eval, "eval_seeds": seeds},
-    }
+            for i in range(len(actors)):
+                submit(i)
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                i = pending.pop(done[0])
+                r = ray.get(done[0])
+                self.received(i, r, received)
+                learner.ingest(r)
+                received += int(r["steps"])
+                if received - last_broadcast >= config.broadcast_every and learner.updates > updates_at_broadcast:
+                    ref = self.broadcast()
+                    last_broadcast, updates_at_broadcast = received, learner.updates
+                if received >= next_eval and received < config.steps:
+                    self.evaluate(received, _replay_states(self.model))
+                    while next_eval <= received:
+                        next_eval += eval_every
+                submit(i)
+            loop_s = time.perf_counter() - loop_start
+            self.evaluate(received, _replay_states(self.model))
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+        return self.report(received, loop_s, "every", config.broadcast_every)
 
+    def run_ppo(self) -> dict[str, Any]:
+        config, learner, ray, actors = self.config, self.learner, self.ray, self.actors
+        rounds = learner.hyper.n_steps
+        per_iteration = rounds * config.envs_per_actor * len(actors)
+        eval_every = config.eval_every or max(config.steps // 10, 1)
+        try:
+            self.evaluate(0, None)
+            loop_start = time.perf_counter()
+            received, next_eval = 0, eval_every
+            while received < config.steps:
+                ref = self.broadcast()
+                rollouts = ray.get([actor.collect.remote([ref], self.version, None, rounds) for actor in actors])
+                for i, r in enumerate(rollouts):
+                    self.received(i, r, received + i * int(r["steps"]))
+                received += per_iteration
+                self.recent = np.concatenate([np.asarray(r["obs"]).reshape(-1, *self.bundle.input_shape)
+                                              for r in rollouts])
+                learner.iterate(rollouts)
+                if received >= next_eval and received < config.steps:
+                    self.evaluate(received, self.recent)
+                    while next_eval <= received:
+                        next_eval += eval_every
+            loop_s = time.perf_counter() - loop_start
+            self.evaluate(received, self.recent)
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+        return self.report(received, loop_s, "every PPO iteration", per_iteration)
 
+    def report(self, received: int, loop_s: float, cadence: str, every: int) -> dict[str, Any]:
+        totals = self.totals
+        per_actor = [t.to_json() for t in totals]
+        cpu = sum(t.cpu_s for t in totals)
+        calls = sum(t.policy_calls for t in totals)
+        policy_steps = sum(t.policy_steps for t in totals)
+        rebuilds = [s for t in totals for s in t.rebuilds]
+        first_rebuilds = [t.first_rebuild for t in totals if t.first_rebuild is not None]
+        eval_s = sum(e["eval_s"] for e in self.curve_eval[1:-1])
+        paths = sorted({t.rebuild_choice["path"] for t in totals if t.rebuild_choice})
+        return {
+            "env_steps": received,
+            "loop_s": loop_s,
+            "eval_s": eval_s,
+            "actor_steps_per_s": {
+                "total": sum(a["steps_per_s"] for a in per_actor),
+                "per_actor": [a["steps_per_s"] for a in per_actor],
+                "achieved": received / (loop_s - eval_s) if loop_s > eval_s else 0.0,
+                "per_cpu_s": received / cpu if cpu > 0 else None,
+                "note": ("per actor: its env steps over the time it spent collecting (policy, exploration, env), "
+                         "not waiting or rebuilding; total: their sum; achieved: all env steps over the loop's wall "
+                         "time less the greedy evaluations; per_cpu_s: env steps per CPU-second of an actor's "
+                         "collecting thread (what the actors ran, not what they waited for a core: steadier than "
+                         "wall time on a shared machine)"),
+            },
+            "policy_ms_per_call": 1e3 * sum(t.policy_s for t in totals) / calls if calls else None,
+            "policy_cpu_ms_per_call": 1e3 * sum(t.policy_cpu_s for t in totals) / calls if calls else None,
+            "policy_cpu_ms_per_step": 1e3 * sum(t.policy_cpu_s for t in totals) / policy_steps if policy_steps else None,
+            "policy_cpu_share": sum(t.policy_cpu_s for t in totals) / cpu if cpu > 0 else None,
+            "env_ms_per_step": 1e3 * sum(t.env_s for t in totals) / max(received, 1),
+            "actor_busy_s": sum(t.busy_s for t in totals),
+            "per_actor": per_actor,
+            "placement": {"nodes": sorted({str(t.where.get("node_id")) for t in totals}),
+                          "actors": [t.where for t in totals]},
+            "broadcasts": {"count": self.version + 1, "cadence": cadence, "every": every,
+                           "payload": "int8 (central)" if self.config.central else "fp32 state dict",
+                           "payload_bytes": self.payload_bytes[0] if self.payload_bytes else None,
+                           "learner_prepare_ms": _stats_ms(self.prepare_s), "actor_rebuild_ms": _stats_ms(rebuilds),
+                           "actor_first_rebuild_ms": _stats_ms(first_rebuilds),
+                           "rebuild_paths": paths,
+                           "note": ("actor_rebuild_ms: every rebuild after an actor's first; the first one (building "
+                                    "the policy from the initial weights) also loads onnxruntime's kernels and, "
+                                    "with rebuild 'auto', optimizes the graph once and times both rebuild paths")},
+            "curve": {"episodes": self.episodes, "eval": self.curve_eval, "eval_seeds": self.seeds},
+        }

@@ -22,11 +22,22 @@ from autoquant.actorq._rebuild import Rebuilder
 from autoquant.compress import as_array, encode_layer
 from autoquant.errors import ActorQError, NetworkMismatchError
 
-__all__ = ["ActorPolicy", "ActorQuantizer"]
+__all__ = ["ActorPolicy", "ActorQuantizer", "sample_logits"]
 
 # Q-value networks act greedily whatever ``deterministic`` says (as SB3's DQN policy does).
 _GREEDY_ALGOS = ("dqn", "qrdqn", "torch", "torchscript")
 
+
+def sample_logits(logits: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Actions drawn from softmax(logits) row by row, and their log-probabilities (float64
+    softmax, as the behaviour policy's log-probs that an off-policy correction divides by)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    cumulative = np.cumsum(np.exp(log_p), axis=1)
+    u = rng.random(len(z))[:, None] * cumulative[:, -1:]
+    actions = np.minimum((cumulative < u).sum(axis=1), z.shape[1] - 1)
+    return actions.astype(np.int64), log_p[np.arange(len(z)), actions]
 
 class ActorPolicy:
     """A quantized actor: onnxruntime on the bundle's graph with one broadcast's weights.
@@ -49,17 +60,8 @@ class ActorPolicy:
         x = np.ascontiguousarray(x, dtype=np.float32)
         return self.session.run(None, {self.input_name: x})[0]
 
-    def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
-                deterministic: bool = True) -> tuple[np.ndarray, None]:
-        """Actions for one observation or a batch, as SB3's ``policy.predict`` returns them.
-
-        The network is not recurrent: ``state`` and ``episode_start`` are ignored and the
-        returned state is None. Q-value policies act greedily (exploration belongs to the
-        actor loop, as in SB3's DQN policy); other policies need ``deterministic=True``.
-        """
-        if not deterministic and self.algo not in _GREEDY_ALGOS:
-            raise ActorQError(f"a {self.algo} actor built from a bundle returns its deterministic action only: "
-                              "pass deterministic=True and add exploration noise in the actor loop")
+    def prepare(self, observation: np.ndarray) -> tuple[np.ndarray, bool]:
+        """(a float32 batch the network takes, whether ``observation`` was a batch)."""
         obs = np.asarray(observation)
         if obs.shape == self.input_shape:
             batch, vectorized = obs[None], False
@@ -71,6 +73,29 @@ class ActorPolicy:
         x = batch.astype(np.float32)
         if self.obs_scale != 1.0:
             x *= np.float32(self.obs_scale)
+        return x, vectorized
+
+    def sample(self, observation: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(actions, log-probabilities) drawn from the policy's categorical distribution, for a
+        batch of observations: what an on-policy learner's actors act with and ship."""
+        if self.action.kind != "argmax" or self.algo in _GREEDY_ALGOS:
+            raise ActorQError(f"a {self.algo} network's outputs are not a categorical policy's logits: sampling "
+                              "needs a discrete-action policy-gradient network (PPO, A2C)")
+        x, _ = self.prepare(observation if np.ndim(observation) > len(self.input_shape) else observation[None])
+        return sample_logits(self.forward(x), rng)
+
+    def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
+                deterministic: bool = True) -> tuple[np.ndarray, None]:
+        """Actions for one observation or a batch, as SB3's ``policy.predict`` returns them.
+
+        The network is not recurrent: ``state`` and ``episode_start`` are ignored and the
+        returned state is None. Q-value policies act greedily (exploration belongs to the
+        actor loop, as in SB3's DQN policy); other policies need ``deterministic=True``.
+        """
+        if not deterministic and self.algo not in _GREEDY_ALGOS:
+            raise ActorQError(f"a {self.algo} actor built from a bundle returns its deterministic action only: "
+                              "pass deterministic=True and add exploration noise in the actor loop")
+        x, vectorized = self.prepare(observation)
         actions = self.action.actions(self.forward(x))
         if not vectorized:
             actions = actions[0]

@@ -1,4 +1,4 @@
-"""ActorQ commands: ``actorq run`` (quantized Ray actors feeding an fp32 SB3 learner)."""
+"""ActorQ commands: ``actorq run`` (quantized Ray actors feeding an fp32 SB3 DQN or PPO learner)."""
 
 from __future__ import annotations
 
@@ -13,25 +13,33 @@ from autoquant.cli._options import non_negative, positive
 
 __all__ = ["ActorQCommand"]
 
-# Learner options: (flag, DQNConfig field, type, help). Unset ones keep the env's preset.
+# Learner options: (flag, config field, type, help, learners). Unset ones keep the env's preset.
+_BOTH, _DQN, _PPO = ("dqn", "ppo"), ("dqn",), ("ppo",)
 _LEARNER_OPTIONS = (
-    ("--learning-rate", "learning_rate", float, "Adam learning rate"),
-    ("--batch-size", "batch_size", int, "gradient step batch"),
-    ("--buffer-size", "buffer_size", int, "replay buffer transitions"),
-    ("--learning-starts", "learning_starts", int, "env steps of random actions before training"),
-    ("--gamma", "gamma", float, "discount"),
-    ("--train-freq", "train_freq", int, "env steps between training rounds"),
-    ("--gradient-steps", "gradient_steps", int, "gradient steps per training round"),
-    ("--target-update-interval", "target_update_interval", int, "env steps between target network updates"),
-    ("--exploration-fraction", "exploration_fraction", float, "share of the steps over which epsilon decays"),
-    ("--exploration-final-eps", "exploration_final_eps", float, "final epsilon"),
+    ("--learning-rate", "learning_rate", float, "Adam learning rate", _BOTH),
+    ("--batch-size", "batch_size", int, "gradient step (PPO: minibatch) size", _BOTH),
+    ("--gamma", "gamma", float, "discount", _BOTH),
+    ("--n-steps", "n_steps", int, "PPO: steps per env per iteration", _PPO),
+    ("--n-epochs", "n_epochs", int, "PPO: epochs over each rollout", _PPO),
+    ("--gae-lambda", "gae_lambda", float, "PPO: GAE lambda", _PPO),
+    ("--clip-range", "clip_range", float, "PPO: clip range", _PPO),
+    ("--ent-coef", "ent_coef", float, "PPO: entropy coefficient", _PPO),
+    ("--buffer-size", "buffer_size", int, "DQN: replay buffer transitions", _DQN),
+    ("--learning-starts", "learning_starts", int, "DQN: env steps of random actions before training", _DQN),
+    ("--train-freq", "train_freq", int, "DQN: env steps between training rounds", _DQN),
+    ("--gradient-steps", "gradient_steps", int, "DQN: gradient steps per training round", _DQN),
+    ("--target-update-interval", "target_update_interval", int, "DQN: env steps between target network updates",
+     _DQN),
+    ("--exploration-fraction", "exploration_fraction", float, "DQN: share of the steps over which epsilon decays",
+     _DQN),
+    ("--exploration-final-eps", "exploration_final_eps", float, "DQN: final epsilon", _DQN),
 )
 
 
 @register
 class ActorQCommand(Command):
     name = "actorq"
-    help = "'autoquant actorq run': Ray actors with the bundle's quantized policy feed an fp32 DQN learner"
+    help = "'autoquant actorq run': Ray actors with the bundle's quantized policy feed an fp32 DQN or PPO learner"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("action", choices=("run",))
@@ -39,6 +47,19 @@ class ActorQCommand(Command):
                             help="ActorQ bundle folder (autoquant export RUN --format actorq --out DIR)")
         parser.add_argument("--env", required=True, help="gymnasium id; must be the bundle's env")
         parser.add_argument("--actors", type=positive, default=4, help="Ray actors (default 4)")
+        parser.add_argument("--envs-per-actor", type=positive, default=1,
+                            help="envs each actor steps in lockstep with one batched policy call (default 1)")
+        parser.add_argument("--learner", choices=("dqn", "ppo"),
+                            help="the learner (default: the bundle's own algorithm: DQN for Q-networks, PPO for "
+                                 "PPO policies)")
+        parser.add_argument("--correction", choices=("tis", "none"), default="tis",
+                            help="PPO: off-policy correction for quantized actors: truncated importance sampling "
+                                 "(default) or none")
+        parser.add_argument("--is-truncation", type=float, default=2.0,
+                            help="PPO: the largest importance weight pi_learner / pi_actor (default 2)")
+        parser.add_argument("--rebuild", choices=("auto", "session", "preoptimized"), default="auto",
+                            help="how actors rebuild per broadcast: auto (default: the faster of the two, checked), "
+                                 "a fresh session, or a session on a graph optimized once")
         parser.add_argument("--steps", type=positive, default=200_000,
                             help="env steps, all actors together (default 200000)")
         parser.add_argument("--fp32-actors", action="store_true",
@@ -46,7 +67,8 @@ class ActorQCommand(Command):
         parser.add_argument("--central", action="store_true",
                             help="the learner quantizes and broadcasts int8 (default: actors quantize fp32 weights)")
         parser.add_argument("--broadcast-every", type=positive, default=1000,
-                            help="env steps between weight broadcasts (default 1000)")
+                            help="DQN: env steps between weight broadcasts (default 1000; PPO broadcasts every "
+                                 "iteration)")
         parser.add_argument("--chunk", type=positive, default=250,
                             help="env steps an actor collects per request (default 250)")
         parser.add_argument("--eval-every", type=positive, help="env steps between greedy evaluations of the "
@@ -59,7 +81,7 @@ class ActorQCommand(Command):
         parser.add_argument("--learner-threads", type=positive, default=1, help="torch threads (default 1)")
         parser.add_argument("--actor-threads", type=positive, default=1, help="onnxruntime threads (default 1)")
         parser.add_argument("--seed", type=non_negative, default=0)
-        for flag, _, kind, text in _LEARNER_OPTIONS:
+        for flag, _, kind, text, _ in _LEARNER_OPTIONS:
             parser.add_argument(flag, type=kind, help=f"learner: {text} (default: the env's rl-zoo3 preset)")
         parser.add_argument("--out", type=Path, help="write actorq_run.json and curve.png here")
         parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -68,16 +90,22 @@ class ActorQCommand(Command):
         import dataclasses
 
         from autoquant._io import write_json
-        from autoquant.actorq import ActorRunConfig, dqn_preset, run_actorq
+        from autoquant.actorq import ActorRunConfig, dqn_preset, learner_algo, load_bundle, ppo_preset, run_actorq
         from autoquant.errors import UsageError
         from autoquant.report import plot_learning_curves
 
         if not args.bundle.is_dir():
             raise UsageError(f"--bundle {args.bundle} is not a folder: pass an ActorQ bundle "
                              "(autoquant export RUN --format actorq --out DIR)")
-        overrides = {name: getattr(args, name) for _, name, _, _ in _LEARNER_OPTIONS
-                     if getattr(args, name) is not None}
-        source, preset = dqn_preset(args.env)
+        algo = learner_algo(load_bundle(args.bundle), args.learner)
+        given = [(flag, name, learners) for flag, name, _, _, learners in _LEARNER_OPTIONS
+                 if getattr(args, name) is not None]
+        for flag, _, learners in given:
+            if algo not in learners:
+                raise UsageError(f"{flag} sets a {learners[0].upper()} learner's option; this run's learner is "
+                                 f"{algo.upper()}: drop {flag}")
+        overrides = {name: getattr(args, name) for _, name, _ in given}
+        source, preset = (ppo_preset if algo == "ppo" else dqn_preset)(args.env)
         learner = dataclasses.replace(preset, **overrides) if overrides else None
         config = ActorRunConfig(
             bundle=str(args.bundle), env_id=args.env, actors=args.actors, steps=args.steps,
@@ -87,7 +115,8 @@ class ActorQCommand(Command):
             ray_address=args.ray_address, learner=learner,
             learner_source=f"{source} with {', '.join(sorted(overrides))} given" if overrides else None,
             learner_threads=args.learner_threads,
-            actor_threads=args.actor_threads)
+            actor_threads=args.actor_threads, learner_algo=algo, envs_per_actor=args.envs_per_actor,
+            correction=args.correction, is_truncation=args.is_truncation, rebuild=args.rebuild)
         log = (lambda s: None) if args.quiet else (lambda s: print(f"autoquant: {s}", file=sys.stderr, flush=True))
         if args.out is not None:
             check_output_folder(args.out, "--out")
@@ -103,8 +132,12 @@ class ActorQCommand(Command):
         rate, learner = result["actor_steps_per_s"], result["learner"]
         per_actor = ", ".join(f"{v:.0f}" for v in rate["per_actor"])
         lines = [
-            (f"actorq run: {result['env_id']}, {result['actors']['count']} {result['actors']['kind']} actors, "
+            (f"actorq run: {result['env_id']}, {result['actors']['count']} {result['actors']['kind']} actors "
+             f"x {result['actors']['envs_per_actor']} envs, {learner['algo']} learner, "
              f"{result['env_steps']} env steps in {result['wall_s']:.1f} s"),
+            (f"  placement: {len(result['placement']['nodes'])} node(s): "
+             + ", ".join(f"actor {i} on {str(w.get('node_id'))[:12]} (pid {w.get('pid')})"
+                         for i, w in enumerate(result["placement"]["actors"]))),
             f"  actor env-steps/s: {rate['total']:.0f} total ({per_actor} per actor), {rate['achieved']:.0f} achieved",
             (f"  env steps per actor CPU-second: {_num(rate['per_cpu_s'])}; policy per call: "
              f"{_ms(result['policy_ms_per_call'])} ({_ms(result['policy_cpu_ms_per_call'])} CPU); env per step: "
@@ -114,8 +147,14 @@ class ActorQCommand(Command):
         ]
         rebuild = result["broadcasts"]["actor_rebuild_ms"]
         if rebuild:
+            paths = ", ".join(result["broadcasts"]["rebuild_paths"]) or "n/a"
             lines.append(f"  broadcasts: {result['broadcasts']['count']}, actor rebuild median "
-                         f"{rebuild['median']:.2f} ms")
+                         f"{rebuild['median']:.2f} ms ({paths})")
+        weights = learner.get("importance_weights")
+        if weights:
+            lines.append(f"  importance weights pi_learner/pi_actor ({learner['correction']}): mean "
+                         f"{weights['rho_mean']:.3f}, range [{weights['rho_min']:.3f}, {weights['rho_max']:.3f}], "
+                         f"{weights['truncated_share']:.2%} above {learner['is_truncation']:g}")
         evals = result["curve"]["eval"]
         if evals:
             lines.append("  greedy learner (fp32): " + ", ".join(f"{e['step']}: {e['mean']:.1f}" for e in evals))

@@ -1,5 +1,5 @@
 """``autoquant actorq run``: Ray actors with a quantized CartPole policy feed an fp32 SB3 DQN
-learner that starts from scratch, and it learns; bad input is refused in one line."""
+(or PPO) learner that starts from scratch, and it learns; bad input is refused in one line."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import EXAMPLES, ROOT, run_cli
+from tests.conftest import EXAMPLES, ROOT, policy_path, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,10 @@ def test_short_run_learns_with_quantized_ray_actors(cartpole_bundle: Path, tmp_p
     broadcasts = report["broadcasts"]
     assert broadcasts["count"] > 5 and broadcasts["actor_first_rebuild_ms"]["count"] == 2  # one per actor
     assert broadcasts["actor_rebuild_ms"]["count"] >= 2 and broadcasts["actor_rebuild_ms"]["median"] > 0
+    # Each actor chose its rebuild path on its first build and says which.
+    assert broadcasts["rebuild_paths"] and set(broadcasts["rebuild_paths"]) <= {"session", "preoptimized"}
+    assert all(a["rebuild_path"]["path"] in broadcasts["rebuild_paths"] for a in report["per_actor"])
+    assert report["placement"]["nodes"] == [report["ray"]["node_list"][0]["node_id"]]
     # The reward curve: actors' episodes, and greedy evaluations of the fp32 learner on fixed seeds.
     curve = report["curve"]
     assert len(curve["episodes"]) > 50 and all(0 < e[0] <= 20000 for e in curve["episodes"])
@@ -78,6 +82,50 @@ def test_short_run_learns_with_quantized_ray_actors(cartpole_bundle: Path, tmp_p
     assert report["final"]["actor"]["mean"] > random["mean"]
     assert json.loads((out / "actorq_run.json").read_text())["env_steps"] == 20000
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def ppo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference CartPole PPO policy (64-64 Tanh) with every layer in int8, calibrated wide."""
+    from autoquant.actorq import write_bundle
+    from autoquant.compress import CompressionPlan, compress
+    from autoquant.evaluate import record_states
+    from autoquant.policy import analyse, load_policy
+
+    policy = load_policy(policy_path("ppo-CartPole-v1", "CartPole-v1.zip"), env_id="CartPole-v1")
+    states = record_states(policy, n=1024, seed=0).states
+    spread = np.random.default_rng(0).uniform([-2.4, -3.0, -0.21, -3.5], [2.4, 3.0, 0.21, 3.5],
+                                              size=(1024, 4)).astype(np.float32)
+    plan = CompressionPlan.uniform(analyse(policy), weight_bits=8, act_bits=8)
+    compressed = compress(policy, plan, np.concatenate([states, spread]), rounding="nearest")
+    out = tmp_path_factory.mktemp("actorq_ppo") / "bundle"
+    write_bundle(compressed, out)
+    return out
+
+
+@pytest.mark.slow
+def test_ppo_learns_from_quantized_actors_with_importance_sampling(ppo_bundle: Path) -> None:
+    """Actors sample from their int8 policy and ship log-probs; the PPO learner weights each
+    sample by min(pi_learner / pi_actor, 2) and learns; 2 actors x 4 envs, batched policy calls."""
+    proc = run_cli("actorq", "run", "--bundle", str(ppo_bundle), "--env", "CartPole-v1", "--actors", "2",
+                   "--envs-per-actor", "4", "--steps", "30000", "--eval-episodes", "10", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    learner = report["learner"]
+    assert learner["algo"] == "PPO" and learner["correction"] == "tis" and learner["is_truncation"] == 2.0
+    assert learner["hyperparameters_source"] == "rl-zoo3 ppo.yml CartPole-v1"
+    assert learner["policy_kwargs"]["net_arch"] == {"pi": [64, 64], "vf": [64, 64]}
+    assert learner["policy_kwargs"]["activation_fn"] == "Tanh"
+    # 32 steps x 8 envs per iteration: the budget rounds up to whole iterations.
+    assert report["env_steps"] == 256 * 118 and learner["iterations"] == 118
+    weights = learner["importance_weights"]
+    assert weights["iterations"] == 118 and 0.9 < weights["rho_mean"] < 1.1 and weights["rho_min"] < 1 < weights["rho_max"]
+    assert report["actors"]["envs_per_actor"] == 4 and report["broadcasts"]["count"] == 118
+    per_actor = report["per_actor"]
+    assert all(a["policy_steps"] == 4 * a["policy_calls"] for a in per_actor)  # one batched call per lockstep step
+    final, random = report["final"]["learner_fp32"], report["final"]["random"]
+    assert final["mean"] > random["mean"] + 100, ([e["mean"] for e in report["curve"]["eval"]], random["mean"])
+    assert report["final"]["actor"]["mean"] > random["mean"] + 100
 
 
 def _assert_one_line(proc: subprocess.CompletedProcess[str], *words: str) -> None:
@@ -104,6 +152,14 @@ def test_bad_input_is_one_line_and_exit_2(cartpole_bundle: Path, tmp_path: Path)
         address = f"127.0.0.1:{free.getsockname()[1]}"
     proc = run_cli("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--ray-address", address)
     _assert_one_line(proc, "nothing answers at --ray-address", address)
+    # Learner options that do not fit the bundle's learner.
+    proc = run_cli("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--learner", "ppo")
+    _assert_one_line(proc, "--learner ppo", "Q-values", "--learner dqn")
+    proc = run_cli("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--n-steps", "64")
+    _assert_one_line(proc, "--n-steps", "PPO", "DQN")
+    proc = run_cli("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--is-truncation",
+                   "0.5")
+    _assert_one_line(proc, "--is-truncation must be >= 1")
     # Without ray: what to install.
     code = ("import sys; sys.modules['ray'] = None; from autoquant.cli import main; "
             "sys.exit(main(sys.argv[1:]))")

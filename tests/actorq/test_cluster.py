@@ -1,0 +1,117 @@
+"""``autoquant actorq run --ray-address`` on a real Ray cluster: a head node and a worker
+node started with ``ray start`` on 127.0.0.1 (token authentication on, as a cluster should
+run). The head offers no CPUs, as a head node often does, so Ray must place every actor
+on the worker node; the run's report says where each actor ran, and the test checks it
+against the cluster's own node list."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, policy_path
+
+pytest.importorskip("ray")
+
+
+def _ray_cli() -> list[str]:
+    found = Path(sys.executable).with_name("ray")
+    if found.exists():
+        return [str(found)]
+    which = shutil.which("ray")
+    if which is None:
+        pytest.fail("the ray command is not installed next to this python: pip install 'autoquant[actorq]'")
+    return [which]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, str]]:
+    """A head node (0 CPUs) and a worker node (2 CPUs) on 127.0.0.1; stopped afterwards."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
+    address = f"127.0.0.1:{_free_port()}"
+    ray = _ray_cli()
+    common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    try:
+        subprocess.run([*ray, "start", "--head", "--port", address.rsplit(":", 1)[1], "--num-cpus", "0",
+                        "--include-dashboard=false", *common], env=env, check=True, capture_output=True,
+                       text=True, timeout=180)
+        subprocess.run([*ray, "start", "--address", address, "--num-cpus", "2", *common], env=env, check=True,
+                       capture_output=True, text=True, timeout=180)
+        yield {"address": address, **env}
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"ray start failed: {exc.stderr[-2000:]}")
+    finally:
+        subprocess.run([*ray, "stop", "--force"], env=env, check=False, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def ppo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from autoquant.actorq import write_bundle
+    from autoquant.compress import CompressionPlan, LayerSpec, compress
+    from autoquant.evaluate import record_states
+    from autoquant.policy import load_policy
+
+    policy = load_policy(policy_path("ppo-CartPole-v1", "CartPole-v1.zip"), env_id="CartPole-v1")
+    states = record_states(policy, n=512, seed=0).states
+    spread = np.random.default_rng(0).uniform([-2.4, -3.0, -0.21, -3.5], [2.4, 3.0, 0.21, 3.5],
+                                              size=(512, 4)).astype(np.float32)
+    compressed = compress(policy, CompressionPlan({"fc1": LayerSpec(8, 8), "fc2": LayerSpec(8, 8)}),
+                          np.concatenate([states, spread]), rounding="nearest")
+    out = tmp_path_factory.mktemp("actorq_cluster") / "bundle"
+    write_bundle(compressed, out)
+    return out
+
+
+@pytest.mark.slow
+def test_actors_run_on_the_worker_node_of_a_real_cluster(cluster: dict[str, str], ppo_bundle: Path) -> None:
+    env = dict(cluster)
+    address = env.pop("address")
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoquant", "actorq", "run", "--bundle", str(ppo_bundle), "--env", "CartPole-v1",
+         "--actors", "2", "--envs-per-actor", "2", "--steps", "1024", "--n-steps", "64", "--batch-size", "64",
+         "--eval-episodes", "2", "--ray-address", address, "--json"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    ray = report["ray"]
+    assert ray["address"] == address and ray["nodes"] == 2
+    workers = [n["node_id"] for n in ray["node_list"] if n["cpus"] > 0]
+    heads = [n["node_id"] for n in ray["node_list"] if n["cpus"] == 0]
+    assert len(workers) == 1 and len(heads) == 1, ray["node_list"]
+    placed = report["placement"]["actors"]
+    assert len(placed) == 2 and all(a["node_id"] == workers[0] for a in placed), (placed, workers)
+    assert all(a["pid"] != os.getpid() for a in placed) and placed[0]["pid"] != placed[1]["pid"]
+    assert report["env_steps"] == 1024 and report["learner"]["algo"] == "PPO"
+    assert sum(a["steps"] for a in report["per_actor"]) == 1024
+
+
+def test_a_cluster_that_refuses_the_driver_is_one_line(cluster: dict[str, str], ppo_bundle: Path) -> None:
+    """A live cluster without this machine's token: one line that says what to check, exit 2."""
+    env = {k: v for k, v in cluster.items() if k not in ("address", "RAY_AUTH_TOKEN")}
+    env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # the wrong token
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoquant", "actorq", "run", "--bundle", str(ppo_bundle), "--env", "CartPole-v1",
+         "--steps", "256", "--ray-address", cluster["address"]],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("autoquant: error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "could not join the Ray cluster" in lines[0] and "RAY_AUTH_TOKEN" in lines[0], lines[0]
+
