@@ -57,6 +57,8 @@ class Variant:
     label: str
     make: Callable[[Any, Any, np.ndarray], Any] | None  # (bundle, table, states) -> CompressionPlan; None: fp32 actors
     wide: bool = False  # calibrate on the policy's states and states over the env's bounds
+    envs: int = 1  # envs per actor, stepped in lockstep with one batched policy call
+    baseline: str = "fp32"  # the variant the "vs fp32" columns and the Amdahl bound compare with
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,11 @@ NETWORKS = (
                 Variant("fp32", "fp32 actors", None),
                 Variant("int8", "int8 all layers", lambda b, t, s: _uniform(t)),
                 Variant("int8_pruned", "int8, hidden channels pruned 50 %", lambda b, t, s: _uniform(t, 0.5)),
+                Variant("fp32_x4", "fp32 actors, 4 envs each", None, envs=4, baseline="fp32_x4"),
+                Variant("int8_x4", "int8 all layers, 4 envs each", lambda b, t, s: _uniform(t), envs=4,
+                        baseline="fp32_x4"),
+                Variant("int8_pruned_x4", "int8, pruned 50 %, 4 envs each", lambda b, t, s: _uniform(t, 0.5),
+                        envs=4, baseline="fp32_x4"),
             ),
             note=("learning does not progress in this budget (the zoo trains Pong for 10M steps); "
                   "learning_starts lowered to 1000 and the buffer to 10000 so that the learner trains and the "
@@ -149,8 +156,13 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         "actor_steps_per_s": report["actor_steps_per_s"],
         "policy_ms_per_call": report["policy_ms_per_call"],
         "policy_cpu_ms_per_call": report["policy_cpu_ms_per_call"],
+        "policy_cpu_ms_per_step": report["policy_cpu_ms_per_step"],
+        "policy_cpu_share": report["policy_cpu_share"],
+        "envs_per_actor": report["actors"]["envs_per_actor"],
+        "rebuild_paths": report["broadcasts"]["rebuild_paths"],
         "env_ms_per_step": report["env_ms_per_step"],
         "policy_calls": sum(a["policy_calls"] for a in report["per_actor"]),
+        "policy_steps": sum(a["policy_steps"] for a in report["per_actor"]),
         "env_steps": report["env_steps"],
         "learner": {k: report["learner"][k] for k in ("updates", "updates_per_s", "updates_per_s_wall", "train_s")},
         "broadcasts": report["broadcasts"],
@@ -185,7 +197,7 @@ def run_network(network: Network, policies: Path, *, actors: int, steps: int, re
             for variant in order:
                 config = ActorRunConfig(
                     bundle=str(bundles.get(variant.key, first)), env_id=network.env_id, actors=actors, steps=steps,
-                    fp32_actors=variant.make is None, broadcast_every=broadcast_every,
+                    fp32_actors=variant.make is None, broadcast_every=broadcast_every, envs_per_actor=variant.envs,
                     eval_episodes=network.eval_episodes, seed=seed + r, learner=learner)
                 report = run_actorq(config)
                 summary = {"seed": seed + r, **_summary(report)}
@@ -211,6 +223,10 @@ def run_network(network: Network, policies: Path, *, actors: int, steps: int, re
 
         rows[variant.key] = {
             "label": variant.label, "plan": meta[variant.key]["summary"], "wide_calibration": variant.wide,
+            "envs_per_actor": variant.envs, "baseline": variant.baseline,
+            "policy_cpu_ms_per_step": median(lambda x: x["policy_cpu_ms_per_step"]),
+            "policy_cpu_share": median(lambda x: x["policy_cpu_share"]),
+            "rebuild_paths": sorted({p for x in reps for p in x["rebuild_paths"]}),
             "payload_bytes": meta[variant.key]["payload_bytes"],
             "central_payload_bytes": meta[variant.key]["central_payload_bytes"],
             "actor_steps_per_s": median(lambda x: x["actor_steps_per_s"]["total"]),
@@ -220,7 +236,7 @@ def run_network(network: Network, policies: Path, *, actors: int, steps: int, re
             "policy_ms_per_call": median(lambda x: x["policy_ms_per_call"]),
             "policy_cpu_ms_per_call": median(lambda x: x["policy_cpu_ms_per_call"]),
             "env_ms_per_step": median(lambda x: x["env_ms_per_step"]),
-            "greedy_share": median(lambda x: x["policy_calls"] / x["env_steps"]),
+            "greedy_share": median(lambda x: x["policy_steps"] / x["env_steps"]),
             "learner_updates_per_s": median(lambda x: x["learner"]["updates_per_s"]),
             "learner_updates_per_s_wall": median(lambda x: x["learner"]["updates_per_s_wall"]),
             "rebuild_ms": median(lambda x: (x["broadcasts"]["actor_rebuild_ms"] or {}).get("median")),
@@ -250,13 +266,26 @@ _COMPARED: dict[str, Callable[[dict[str, Any]], float | None]] = {
 
 
 def paired_ratios(rows: dict[str, dict[str, Any]]) -> None:
-    """``KEY_vs_fp32``: the median over rounds of a variant's value over the fp32 actors' in
-    the same round (rounds ran back to back, so a round's variants shared the machine's load)."""
-    fp32 = rows["fp32"]["runs"]
+    """``KEY_vs_fp32``: the median over rounds of a variant's value over its baseline's (fp32
+    actors with as many envs each) in the same round (rounds ran back to back, so a round's
+    variants shared the machine's load). ``amdahl_bound``: the most a faster policy alone
+    can give, 1 / ((1 - p) + p / s), with p the policy's share of the baseline actors' CPU
+    time and s the policy's CPU speed-up per env step, both paired by round."""
     for row in rows.values():
+        base = rows[row.get("baseline", "fp32")]["runs"]
         for key, get in _COMPARED.items():
-            ratios = [a / b for a, b in ((get(x), get(y)) for x, y in zip(row["runs"], fp32)) if a and b]
+            ratios = [a / b for a, b in ((get(x), get(y)) for x, y in zip(row["runs"], base)) if a and b]
             row[f"{key}_vs_fp32"] = float(statistics.median(ratios)) if ratios else None
+        bounds = []
+        for x, y in zip(row["runs"], base):
+            p, mine, theirs = y.get("policy_cpu_share"), x.get("policy_cpu_ms_per_step"), y.get("policy_cpu_ms_per_step")
+            if p and mine and theirs:
+                bounds.append(1.0 / ((1.0 - p) + p * mine / theirs))
+        row["amdahl_bound"] = float(statistics.median(bounds)) if bounds else None
+        fp32 = rows["fp32"]["runs"]
+        get = _COMPARED["steps_per_cpu_s"]
+        ratios = [a / b for a, b in ((get(x), get(y)) for x, y in zip(row["runs"], fp32)) if a and b]
+        row["steps_per_cpu_s_vs_fp32_one_env"] = float(statistics.median(ratios)) if ratios else None
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -271,8 +300,12 @@ def headline(data: dict[str, Any]) -> str:
     for key, row in rows.items():
         if key == "fp32":
             continue
+        base = rows[row.get("baseline", "fp32")]["label"]
         text = (f"{row['label']}: {_fmt(row['steps_per_cpu_s_vs_fp32'], 2)}x the env steps per actor CPU-second "
-                f"of fp32 actors, policy CPU time per call {_fmt(row['policy_cpu_ms_per_call_vs_fp32'], 2)}x")
+                f"of {base} (Amdahl bound {_fmt(row.get('amdahl_bound'), 2)}x), policy CPU time per call "
+                f"{_fmt(row['policy_cpu_ms_per_call_vs_fp32'], 2)}x")
+        if row.get("envs_per_actor", 1) > 1:
+            text += f", {_fmt(row.get('steps_per_cpu_s_vs_fp32_one_env'), 2)}x fp32 actors with one env"
         if data["eval_episodes"] > 0:
             above = sum(1 for v, r in zip(row["final_learner_rewards"], row["random_rewards"])
                         if v is not None and r is not None and v > r)
@@ -295,21 +328,25 @@ def markdown(data: dict[str, Any]) -> str:
     if data["note"]:
         lines += [f"Note: {data['note']}.", ""]
     learning = data["eval_episodes"] > 0
-    head = ("| actors | actor env-steps/s | vs fp32 | per actor CPU-s | vs fp32 | policy ms/call | CPU ms/call | vs fp32 "
-            "| env ms/step | greedy share | learner updates/s | rebuild ms (first) | int8 payload |")
-    sep = "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    head = ("| actors | envs each | actor env-steps/s | vs fp32 | per actor CPU-s | vs fp32 | Amdahl bound "
+            "| policy ms/call | CPU ms/call | vs fp32 | policy CPU ms/step | policy share "
+            "| env ms/step | greedy share | learner updates/s | rebuild ms (first) | rebuild path | int8 payload |")
+    sep = "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|---:|"
     if learning:
         head += " final greedy learner reward | above random | final actor agreement |"
         sep += ":---|---:|:---|"
     lines += [head, sep]
     for row in data["rows"].values():
-        line = (f"| {row['label']} | {_fmt(row['actor_steps_per_s'], 0)} | "
+        line = (f"| {row['label']} | {row.get('envs_per_actor', 1)} | {_fmt(row['actor_steps_per_s'], 0)} | "
                 f"{_fmt(row['actor_steps_per_s_vs_fp32'], 2)} | "
                 f"{_fmt(row['steps_per_cpu_s'], 0)} | {_fmt(row['steps_per_cpu_s_vs_fp32'], 2)} | "
+                f"{_fmt(row.get('amdahl_bound'), 2)} | "
                 f"{_fmt(row['policy_ms_per_call'], 4)} | {_fmt(row['policy_cpu_ms_per_call'], 4)} | "
-                f"{_fmt(row['policy_cpu_ms_per_call_vs_fp32'], 2)} | {_fmt(row['env_ms_per_step'], 4)} | "
+                f"{_fmt(row['policy_cpu_ms_per_call_vs_fp32'], 2)} | {_fmt(row.get('policy_cpu_ms_per_step'), 4)} | "
+                f"{_fmt(row.get('policy_cpu_share'), 2)} | {_fmt(row['env_ms_per_step'], 4)} | "
                 f"{_fmt(row['greedy_share'], 2)} | {_fmt(row['learner_updates_per_s'], 0)} | "
                 f"{_fmt(row['rebuild_ms'], 2)} ({_fmt(row['first_rebuild_ms'], 0)}) | "
+                f"{', '.join(row.get('rebuild_paths', [])) or '-'} | "
                 + (f"{row['central_payload_bytes'] / 1024:.1f} KiB |" if row["central_payload_bytes"] else "- |"))
         if learning:
             rewards = ", ".join(_fmt(v) for v in row["final_learner_rewards"])
@@ -429,11 +466,18 @@ def document(results: dict[str, Any]) -> str:
         "rounds; **vs fp32**: the median over rounds of the variant's value over the fp32 actors' in the same "
         "round; **per actor CPU-s**: env steps per CPU-second of an actor's collecting thread (what the actors "
         "computed, not the time they waited for a core: the steadier comparison on a shared machine); "
-        "**policy ms/call**: one `predict` of a greedy step (batch 1), wall time; **CPU ms/call**: its CPU time "
-        "(onnxruntime runs one thread, the caller's); **greedy share**: the steps that called the policy (the "
+        "**envs each**: envs an actor steps in lockstep, one batched policy call per step for all of them; "
+        "**vs fp32** compares with fp32 actors with as many envs each; **Amdahl bound**: the most the policy's "
+        "speed-up alone allows, 1 / ((1 - p) + p / s), p the policy's share of the fp32 actors' CPU time and s "
+        "the policy's CPU speed-up per env step, paired by round; "
+        "**policy ms/call**: one `predict` of a greedy step (a batch of one observation per env), wall time; "
+        "**CPU ms/call**: its CPU time (onnxruntime runs one thread, the caller's); **policy CPU ms/step**: "
+        "policy CPU time per env step that used the policy; **policy share**: the policy's share of the actor's "
+        "CPU time; **greedy share**: the env steps that used the policy (the "
         "rest explored at random); **learner updates/s**: gradient steps over the time spent in `DQN.train`; "
         "**rebuild ms**: an actor's rebuild per broadcast (median; in brackets its first build, which also loads "
-        "onnxruntime's kernels); **int8 payload**: what a central broadcast (`ActorQuantizer.quantize`) would "
+        "onnxruntime's kernels); **rebuild path**: the path the actors chose on their first build (`preoptimized`: "
+        "a session on a graph optimized once; `session`: a fresh session); **int8 payload**: what a central broadcast (`ActorQuantizer.quantize`) would "
         "send instead of the fp32 weights, which these runs broadcast (the fp32 size is in the heading); "
         "**final greedy learner reward**: the fp32 learner played greedily on the round's fixed evaluation "
         "seeds at the end of each round; **above random**: rounds whose final reward beats the random policy's "

@@ -2,7 +2,9 @@
 
 For the Nature-CNN Q-network of DQN on Pong (``dqn-PongNoFrameskip-v4/dqn_pong.pt``)
 and the DQN MLP on CartPole (``dqn-CartPole-v1/CartPole-v1.zip``), two plans each
-(uniform int8, and int8 with 50 % of every hidden layer's channels pruned) are made
+(uniform int8, and int8 with 50 % of every hidden layer's channels pruned; for Pong also
+the host plan of ``benchmarks/results/headline.md``, whose first two convolutions stay
+float) are made
 into ActorQ bundles (``autoquant.actorq.write_bundle`` of a round-to-nearest
 compression), and measured in one window per network (rounds of one build of each
 plan, order alternating, then a block of environment steps):
@@ -191,7 +193,7 @@ def run_network(network: Network, policies: Path, builds: int, seed: int) -> dic
     import torch
 
     from autoquant.actorq import write_bundle
-    from autoquant.compress import CompressionPlan, compress
+    from autoquant.compress import CompressionPlan, LayerSpec, compress
     from autoquant.evaluate import record_states
     from autoquant.policy import analyse, load_policy
 
@@ -205,6 +207,10 @@ def run_network(network: Network, policies: Path, builds: int, seed: int) -> dic
         "int8": CompressionPlan.uniform(table, weight_bits=8, act_bits=8),
         "int8_pruned_0.5": CompressionPlan.uniform(table, weight_bits=8, act_bits=8, prune_ratio=0.5),
     }
+    if network.key == "pong":  # the host plan of benchmarks/results/headline.md: float convolutions first
+        plans["headline_host"] = CompressionPlan({
+            "conv1": LayerSpec(None, None, 0.75), "conv2": LayerSpec(None, None, 0.25), "conv3": LayerSpec(8, 8),
+            "fc1": LayerSpec(8, 8, 0.5), "fc2": LayerSpec(8, 8)})
     clocks: dict[str, PlanClock] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for key, plan in plans.items():

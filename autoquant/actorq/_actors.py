@@ -140,9 +140,9 @@ class ActorWorker:
         self.space = self.envs[0].observation_space
         self.policy: ActorPolicy | None = None
         self.version = -1
-        self.episode_return = np.zeros(envs)
-        self.episode_length = np.zeros(envs, dtype=np.int64)
-        self.episode_start = np.ones(envs, dtype=bool)
+        self.episode_return = [0.0] * envs
+        self.episode_length = [0] * envs
+        self.episode_start = [True] * envs
 
     def where(self) -> dict[str, Any]:
         """The node, process and host this actor runs on (Ray's node id when on Ray)."""
@@ -175,61 +175,77 @@ class ActorWorker:
         assert self.policy is not None
         policy, envs, rng = self.policy, self.envs, self.rng
         n = len(envs)
-        shape = (rounds, n)
-        obs = np.empty((*shape, *self.space.shape), dtype=self.space.dtype)
+        obs = np.empty((rounds, n, *self.space.shape), dtype=self.space.dtype)
         next_obs = np.empty_like(obs)
-        actions = np.empty(shape, dtype=np.int64)
-        log_probs = np.zeros(shape, dtype=np.float64)
-        rewards = np.empty(shape, dtype=np.float32)
-        terminated = np.empty(shape, dtype=bool)
-        truncated = np.empty(shape, dtype=bool)
-        starts = np.empty(shape, dtype=bool)
+        log_probs = np.zeros((rounds, n), dtype=np.float64)
+        # Per-step values in Python lists: CartPole steps in microseconds, numpy calls on tiny arrays cost as much.
+        actions: list[list[int]] = []
+        rewards: list[list[float]] = []
+        terminated: list[list[bool]] = []
+        truncated: list[list[bool]] = []
+        starts: list[list[bool]] = []
         episodes: list[tuple[int, int, float, int]] = []  # (round, env, return, length)
+        returns, lengths, flags = self.episode_return, self.episode_length, self.episode_start
+        explore = (rng.random((rounds, n)) < epsilon).tolist() if epsilon else None
         policy_s, policy_cpu_s, env_s, policy_calls, policy_steps = 0.0, 0.0, 0.0, 0, 0
         start, cpu_start = time.perf_counter(), time.thread_time()
         current = self.obs
         for i in range(rounds):
             obs[i] = current
-            starts[i] = self.episode_start
+            starts.append(flags)
             t0 = time.perf_counter()
             if epsilon is None:
                 c0 = time.thread_time()  # onnxruntime runs one intra-op thread: this one
-                step_actions, log_probs[i] = policy.sample(current, rng)
+                sampled, log_probs[i] = policy.sample(current, rng)
                 policy_cpu_s += time.thread_time() - c0
                 policy_s += time.perf_counter() - t0
                 policy_calls, policy_steps = policy_calls + 1, policy_steps + n
+                step_actions = sampled.tolist()
             else:
-                explore = rng.random(n) < epsilon if epsilon > 0.0 else np.zeros(n, dtype=bool)
-                step_actions = np.empty(n, dtype=np.int64)
-                if not explore.all():
+                row = explore[i] if explore is not None else None
+                greedy: list[int] = []
+                if row is None or not all(row):
                     c0 = time.thread_time()
-                    step_actions[:] = policy.predict(current if n > 1 else current[0])[0]
+                    predicted = policy.predict(current if n > 1 else current[0])[0]
                     policy_cpu_s += time.thread_time() - c0
                     policy_s += time.perf_counter() - t0
-                    policy_calls, policy_steps = policy_calls + 1, policy_steps + int((~explore).sum())
-                for j in np.flatnonzero(explore):
-                    step_actions[j] = int(envs[j].action_space.sample())
-            actions[i] = step_actions
+                    policy_calls += 1
+                    policy_steps += n - sum(row) if row is not None else n
+                    greedy = predicted.tolist() if n > 1 else [int(predicted)]
+                if row is not None and any(row):
+                    step_actions = [int(envs[j].action_space.sample()) if row[j] else greedy[j] for j in range(n)]
+                else:
+                    step_actions = greedy
+            actions.append(step_actions)
             t1 = time.perf_counter()
-            new = np.empty_like(current)
+            fresh, reward_row, term_row, trunc_row = [], [], [], []
             for j, env in enumerate(envs):
-                o, reward, term, trunc, _ = env.step(int(step_actions[j]))
+                o, reward, term, trunc, _ = env.step(step_actions[j])
                 next_obs[i, j] = o
-                rewards[i, j], terminated[i, j], truncated[i, j] = reward, term, trunc
-                self.episode_return[j] += float(reward)
-                self.episode_length[j] += 1
+                reward, term, trunc = float(reward), bool(term), bool(trunc)
+                reward_row.append(reward)
+                term_row.append(term)
+                trunc_row.append(trunc)
+                returns[j] += reward
+                lengths[j] += 1
                 if term or trunc:
-                    episodes.append((i, j, float(self.episode_return[j]), int(self.episode_length[j])))
-                    self.episode_return[j], self.episode_length[j] = 0.0, 0
+                    episodes.append((i, j, returns[j], lengths[j]))
+                    returns[j], lengths[j] = 0.0, 0
                     o, _ = env.reset()
-                new[j] = o
-            self.episode_start = terminated[i] | truncated[i]
+                fresh.append(o)
+            rewards.append(reward_row)
+            terminated.append(term_row)
+            truncated.append(trunc_row)
+            flags = [a or b for a, b in zip(term_row, trunc_row)]
             env_s += time.perf_counter() - t1
-            current = new
+            current = np.stack(fresh) if n > 1 else fresh[0][None]
+        self.episode_start = flags
         self.obs = current
         busy_s, cpu_s = time.perf_counter() - start, time.thread_time() - cpu_start
-        return {"obs": obs, "next_obs": next_obs, "actions": actions, "log_probs": log_probs, "rewards": rewards,
-                "terminated": terminated, "truncated": truncated, "episode_starts": starts,
+        return {"obs": obs, "next_obs": next_obs, "actions": np.asarray(actions, dtype=np.int64),
+                "log_probs": log_probs, "rewards": np.asarray(rewards, dtype=np.float32),
+                "terminated": np.asarray(terminated, dtype=bool), "truncated": np.asarray(truncated, dtype=bool),
+                "episode_starts": np.asarray(starts, dtype=bool),
                 "last_obs": current.copy(), "episodes": episodes, "steps": rounds * n, "envs": n,
                 "busy_s": busy_s, "cpu_s": cpu_s, "policy_s": policy_s, "policy_cpu_s": policy_cpu_s, "env_s": env_s,
                 "policy_calls": policy_calls, "policy_steps": policy_steps, "rebuild_s": rebuild_s,
