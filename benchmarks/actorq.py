@@ -18,8 +18,11 @@ SEED + r for every variant), so the variants share the machine's conditions and 
     reward) with the actors' agreement with the learner's greedy actions.
   - PongNoFrameskip-v4, the Nature-CNN DQN (``dqn-PongNoFrameskip-v4/dqn_pong.pt`` gives the
     bundle's calibration and the network shape; the learner starts from scratch): fp32
-    actors, int8, and int8 with 50 % of the hidden channels pruned. A few thousand steps
-    are far too few for Pong to learn anything, so only speeds are reported.
+    actors, int8, int8 quantized centrally by the learner (actors only open the session),
+    and int8 with 50 % of the hidden channels pruned; then fp32, int8 and pruned int8
+    actors that step 4 envs each with one batched policy call, next to the Amdahl bound
+    that the measured policy share allows. A few thousand steps are far too few for Pong
+    to learn anything, so only speeds are reported.
 
 Run from the repository root:
 
@@ -59,6 +62,7 @@ class Variant:
     wide: bool = False  # calibrate on the policy's states and states over the env's bounds
     envs: int = 1  # envs per actor, stepped in lockstep with one batched policy call
     baseline: str = "fp32"  # the variant the "vs fp32" columns and the Amdahl bound compare with
+    central: bool = False  # the learner quantizes and broadcasts int8; actors only open the session
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,8 @@ NETWORKS = (
                 Variant("fp32", "fp32 actors", None),
                 Variant("int8", "int8 all layers", lambda b, t, s: _uniform(t)),
                 Variant("int8_pruned", "int8, hidden channels pruned 50 %", lambda b, t, s: _uniform(t, 0.5)),
+                Variant("int8_central", "int8 all layers, quantized by the learner", lambda b, t, s: _uniform(t),
+                        central=True),
                 Variant("fp32_x4", "fp32 actors, 4 envs each", None, envs=4, baseline="fp32_x4"),
                 Variant("int8_x4", "int8 all layers, 4 envs each", lambda b, t, s: _uniform(t), envs=4,
                         baseline="fp32_x4"),
@@ -198,6 +204,7 @@ def run_network(network: Network, policies: Path, *, actors: int, steps: int, re
                 config = ActorRunConfig(
                     bundle=str(bundles.get(variant.key, first)), env_id=network.env_id, actors=actors, steps=steps,
                     fp32_actors=variant.make is None, broadcast_every=broadcast_every, envs_per_actor=variant.envs,
+                    central=variant.central,
                     eval_episodes=network.eval_episodes, seed=seed + r, learner=learner)
                 report = run_actorq(config)
                 summary = {"seed": seed + r, **_summary(report)}
@@ -240,6 +247,9 @@ def run_network(network: Network, policies: Path, *, actors: int, steps: int, re
             "learner_updates_per_s": median(lambda x: x["learner"]["updates_per_s"]),
             "learner_updates_per_s_wall": median(lambda x: x["learner"]["updates_per_s_wall"]),
             "rebuild_ms": median(lambda x: (x["broadcasts"]["actor_rebuild_ms"] or {}).get("median")),
+            "rebuild_cpu_ms": median(lambda x: (x["broadcasts"].get("actor_rebuild_cpu_ms") or {}).get("median")),
+            "rebuild_env_steps": median(lambda x: ((x["broadcasts"].get("actor_rebuild_cpu_ms") or {}).get("median")
+                                                   or 0) / x["env_ms_per_step"] or None),
             "first_rebuild_ms": median(lambda x: (x["broadcasts"]["actor_first_rebuild_ms"] or {}).get("median")),
             "final_learner_rewards": [x["final_learner_reward"] for x in reps],
             "final_actor_rewards": [x["final_actor_reward"] for x in reps],
@@ -330,8 +340,9 @@ def markdown(data: dict[str, Any]) -> str:
     learning = data["eval_episodes"] > 0
     head = ("| actors | envs each | actor env-steps/s | vs fp32 | per actor CPU-s | vs fp32 | Amdahl bound "
             "| policy ms/call | CPU ms/call | vs fp32 | policy CPU ms/step | policy share "
-            "| env ms/step | greedy share | learner updates/s | rebuild ms (first) | rebuild path | int8 payload |")
-    sep = "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|---:|"
+            "| env ms/step | greedy share | learner updates/s | rebuild ms (first) | rebuild CPU ms | = env steps "
+            "| rebuild path | int8 payload |")
+    sep = "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|---:|"
     if learning:
         head += " final greedy learner reward | above random | final actor agreement |"
         sep += ":---|---:|:---|"
@@ -346,6 +357,7 @@ def markdown(data: dict[str, Any]) -> str:
                 f"{_fmt(row.get('policy_cpu_share'), 2)} | {_fmt(row['env_ms_per_step'], 4)} | "
                 f"{_fmt(row['greedy_share'], 2)} | {_fmt(row['learner_updates_per_s'], 0)} | "
                 f"{_fmt(row['rebuild_ms'], 2)} ({_fmt(row['first_rebuild_ms'], 0)}) | "
+                f"{_fmt(row.get('rebuild_cpu_ms'), 2)} | {_fmt(row.get('rebuild_env_steps'), 1)} | "
                 f"{', '.join(row.get('rebuild_paths', [])) or '-'} | "
                 + (f"{row['central_payload_bytes'] / 1024:.1f} KiB |" if row["central_payload_bytes"] else "- |"))
         if learning:
@@ -476,7 +488,9 @@ def document(results: dict[str, Any]) -> str:
         "CPU time; **greedy share**: the env steps that used the policy (the "
         "rest explored at random); **learner updates/s**: gradient steps over the time spent in `DQN.train`; "
         "**rebuild ms**: an actor's rebuild per broadcast (median; in brackets its first build, which also loads "
-        "onnxruntime's kernels); **rebuild path**: the path the actors chose on their first build (`preoptimized`: "
+        "onnxruntime's kernels), wall time; **rebuild CPU ms**: its CPU time on the actor's thread (the "
+        "actors share 2 cores with the learner: wall time includes waiting); **= env steps**: rebuild CPU time "
+        "over the env's time per step in the same runs; **rebuild path**: the path the actors chose on their first build (`preoptimized`: "
         "a session on a graph optimized once; `session`: a fresh session); **int8 payload**: what a central broadcast (`ActorQuantizer.quantize`) would "
         "send instead of the fp32 weights, which these runs broadcast (the fp32 size is in the heading); "
         "**final greedy learner reward**: the fp32 learner played greedily on the round's fixed evaluation "

@@ -161,16 +161,16 @@ class ActorWorker:
 
     def collect(self, box: Sequence[Any], version: int, epsilon: float | None, rounds: int) -> dict[str, Any]:
         """``rounds`` lockstep steps of every env with the broadcast in ``box`` ([ObjectRef] or [weights])."""
-        rebuild_s = 0.0
+        rebuild_s = rebuild_cpu_s = 0.0
         if version != self.version:
             weights = box[0]
             if not isinstance(weights, Mapping):
                 import ray
 
                 weights = ray.get(weights)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()  # onnxruntime builds on this thread
             self.policy = (self.builder.build_quantized(weights) if self.central else self.builder.build(weights))
-            rebuild_s = time.perf_counter() - start
+            rebuild_s, rebuild_cpu_s = time.perf_counter() - start, time.thread_time() - cpu
             self.version = version
         assert self.policy is not None
         policy, envs, rng = self.policy, self.envs, self.rng
@@ -249,5 +249,6 @@ class ActorWorker:
                 "last_obs": current.copy(), "episodes": episodes, "steps": rounds * n, "envs": n,
                 "busy_s": busy_s, "cpu_s": cpu_s, "policy_s": policy_s, "policy_cpu_s": policy_cpu_s, "env_s": env_s,
                 "policy_calls": policy_calls, "policy_steps": policy_steps, "rebuild_s": rebuild_s,
+                "rebuild_cpu_s": rebuild_cpu_s,
                 "rebuild_choice": getattr(self.builder, "rebuild_choice", None) if rebuild_s else None,
                 "version": version}

@@ -145,6 +145,7 @@ class _ActorTotals:
     policy_steps: int = 0
     first_rebuild: float | None = None  # an actor's first build also loads onnxruntime's kernels
     rebuilds: list[float] = field(default_factory=list)
+    rebuilds_cpu: list[float] = field(default_factory=list)
     requests: int = 0
     where: dict[str, Any] = field(default_factory=dict)
     rebuild_choice: dict[str, Any] | None = None
@@ -166,6 +167,7 @@ class _ActorTotals:
                 self.first_rebuild = float(r["rebuild_s"])
             else:
                 self.rebuilds.append(float(r["rebuild_s"]))
+                self.rebuilds_cpu.append(float(r.get("rebuild_cpu_s", 0.0)))
 
     def to_json(self) -> dict[str, Any]:
         return {"steps": self.steps, "busy_s": self.busy_s, "cpu_s": self.cpu_s,
@@ -181,7 +183,8 @@ class _ActorTotals:
                 "env_ms_per_step": 1e3 * self.env_s / max(self.steps, 1),
                 "requests": self.requests, "rebuilds": len(self.rebuilds) + (self.first_rebuild is not None),
                 "first_rebuild_ms": 1e3 * self.first_rebuild if self.first_rebuild is not None else None,
-                "rebuild_ms": _stats_ms(self.rebuilds), "rebuild_path": self.rebuild_choice,
+                "rebuild_ms": _stats_ms(self.rebuilds), "rebuild_cpu_ms": _stats_ms(self.rebuilds_cpu),
+                "rebuild_path": self.rebuild_choice,
                 "where": self.where}
 
 
@@ -510,6 +513,7 @@ class _Loop:
         calls = sum(t.policy_calls for t in totals)
         policy_steps = sum(t.policy_steps for t in totals)
         rebuilds = [s for t in totals for s in t.rebuilds]
+        rebuilds_cpu = [s for t in totals for s in t.rebuilds_cpu]
         first_rebuilds = [t.first_rebuild for t in totals if t.first_rebuild is not None]
         eval_s = sum(e["eval_s"] for e in self.curve_eval[1:-1])
         paths = sorted({t.rebuild_choice["path"] for t in totals if t.rebuild_choice})
@@ -541,9 +545,12 @@ class _Loop:
                            "payload": "int8 (central)" if self.config.central else "fp32 state dict",
                            "payload_bytes": self.payload_bytes[0] if self.payload_bytes else None,
                            "learner_prepare_ms": _stats_ms(self.prepare_s), "actor_rebuild_ms": _stats_ms(rebuilds),
+                           "actor_rebuild_cpu_ms": _stats_ms(rebuilds_cpu),
                            "actor_first_rebuild_ms": _stats_ms(first_rebuilds),
                            "rebuild_paths": paths,
-                           "note": ("actor_rebuild_ms: every rebuild after an actor's first; the first one (building "
+                           "note": ("actor_rebuild_ms: every rebuild after an actor's first, wall time (a busy machine "
+                                    "makes it wait for a core); actor_rebuild_cpu_ms: its CPU time on the actor's "
+                                    "thread; the first one (building "
                                     "the policy from the initial weights) also loads onnxruntime's kernels and, "
                                     "with rebuild 'auto', optimizes the graph once and times both rebuild paths")},
             "curve": {"episodes": self.episodes, "eval": self.curve_eval, "eval_seeds": self.seeds},

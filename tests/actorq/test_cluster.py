@@ -16,10 +16,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.conftest import ROOT, policy_path
+from tests.conftest import ROOT
 
 pytest.importorskip("ray")
 
@@ -59,24 +58,6 @@ def cluster() -> Iterator[dict[str, str]]:
         pytest.fail(f"ray start failed: {exc.stderr[-2000:]}")
     finally:
         subprocess.run([*ray, "stop", "--force"], env=env, check=False, capture_output=True, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def ppo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from autoquant.actorq import write_bundle
-    from autoquant.compress import CompressionPlan, LayerSpec, compress
-    from autoquant.evaluate import record_states
-    from autoquant.policy import load_policy
-
-    policy = load_policy(policy_path("ppo-CartPole-v1", "CartPole-v1.zip"), env_id="CartPole-v1")
-    states = record_states(policy, n=512, seed=0).states
-    spread = np.random.default_rng(0).uniform([-2.4, -3.0, -0.21, -3.5], [2.4, 3.0, 0.21, 3.5],
-                                              size=(512, 4)).astype(np.float32)
-    compressed = compress(policy, CompressionPlan({"fc1": LayerSpec(8, 8), "fc2": LayerSpec(8, 8)}),
-                          np.concatenate([states, spread]), rounding="nearest")
-    out = tmp_path_factory.mktemp("actorq_cluster") / "bundle"
-    write_bundle(compressed, out)
-    return out
 
 
 @pytest.mark.slow

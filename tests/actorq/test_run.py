@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import EXAMPLES, ROOT, policy_path, run_cli
+from tests.conftest import EXAMPLES, ROOT, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -82,25 +82,6 @@ def test_short_run_learns_with_quantized_ray_actors(cartpole_bundle: Path, tmp_p
     assert report["final"]["actor"]["mean"] > random["mean"]
     assert json.loads((out / "actorq_run.json").read_text())["env_steps"] == 20000
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def ppo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The reference CartPole PPO policy (64-64 Tanh) with every layer in int8, calibrated wide."""
-    from autoquant.actorq import write_bundle
-    from autoquant.compress import CompressionPlan, compress
-    from autoquant.evaluate import record_states
-    from autoquant.policy import analyse, load_policy
-
-    policy = load_policy(policy_path("ppo-CartPole-v1", "CartPole-v1.zip"), env_id="CartPole-v1")
-    states = record_states(policy, n=1024, seed=0).states
-    spread = np.random.default_rng(0).uniform([-2.4, -3.0, -0.21, -3.5], [2.4, 3.0, 0.21, 3.5],
-                                              size=(1024, 4)).astype(np.float32)
-    plan = CompressionPlan.uniform(analyse(policy), weight_bits=8, act_bits=8)
-    compressed = compress(policy, plan, np.concatenate([states, spread]), rounding="nearest")
-    out = tmp_path_factory.mktemp("actorq_ppo") / "bundle"
-    write_bundle(compressed, out)
-    return out
 
 
 @pytest.mark.slow
