@@ -10,9 +10,11 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,25 +41,68 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _alive_nodes(address: str, env: dict[str, str]) -> int:
+    code = ("import ray, logging; ray.init(address=%r, logging_level=logging.ERROR, log_to_driver=False); "
+            "print(sum(1 for n in ray.nodes() if n['Alive']))" % address)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    return int(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 and proc.stdout.strip() else 0
+
+
+def _stop(node: subprocess.Popen[bytes]) -> None:
+    """Stop one node and only its processes: ``ray start --block`` in a session of its own
+    takes its GCS, raylet and workers down with it (``ray stop`` would stop every Ray
+    process of this user, a developer's own cluster included)."""
+    if node.poll() is None:
+        os.killpg(node.pid, signal.SIGTERM)
+        try:
+            node.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[dict[str, str]]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A head node (0 CPUs) and a worker node (2 CPUs) on 127.0.0.1; stopped afterwards."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
     address = f"127.0.0.1:{_free_port()}"
     ray = _ray_cli()
-    common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
+    logs = tmp_path_factory.mktemp("ray_nodes")
+    nodes: list[subprocess.Popen[bytes]] = []
     try:
-        subprocess.run([*ray, "start", "--head", "--port", address.rsplit(":", 1)[1], "--num-cpus", "0",
-                        "--include-dashboard=false", *common], env=env, check=True, capture_output=True,
-                       text=True, timeout=180)
-        subprocess.run([*ray, "start", "--address", address, "--num-cpus", "2", *common], env=env, check=True,
-                       capture_output=True, text=True, timeout=180)
+        for name, args in (("head", ["--head", "--port", address.rsplit(":", 1)[1], "--num-cpus", "0",
+                                     "--include-dashboard=false"]),
+                           ("worker", ["--address", address, "--num-cpus", "2"])):
+            with open(logs / f"{name}.log", "wb") as log:
+                nodes.append(subprocess.Popen([*ray, "start", *args, *common], env=env, stdout=log,
+                                              stderr=subprocess.STDOUT, start_new_session=True))
+            if name == "head":
+                _wait_for_port(address, nodes[0], logs / "head.log")
+        deadline = time.monotonic() + 180
+        while _alive_nodes(address, env) < 2:
+            if time.monotonic() > deadline or any(node.poll() is not None for node in nodes):
+                pytest.fail("the Ray cluster did not come up: " + (logs / "worker.log").read_text()[-2000:])
+            time.sleep(1)
         yield {"address": address, **env}
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"ray start failed: {exc.stderr[-2000:]}")
     finally:
-        subprocess.run([*ray, "stop", "--force"], env=env, check=False, capture_output=True, timeout=120)
+        for node in reversed(nodes):
+            _stop(node)
+
+
+def _wait_for_port(address: str, node: subprocess.Popen[bytes], log: Path) -> None:
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError:
+            if node.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ray start --head did not listen at {address}: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
 
 
 @pytest.mark.slow
