@@ -248,8 +248,7 @@ def run_network(network: Network, policies: Path, *, actors: int, steps: int, re
             "learner_updates_per_s_wall": median(lambda x: x["learner"]["updates_per_s_wall"]),
             "rebuild_ms": median(lambda x: (x["broadcasts"]["actor_rebuild_ms"] or {}).get("median")),
             "rebuild_cpu_ms": median(lambda x: (x["broadcasts"].get("actor_rebuild_cpu_ms") or {}).get("median")),
-            "rebuild_env_steps": median(lambda x: ((x["broadcasts"].get("actor_rebuild_cpu_ms") or {}).get("median")
-                                                   or 0) / x["env_ms_per_step"] or None),
+            "rebuild_env_steps": median(_rebuild_env_steps),
             "first_rebuild_ms": median(lambda x: (x["broadcasts"]["actor_first_rebuild_ms"] or {}).get("median")),
             "final_learner_rewards": [x["final_learner_reward"] for x in reps],
             "final_actor_rewards": [x["final_actor_reward"] for x in reps],
@@ -264,6 +263,12 @@ def run_network(network: Network, policies: Path, *, actors: int, steps: int, re
             "learner_source": source + (f" with {', '.join(sorted(network.learner))} changed" if network.learner
                                         else ""),
             "note": network.note, "rows": rows}
+
+
+def _rebuild_env_steps(run: dict[str, Any]) -> float | None:
+    """A run's median rebuild CPU time over its env time per step."""
+    cpu = (run["broadcasts"].get("actor_rebuild_cpu_ms") or {}).get("median")
+    return cpu / run["env_ms_per_step"] if cpu and run["env_ms_per_step"] else None
 
 
 # Per-run measures that the "vs fp32" columns compare (run summary -> value).

@@ -27,6 +27,7 @@ actors, over the seeds.
     python benchmarks/actorq_ppo.py            # writes benchmarks/results/actorq_ppo.{json,md}
     python benchmarks/actorq_ppo.py --env lunarlander --seeds 3   # actorq_ppo_lunarlander.{json,md}
     python benchmarks/actorq_ppo.py --quick    # 2 seeds, 30k steps, prints only
+    python benchmarks/actorq_ppo.py --render benchmarks/results/actorq_ppo.json   # summary and markdown again
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import json
 import logging
 import os
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -135,7 +135,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summarize(runs: dict[str, list[dict[str, Any]]], budget: int) -> dict[str, Any]:
-    """Per variant: seeds solved, env steps to solve (unsolved counted at the budget), paired with fp32."""
+    """Per variant: seeds solved, env steps to solve (unsolved counted at the budget), paired with fp32;
+    intervals are ``autoquant.evaluate.ci95`` (Student t) of the mean."""
+    from autoquant.evaluate import ci95
+
     out: dict[str, Any] = {}
     fp32 = runs["fp32"]
     for key, label, _ in VARIANTS:
@@ -144,8 +147,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]], budget: int) -> dict[str, A
         diffs = [a - b for a, b in zip(steps, [r["solved_at"] if r["solved_at"] is not None else budget
                                                 for r in fp32])]
         finals = [r["final"] for r in rows]
-        mean, half = _interval(steps)
-        dmean, dhalf = _interval(diffs)
+        mean, half = float(np.mean(steps)), ci95(steps)
+        dmean, dhalf = float(np.mean(diffs)), ci95(diffs)
         out[key] = {"label": label, "solved": sum(r["solved_at"] is not None for r in rows), "seeds": len(rows),
                     "steps_to_solve": steps, "steps_mean": mean, "steps_ci95": half,
                     "minus_fp32_mean": dmean, "minus_fp32_ci95": dhalf,
@@ -160,16 +163,6 @@ def summarize(runs: dict[str, list[dict[str, Any]]], budget: int) -> dict[str, A
 
 def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
-
-
-def _interval(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % t interval."""
-    from scipy import stats
-
-    if len(values) < 2:
-        return float(np.mean(values)), float("nan")
-    sem = statistics.stdev(values) / np.sqrt(len(values))
-    return float(np.mean(values)), float(stats.t.ppf(0.975, len(values) - 1) * sem)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -236,7 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="2 seeds, 30k steps, print only")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                        help="run nothing: recompute the summary of a results JSON and write it and its markdown again")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        results = json.loads(args.render.read_text())
+        results["summary"] = summarize(results["runs"], results["settings"]["steps"])
+        args.render.write_text(json.dumps(results, indent=2) + "\n")
+        args.render.with_suffix(".md").write_text(markdown(results))
+        print(f"wrote {rel(args.render)} and {rel(args.render.with_suffix('.md'))}")
+        return 0
     env_id, solved, budget, eval_every, name, envs = CASES[args.env]
     args.steps = args.steps or budget
     args.eval_every = args.eval_every or eval_every

@@ -206,7 +206,8 @@ class PPOLearner:
             if cut.any():
                 final = torch.as_tensor(cat("next_obs")[cut], dtype=torch.float32)
                 rewards[cut] += hyper.gamma * policy.predict_values(final).flatten().numpy()
-            last = torch.as_tensor(cat_last(rollouts), dtype=torch.float32)
+            last = torch.as_tensor(np.concatenate([np.asarray(r["last_obs"]) for r in rollouts]),
+                                   dtype=torch.float32)
             last_values = policy.predict_values(last).flatten()
         buffer.reset()
         for t in range(steps):
@@ -230,8 +231,3 @@ class PPOLearner:
         batches = -(-steps * envs // hyper.batch_size)
         self.updates += hyper.n_epochs * batches
         self.iterations += 1
-
-
-def cat_last(rollouts: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """The observations each env is in after the rollouts (envs side by side)."""
-    return np.concatenate([np.asarray(r["last_obs"]) for r in rollouts], axis=0)

@@ -81,7 +81,7 @@ class ActorPolicy:
         if self.action.kind != "argmax" or self.algo in _GREEDY_ALGOS:
             raise ActorQError(f"a {self.algo} network's outputs are not a categorical policy's logits: sampling "
                               "needs a discrete-action policy-gradient network (PPO, A2C)")
-        x, _ = self.prepare(observation if np.ndim(observation) > len(self.input_shape) else observation[None])
+        x, _ = self.prepare(observation)
         return sample_logits(self.forward(x), rng)
 
     def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
