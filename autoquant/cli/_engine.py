@@ -10,6 +10,7 @@ from autoquant._io import check_output_file
 from autoquant.cli import Command, register
 from autoquant.cli._options import (
     add_policy_arguments,
+    add_protocol_argument,
     add_target_arguments,
     load_from_args,
     non_negative,
@@ -75,8 +76,10 @@ class EvaluateCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_policy_arguments(parser)
         parser.add_argument("--plan", type=Path, help="compression plan JSON")
-        parser.add_argument("--episodes", type=non_negative, default=20,
-                            help="episodes per policy, on shared seeds (default 20)")
+        parser.add_argument("--episodes", type=non_negative, default=None,
+                            help="episodes per policy, on shared seeds (default: every start of a deterministic "
+                                 "Atari game, the 30 no-op starts, else 20)")
+        add_protocol_argument(parser)
         add_target_arguments(parser)
         parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
         parser.add_argument("--seed", type=non_negative, default=0)
@@ -110,6 +113,7 @@ class EvaluateCommand(Command):
         if plan is not None:
             plan.validate(analyse(bundle))
         result = evaluate(bundle, target=target, plan=plan, episodes=args.episodes, seed=args.seed,
+                          sticky_actions=args.sticky_actions,
                           n_states=args.states, finetune_epochs=args.finetune,
                           finetune_rounds=args.finetune_rounds, n_envs=args.envs)
         if args.save_onnx is not None:
@@ -126,12 +130,22 @@ class EvaluateCommand(Command):
         fp32, plan, lat = result["fp32"], result["plan"], result["latency"]
 
         def reward(r: dict[str, Any] | None) -> str:
-            return "-" if not r else f"{r['mean']:.2f} ± {r['ci95']:.2f} ({r['episodes']} ep)"
+            if not r:
+                return "-"
+            games = f"{r['episodes']} ep, {r['distinct_games']} distinct"
+            if r.get("exact"):
+                return f"{r['mean']:.2f} exact ({games})"
+            half = r["ci95"]
+            return f"{r['mean']:.2f} ± {half:.2f} ({games})" if half == half else f"{r['mean']:.2f} ({games})"
 
         rows = [("", "fp32", "plan" if plan else "")]
         rows.append(("reward (95% CI)", reward(fp32["reward"]), reward(plan.get("reward")) if plan else ""))
         if plan and "retention" in plan:
-            rows.append(("retention vs fp32", "1.000", f"{plan['retention']:.3f}"))
+            paired = plan["paired"]
+            interval = ("exact" if paired["exact"] else
+                        f"[{paired['retention_low']:.3f}, {paired['retention_high']:.3f}]")
+            rows.append(("retention vs fp32", "1.000", f"{plan['retention']:.3f} {interval} "
+                         f"({paired['distinct_pairs']} distinct pairs of games)"))
         if plan:
             fid = plan["fidelity"]
             key = "action_agreement" if "action_agreement" in fid else "action_error"
@@ -154,6 +168,11 @@ class EvaluateCommand(Command):
             lines.append(f"{name:<{width}}  {a:<{w1}}  {b}")
         if plan:
             lines.insert(1, f"plan   {plan['summary']}")
+        protocol = result.get("protocol") or {}
+        if fp32.get("reward"):
+            exact = (f"; every one of its {protocol['starts']} starts played: means exact for it"
+                     if fp32["reward"].get("exact") else "")
+            lines.append(f"protocol: {protocol.get('name')}{exact}; intervals count each distinct game once")
         if result.get("random"):
             lines.append(f"random policy on the same seeds: {result['random']['mean']:.2f}")
         if lat:

@@ -11,6 +11,7 @@ from typing import Any
 
 __all__ = [
     "seconds",
+    "add_protocol_argument",
     "ACTIVATION_NAMES",
     "add_policy_arguments",
     "add_target_arguments",
@@ -86,6 +87,25 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
                         "(else AUTOQUANT_DEVICE, else the target's TOML)")
     parser.add_argument("--secret-file", help="the device's shared secret (else AUTOQUANT_SECRET_FILE, "
                         "else ~/.autoquant-secret)")
+
+
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability such as 0.25, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
+    return value
+
+
+def add_protocol_argument(parser: argparse.ArgumentParser) -> None:
+    """--sticky-actions: the stochastic protocol of Atari games (evaluate, search, compare)."""
+    parser.add_argument("--sticky-actions", type=probability, default=None, metavar="P",
+                        help="Atari only: repeat the previous action with probability P on every frame (Machado et "
+                             "al. 2018; 0.25 is ALE v5's default), every seed a game of its own; 0 plays the "
+                             "deterministic game from its 30 no-op starts (default: the env id's own, "
+                             "deterministic for NoFrameskip-v4)")
 
 
 def load_from_args(args: argparse.Namespace) -> Any:

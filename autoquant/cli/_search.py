@@ -12,6 +12,7 @@ from autoquant._io import check_output_folder
 from autoquant.cli import Command, register
 from autoquant.cli._options import (
     add_policy_arguments,
+    add_protocol_argument,
     add_target_arguments,
     names,
     non_negative,
@@ -53,14 +54,29 @@ def summary_json(run: Any, confirmed: dict[str, Any] | None, wall_s: float) -> d
         "failed": sum(1 for r in records if r.state == "FAIL"),
         "repeats": sum(1 for r in records if r.repeat),  # plans proposed again: recorded, not counted
         "wall_s": round(wall_s, 1), "best": None,
+        "protocol": run.protocol.to_json(), "sticky_actions": run.protocol.sticky_actions,
+        "fp32_episodes": {"episodes": len(run.problem.fp32_episodes.seeds),
+                          "distinct_games": run.problem.fp32_episodes.distinct_games,
+                          "mean": run.problem.fp32_episodes.mean, "exact": run.problem.fp32_episodes.exact},
         "reference": {k: v for k, v in run.info["reference"].items() if k in ("onnxruntime_int8",)},
+        "confirmation": None,
     }
+    found = run.confirmation()
+    if found is not None:
+        out["confirmation"] = {"passed": confirmed is not None,
+                               "attempts": [{k: a.get(k) for k in ("trial", "summary", "retention", "passed")}
+                                            for a in found.get("attempts", [])]}
     if confirmed is not None:
         record = next((r for r in records if r.number == confirmed["trial"]), None)
         out["best"] = {
             "trial": confirmed["trial"], "plan": confirmed["plan"], "summary": confirmed["summary"],
             "latency_ratio": confirmed["search"]["latency_ratio"], "retention": confirmed["confirm"]["retention"],
             "search_retention": confirmed["search"]["retention"], "size_ratio": confirmed["search"]["size_ratio"],
+            "retention_low": confirmed["confirm"].get("retention_low"),
+            "retention_high": confirmed["confirm"].get("retention_high"),
+            "exact": confirmed["confirm"].get("exact"), "distinct_pairs": confirmed["confirm"].get("distinct_pairs"),
+            "distinct_games": confirmed["confirm"].get("distinct_games"),
+            "confirm_episodes": confirmed["confirm"]["episodes"],
             "size_bytes": confirmed["size_bytes"], "reward": confirmed["confirm"]["reward"]["mean"],
             "fp32_reward": confirmed["confirm"]["fp32_reward"]["mean"],
             "latency": record.result.latency if record is not None and record.result is not None else None,
@@ -94,11 +110,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pareto", action="store_true", help="search a Pareto front (latency, reward, size)")
     parser.add_argument("--episodes", type=positive, default=10,
                         help="most episodes a played trial may take; a sequential test stops sooner once retention "
-                             "is clearly above or below the floor (default 10)")
+                             "is clearly above or below the floor, counting each distinct game once (default 10; "
+                             "at most 30 on a deterministic Atari game: one per no-op start)")
+    add_protocol_argument(parser)
     parser.add_argument("--confidence", type=float, default=0.95,
                         help="confidence of that test's decisions, in [0.5, 1) (default 0.95)")
     parser.add_argument("--confirm-episodes", type=positive, default=20,
-                        help="episodes on fresh seeds that confirm the best plan (default 20)")
+                        help="episodes on fresh seeds that confirm the best plan (default 20; a deterministic "
+                             "Atari game is confirmed on all its 30 no-op starts instead)")
     parser.add_argument("--fidelity-floor", type=float, default=0.5,
                         help="the proxy (action agreement with fp32 on states the plan visits itself) below which a "
                              "trial is not played, until the run has played enough trials to fit retention on the "
@@ -131,7 +150,7 @@ def _config(args: argparse.Namespace, *, method: str, agent: str) -> Any:
         method=method, agent=agent, n_trials=args.trials, time_budget_s=args.time_budget,
         mode="pareto" if args.pareto else "single", min_retention=args.min_retention, episodes=args.episodes,
         confirm_episodes=args.confirm_episodes, fidelity_floor=args.fidelity_floor, n_states=args.states,
-        n_envs=args.envs, seed=args.seed, confidence=args.confidence,
+        n_envs=args.envs, seed=args.seed, confidence=args.confidence, sticky_actions=args.sticky_actions,
         proxy_states=args.proxy_states, finetune_epochs=args.finetune, finetune_rounds=args.finetune_rounds,
         finetune_below=args.finetune_below, storage=getattr(args, "storage", None) or "study.db",
         study_name=getattr(args, "study", None), argv=tuple(sys.argv),
@@ -165,7 +184,7 @@ class SearchCommand(Command):
                 raise UsageError("--resume needs --out, the run folder to continue")
             run = load_run(args.out, trust_pickle=args.trust_pickle,
                            n_trials=args.trials if "--trials" in sys.argv else None,
-                           time_budget_s=args.time_budget,
+                           time_budget_s=args.time_budget, sticky_actions=args.sticky_actions,
                            device=args.device, secret_file=args.secret_file)
         else:
             if args.policy is None:
@@ -202,20 +221,40 @@ class SearchCommand(Command):
         lines = [f"run     {result['run']}  ({result['method']} / {result['agent']} on {result['target']}, "
                  f"{result['complete']} complete, {result['failed']} failed, {result['repeats']} repeats, "
                  f"{result['wall_s']} s)"]
+        protocol = result.get("protocol") or {}
+        fp32 = result.get("fp32_episodes") or {}
+        lines.append(f"episodes {protocol.get('name')}; fp32 {fp32.get('mean', float('nan')):.2f} over "
+                     f"{fp32.get('episodes')} episodes, {fp32.get('distinct_games')} distinct games")
         best = result["best"]
+        failed = [a for a in (result.get("confirmation") or {}).get("attempts", []) if not a.get("passed")]
+        for attempt in failed:
+            lines.append(f"failed  trial {attempt['trial']} ({attempt['summary']}) failed confirmation: retention "
+                         f"{attempt['retention']:.3f}")
+        ort = result["reference"].get("onnxruntime_int8") or {}
         if best is None:
             lines.append("best    fp32: no plan both met the retention floor and ran faster than fp32")
         else:
+            if best.get("exact"):
+                where = f"exact over all {best['confirm_episodes']} starts"
+            elif best.get("retention_low") is not None and best["retention_low"] == best["retention_low"]:
+                where = (f"[{best['retention_low']:.3f}, {best['retention_high']:.3f}] on {best['confirm_episodes']} "
+                         "fresh seeds")
+            else:
+                where = f"on {best.get('confirm_episodes')} fresh seeds"
+            games = best.get("distinct_pairs")
             lines += [
                 f"best    trial {best['trial']}: {best['summary']}",
-                f"        latency ratio {best['latency_ratio']:.3f} to fp32" + _measured(best.get("latency")),
-                f"        retention {best['retention']:.3f} on fresh seeds (reward {best['reward']:.2f} vs fp32 "
-                f"{best['fp32_reward']:.2f}); size {best['size_bytes']:,} bytes ({best['size_ratio']:.3f} of fp32)",
+                f"        latency ratio {best['latency_ratio']:.3f} to fp32" + _measured(best.get("latency"))
+                + (f", {best['latency_ratio'] / ort['latency_ratio']:.2f}x onnxruntime uniform int8's"
+                   if ort.get("latency_ratio") else ""),
+                f"        retention {best['retention']:.3f} {where}"
+                + (f", {games} distinct pairs of games" if games is not None else "")
+                + f" (reward {best['reward']:.2f} vs fp32 {best['fp32_reward']:.2f}); size {best['size_bytes']:,} "
+                f"bytes ({best['size_ratio']:.3f} of fp32)",
             ]
-        ort = result["reference"].get("onnxruntime_int8") or {}
         if "latency_ratio" in ort:
             lines.append(f"ref     onnxruntime uniform int8: latency ratio {ort['latency_ratio']:.3f}, "
-                         f"retention {ort['retention']:.3f}")
+                         f"retention {ort['retention']:.3f} on the search's seeds")
         lines.append(f"report  {Path(result['run']) / 'report.md'}")
         return "\n".join(lines)
 

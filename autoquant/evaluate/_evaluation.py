@@ -10,7 +10,7 @@ from autoquant.compress import CompressionPlan, compress, export_reference, weig
 from autoquant.evaluate._episodes import paired_comparison, play_episodes, random_actor
 from autoquant.evaluate._fidelity import fidelity
 from autoquant.evaluate._states import StateSet, dagger_visitor, record_states
-from autoquant.policy import PolicyBundle
+from autoquant.policy import PolicyBundle, Protocol, resolve_protocol
 from autoquant.policy import analyse
 from autoquant.targets import Target
 from autoquant.targets import KernelReport, OrtRunner, kernel_report
@@ -21,8 +21,13 @@ __all__ = ["Evaluation", "episode_seeds", "evaluate", "onnx_actor"]
 HELD_OUT_SEED_OFFSET = 7919
 
 
-def episode_seeds(seed: int, episodes: int) -> list[int]:
-    """Evaluation seeds: disjoint from the seeds states are recorded on (``seed`` + k)."""
+def episode_seeds(seed: int, episodes: int, protocol: Protocol | None = None) -> list[int]:
+    """Evaluation seeds: disjoint from the seeds states are recorded on (``seed`` + k).
+
+    Under a protocol with finite starts they are consecutive, so they play distinct starts,
+    and there are at most as many as starts: a start played twice is the same game again."""
+    if protocol is not None and protocol.starts is not None:
+        episodes = min(episodes, protocol.starts)
     return [100_000 + 1_000 * seed + i for i in range(episodes)]
 
 
@@ -54,7 +59,8 @@ def evaluate(
     *,
     target: Target | None,
     plan: CompressionPlan | None = None,
-    episodes: int = 20,
+    episodes: int | None = None,
+    sticky_actions: float | None = None,
     seed: int = 0,
     n_states: int = 1024,
     states: StateSet | None = None,
@@ -62,7 +68,15 @@ def evaluate(
     finetune_rounds: int = 2,
     n_envs: int = 8,
 ) -> Evaluation:
-    """fp32 vs ``plan`` on the same seeds: reward, retention, fidelity, latency, size, kernels."""
+    """fp32 vs ``plan`` on the same seeds: reward, retention, fidelity, latency, size, kernels.
+
+    Episodes are played under the env's own protocol, or with ``sticky_actions`` (ALE).
+    ``episodes``: None plays every start of a protocol with finitely many (the means are then
+    exact for it) and 20 seeds otherwise; a protocol with finite starts never plays more
+    episodes than it has starts."""
+    protocol = resolve_protocol(bundle.env_id, sticky_actions)  # type: ignore[arg-type]
+    if episodes is None:
+        episodes = protocol.starts if protocol.starts is not None else 20
     table = analyse(bundle)
     if plan is not None:
         plan.validate(table)
@@ -71,11 +85,11 @@ def evaluate(
     x = states.states
     reference = export_reference(bundle)
     ref_kernels = kernel_report(reference, x[:1], table.names)
-    seeds = episode_seeds(seed, episodes)
-    ref_eps = play_episodes(onnx_actor(bundle, reference), bundle.env_id, seeds, n_envs=n_envs) \
-        if episodes else None
-    floor = play_episodes(random_actor(bundle.action_space, seed), bundle.env_id, seeds, n_envs=n_envs) \
-        if episodes else None
+    seeds = episode_seeds(seed, episodes, protocol)
+    ref_eps = play_episodes(onnx_actor(bundle, reference), bundle.env_id, seeds, protocol=protocol,  # type: ignore[arg-type]
+                            n_envs=n_envs) if episodes else None
+    floor = play_episodes(random_actor(bundle.action_space, seed), bundle.env_id, seeds,  # type: ignore[arg-type]
+                          protocol=protocol, n_envs=n_envs) if episodes else None
     fp32 = {
         "reward": ref_eps.to_json() if ref_eps else None,
         "size_bytes": weight_bytes(table, CompressionPlan()),
@@ -87,6 +101,8 @@ def evaluate(
     policy = {"source": str(bundle.source), "algo": bundle.algo, "env_id": bundle.env_id,
               "input_shape": list(bundle.input_shape), "action": bundle.action.kind}
     result = Evaluation(policy=policy, fp32=fp32, random=floor.to_json() if floor else None)
+    result.extra["protocol"] = protocol.to_json()
+    result.extra["sticky_actions"] = protocol.sticky_actions
     result.extra["states"] = {"count": len(states), "seed": states.seed, "epsilon": states.epsilon}
     if plan is None:
         if target is not None:
@@ -113,7 +129,8 @@ def evaluate(
         "finetune": compressed.finetune.to_json() if compressed.finetune else None,
     }
     if episodes:
-        eps = play_episodes(onnx_actor(bundle, compressed.onnx), bundle.env_id, seeds, n_envs=n_envs)
+        eps = play_episodes(onnx_actor(bundle, compressed.onnx), bundle.env_id, seeds,  # type: ignore[arg-type]
+                            protocol=protocol, n_envs=n_envs)
         plan_json["reward"] = eps.to_json()
         plan_json["paired"] = paired_comparison(eps, ref_eps, floor)  # type: ignore[arg-type]
         plan_json["retention"] = plan_json["paired"]["retention"]

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from autoquant.policy._arch import Block, build_chain
 from autoquant.policy._bundle import ActionSpec, PolicyBundle
-from autoquant.policy._envs import canonical_env_id, is_atari, make_env, read_zoo_yaml
+from autoquant.policy._envs import (NOOP_STARTS, Protocol, canonical_env_id, is_atari, make_env, read_zoo_yaml,
+                                    resolve_protocol)
 from autoquant.policy._layers import LayerInfo, LayerTable, analyse, analyse_module
 from autoquant.policy._load import load_policy
 
 __all__ = [
+    "NOOP_STARTS",
     "ActionSpec",
     "Block",
     "LayerInfo",
     "LayerTable",
     "PolicyBundle",
+    "Protocol",
     "analyse",
     "analyse_module",
     "build_chain",
@@ -22,4 +25,5 @@ __all__ = [
     "load_policy",
     "make_env",
     "read_zoo_yaml",
+    "resolve_protocol",
 ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,8 @@ import numpy as np
 from autoquant._untrusted import MAX_JSON_DEPTH, json_depth_exceeds
 from autoquant.errors import EnvMismatchError, PolicyLoadError, first_line
 
-__all__ = ["canonical_env_id", "env_id_from_metadata", "is_atari", "make_env", "read_zoo_yaml"]
+__all__ = ["NOOP_STARTS", "Protocol", "canonical_env_id", "env_id_from_metadata", "is_atari", "make_env",
+           "read_zoo_yaml", "resolve_protocol"]
 
 # Ids that moved in gymnasium; the policies keep working under the new id.
 _ALIASES = {
@@ -22,6 +25,72 @@ _ALIASES = {
 }
 
 _ATARI_FRAME_STACK = 4
+NOOP_STARTS = 30  # SB3's AtariWrapper starts an episode with 1..30 no-ops (noop_max)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How an environment's episodes are played, recorded beside every reward figure.
+
+    ``sticky_actions`` is ALE's ``repeat_action_probability`` (0 for environments that are not
+    ALE). ``starts`` is the number of distinct start conditions when there are finitely many:
+    an ALE game without sticky actions is deterministic, so a greedy policy replays the same
+    game for a given no-op count, and the protocol has exactly ``NOOP_STARTS`` starts (seed
+    ``s`` starts with ``1 + s % starts`` no-ops, so any ``starts`` consecutive seeds enumerate
+    them all once). ``None``: every seed starts a game of its own (sticky actions, or an
+    environment whose reset draws a continuous start state).
+    """
+
+    sticky_actions: float = 0.0
+    starts: int | None = None
+
+    def __post_init__(self) -> None:
+        p = self.sticky_actions
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0.0 <= p < 1.0:
+            raise EnvMismatchError(f"sticky-actions must be a probability in [0, 1), got {p!r}")
+        object.__setattr__(self, "sticky_actions", float(p))
+        if self.starts is not None and (isinstance(self.starts, bool) or not isinstance(self.starts, int)
+                                        or self.starts < 1):
+            raise EnvMismatchError(f"a protocol's number of starts must be a positive integer, got {self.starts!r}")
+
+    @property
+    def name(self) -> str:
+        if self.starts is not None:
+            return f"deterministic, {self.starts} no-op starts"
+        if self.sticky_actions > 0:
+            return f"sticky actions p={self.sticky_actions:g}"
+        return "seeded starts"
+
+    def start_of(self, seed: int) -> int | None:
+        """The start condition (no-op count) seed ``seed`` plays, where starts are finite."""
+        return None if self.starts is None else 1 + int(seed) % self.starts
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "sticky_actions": self.sticky_actions, "starts": self.starts}
+
+    @classmethod
+    def from_json(cls, data: object) -> Protocol:
+        if not isinstance(data, dict) or "sticky_actions" not in data:
+            raise EnvMismatchError(f"not a recorded episode protocol: {data!r:.80}")
+        return cls(sticky_actions=data["sticky_actions"], starts=data.get("starts"))
+
+
+def resolve_protocol(env_id: str, sticky_actions: float | None = None) -> Protocol:
+    """The protocol ``env_id`` is played under: its own (ALE v4 ids deterministic, v5 ids
+    sticky at 0.25), or sticky actions with probability ``sticky_actions`` on an ALE game."""
+    env_id = canonical_env_id(env_id)
+    if not is_atari(env_id):
+        if sticky_actions:
+            raise EnvMismatchError(f"--sticky-actions applies to Atari (ALE) environments; {env_id} is not one: "
+                                   "leave the option out")
+        return Protocol()
+    if sticky_actions is None:
+        if not _registry_has(env_id):
+            raise EnvMismatchError(f"unknown environment id {env_id!r}: pass a gymnasium id such as "
+                                   "PongNoFrameskip-v4 with --env")
+        sticky_actions = float(gym.spec(env_id).kwargs.get("repeat_action_probability", 0.0))
+    protocol = Protocol(sticky_actions=sticky_actions)
+    return protocol if protocol.sticky_actions > 0 else Protocol(starts=NOOP_STARTS)
 
 
 def canonical_env_id(env_id: str) -> str:
@@ -49,13 +118,17 @@ def _register_atari() -> None:
     gym.register_envs(ale_py)
 
 
-def make_env(env_id: str, *, render_mode: str | None = None) -> Any:
-    """Build ``env_id`` as the policies of this project were trained on it.
+def make_env(env_id: str, *, protocol: Protocol | None = None, render_mode: str | None = None) -> Any:
+    """Build ``env_id`` as the policies of this project were trained on it, played under
+    ``protocol`` (default: the id's own, ``resolve_protocol``).
 
     Atari ids get SB3's ``AtariWrapper`` (noop reset, frame skip 4, fire reset,
     84x84 grayscale; no life-loss termination and no reward clipping, since we
     evaluate) and a 4-frame stack, oldest first, channels first, zero padded at
-    reset exactly as SB3's ``VecFrameStack``.
+    reset exactly as SB3's ``VecFrameStack``. ALE's sticky actions act on every emulator
+    frame and draw from the env's own generator, seeded by ``reset(seed=...)``: two
+    policies reset with one seed meet the same stream. Under a protocol with finite starts
+    a seeded reset plays that seed's no-op count (``Protocol.start_of``).
     """
     env_id = canonical_env_id(env_id)
     if not _registry_has(env_id):
@@ -63,13 +136,23 @@ def make_env(env_id: str, *, render_mode: str | None = None) -> Any:
             f"unknown environment id {env_id!r}: pass a gymnasium id such as CartPole-v1 "
             "or PongNoFrameskip-v4 with --env"
         )
+    if protocol is None:
+        protocol = resolve_protocol(env_id)
     if is_atari(env_id):
-        from stable_baselines3.common.atari_wrappers import AtariWrapper
+        from stable_baselines3.common.atari_wrappers import AtariWrapper, NoopResetEnv
 
-        env = gym.make(env_id, render_mode=render_mode)
-        env = AtariWrapper(env, terminal_on_life_loss=False, clip_reward=False)
+        env = gym.make(env_id, render_mode=render_mode, repeat_action_probability=protocol.sticky_actions)
+        env = AtariWrapper(env, noop_max=NOOP_STARTS, terminal_on_life_loss=False, clip_reward=False)
         env = gym.wrappers.FrameStackObservation(env, _ATARI_FRAME_STACK, padding_type="zero")
-        return _ChannelsFirstStack(env)
+        env = _ChannelsFirstStack(env)
+        if protocol.starts is not None:
+            inner = env
+            while not isinstance(inner, NoopResetEnv):
+                inner = inner.env
+            env = _StartFromSeed(env, protocol, inner)
+        return env
+    if protocol.sticky_actions:
+        raise EnvMismatchError(f"--sticky-actions applies to Atari (ALE) environments; {env_id} is not one")
     try:
         return gym.make(env_id, render_mode=render_mode)
     except gym.error.DependencyNotInstalled as exc:
@@ -87,6 +170,20 @@ class _ChannelsFirstStack(gym.ObservationWrapper):
 
     def observation(self, observation: Any) -> Any:
         return np.asarray(observation).reshape(self.observation_space.shape)
+
+
+class _StartFromSeed(gym.Wrapper):
+    """A seeded reset plays that seed's no-op start (``Protocol.start_of``); an unseeded one
+    draws it from the env's generator, as SB3's ``NoopResetEnv`` does."""
+
+    def __init__(self, env: gym.Env, protocol: Protocol, noop: Any) -> None:
+        super().__init__(env)
+        self._protocol = protocol
+        self._noop = noop
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        self._noop.override_num_noops = self._protocol.start_of(seed) if seed is not None else None
+        return self.env.reset(seed=seed, options=options)
 
 
 # --- The zoo's config.yml / args.yml -------------------------------------------------

@@ -59,17 +59,58 @@ def _header(run_info: Mapping[str, Any], floor: float | None) -> list[str]:
     return lines
 
 
-def _summary(records: Sequence[Mapping[str, Any]], floor: float | None) -> str:
+def _summary(records: Sequence[Mapping[str, Any]], floor: float | None,
+             confirmation: Mapping[str, Any] | None) -> list[str]:
+    """The best plan as confirmation decided it: a plan that failed confirmation is listed as
+    such and never called the best; before confirmation the search's best is marked unconfirmed."""
+    bound = f" (retention >= {fmt(floor)})" if floor is not None else ""
+    lines = []
+    attempts = list((confirmation or {}).get("attempts") or [])
+    for attempt in attempts:
+        if attempt.get("passed") is False or (attempt.get("passed") is None and floor is not None
+                                             and (attempt.get("retention") or 0.0) < floor):
+            lines.append(f"**Failed confirmation:** trial {attempt.get('trial')}, "
+                         f"`{cell(attempt.get('summary') or '(no summary)')}`: retention "
+                         f"{fmt(attempt.get('retention'))} on the confirmation episodes{_games(attempt.get('paired'))}, "
+                         f"below the floor{bound}.")
+    if confirmation is not None and "trial" in confirmation:
+        number = confirmation["trial"]
+        best = next((r for r in records if r.get("number") == number), None) or {}
+        ratio = value(best, "latency_ratio") if best else (confirmation.get("search") or {}).get("latency_ratio")
+        speed = f" ({1.0 / ratio:.2f}x the fp32 speed)" if ratio else ""
+        confirm = confirmation.get("confirm") or {}
+        if confirm.get("exact"):
+            where = f"exact over all {confirm.get('episodes')} starts of the protocol"
+        elif confirm.get("retention_low") is not None:
+            where = (f"[{fmt(confirm.get('retention_low'))}, {fmt(confirm.get('retention_high'))}] on "
+                     f"{confirm.get('episodes')} fresh seeds")
+        else:
+            where = f"on {confirm.get('episodes')} fresh seeds"
+        pairs = confirm.get("distinct_pairs")
+        lines.append(f"**Best plan (confirmed):** trial {number}, `{cell(confirmation.get('summary') or '(no summary)')}`: "
+                     f"latency ratio {fmt(ratio)}{speed}, retention {fmt(confirm.get('retention'))} {where}"
+                     + (f" ({pairs} distinct pairs of games)" if pairs is not None else "")
+                     + f", size ratio {fmt((confirmation.get('search') or {}).get('size_ratio'))}.")
+        return lines
+    if confirmation is not None:
+        return lines + [f"**Best plan:** none: no plan both kept the floor{bound} on confirmation and ran faster than "
+                        "fp32, so the uncompressed policy stays the best (fp32 is always a candidate)."]
     best = best_feasible(records)
     if best is None:
-        bound = f" (retention >= {fmt(floor)})" if floor is not None else ""
-        return (f"**Best feasible plan:** none: no plan both met the floor{bound} and ran faster than fp32, "
-                "so the uncompressed policy stays the best (fp32 is always a candidate).")
+        return lines + [f"**Best feasible plan:** none: no plan both met the floor{bound} and ran faster than fp32, "
+                        "so the uncompressed policy stays the best (fp32 is always a candidate)."]
     ratio = value(best, "latency_ratio")
     speed = f" ({1.0 / ratio:.2f}x the fp32 speed)" if ratio else ""
-    return (f"**Best feasible plan:** trial {best.get('number')}, `{cell(best.get('summary') or '(no summary)')}`: "
-            f"latency ratio {fmt(ratio)}{speed}, retention {fmt(best.get('retention'))}, "
-            f"size ratio {fmt(best.get('size_ratio'))}.")
+    return lines + [f"**Best feasible plan (not confirmed yet):** trial {best.get('number')}, "
+                    f"`{cell(best.get('summary') or '(no summary)')}`: latency ratio {fmt(ratio)}{speed}, retention "
+                    f"{fmt(best.get('retention'))}, size ratio {fmt(best.get('size_ratio'))}."]
+
+
+def _games(paired: Mapping[str, Any] | None) -> str:
+    if not paired or paired.get("distinct_pairs") is None:
+        return ""
+    return (" (exact over the protocol's starts)" if paired.get("exact")
+            else f" ({paired['distinct_pairs']} distinct pairs of games)")
 
 
 def _front(records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -85,9 +126,11 @@ def _front(records: Sequence[Mapping[str, Any]]) -> list[str]:
 
 RULE = ("A played trial plays paired episodes (the same seeds as fp32) until a sequential test decides: after "
         "each episode, from the second, a Student-t interval of its retention at the run's confidence (shared out "
-        "over the looks, Bonferroni) either lies wholly above the floor (feasible), wholly below it (not), or the "
-        "episode budget ends first (undecided: then its mean decides). The best plan is the fastest feasible one "
-        "faster than fp32, then confirmed on fresh seeds.")
+        "over the looks, Bonferroni), in which each distinct pair of games (fp32's, the plan's) counts once and "
+        "which needs at least 3 of them, either lies wholly above the floor (feasible), wholly below it (not), or "
+        "the episode budget ends first (undecided: then its mean decides). Where every start of a deterministic "
+        "game was played the retention is exact. The best plan is the fastest feasible one faster than fp32, then "
+        "confirmed on fresh seeds (on a deterministic game: on all its starts).")
 
 
 def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
@@ -127,10 +170,11 @@ def _played(records: Sequence[Mapping[str, Any]]) -> list[str]:
         return f"[{fmt(low)}, {fmt(high)}]"
 
     rows = [(r.get("number"), r.get("summary") or "(no summary)", fmt(r.get("latency_ratio")), fmt(r.get("proxy")),
-             r.get("episodes") or "-", fmt(r.get("retention")), interval(r), r.get("decision") or "-",
+             r.get("episodes") or "-", r.get("distinct_pairs") if r.get("distinct_pairs") is not None else "-",
+             fmt(r.get("retention")), "exact" if r.get("exact") else interval(r), r.get("decision") or "-",
              "yes" if r.get("feasible") is True else "no") for r in played]
-    return lines + table(("trial", "plan", "latency ratio", "proxy", "episodes", "retention", "interval",
-                          "decision", "feasible"), rows, "rlrrrrccc")
+    return lines + table(("trial", "plan", "latency ratio", "proxy", "episodes", "distinct games", "retention",
+                          "interval", "decision", "feasible"), rows, "rlrrrrrccc")
 
 
 def _fine_tuned(records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -191,17 +235,21 @@ def write_report(
     floor: float | None,
     run_info: Mapping[str, Any],
     plot_name: str = "pareto.png",
+    confirmation: Mapping[str, Any] | None = None,
 ) -> None:
     """Write the markdown report of one search to ``path_md`` and its Pareto plot
     (``plot_pareto``) to ``plot_name`` in the same folder: run facts, the best feasible
-    plan, the Pareto front, the reference points, trial counts and failures, the plot."""
+    plan, the Pareto front, the reference points, trial counts and failures, the plot.
+
+    ``confirmation``: best/confirm.json or confirm_failed.json where the run confirmed its best
+    plan; the report then names the confirmed plan, and every plan that failed confirmation."""
     out = Path(path_md)
     out.parent.mkdir(parents=True, exist_ok=True)
     records = list(records)
     title = " / ".join(str(run_info[k]) for k in ("policy", "method", "agent", "target") if run_info.get(k))
     plot_pareto(records, references, out.parent / plot_name, floor=floor, title=title or "autoquant search")
     lines = _header(run_info, floor)
-    lines += ["", _summary(records, floor), ""]
+    lines += [""] + _summary(records, floor, confirmation) + [""]
     lines += _front(records) + [""] + _played(records) + [""] + _fine_tuned(records) + _references(references) + [""]
     lines += _counts(records)
     lines += ["", "## Plot", "", f"![pareto]({plot_name})", ""]

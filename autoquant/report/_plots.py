@@ -24,7 +24,8 @@ __all__ = ["plot_compare", "plot_learning_curves", "plot_pareto"]
 
 LATENCY_LABEL = "latency ratio to fp32 (lower is faster)"
 RETENTION_LABEL = "reward retention (1 = fp32)"
-NOT_PLAYED_LABEL = "not played: failed fidelity screen"
+NOT_PLAYED_LABEL = "not played: failed the screen"
+SLOWER_LABEL = "not played: could not beat the best latency"
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -117,10 +118,13 @@ def plot_pareto(
     _draw_front(ax, played, color="#ff7f0e", label="Pareto front")
     _draw_references(ax, references)
     _draw_floor(ax, floor)
-    if unplayed:
-        xs = [value(r, "latency_ratio") for r in unplayed]
-        ax.plot(xs, [0.02] * len(xs), transform=ax.get_xaxis_transform(), linestyle="none", marker="x",
-                markersize=5, color="#7f7f7f", clip_on=False, label=f"{NOT_PLAYED_LABEL} ({len(xs)})")
+    slower = [r for r in unplayed if str(r.get("skip_reason") or "").startswith("latency")]
+    screened = [r for r in unplayed if not str(r.get("skip_reason") or "").startswith("latency")]
+    for group, marker, label in ((screened, "x", NOT_PLAYED_LABEL), (slower, "|", SLOWER_LABEL)):
+        if group:  # the same two counts as report.md's "Trials" section
+            xs = [value(r, "latency_ratio") for r in group]
+            ax.plot(xs, [0.02] * len(xs), transform=ax.get_xaxis_transform(), linestyle="none", marker=marker,
+                    markersize=6, color="#7f7f7f", clip_on=False, label=f"{label} ({len(xs)})")
 
     ax.set_xlabel(LATENCY_LABEL)
     ax.set_ylabel(RETENTION_LABEL)

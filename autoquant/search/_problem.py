@@ -28,8 +28,8 @@ import numpy as np
 from autoquant._io import atomic_write
 from autoquant.compress import ActivationCache, CompressedPolicy, CompressionPlan, compress, weight_bytes
 from autoquant.errors import UsageError
-from autoquant.evaluate import (EpisodeStats, RetentionTest, ci95, dagger_visitor, fidelity, onnx_actor, play_episodes,
-                                visited_states)
+from autoquant.evaluate import (EpisodeStats, RetentionTest, dagger_visitor, fidelity, onnx_actor, paired_comparison,
+                                play_episodes, visited_states)
 from autoquant.policy import LayerTable, PolicyBundle, make_env
 from autoquant.search._record import TrialResult
 from autoquant.targets import OrtRunner, Target
@@ -124,6 +124,7 @@ class SearchProblem:
         self.settings = settings
         self.episode_seeds = episode_seeds
         self.fp32_episodes = fp32_episodes
+        self.protocol = fp32_episodes.protocol  # every episode of the run is played under fp32's protocol
         self.random_episodes = random_episodes
         self.target_fingerprint = target_fingerprint
         self.fp32_size = weight_bytes(table, CompressionPlan())
@@ -207,13 +208,13 @@ class SearchProblem:
             # Pareto searches want each plan's retention, not only its side of the floor: all episodes.
             stop = test.stop if self.settings.mode == "single" else None
             act = lambda obs: self.bundle.action.actions(runner(self.bundle.prepare(obs)))
-            episodes = play_episodes(act, self.bundle.env_id,  # type: ignore[arg-type]
-                                     self.episode_seeds, n_envs=self.settings.n_envs, stop=stop)
+            episodes = play_episodes(act, self.bundle.env_id, self.episode_seeds,  # type: ignore[arg-type]
+                                     protocol=self.protocol, n_envs=self.settings.n_envs, stop=stop)
             decided = test.result(episodes)
-            fp32 = dict(zip(self.fp32_episodes.seeds, self.fp32_episodes.rewards))
-            diffs = [r - fp32[s] for s, r in zip(episodes.seeds, episodes.rewards)]
-            paired = {"retention": decided["retention"], "mean_diff": float(np.mean(diffs)),
-                      "mean_diff_ci95": ci95(diffs), "floor": float(self.random_episodes.mean)}
+            compared = paired_comparison(episodes, self._fp32_on(episodes.seeds), self.random_episodes)
+            paired = {k: compared[k] for k in ("mean_diff", "mean_diff_ci95", "distinct_pairs", "distinct_games",
+                                               "exact", "protocol", "sticky_actions", "floor")}
+            paired["retention"] = decided["retention"]  # against fp32 over all the run's seeds, as the test
             result = result.replace(played=True, reward={**episodes.to_json(), "paired": paired, "test": decided},
                                     retention=decided["retention"])
         else:
@@ -297,13 +298,22 @@ class SearchProblem:
     def _env(self) -> Any:
         """The one environment the proxy's and DAgger's rollouts reuse (reset with their seeds)."""
         if self._proxy_env is None:
-            self._proxy_env = make_env(self.bundle.env_id)  # type: ignore[arg-type]
+            self._proxy_env = make_env(self.bundle.env_id, protocol=self.protocol)  # type: ignore[arg-type]
         return self._proxy_env
 
     def visited_states(self, runner: OrtRunner) -> np.ndarray:
         """States the plan (``runner``) visits itself: see ``evaluate.visited_states``."""
         return visited_states(self.bundle, lambda obs: self.bundle.action.actions(runner(self.bundle.prepare(obs))),
                               seed=self.settings.seed, n=self.settings.proxy_states, env=self._env())
+
+    def _fp32_on(self, seeds: tuple[int, ...]) -> EpisodeStats:
+        """fp32's episodes on ``seeds`` (a prefix the sequential test stopped at, in any order)."""
+        ref = self.fp32_episodes
+        index = {s: k for k, s in enumerate(ref.seeds)}
+        pick = [index[s] for s in seeds]
+        return EpisodeStats(seeds=tuple(seeds), rewards=tuple(ref.rewards[k] for k in pick),
+                            lengths=tuple(ref.lengths[k] for k in pick), steps_per_s=ref.steps_per_s,
+                            games=tuple(ref.labels[k] for k in pick), protocol=ref.protocol)
 
     def retention_test(self) -> RetentionTest:
         """The sequential test that decides a played trial, against fp32 on the run's seeds."""
@@ -312,4 +322,4 @@ class SearchProblem:
 
     def play(self, model: bytes, seeds: list[int]) -> EpisodeStats:
         return play_episodes(onnx_actor(self.bundle, model), self.bundle.env_id, seeds,  # type: ignore[arg-type]
-                             n_envs=self.settings.n_envs)
+                             protocol=self.protocol, n_envs=self.settings.n_envs)

@@ -165,7 +165,8 @@ def _interval(r: TrialResult | None) -> dict[str, Any]:
     """The sequential test's decision and retention interval, where one was recorded."""
     test = ((r.reward or {}).get("test") if r is not None else None) or {}
     return {"decision": test.get("decision"), "retention_low": test.get("low"), "retention_high": test.get("high"),
-            "confidence": test.get("confidence")}
+            "confidence": test.get("confidence"), "distinct_pairs": test.get("distinct_pairs"),
+            "exact": test.get("exact")}
 
 
 # --- writing: the runner's side ---------------------------------------------------------------

@@ -38,6 +38,7 @@ from autoquant.evaluate import (
     HELD_OUT_SEED_OFFSET,
     EpisodeStats,
     StateSet,
+    describe_episodes,
     episode_seeds,
     fidelity,
     onnx_actor,
@@ -46,7 +47,7 @@ from autoquant.evaluate import (
     random_actor,
     record_states,
 )
-from autoquant.policy import PolicyBundle, analyse, load_policy
+from autoquant.policy import PolicyBundle, Protocol, analyse, load_policy, resolve_protocol
 from autoquant.search._agent import AgentContext
 from autoquant.search._agents import check_agent, make_agent
 from autoquant.search._problem import ProblemSettings, SearchProblem
@@ -58,7 +59,7 @@ from autoquant.targets import OrtRunner, Target, find_target_spec, get_target
 __all__ = ["CONFIRM_FORMAT", "RUN_FORMAT", "Run", "RunConfig", "load_run", "start_run"]
 
 RUN_FORMAT = "autoquant.run"
-RUN_VERSION = 1
+RUN_VERSION = 2  # 2: episodes under a recorded protocol (sticky actions, no-op starts), distinct games
 CONFIRM_FORMAT = "autoquant.confirm"
 CONFIRM_VERSION = 1
 DEFAULT_STORAGE = "study.db"
@@ -90,6 +91,7 @@ class RunConfig:
     n_envs: int = 8
     seed: int = 0
     confidence: float = 0.95
+    sticky_actions: float | None = None  # None until set up: the env id's own protocol, then recorded
     proxy_states: int | None = None
     finetune_epochs: int = 0
     finetune_rounds: int = 2
@@ -114,6 +116,8 @@ class RunConfig:
                     or not self.time_budget_s > 0:
                 raise UsageError(f"--time-budget must be a positive number of seconds, got {self.time_budget_s!r}")
             object.__setattr__(self, "time_budget_s", float(self.time_budget_s))
+        if self.sticky_actions is not None:
+            Protocol(sticky_actions=self.sticky_actions)  # a probability in [0, 1), or a one-line error
         find_space(self.method)
         check_agent(self.agent)
         find_target_spec(self.target)
@@ -150,6 +154,12 @@ class RunConfig:
         return cls(**values)
 
 
+def confirm_seeds(seed: int, episodes: int, protocol: Protocol) -> list[int]:
+    """Seeds that confirm a plan: every start of a finite protocol (the retention is then exact
+    for it), else ``episodes`` seeds the search never played."""
+    return episode_seeds(seed + 1, protocol.starts if protocol.starts is not None else episodes)
+
+
 def _target_fingerprint(target: Target) -> str:
     facts = target.facts()
     return f"{target.name}|{facts.get('cpu')}|{facts.get('onnxruntime')}|{facts.get('threads')}"
@@ -174,6 +184,11 @@ class Run:
     def bundle(self) -> PolicyBundle:
         """The fp32 policy the run compresses."""
         return self.problem.bundle
+
+    @property
+    def protocol(self) -> Protocol:
+        """The protocol every episode of this run is played under."""
+        return self.problem.protocol
 
     @property
     def storage_url(self) -> str:
@@ -282,10 +297,11 @@ class Run:
                 candidates.append(r)
         if not candidates:
             return None
-        seeds = episode_seeds(self.config.seed + 1, self.config.confirm_episodes)
+        seeds = confirm_seeds(self.config.seed, self.config.confirm_episodes, self.protocol)
         fp32 = self.problem.play(self.problem.reference_onnx, seeds)
         floor = play_episodes(random_actor(self.bundle.action_space, self.config.seed + 1),
-                              self.bundle.env_id, seeds, n_envs=self.config.n_envs)  # type: ignore[arg-type]
+                              self.bundle.env_id, seeds, protocol=self.protocol,  # type: ignore[arg-type]
+                              n_envs=self.config.n_envs)
         attempts = []
         for record in candidates[:max_candidates]:
             assert record.plan is not None and record.result is not None  # feasible records have both
@@ -295,7 +311,8 @@ class Run:
             episodes = self.problem.play(model, seeds)
             paired = paired_comparison(episodes, fp32, floor)
             attempt = {"trial": record.number, "summary": record.summary, "retention": paired["retention"],
-                       "reward": episodes.to_json(), "paired": paired}
+                       "passed": paired["retention"] >= floor_retention, "reward": episodes.to_json(),
+                       "paired": paired}
             attempts.append(attempt)
             if paired["retention"] >= floor_retention:
                 best_dir = self.folder / "best"
@@ -308,6 +325,10 @@ class Run:
                     "search": {"latency_ratio": record.result.latency_ratio, "retention": record.result.retention,
                                "size_ratio": record.result.size_ratio},
                     "confirm": {"seeds": seeds, "episodes": len(seeds), "retention": paired["retention"],
+                                "retention_low": paired["retention_low"], "retention_high": paired["retention_high"],
+                                "exact": paired["exact"], "distinct_pairs": paired["distinct_pairs"],
+                                "distinct_games": paired["distinct_games"], "protocol": self.protocol.to_json(),
+                                "sticky_actions": self.protocol.sticky_actions,
                                 "reward": episodes.to_json(), "fp32_reward": fp32.to_json(),
                                 "random_reward": floor.to_json()},
                     "size_bytes": compressed.size_bytes,
@@ -317,22 +338,35 @@ class Run:
                 write_json(best_dir / "confirm.json", data)
                 return data
         write_json(self.folder / "confirm_failed.json", {"format": CONFIRM_FORMAT, "version": CONFIRM_VERSION,
-                                                         "autoquant_version": __version__, "attempts": attempts})
+                                                         "autoquant_version": __version__, "attempts": attempts,
+                                                         "protocol": self.protocol.to_json(),
+                                                         "sticky_actions": self.protocol.sticky_actions})
         return None
+
+    def confirmation(self) -> dict[str, Any] | None:
+        """What confirmation found: best/confirm.json, else confirm_failed.json, else None
+        (not confirmed yet)."""
+        best = self.best()
+        if best is not None:
+            return best
+        path = self.folder / "confirm_failed.json"
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def write_report(self) -> None:
         from autoquant.report import plot_pareto, write_report
 
         records = self.report_records()
         references = self.references()
+        fp32 = self.problem.fp32_episodes
         run_info = {"policy": self.config.policy, "env": self.bundle.env_id, "target": self.config.target,
                     "method": self.config.method, "agent": self.config.agent, "trials": self.config.n_trials,
                     "seed": self.config.seed, "mode": self.config.mode,
+                    "protocol": describe_episodes(fp32),
                     "min_retention": self.config.min_retention, "device": self.info["target"]["facts"]}
         plot_pareto(records, references, self.folder / "pareto.png", floor=self.config.min_retention,
                     title=f"{Path(self.config.policy).name} on {self.config.target}")
         write_report(self.folder / "report.md", records, references, floor=self.config.min_retention,
-                     run_info=run_info)
+                     run_info=run_info, confirmation=self.confirmation())
 
 
 # --- setting a run up ------------------------------------------------------------------------
@@ -403,7 +437,8 @@ def start_run(folder: Path, config: RunConfig, *, trust_pickle: bool = False,
     bundle = loaded.bundle
     if bundle.env_id is None:
         raise UsageError(f"{policy}: the environment is unknown; pass --env (a gymnasium id)")
-    config = config.replace(policy=str(policy), env_id=bundle.env_id)
+    protocol = resolve_protocol(bundle.env_id, config.sticky_actions)
+    config = config.replace(policy=str(policy), env_id=bundle.env_id, sticky_actions=protocol.sticky_actions)
     staging = folder.parent / f".{folder.name}.partial-{os.getpid()}"
     for stale in folder.parent.glob(f".{folder.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -431,12 +466,14 @@ def _measure_references(staging: Path, folder: Path, config: RunConfig, loaded: 
     held = record_states(bundle, n=max(256, config.n_states // 4), seed=config.seed + HELD_OUT_SEED_OFFSET)
     states.save(staging / "states.npz")
     held.save(staging / "held_out.npz")
-    seeds = episode_seeds(config.seed, config.episodes)
-    log(f"playing the fp32 and random policies on {len(seeds)} seeds")
+    protocol = resolve_protocol(bundle.env_id, config.sticky_actions)  # type: ignore[arg-type]
+    seeds = episode_seeds(config.seed, config.episodes, protocol)
+    log(f"playing the fp32 and random policies on {len(seeds)} seeds ({protocol.name})")
     fp32 = play_episodes(onnx_actor(bundle, loaded.reference_onnx), bundle.env_id, seeds,  # type: ignore[arg-type]
-                         n_envs=config.n_envs)
+                         protocol=protocol, n_envs=config.n_envs)
     floor = play_episodes(random_actor(bundle.action_space, config.seed), bundle.env_id, seeds,  # type: ignore[arg-type]
-                          n_envs=config.n_envs)
+                          protocol=protocol, n_envs=config.n_envs)
+    log(f"fp32: {describe_episodes(fp32)}")
     log("measuring onnxruntime's uniform int8 as a reference point")
     ort_point = _ort_reference(loaded, states.states, held.states, seeds, fp32, floor, config.n_envs)
     return {
@@ -448,6 +485,7 @@ def _measure_references(staging: Path, folder: Path, config: RunConfig, loaded: 
         "target": {"name": target.name, "facts": target.facts(), "fingerprint": _target_fingerprint(target)},
         "space": loaded.space.to_json(),
         "study_name": config.study_name or folder.resolve().name,
+        "protocol": protocol.to_json(),
         "reference": {"seeds": seeds, "fp32": fp32.to_json(), "random": floor.to_json(),
                       "fp32_size_bytes": weight_bytes(table, CompressionPlan()),
                       "onnxruntime_int8": ort_point},
@@ -455,7 +493,7 @@ def _measure_references(staging: Path, folder: Path, config: RunConfig, loaded: 
 
 
 def _share(source: Run, staging: Path, folder: Path, config: RunConfig, space: SearchSpace) -> dict[str, Any]:
-    same = ("policy", "env_id", "target", "seed", "n_states", "episodes", "n_envs")
+    same = ("policy", "env_id", "target", "seed", "n_states", "episodes", "n_envs", "sticky_actions")
     differs = [k for k in same if getattr(source.config, k) != getattr(config, k)]
     if differs:
         raise UsageError(f"cannot share references between runs that differ in {differs}")
@@ -480,17 +518,21 @@ def _ort_reference(loaded: _Loaded, states: np.ndarray, held: np.ndarray, seeds:
         if isinstance(exc, DeviceUnreachable):
             raise
         return {"error": describe_exception(exc)}
-    episodes = play_episodes(onnx_actor(bundle, model), bundle.env_id, seeds, n_envs=n_envs)  # type: ignore[arg-type]
+    episodes = play_episodes(onnx_actor(bundle, model), bundle.env_id, seeds,  # type: ignore[arg-type]
+                             protocol=fp32.protocol, n_envs=n_envs)
     paired = paired_comparison(episodes, fp32, floor)
     size = weight_bytes(table, CompressionPlan.uniform(table))
     return {"latency_ratio": latency.ratio, "retention": paired["retention"],
+            "retention_low": paired["retention_low"], "retention_high": paired["retention_high"],
+            "exact": paired["exact"], "distinct_pairs": paired["distinct_pairs"],
             "size_ratio": size / weight_bytes(table, CompressionPlan()),
             "fidelity": fidelity(OrtRunner(reference)(held), OrtRunner(model)(held), bundle.action),
             "reward": episodes.to_json()}
 
 
 def load_run(folder: Path, *, trust_pickle: bool = False, n_trials: int | None = None, device: str | None = None,
-             secret_file: str | None = None, time_budget_s: float | None = None) -> Run:
+             secret_file: str | None = None, time_budget_s: float | None = None,
+             sticky_actions: float | None = None) -> Run:
     """Open an existing run folder (to resume it or export from it)."""
     folder = Path(folder)
     path = folder / "run.json"
@@ -503,9 +545,16 @@ def load_run(folder: Path, *, trust_pickle: bool = False, n_trials: int | None =
             hint = ""
         raise UsageError(f"{folder} is not an autoquant run folder (no run.json){hint}")
     info = json.loads(path.read_text())
+    if info.get("format") == RUN_FORMAT and info.get("version") == 1:
+        raise UsageError(f"{path}: this run was made before episodes recorded their protocol and distinct games "
+                         "(run format 1), and its references cannot be paired with new episodes: start a new run")
     if info.get("format") != RUN_FORMAT or info.get("version") != RUN_VERSION:
         raise UsageError(f"{path}: not a run this autoquant ({__version__}) can read")
     config = RunConfig.from_json(info["config"])
+    if sticky_actions is not None and sticky_actions != config.sticky_actions:
+        raise UsageError(f"--sticky-actions {sticky_actions:g}, but this run plays every episode with sticky actions "
+                         f"{config.sticky_actions:g} (recorded in run.json): one run never mixes protocols; drop the "
+                         "option, or start a new run")
     policy = Path(config.policy)
     if not policy.is_file():
         raise UsageError(f"the run's policy {policy} is missing; restore it to resume or export")

@@ -18,8 +18,8 @@ def test_report_has_header_best_front_references_counts_and_plot(  # type: ignor
                  "**agent**: tpe", "**trials**: 11", "**seed**: 0", "cpu=Xeon 8480, threads=1",
                  "**retention floor**: 0.950"):
         assert fact in text
-    assert ("**Best feasible plan:** trial 6, `fc1 w4a8 \\| p0.25`: latency ratio 0.650 (1.54x the fp32 speed), "
-            "retention 0.960, size ratio 0.240.") in text
+    assert ("**Best feasible plan (not confirmed yet):** trial 6, `fc1 w4a8 \\| p0.25`: latency ratio 0.650 (1.54x "
+            "the fp32 speed), retention 0.960, size ratio 0.240.") in text
     assert "| 1 | fc1 w8a8 p0.50, fc2 w8a8 | 0.700 | 0.980 | 0.260 | yes |" in text
     assert "| 3 | plan 3 | 0.500 | 0.900 | 0.200 | no |" in text
     assert "| 0 | fc1 w8a8, fc2 w8a8 | 0.900 | 1.000 | 0.500 | yes |" in text
@@ -52,7 +52,7 @@ def test_report_lists_played_trials_with_their_interval_and_the_proxy_rank_corre
             [(0.99, 1.00, 2, "above"), (0.90, 0.97, 10, "undecided"), (0.80, 0.40, 3, "below"), (0.85, 0.60, 2, "below")]):
         record = trial(number, 0.5 + number / 10, retention)
         record.update(proxy=proxy, episodes=episodes, decision=decision, retention_low=retention - 0.05,
-                      retention_high=retention + 0.05)
+                      retention_high=retention + 0.05, distinct_pairs=min(episodes, 3))
         records.append(record)
     md = tmp_path / "report.md"
     write_report(md, records, {}, floor=FLOOR, run_info={"policy": "p"})
@@ -60,7 +60,7 @@ def test_report_lists_played_trials_with_their_interval_and_the_proxy_rank_corre
     assert "## Played trials" in text and "sequential test" in text
     assert "Episodes per played trial: median 3, 2 to 10, 17 in all over 4 trials." in text
     assert "Spearman rank correlation 1.00 (n = 4)" in text  # proxy order = retention order
-    assert "| 1 | plan 1 | 0.600 | 0.900 | 10 | 0.970 | [0.920, 1.020] | undecided | yes |" in text
+    assert "| 1 | plan 1 | 0.600 | 0.900 | 10 | 3 | 0.970 | [0.920, 1.020] | undecided | yes |" in text
 
 
 def test_repeats_are_counted_apart_and_not_as_trials_spent(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -74,3 +74,27 @@ def test_repeats_are_counted_apart_and_not_as_trials_spent(tmp_path) -> None:  #
     assert "of which measured 2 (played 2, not played 0: 0 could not beat" in text
     assert "and 1 repeats (a plan measured before" in text
     assert trials_to_reach(records, 0.6) == 2  # the repeat used no budget
+
+
+def test_a_plan_that_failed_confirmation_is_never_the_best(tmp_path, records, references) -> None:  # type: ignore[no-untyped-def]
+    """The search's fastest feasible trial (6) failed confirmation; trial 1 passed: the report names 1."""
+    failed = {"trial": 6, "summary": "fc1 w4a8 | p0.25", "retention": 0.80, "passed": False,
+              "paired": {"distinct_pairs": 4, "exact": False}}
+    passed = {"trial": 1, "summary": "fc1 w8a8 p0.50, fc2 w8a8", "retention": 0.99, "passed": True}
+    confirmation = {"trial": 1, "summary": passed["summary"], "attempts": [failed, passed],
+                    "search": {"latency_ratio": 0.7, "retention": 0.98, "size_ratio": 0.26},
+                    "confirm": {"retention": 0.99, "episodes": 30, "exact": True, "distinct_pairs": 5}}
+    md = tmp_path / "report.md"
+    write_report(md, records, references, floor=FLOOR, run_info=RUN_INFO, confirmation=confirmation)
+    text = md.read_text()
+    assert ("**Failed confirmation:** trial 6, `fc1 w4a8 \\| p0.25`: retention 0.800 on the confirmation episodes "
+            "(4 distinct pairs of games), below the floor (retention >= 0.950).") in text
+    assert ("**Best plan (confirmed):** trial 1, `fc1 w8a8 p0.50, fc2 w8a8`: latency ratio 0.700 (1.43x the fp32 "
+            "speed), retention 0.990 exact over all 30 starts of the protocol (5 distinct pairs of games)") in text
+    assert "Best feasible plan" not in text
+
+    md2 = tmp_path / "none.md"
+    write_report(md2, records, references, floor=FLOOR, run_info=RUN_INFO, confirmation={"attempts": [failed]})
+    text = md2.read_text()
+    assert "**Failed confirmation:** trial 6" in text
+    assert "**Best plan:** none: no plan both kept the floor (retention >= 0.950) on confirmation" in text

@@ -42,6 +42,38 @@ def test_thirty_trials_find_a_faster_plan_that_keeps_the_reward(finished_run) ->
     assert info["target"]["facts"]["onnxruntime"] and info["config"]["agent"] == "tpe"
     assert info["config"]["argv"][1:3] == ["search", "--policy"]  # as typed: `autoquant search --policy ...`
     assert "onnxruntime int8" in (out / "report.md").read_text()
+    # the protocol and the distinct games behind every reward figure, in --json, run.json and report.md
+    assert result["sticky_actions"] == 0.0 and result["protocol"]["name"] == "seeded starts"
+    assert result["fp32_episodes"]["distinct_games"] == result["fp32_episodes"]["episodes"] == 10
+    assert best["distinct_pairs"] == best["confirm_episodes"] == 20 and best["exact"] is False
+    assert best["retention_low"] <= best["retention"] <= best["retention_high"]
+    assert info["protocol"]["sticky_actions"] == 0.0 and info["config"]["sticky_actions"] == 0.0
+    assert info["reference"]["fp32"]["distinct_games"] == 10
+    report = (out / "report.md").read_text()
+    assert "**protocol**: seeded starts; 10 episodes, 10 distinct games" in report
+    assert f"**Best plan (confirmed):** trial {best['trial']}" in report and "distinct games" in report
+    assert result["confirmation"]["passed"] is True
+
+
+def test_a_resumed_run_never_mixes_protocols(finished_run) -> None:  # type: ignore[no-untyped-def]
+    out, _ = finished_run
+    proc = run_cli("search", "--out", str(out), "--resume", "--sticky-actions", "0.25", "--quiet")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "never mixes protocols" in proc.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--env", "CartPole-v1", "--sticky-actions", "0.25"), ("applies to Atari", "CartPole-v1")),
+    (("--sticky-actions", "1.5"), ("--sticky-actions", "[0, 1)")),
+])
+def test_sticky_actions_are_checked_in_one_line(args: tuple[str, ...], words: tuple[str, ...],
+                                                cartpole_dqn_path: Path, tmp_path: Path) -> None:
+    for command in ("evaluate", "search"):
+        extra = ("--out", str(tmp_path / "run")) if command == "search" else ()
+        proc = run_cli(command, "--policy", str(cartpole_dqn_path), *args, *extra, "--quiet" if extra else "--json")
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and all(w in proc.stderr for w in words), proc.stderr
+        assert not (tmp_path / "run").exists()
 
 
 def test_export_reproduces_the_reward(finished_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
