@@ -1,15 +1,20 @@
-"""Headline: the Pong DQN searched on the host and on emulated Arm, its fastest plans
-claimed on 30 fresh paired episodes, and timed against onnxruntime's uniform int8.
+"""Headline: the Pong DQN searched on the host (and on emulated Arm), its fastest plans
+claimed under both episode protocols, and timed against onnxruntime's uniform int8.
 
 Stages, each kept in the work folder so that a rerun continues where one stopped:
 
 1. ``autoquant search`` on each target (the default agent, joint space, fine-tuning on,
-   a wall-clock budget), as a user runs it.
-2. The claim: onnxruntime's uniform int8 and each target's fastest feasible plans, up to
-   three, are played on ``--episodes`` fresh seeds paired with fp32 (and a random policy
-   for the retention's floor). A plan holds when its retention is at least 0.98 and the
-   lower end of its 95 % interval at least 0.95; the fastest plan that holds is the
-   target's answer.
+   a wall-clock budget, floor 0.98), as a user runs it, under the env's own protocol:
+   PongNoFrameskip-v4 is deterministic, so the search confirms on all 30 no-op starts.
+2. The claims: onnxruntime's uniform int8 and each target's fastest feasible plans, up to
+   three, are played paired with fp32 (and a random policy for the retention's floor)
+   under both protocols:
+   - deterministic: every one of the 30 no-op starts, so the retention is exact for the
+     protocol (no interval); the rule is retention >= 0.98;
+   - sticky actions (p = 0.25): ``--sticky-episodes`` seeds (150), each a distinct game,
+     fp32 and the plan on one stream of sticky draws per seed; the rule is a 95 % lower
+     bound >= 0.9 (paired Student-t interval over distinct pairs of games).
+   A plan holds when it meets both; the fastest plan that holds is the target's answer.
 3. One window on the host: fp32, uniform int8 and every claimed plan timed interleaved.
    Emulated targets count guest instructions, which are deterministic: no window needed.
 
@@ -35,10 +40,12 @@ from common import DEFAULT_POLICIES, DEFAULT_RESULTS, REPO, Record, header, quie
 
 POLICY = Path("dqn-PongNoFrameskip-v4") / "dqn_pong.pt"
 ENV_ID = "PongNoFrameskip-v4"
-MEAN_RULE, LOW_RULE = 0.98, 0.95  # retention, and the lower end of its 95 % interval
+EXACT_RULE, STICKY_LOW_RULE = 0.98, 0.9  # deterministic retention (exact); sticky 95 % lower bound
+STICKY = 0.25
+SEARCH_FLOOR = 0.98
 GOALS = {"host": ("latency vs onnxruntime int8", 0.5), "arm-a72-emulated": ("instructions vs fp32", 0.25),
          "arm-a76-emulated": ("instructions vs fp32", 0.25)}
-CLAIM_SEED = 7  # episode_seeds(7, n): 107000.. (the search plays 100000.., its confirmation 101000..)
+CLAIM_SEED = 7  # sticky claims on episode_seeds(7, n): 107000.. (the search plays 100000.., confirms 101000..)
 CANDIDATES = 3
 
 
@@ -54,8 +61,8 @@ def search(target: str, folder: Path, policy: Path, args: argparse.Namespace) ->
         return False
     cmd = [sys.executable, "-m", "autoquant", "search", "--policy", str(policy), "--env", ENV_ID,
            "--target", target, "--time-budget", str(args.budget if target == "host" else args.arm_budget),
-           "--min-retention", str(LOW_RULE), "--finetune", str(args.finetune), "--episodes", "10",
-           "--confirm-episodes", "6", "--states", "512", "--envs", "6", "--seed", "0", "--quiet",
+           "--min-retention", str(SEARCH_FLOOR), "--finetune", str(args.finetune), "--episodes", "10",
+           "--states", "512", "--envs", "6", "--seed", "0", "--quiet",
            "--out", str(folder)]
     if (folder / "run.json").is_file():
         cmd.append("--resume")
@@ -84,31 +91,66 @@ def candidates(run: Any) -> list[dict[str, Any]]:
     return out[:CANDIDATES]
 
 
-def claim(run: Any, model: bytes, refs: Mapping[str, Any], seeds: list[int]) -> dict[str, Any]:
-    """``model`` on the claim's seeds, paired with fp32: retention and its 95 % interval (the
-    paired interval of the reward differences over fp32's gain on random)."""
+def protocols() -> dict[str, Any]:
+    from autoquant.policy import resolve_protocol
+
+    return {"deterministic": resolve_protocol(ENV_ID), "sticky": resolve_protocol(ENV_ID, STICKY)}
+
+
+def claim_seeds(name: str, args: argparse.Namespace) -> list[int]:
+    from autoquant.evaluate import episode_seeds
+
+    protocol = protocols()[name]
+    return episode_seeds(CLAIM_SEED, protocol.starts if protocol.starts is not None else args.sticky_episodes,
+                         protocol)
+
+
+def play(run: Any, model: bytes, name: str, seeds: list[int]) -> Any:
+    from autoquant.evaluate import onnx_actor, play_episodes
+
+    return play_episodes(onnx_actor(run.bundle, model), ENV_ID, seeds, protocol=protocols()[name], n_envs=8)
+
+
+def claim(run: Any, model: bytes, refs: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """``model`` under protocol ``name``, paired with fp32 on the same seeds: retention with
+    its 95 % interval over distinct pairs of games (exact over every start of the
+    deterministic game), and whether it meets that protocol's rule."""
     from autoquant.evaluate import EpisodeStats, paired_comparison
 
-    episodes = run.problem.play(model, seeds)
-    fp32, floor = EpisodeStats.from_json(refs["fp32"]), EpisodeStats.from_json(refs["random"])
+    ref = refs[name]
+    episodes = play(run, model, name, ref["seeds"])
+    fp32, floor = EpisodeStats.from_json(ref["fp32"]), EpisodeStats.from_json(ref["random"])
     paired = paired_comparison(episodes, fp32, floor)
-    retention, half = paired["retention"], paired["mean_diff_ci95"] / (fp32.mean - floor.mean)
-    return {"rewards": list(episodes.rewards), "lengths": list(episodes.lengths), "reward": episodes.mean,
-            "retention": retention, "low": retention - half, "high": retention + half,
-            "holds": retention >= MEAN_RULE and retention - half >= LOW_RULE}
+    holds = (paired["retention"] >= EXACT_RULE if name == "deterministic"
+             else paired["retention_low"] >= STICKY_LOW_RULE)
+    return {"protocol": name, "sticky_actions": episodes.protocol.sticky_actions, "episodes": len(episodes.seeds),
+            "distinct_games": episodes.distinct_games, "distinct_pairs": paired["distinct_pairs"],
+            "exact": paired["exact"], "rewards": list(episodes.rewards), "lengths": list(episodes.lengths),
+            "reward": episodes.mean, "retention": paired["retention"], "low": paired["retention_low"],
+            "high": paired["retention_high"], "holds": bool(holds)}
 
 
-def references(run: Any, seeds: list[int], work: Path) -> dict[str, Any]:
-    """fp32 and a random policy on the claim's seeds (played once, kept)."""
+def claim_both(run: Any, model: bytes, refs: Mapping[str, Any]) -> dict[str, Any]:
+    out = {name: claim(run, model, refs, name) for name in ("deterministic", "sticky")}
+    out["holds"] = all(out[name]["holds"] for name in ("deterministic", "sticky"))
+    return out
+
+
+def references(run: Any, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """fp32 and a random policy under each protocol (played once, kept)."""
     path = work / "claim_references.json"
     if path.is_file():
         return json.loads(path.read_text())
     from autoquant.evaluate import play_episodes, random_actor
 
-    log(f"fp32 and random on {len(seeds)} claim seeds")
-    fp32 = run.problem.play(run.problem.reference_onnx, seeds)
-    floor = play_episodes(random_actor(run.bundle.action_space, CLAIM_SEED), ENV_ID, seeds, n_envs=6)
-    data = {"seeds": seeds, "fp32": fp32.to_json(), "random": floor.to_json()}
+    data = {}
+    for name in ("deterministic", "sticky"):
+        seeds = claim_seeds(name, args)
+        log(f"fp32 and random, {name}, on {len(seeds)} seeds")
+        fp32 = play(run, run.problem.reference_onnx, name, seeds)
+        floor = play_episodes(random_actor(run.bundle.action_space, CLAIM_SEED), ENV_ID, seeds,
+                              protocol=protocols()[name], n_envs=8)
+        data[name] = {"seeds": seeds, "fp32": fp32.to_json(), "random": floor.to_json()}
     path.write_text(json.dumps(data))
     return data
 
@@ -137,8 +179,8 @@ def target_stage(target: str, run: Any, refs: Mapping[str, Any], int8: bytes, wo
         if key not in done:
             plan = CompressionPlan.from_json(cand["plan"])
             model = run.fine_tuned(plan) or run.compress(plan).onnx
-            log(f"{target}: claim #{cand['trial']} {key} ({len(refs['seeds'])} episodes)")
-            done[key] = {**cand, **claim(run, model, refs, refs["seeds"])}
+            log(f"{target}: claim #{cand['trial']} {key}, both protocols")
+            done[key] = {**cand, **claim_both(run, model, refs)}
             if target != "host":
                 done[key]["instructions"] = run.problem.target.instructions(model, run.held_out[:1])
                 done[key]["ratio"] = done[key]["instructions"] / out["fp32_instructions"]
@@ -153,7 +195,6 @@ def target_stage(target: str, run: Any, refs: Mapping[str, Any], int8: bytes, wo
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     from autoquant.compress import CompressionPlan, onnxruntime_uniform_int8
-    from autoquant.evaluate import episode_seeds
     from autoquant.search import load_run
 
     work = args.work
@@ -167,13 +208,12 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             reused.append(f"search on {target}")
         runs[target] = load_run(work / target)
     host = runs.get("host") or next(iter(runs.values()))
-    seeds = episode_seeds(CLAIM_SEED, args.episodes)
-    refs = references(host, seeds, work)
+    refs = references(host, work, args)
     int8 = onnxruntime_uniform_int8(host.problem.reference_onnx, host.states.states)
     int8_path = work / "claim-int8.json"
     if not int8_path.is_file():
-        log(f"onnxruntime int8 on {len(seeds)} claim seeds")
-        int8_path.write_text(json.dumps(claim(host, int8, refs, seeds)))
+        log("onnxruntime int8, both protocols")
+        int8_path.write_text(json.dumps(claim_both(host, int8, refs)))
     int8_claim = json.loads(int8_path.read_text())
     stages = {target: target_stage(target, run, refs, int8, work) for target, run in runs.items()}
     models = [("fp32", host.problem.reference_onnx), ("onnxruntime int8", int8)]
@@ -190,11 +230,12 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     log(f"one window: {len(unique)} models, {args.calls} calls each")
     timed = time_window([(label, onnx) for onnx, label in unique.items()], host.held_out[:1], calls=args.calls)
     return {"policy": rel(policy), "policy_meta": {k: meta.get(k) for k in ("trained_env_steps", "mean_reward",
-                                                                                 "ci95", "eval_episodes", "status")},
+                                                                                 "eval_episodes", "status")},
             "settings": {"budget_s": args.budget, "arm_budget_s": args.arm_budget, "finetune_epochs": args.finetune,
-                         "episodes": args.episodes, "calls": args.calls, "rule": {"mean": MEAN_RULE, "low": LOW_RULE},
-                         "search_floor": LOW_RULE},
-            "references": {"seeds": seeds, "fp32": refs["fp32"], "random": refs["random"]},
+                         "sticky_episodes": args.sticky_episodes, "sticky_actions": STICKY, "calls": args.calls,
+                         "rule": {"deterministic_exact": EXACT_RULE, "sticky_low": STICKY_LOW_RULE},
+                         "search_floor": SEARCH_FLOOR},
+            "references": refs,
             "int8": int8_claim, "targets": stages, "window": timed, "reused": reused,
             "facts": host.info["target"]["facts"]}
 
@@ -202,32 +243,46 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
 # --- writing -----------------------------------------------------------------------------------
 
 
-def _interval(c: Mapping[str, Any]) -> str:
+def _retention(c: Mapping[str, Any]) -> str:
+    if c["exact"]:
+        return f"{c['retention']:.3f} exact"
     return f"{c['retention']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
+
+
+def _both(c: Mapping[str, Any]) -> str:
+    return (f"deterministic {_retention(c['deterministic'])} ({c['deterministic']['distinct_pairs']} distinct pairs), "
+            f"sticky {_retention(c['sticky'])} ({c['sticky']['distinct_pairs']} distinct pairs)")
 
 
 def markdown(data: dict[str, Any], path: Path) -> None:
     refs = data["references"]
-    fp32, floor = refs["fp32"], refs["random"]
-    n = len(refs["seeds"])
     lines = header(data, "Headline: the Pong DQN against onnxruntime's uniform int8")
     if data.get("reused"):
         lines += [f"This invocation found these stages finished in its work folder and reused them: "
                   f"{', '.join(data['reused'])}, with the claims they had played; it timed the window again. The "
                   "searches' own seconds are given per target below.", ""]
     meta = data["policy_meta"]
+    rule = data["settings"]["rule"]
     lines += [f"Policy `{data['policy']}` ({meta.get('trained_env_steps')} env steps; its meta.json: mean reward "
-              f"{meta.get('mean_reward')} ± {meta.get('ci95')} over {meta.get('eval_episodes')} episodes, "
-              f"{meta.get('status')}).", "",
-              f"Claim seeds {refs['seeds'][0]}..{refs['seeds'][-1]} ({n} episodes, fresh: the searches played "
-              f"other seeds). On them fp32 scored **{fp32['mean']:.2f} ± {fp32['ci95']:.2f}** (95 % interval of the "
-              f"mean) and a random policy {floor['mean']:.2f}. Retention = 1 + mean(R_plan - R_fp32) / "
-              f"(R_fp32 - R_random), paired by seed; its 95 % interval is the paired t interval of the "
-              f"differences over the same gain. A plan holds when retention >= {MEAN_RULE} and the interval's "
-              f"lower end >= {LOW_RULE}.", ""]
+              f"{meta.get('mean_reward')} over {meta.get('eval_episodes')} deterministic episodes).", "",
+              "Retention = 1 + mean(R_plan - R_fp32) / (R_fp32 - R_random), paired by seed, under two protocols "
+              "(README, \"Episodes, protocols and distinct games\"):", ""]
+    for name in ("deterministic", "sticky"):
+        ref = refs[name]
+        fp32, floor = ref["fp32"], ref["random"]
+        n = len(ref["seeds"])
+        if name == "deterministic":
+            lines.append(f"- **deterministic** (PongNoFrameskip-v4, no sticky actions): all {n} no-op starts, so "
+                         f"every mean is exact for the protocol. fp32 **{fp32['mean']:.2f}** over {n} starts = "
+                         f"**{fp32['distinct_games']} distinct games**; random {floor['mean']:.2f}. Rule: retention "
+                         f">= {rule['deterministic_exact']}.")
+        else:
+            lines.append(f"- **sticky actions p={data['settings']['sticky_actions']}**: seeds {ref['seeds'][0]}.."
+                         f"{ref['seeds'][-1]}, {n} episodes per arm, {fp32['distinct_games']} distinct games. fp32 "
+                         f"**{fp32['mean']:.2f} ± {fp32['ci95']:.2f}** (95 %); random {floor['mean']:.2f}. Rule: the "
+                         f"95 % lower bound of retention >= {rule['sticky_low']}.")
     i8 = data["int8"]
-    lines += [f"onnxruntime uniform int8 (`quantize_static`, QDQ, per channel) on the same seeds: reward "
-              f"{i8['reward']:.2f}, retention {_interval(i8)}: "
+    lines += ["", f"onnxruntime uniform int8 (`quantize_static`, QDQ, per channel): {_both(i8)}: "
               + ("holds." if i8["holds"] else "does not hold."), ""]
     lines += ["## One window on the host", "",
               f"Every model timed interleaved ({data['window'][0]['protocol']['calls']} calls each, blocks of 20, "
@@ -243,8 +298,9 @@ def markdown(data: dict[str, Any], path: Path) -> None:
         what, goal = GOALS.get(target, ("ratio", None))
         lines += [f"## {target}", "",
                   f"Search: {stage['trials']} trials measured ({stage['played']} played) in "
-                  f"{stage['search_s'] / 60:.1f} min of search (its latency model and sensitivities included), floor {data['settings']['search_floor']}, fine-tuning "
-                  f"{data['settings']['finetune_epochs']} epochs for plans below 0.98 held-out agreement.", ""]
+                  f"{stage['search_s'] / 60:.1f} min of search (its latency model and sensitivities included), floor "
+                  f"{data['settings']['search_floor']}, fine-tuning {data['settings']['finetune_epochs']} epochs for "
+                  "plans below 0.98 held-out agreement.", ""]
         if target != "host":
             lines += [f"fp32 {stage['fp32_instructions'] / 1e6:.2f} M instructions per inference; onnxruntime int8 "
                       f"{stage['int8_instructions'] / 1e6:.2f} M ({stage['int8_ratio']:.3f} of fp32).", ""]
@@ -254,12 +310,15 @@ def markdown(data: dict[str, Any], path: Path) -> None:
                           f"#{f['trial']} {f['summary']}: {f['fidelity_before']:.3f} -> {f['fidelity_after']:.3f} "
                           f"in {f['seconds']:.0f} s{'' if f.get('kept') else ' (not kept)'}"
                           for f in stage["fine_tuned"]) + ".", ""]
-        lines += ["| trial | plan | fine-tuned | search ratio | claim reward | retention [95 %] | holds |"
+        lines += ["| trial | plan | fine-tuned | search ratio | deterministic: reward, retention (games) | "
+                  "sticky: reward, retention [95 %] (games) | holds |"
                   + (" instructions | ratio to fp32 |" if target != "host" else ""),
-                  "|---:|:---|:---|---:|---:|---:|:---|" + ("---:|---:|" if target != "host" else "")]
+                  "|---:|:---|:---|---:|:---|:---|:---|" + ("---:|---:|" if target != "host" else "")]
         for c in stage["claims"]:
+            det, sticky = c["deterministic"], c["sticky"]
             lines.append(f"| {c['trial']} | {c['summary']} | {'yes' if c['fine_tuned'] else 'no'} | "
-                         f"{c['search_ratio']:.3f} | {c['reward']:.2f} | {_interval(c)} | "
+                         f"{c['search_ratio']:.3f} | {det['reward']:.2f}, {_retention(det)} ({det['distinct_games']}) | "
+                         f"{sticky['reward']:.2f}, {_retention(sticky)} ({sticky['distinct_games']}) | "
                          f"{'yes' if c['holds'] else 'no'} |"
                          + (f" {c['instructions'] / 1e6:.2f} M | {c['ratio']:.3f} |" if target != "host" else ""))
         if not stage["claims"]:
@@ -274,7 +333,12 @@ def verdict(data: Mapping[str, Any], target: str, stage: Mapping[str, Any], what
             int8_row: Mapping[str, Any]) -> str:
     held = [c for c in stage["claims"] if c["holds"]]
     if not held:
-        return f"**No plan holds on {target}**: nothing found there met the retention rule on the claim seeds."
+        parts = []
+        for name, label in (("deterministic", "the deterministic rule"), ("sticky", "the sticky-actions rule")):
+            met = [c for c in stage["claims"] if c[name]["holds"]]
+            parts.append(f"{len(met)} of {len(stage['claims'])} claimed plans met {label}"
+                         + (f" (fastest: {met[0]['summary']}, {_retention(met[0][name])})" if met else ""))
+        return f"**No plan holds on {target} under both protocols**: " + "; ".join(parts) + "."
     best = held[0]
     if target == "host":
         row = next((w for w in data["window"] if f"#{best['trial']}:" in w["label"] and w["label"].startswith(target)),
@@ -283,11 +347,11 @@ def verdict(data: Mapping[str, Any], target: str, stage: Mapping[str, Any], what
             return "The held plan was not timed in the window."
         ratio = row["p10_ms"] / int8_row["p10_ms"]
         met = "meets" if goal is not None and ratio <= goal else "misses"
-        return (f"**Host: {best['summary']}** holds (retention {_interval(best)}, {len(best['rewards'])} episodes) "
-                f"at **{ratio:.3f}x onnxruntime int8's latency** in one window ({row['ratio_p10']:.3f} of fp32 "
-                f"against int8's {int8_row['ratio_p10']:.3f}): it {met} the goal of <= {goal}x.")
+        return (f"**Host: {best['summary']}** holds ({_both(best)}) at **{ratio:.3f}x onnxruntime int8's latency** "
+                f"in one window ({row['ratio_p10']:.3f} of fp32 against int8's {int8_row['ratio_p10']:.3f}): it {met} "
+                f"the goal of <= {goal}x.")
     met = "meets" if goal is not None and best["ratio"] <= goal else "misses"
-    return (f"**{target}: {best['summary']}** holds (retention {_interval(best)}) at **{best['ratio']:.3f} of fp32's "
+    return (f"**{target}: {best['summary']}** holds ({_both(best)}) at **{best['ratio']:.3f} of fp32's "
             f"instructions** (int8: {stage['int8_ratio']:.3f}): it {met} the goal of <= {goal}.")
 
 
@@ -298,7 +362,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--arm-budget", type=float, default=900.0,
                    help="emulated search budget, s, its latency model included (default 900)")
     p.add_argument("--finetune", type=int, default=10, help="search --finetune EPOCHS (default 10)")
-    p.add_argument("--episodes", type=int, default=30, help="claim episodes (default 30)")
+    p.add_argument("--sticky-episodes", type=int, default=150,
+                   help="claim episodes per arm under sticky actions, each a distinct game (default 150)")
     p.add_argument("--calls", type=int, default=1000, help="calls per model in the window (default 1000)")
     p.add_argument("--policies", type=Path, default=DEFAULT_POLICIES)
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "scratch" / "headline")

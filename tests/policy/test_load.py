@@ -139,3 +139,22 @@ def test_atari_env_gives_channels_first_stacks() -> None:
     env.close()
     assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
     assert not obs[:3].any() and obs[3].any()  # zero padded at reset, newest frame last
+
+
+def test_the_shipped_pong_example_is_the_network_its_metadata_describes() -> None:
+    """examples/dqn_pong.pt loads safely as the Nature CNN, and examples/dqn_pong.json names
+    its hash, its training and its score under both protocols with distinct-game counts."""
+    import hashlib
+    import json
+
+    from autoquant.policy import analyse, load_policy
+    from tests.conftest import EXAMPLES
+
+    meta = json.loads((EXAMPLES / "dqn_pong.json").read_text())
+    path = EXAMPLES / meta["file"]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == meta["sha256"]
+    bundle = load_policy(path, env_id=meta["env_id"])
+    assert [layer.name for layer in analyse(bundle).layers] == ["conv1", "conv2", "conv3", "fc1", "fc2"]
+    for protocol in ("deterministic", "sticky"):
+        score = meta["score"][protocol]
+        assert "sticky_actions" in score and score["distinct_games"] >= 1 and "mean_reward" in score
