@@ -159,8 +159,13 @@ def write_compare(
     *,
     floor: float,
     references: Mapping[str, Mapping[str, Any]] | None = None,
+    episodes: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Write ``compare.json``, ``compare.md`` and ``compare.png`` to ``out_dir``; return the rows."""
+    """Write ``compare.json``, ``compare.md`` and ``compare.png`` to ``out_dir``; return the rows.
+
+    ``episodes``: the protocol every combination played under and the distinct games behind
+    its references (``protocol``, ``sticky_actions``, ``fp32_distinct_games``, ...), recorded
+    in compare.json and stated in compare.md."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = compare_table(results, floor=floor, references=references)
@@ -174,9 +179,14 @@ def write_compare(
         "target_fraction": TARGET_FRACTION,
         "target_ratio": target,
         "references": references or {},
+        "episodes": dict(episodes or {}),
         "rows": rows,
     }
     atomic_write(out / "compare.json", (json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n").encode())
-    atomic_write(out / "compare.md", _markdown(rows, floor, target, references).encode())
+    text = _markdown(rows, floor, target, references)
+    if episodes:
+        text += (f"\nEpisodes: {episodes.get('protocol', {}).get('name')}; the references were played on "
+                 f"{episodes.get('fp32_episodes')} seeds, {episodes.get('fp32_distinct_games')} distinct games.\n")
+    atomic_write(out / "compare.md", text.encode())
     plot_compare(results, out / "compare.png", floor=floor, references=references, target_ratio=target)
     return rows

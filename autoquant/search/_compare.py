@@ -40,7 +40,7 @@ def compare(out: Path, base: RunConfig, *, methods: Sequence[str], agents: Seque
             config = base.replace(method=method, agent=agent, study_name=None)
             if (folder / "run.json").is_file():
                 run = load_run(folder, trust_pickle=trust_pickle, n_trials=base.n_trials,
-                               time_budget_s=base.time_budget_s)
+                               time_budget_s=base.time_budget_s, sticky_actions=base.sticky_actions)
             else:
                 run = start_run(folder, config, trust_pickle=trust_pickle, log=log, share_from=first)
             first = first or run
@@ -54,6 +54,17 @@ def compare(out: Path, base: RunConfig, *, methods: Sequence[str], agents: Seque
     for label, entry in results.items():
         entry["wall_s"] = _wall_s(entry["records"])
         entry["search_s"] = runs[label].study().user_attrs.get(SEARCH_SECONDS)
-    references = next(iter(runs.values())).references()
-    rows = write_compare(out, results, floor=base.min_retention, references=references)
-    return {"out": str(out), "rows": rows, "runs": {label: str(run.folder) for label, run in runs.items()}}
+    some = next(iter(runs.values()))
+    references = some.references()
+    fp32 = some.problem.fp32_episodes
+    episodes = {"protocol": some.protocol.to_json(), "sticky_actions": some.protocol.sticky_actions,
+                "fp32_episodes": len(fp32.seeds), "fp32_distinct_games": fp32.distinct_games}
+    rows = write_compare(out, results, floor=base.min_retention, references=references, episodes=episodes)
+    for row in rows:  # what confirmation found, with the games behind it
+        found = runs[row["combo"]].confirmation() or {}
+        confirm = found.get("confirm") or {}
+        row["confirmed"] = {"trial": found.get("trial"), "retention": confirm.get("retention"),
+                            "exact": confirm.get("exact"), "distinct_pairs": confirm.get("distinct_pairs"),
+                            "failed": [a.get("trial") for a in found.get("attempts", []) if a.get("passed") is False]}
+    return {"out": str(out), "rows": rows, **episodes,
+            "runs": {label: str(run.folder) for label, run in runs.items()}}

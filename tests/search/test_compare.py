@@ -24,6 +24,11 @@ def test_compare_writes_table_and_plot(cartpole_dqn_path: Path, tmp_path: Path) 
     assert data["floor"] == 0.98 and len(data["rows"]) == 4
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "hypervolume" in (out / "compare.md").read_text()
+    # the protocol and the games behind the references, and what confirmation found per combination
+    assert result["sticky_actions"] == 0.0 and result["fp32_distinct_games"] == 3
+    assert data["episodes"]["protocol"]["name"] == "seeded starts"
+    assert "3 distinct games" in (out / "compare.md").read_text()
+    assert all("distinct_pairs" in row["confirmed"] for row in result["rows"])
     # every combination saw the same states and references
     states = {(out / f"{c}" / "states.npz").read_bytes() for c in ("prune-tpe", "prune-random", "joint-tpe")}
     assert len(states) == 1
