@@ -105,7 +105,7 @@ class EvaluateCommand(Command):
                 raise UsageError("--save-onnx needs --plan")
             check_output_file(args.save_onnx, "--save-onnx")
         plan = CompressionPlan.load(args.plan) if args.plan else None
-        target = None if args.no_latency else get_target(args.target, device=args.device,
+        target = None if args.no_latency else get_target(args.target or "host", device=args.device,
                                                           secret_file=args.secret_file)
         bundle = load_from_args(args)
         if bundle.env_id is None:

@@ -145,7 +145,7 @@ def _config(args: argparse.Namespace, *, method: str, agent: str) -> Any:
 
     return RunConfig(
         policy=str(args.policy), env_id=args.env, activation=args.activation,
-        conv_strides=tuple(args.conv_strides) if args.conv_strides else None, target=args.target,
+        conv_strides=tuple(args.conv_strides) if args.conv_strides else None, target=args.target or "host",
         device=args.device, secret_file=args.secret_file,
         method=method, agent=agent, n_trials=args.trials, time_budget_s=args.time_budget,
         mode="pareto" if args.pareto else "single", min_retention=args.min_retention, episodes=args.episodes,
@@ -185,6 +185,7 @@ class SearchCommand(Command):
             run = load_run(args.out, trust_pickle=args.trust_pickle,
                            n_trials=args.trials if "--trials" in sys.argv else None,
                            time_budget_s=args.time_budget, sticky_actions=args.sticky_actions,
+                           storage=args.storage, target=args.target,
                            device=args.device, secret_file=args.secret_file)
         else:
             if args.policy is None:
@@ -270,6 +271,9 @@ class ExportCommand(Command):
         parser.add_argument("--format", choices=("onnx", "torch", "actorq"), default="onnx",
                             help="onnx, torch, or actorq (a bundle for quantized actors; default onnx)")
         parser.add_argument("--out", type=Path, required=True, help="output folder")
+        add_target_arguments(parser)
+        parser.add_argument("--storage", help="the Optuna storage URL of a run whose study is not its own study.db "
+                            "(a run folder never chooses a database by itself)")
         parser.add_argument("--trust-pickle", action="store_true",
                             help="allow the run's policy to be a pickled module or TorchScript (runs code "
                             "from the file); a run folder never grants this by itself")
@@ -281,7 +285,8 @@ class ExportCommand(Command):
         if args.trial != "best" and not args.trial.isdigit():
             raise UsageError(f"--trial must be 'best' or a trial number, got {args.trial!r}")
         check_output_folder(args.out, "--out")
-        run = load_run(args.run, trust_pickle=args.trust_pickle)
+        run = load_run(args.run, trust_pickle=args.trust_pickle, storage=args.storage, target=args.target,
+                       device=args.device, secret_file=args.secret_file)
         return export_plan(run, args.trial, fmt=args.format, out=args.out)
 
     def render(self, result: dict[str, Any]) -> str:

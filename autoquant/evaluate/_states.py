@@ -43,15 +43,27 @@ class StateSet:
 
     @classmethod
     def load(cls, path: str | Path) -> StateSet:
+        """A state set a run folder holds, read as untrusted: a regular file (no symlink),
+        its arrays through the capped reader, no pickles; anything else is one line."""
+        from autoquant._untrusted import load_npz, loads_json, read_file_in
+        from autoquant.errors import UsageError
+
+        path = Path(path)
+        where = str(path)
+        arrays = load_npz(read_file_in(path.parent, path.name, what=where, error=UsageError, max_bytes=1 << 30),
+                          where=where, error=UsageError)
+        states, meta_array = arrays.get("states"), arrays.get("meta")
+        if states is None or meta_array is None or meta_array.shape != () or states.dtype != np.float32:
+            raise UsageError(f"{where}: not an autoquant state set (float32 'states' and a 'meta' string expected); "
+                             "start a new run")
+        meta = loads_json(str(meta_array), what=f"{where}: its meta", error=UsageError, max_bytes=1 << 16)
+        if not isinstance(meta, dict) or meta.get("format") != STATES_FORMAT:
+            raise UsageError(f"{where}: not an autoquant state set; start a new run")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                states = data["states"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise AutoquantError(f"{path}: not an autoquant state set ({exc})") from exc
-        if meta.get("format") != STATES_FORMAT:
-            raise AutoquantError(f"{path}: not an autoquant state set")
-        return cls(states=states, env_id=meta["env_id"], seed=meta["seed"], epsilon=meta["epsilon"])
+            return cls(states=states, env_id=str(meta["env_id"]), seed=int(meta["seed"]),
+                       epsilon=float(meta["epsilon"]))
+        except (KeyError, TypeError, ValueError):
+            raise UsageError(f"{where}: its meta lacks env_id, seed or epsilon; start a new run") from None
 
 
 def record_states(

@@ -67,16 +67,17 @@ def _model_files(run: Run, number: int, plan: Any, out: Path, model_format: str)
                          "with: export it with --format onnx")
     compressed = run.compress(plan)
     if model_format == "onnx":
-        path = atomic_write(out / "policy.onnx", tuned or compressed.onnx)
+        path = atomic_write(out / "policy.onnx", tuned or compressed.onnx, inside=out)
     else:
         import torch
 
-        path = out / "policy.pt"
-        tmp = path.with_name(path.name + ".partial")
-        torch.jit.script(torch_model(compressed)).save(str(tmp))
-        tmp.replace(path)
-    plan_path = write_json(out / "plan.json", plan.to_json())
-    meta_path = write_json(out / "export.json", _describe(run, number, plan, compressed, model_format))
+        import io
+
+        buffer = io.BytesIO()
+        torch.jit.save(torch.jit.script(torch_model(compressed)), buffer)
+        path = atomic_write(out / "policy.pt", buffer.getvalue(), inside=out)
+    plan_path = write_json(out / "plan.json", plan.to_json(), inside=out)
+    meta_path = write_json(out / "export.json", _describe(run, number, plan, compressed, model_format), inside=out)
     return {"files": [str(path), str(plan_path), str(meta_path)]}
 
 

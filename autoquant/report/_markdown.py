@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from autoquant._io import atomic_write
 from autoquant.report._best import best_feasible
 from autoquant.report._pareto import pareto_front
 from autoquant.report._plots import plot_pareto
@@ -253,4 +254,4 @@ def write_report(
     lines += _front(records) + [""] + _played(records) + [""] + _fine_tuned(records) + _references(references) + [""]
     lines += _counts(records)
     lines += ["", "## Plot", "", f"![pareto]({plot_name})", ""]
-    out.write_text("\n".join(lines), encoding="utf-8")
+    atomic_write(out, "\n".join(lines).encode("utf-8"), inside=out.parent)

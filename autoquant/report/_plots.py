@@ -38,10 +38,16 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(figure: Figure, path: str | Path) -> Path:
+    """The PNG written atomically, never through a symlink planted at ``path``."""
+    import io
+
+    from autoquant._io import atomic_write
+
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=120, format="png")
-    return out
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=120, format="png")
+    return atomic_write(out, buffer.getvalue(), inside=out.parent)
 
 
 def _xy(records: Iterable[Mapping[str, Any]]) -> tuple[list[float], list[float]]:

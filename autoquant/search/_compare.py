@@ -8,7 +8,7 @@ from typing import Any
 
 from autoquant._io import check_output_folder
 from autoquant.errors import UsageError
-from autoquant.search._run import Run, RunConfig, load_run, start_run
+from autoquant.search._run import DEFAULT_STORAGE, Run, RunConfig, load_run, start_run
 from autoquant.search._study import SEARCH_SECONDS
 
 __all__ = ["compare"]
@@ -40,7 +40,9 @@ def compare(out: Path, base: RunConfig, *, methods: Sequence[str], agents: Seque
             config = base.replace(method=method, agent=agent, study_name=None)
             if (folder / "run.json").is_file():
                 run = load_run(folder, trust_pickle=trust_pickle, n_trials=base.n_trials,
-                               time_budget_s=base.time_budget_s, sticky_actions=base.sticky_actions)
+                               time_budget_s=base.time_budget_s, sticky_actions=base.sticky_actions,
+                               storage=None if base.storage == DEFAULT_STORAGE else base.storage,
+                               target=base.target, device=base.device, secret_file=base.secret_file)
             else:
                 run = start_run(folder, config, trust_pickle=trust_pickle, log=log, share_from=first)
             first = first or run

@@ -241,6 +241,8 @@ class SearchProblem:
         record = {**tuned.finetune.to_json(), "fidelity_before": fidelity_score(fid),
                   "fidelity_after": fidelity_score(tuned_fid), "kept": kept,
                   "seconds": round(time.perf_counter() - start, 3)}
+        if kept:  # ties the file in models/ to this trial: export and confirmation check it
+            record["model_sha256"] = hashlib.sha256(tuned.onnx).hexdigest()
         return record, ((tuned, runner, tuned_fid) if kept else None)
 
     def finetune(self, plan: CompressionPlan) -> CompressedPolicy:
@@ -255,14 +257,7 @@ class SearchProblem:
     def _keep(self, plan: CompressionPlan, onnx: bytes) -> None:
         if self.models_dir is not None:
             self.models_dir.mkdir(exist_ok=True)
-            atomic_write(self.models_dir / f"{self.key(plan)}.onnx", onnx)
-
-    def kept_model(self, plan: CompressionPlan) -> bytes | None:
-        """The fine-tuned graph a trial of this plan judged, or None (not fine-tuned)."""
-        if self.models_dir is None:
-            return None
-        path = self.models_dir / f"{self.key(plan)}.onnx"
-        return path.read_bytes() if path.exists() else None
+            atomic_write(self.models_dir / f"{self.key(plan)}.onnx", onnx, inside=self.models_dir.parent)
 
     def latency_ratio(self, plan: CompressionPlan) -> float:
         """The plan's latency ratio to fp32 on the target, measured as a trial measures it

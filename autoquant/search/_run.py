@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from autoquant._io import atomic_write, check_output_folder, sha256_file, write_json
+from autoquant._untrusted import loads_json, read_file_in, short_repr
 from autoquant._version import __version__
 from autoquant.compress import CompressionPlan, compress, export_reference, onnxruntime_uniform_int8, weight_bytes
 from autoquant.errors import DeviceUnreachable, UsageError, describe_exception
@@ -154,6 +156,19 @@ class RunConfig:
         return cls(**values)
 
 
+def _read_json_in(folder: Path, name: str, fmt: str) -> dict[str, Any] | None:
+    """A JSON file of the run folder, read as untrusted (a regular file, capped, no symlink),
+    or None when there is none; a file that is not what autoquant wrote is one line."""
+    path = folder / name
+    if not path.exists() and not path.is_symlink():
+        return None
+    data = loads_json(read_file_in(folder, name, what=str(path), error=UsageError, max_bytes=64 << 20),
+                      what=str(path), error=UsageError)
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise UsageError(f"{path} is not a {fmt} file autoquant wrote: restore it from the run, or start a new run")
+    return data
+
+
 def confirm_seeds(seed: int, episodes: int, protocol: Protocol) -> list[int]:
     """Seeds that confirm a plan: every start of a finite protocol (the retention is then exact
     for it), else ``episodes`` seeds the search never played."""
@@ -194,7 +209,11 @@ class Run:
     def storage_url(self) -> str:
         storage = self.config.storage
         if storage == DEFAULT_STORAGE:
-            return f"sqlite:///{(self.folder / DEFAULT_STORAGE).resolve()}"
+            path = self.folder / DEFAULT_STORAGE
+            if path.is_symlink() or (path.exists() and not path.is_file()):
+                raise UsageError(f"{path} is a symlink or not a regular file: a run's study lives in its own folder; "
+                                 "remove the link")
+            return f"sqlite:///{path.resolve()}"
         return storage
 
     @property
@@ -253,8 +272,7 @@ class Run:
 
     def best(self) -> dict[str, Any] | None:
         """best/confirm.json, or None before a plan was confirmed."""
-        path = self.folder / "best" / "confirm.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return _read_json_in(self.folder / "best", "confirm.json", CONFIRM_FORMAT)
 
     def plan_of(self, trial: int | str) -> tuple[int, CompressionPlan]:
         """The plan of trial N, or of the confirmed best ("best")."""
@@ -276,9 +294,24 @@ class Run:
         return compress(self.bundle, plan, self.states.states, seed=self.config.seed, **options)
 
     def fine_tuned(self, plan: CompressionPlan) -> bytes | None:
-        """The graph of the plan's fine-tuned trial, as it was judged; None where the plan was
-        not fine-tuned."""
-        return self.problem.kept_model(plan)
+        """The graph of the plan's fine-tuned trial, as it was judged; None where no trial of
+        the plan kept a fine-tuned graph. The file in ``models/`` must be the one its trial
+        recorded (its SHA-256 in the study): a file planted or changed there is refused."""
+        key = self.problem.key(plan)
+        digests = {str(r.result.finetune.get("model_sha256")) for r in self.records()
+                   if r.result is not None and r.key == key and r.result.finetune
+                   and r.result.finetune.get("kept") and r.result.finetune.get("model_sha256")}
+        if not digests:
+            return None
+        models = self.folder / "models"
+        if models.is_symlink():
+            raise UsageError(f"{models} is a symlink: a run's fine-tuned graphs live in its own folder")
+        data = read_file_in(models, f"{key}.onnx", what=f"the fine-tuned graph of plan {key}", error=UsageError,
+                            max_bytes=1 << 30)
+        if hashlib.sha256(data).hexdigest() not in digests:
+            raise UsageError(f"{models / (key + '.onnx')} is not the graph its trial recorded (its SHA-256 differs): "
+                             "the run folder was changed; restore the file or export another trial")
+        return data
 
     def confirm(self, *, max_candidates: int = 3) -> dict[str, Any] | None:
         """Replay the best feasible plans on fresh seeds; the first that keeps the floor
@@ -317,8 +350,8 @@ class Run:
             if paired["retention"] >= floor_retention:
                 best_dir = self.folder / "best"
                 best_dir.mkdir(exist_ok=True)
-                atomic_write(best_dir / "policy.onnx", model)
-                write_json(best_dir / "plan.json", plan.to_json())
+                atomic_write(best_dir / "policy.onnx", model, inside=self.folder)
+                write_json(best_dir / "plan.json", plan.to_json(), inside=self.folder)
                 data = {
                     "format": CONFIRM_FORMAT, "version": CONFIRM_VERSION, "autoquant_version": __version__,
                     "trial": record.number, "plan": plan.to_json(), "summary": record.summary,
@@ -335,12 +368,13 @@ class Run:
                     "kernels": compressed.kernels.to_json() if compressed.kernels else None,
                     "attempts": attempts, "fine_tuned": record.result.finetune,
                 }
-                write_json(best_dir / "confirm.json", data)
+                write_json(best_dir / "confirm.json", data, inside=self.folder)
                 return data
         write_json(self.folder / "confirm_failed.json", {"format": CONFIRM_FORMAT, "version": CONFIRM_VERSION,
                                                          "autoquant_version": __version__, "attempts": attempts,
                                                          "protocol": self.protocol.to_json(),
-                                                         "sticky_actions": self.protocol.sticky_actions})
+                                                         "sticky_actions": self.protocol.sticky_actions},
+                   inside=self.folder)
         return None
 
     def confirmation(self) -> dict[str, Any] | None:
@@ -349,8 +383,7 @@ class Run:
         best = self.best()
         if best is not None:
             return best
-        path = self.folder / "confirm_failed.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return _read_json_in(self.folder, "confirm_failed.json", CONFIRM_FORMAT)
 
     def write_report(self) -> None:
         from autoquant.report import plot_pareto, write_report
@@ -530,42 +563,88 @@ def _ort_reference(loaded: _Loaded, states: np.ndarray, held: np.ndarray, seeds:
             "reward": episodes.to_json()}
 
 
+def _is_path(target: str) -> bool:
+    """A target given as a TOML file rather than by the name of a shipped one."""
+    return "/" in target or "\\" in target or target.endswith(".toml")
+
+
+def _check_info(info: Any, path: Path) -> None:
+    """run.json has the shape this version writes; anything else is one line."""
+    shape = {"config": dict, "policy": dict, "target": dict, "reference": dict, "study_name": str}
+    wrong = [key for key, kind in shape.items() if not isinstance(info.get(key), kind)]
+    if not wrong:
+        nested = {("policy", "sha256"): str, ("target", "fingerprint"): str, ("reference", "seeds"): list,
+                  ("reference", "fp32"): dict, ("reference", "random"): dict}
+        wrong = [".".join(k) for k, kind in nested.items() if not isinstance(info[k[0]].get(k[1]), kind)]
+    if wrong:
+        raise UsageError(f"{path}: {', '.join(wrong)} missing or of the wrong type: not a run.json autoquant wrote; "
+                         "start a new run")
+
+
 def load_run(folder: Path, *, trust_pickle: bool = False, n_trials: int | None = None, device: str | None = None,
              secret_file: str | None = None, time_budget_s: float | None = None,
-             sticky_actions: float | None = None) -> Run:
-    """Open an existing run folder (to resume it or export from it)."""
+             sticky_actions: float | None = None, storage: str | None = None, target: str | None = None) -> Run:
+    """Open an existing run folder (to resume it or export from it).
+
+    The folder is data, not configuration: the database, the device and its secret come from
+    the caller (the command line, the environment, the user's own files), never from run.json.
+    A run whose study lives in another database, or that was measured on a target given as a
+    TOML file, opens only when the caller names the same ``storage`` or ``target`` again."""
     folder = Path(folder)
     path = folder / "run.json"
-    if not path.is_file():
+    if not path.is_file() or path.is_symlink():
         if any(folder.parent.glob(f".{folder.name}.partial-*")):
             hint = ": its set-up was interrupted before it finished; start the search again without --resume"
         elif not folder.exists():
             hint = ": it does not exist; check --out, or start a search with --policy"
+        elif path.is_symlink():
+            hint = ": run.json is a symlink"
         else:
             hint = ""
         raise UsageError(f"{folder} is not an autoquant run folder (no run.json){hint}")
-    info = json.loads(path.read_text())
+    info = loads_json(read_file_in(folder, "run.json", what=str(path), error=UsageError, max_bytes=64 << 20),
+                      what=str(path), error=UsageError)
+    if not isinstance(info, dict):
+        raise UsageError(f"{path}: not a run this autoquant ({__version__}) can read")
     if info.get("format") == RUN_FORMAT and info.get("version") == 1:
         raise UsageError(f"{path}: this run was made before episodes recorded their protocol and distinct games "
                          "(run format 1), and its references cannot be paired with new episodes: start a new run")
     if info.get("format") != RUN_FORMAT or info.get("version") != RUN_VERSION:
         raise UsageError(f"{path}: not a run this autoquant ({__version__}) can read")
-    config = RunConfig.from_json(info["config"])
+    _check_info(info, path)
+    try:
+        config = RunConfig.from_json(info["config"])
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(f"{path}: its config cannot be read ({describe_exception(exc)}); start a new run") from None
     if sticky_actions is not None and sticky_actions != config.sticky_actions:
         raise UsageError(f"--sticky-actions {sticky_actions:g}, but this run plays every episode with sticky actions "
                          f"{config.sticky_actions:g} (recorded in run.json): one run never mixes protocols; drop the "
                          "option, or start a new run")
+    if config.storage != DEFAULT_STORAGE and storage != config.storage:
+        raise UsageError(f"this run's study is in another database ({short_repr(config.storage)} in run.json): a run "
+                         "folder never chooses a database; pass --storage with that URL to use it")
+    if config.storage == DEFAULT_STORAGE and storage is not None and storage != DEFAULT_STORAGE:
+        raise UsageError(f"--storage {storage}, but this run's study is its own study.db: drop --storage")
+    if _is_path(config.target) and target != config.target:
+        raise UsageError(f"this run was measured on the target file {short_repr(config.target)} (run.json): a run "
+                         "folder never chooses a target file; pass --target with that path to use it")
+    if target is not None and target != config.target:
+        raise UsageError(f"--target {target}, but this run measured on {short_repr(config.target)}: latencies would "
+                         "not compare; drop --target, or start a new run")
     policy = Path(config.policy)
     if not policy.is_file():
         raise UsageError(f"the run's policy {policy} is missing; restore it to resume or export")
     if sha256_file(policy) != info["policy"]["sha256"]:
         raise UsageError(f"the run's policy {policy} changed since the run started (sha256 differs): "
                          "start a new run for the new file")
-    if device is not None or secret_file is not None:  # the board may have a new address
-        config = config.replace(device=device or config.device, secret_file=secret_file or config.secret_file)
+    # The board's address and its secret come from the caller (or the environment, or the
+    # target's own TOML), never from the folder: a planted run.json must not pick a device.
+    config = config.replace(device=device, secret_file=secret_file)
     changed = {k: v for k, v in (("n_trials", n_trials), ("time_budget_s", time_budget_s)) if v is not None}
     if changed:  # a resumed search may be given a larger budget
         config = config.replace(**changed)
         info["config"].update(changed)
-        write_json(path, info)
+        write_json(path, info, inside=folder)
     return _build(folder, info, config, _load(config, trust_pickle=trust_pickle))
