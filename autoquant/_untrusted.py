@@ -1,30 +1,40 @@
-"""Readers for bytes that come from outside: JSON and zip archives with caps on size,
-nesting and inflation, so that a hostile file costs a bounded amount of memory and
-time and ends in one typed error instead of RecursionError or MemoryError.
+"""Readers for bytes that come from outside: JSON, zip archives and ``.npz`` arrays with
+caps on size, nesting and inflation, and files named by a manifest kept inside their
+folder, so that a hostile file costs a bounded amount of memory and time and ends in
+one typed error instead of RecursionError, MemoryError or a read outside the folder.
 
-Standard library only: the device side uses it too.
+Standard library only at import (numpy loads when ``load_npz`` is called): the device
+side uses it too.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import stat
 import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
-from typing import IO, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from autoquant.errors import AutoquantError, first_line
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "MAX_JSON_DEPTH",
     "ZipLimits",
     "check_zip",
     "json_depth_exceeds",
+    "load_npz",
     "loads_json",
     "open_zip",
+    "read_file_in",
     "read_zip_member",
     "short_repr",
 ]
@@ -174,3 +184,98 @@ def read_zip_member(archive: zipfile.ZipFile, name: str, *, max_bytes: int, wher
     if len(data) > max_bytes:
         raise error(f"{where}: member {name!r} inflates past the cap of {max_bytes:,} bytes")
     return data
+
+
+# --- files a manifest names --------------------------------------------------------------
+
+
+def read_file_in(folder: str | os.PathLike[str], name: Any, *, what: str, error: type[AutoquantError],
+                 max_bytes: int) -> bytes:
+    """The bytes of the regular file ``name`` directly inside ``folder``, at most ``max_bytes``.
+    ``name`` comes from an untrusted manifest: it must be a plain file name (no folder, no
+    ``..``, not absolute) and the file must not be a symlink (opened with O_NOFOLLOW), a
+    FIFO or a device; anything else raises ``error`` naming ``what``."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\x00" in name or len(name) > 255 or os.path.isabs(name)):
+        raise error(f"{what} names the file {short_repr(name)}: only a plain file name inside the folder is "
+                    "allowed (no folders, '..' or absolute paths); the manifest is not one autoquant wrote")
+    path = Path(folder) / name
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if not hasattr(os, "O_NOFOLLOW") and path.is_symlink():  # pragma: no cover - Windows
+        raise error(f"{what}: {path} is a symlink; a bundle's files are regular files inside its folder")
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise error(f"{what}: {path} is missing; export it again") from None
+    except OSError as exc:
+        if path.is_symlink():
+            raise error(f"{what}: {path} is a symlink; a bundle's files are regular files inside its "
+                        "folder (copy the file in place of the link)") from None
+        raise error(f"{what}: cannot open {path} ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{what}: {path} is not a regular file")
+        if info.st_size > max_bytes:
+            raise error(f"{what}: {path} is {info.st_size:,} bytes, over the cap of {max_bytes:,}: it is not a "
+                        "file autoquant writes")
+        data = f.read(info.st_size + 1)  # read(n) allocates n at once: the size, not the cap
+    if len(data) > info.st_size:
+        raise error(f"{what}: {path} grew while it was read; read the bundle when nothing writes to it")
+    return data
+
+
+# --- .npz arrays --------------------------------------------------------------------------
+
+
+def load_npz(data: bytes, *, where: str, error: type[AutoquantError],
+             limits: ZipLimits = ZipLimits(max_members=4096, max_member_bytes=256 << 20, max_total_bytes=512 << 20),
+             ) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` (``np.savez``) held in ``data``, with no pickles: the zip
+    directory's declared sizes are checked against ``limits`` before anything is inflated,
+    every member is inflated to at most its cap, and each ``.npy`` header's dtype and
+    shape must describe exactly the bytes that follow it. Anything else raises ``error``."""
+    import numpy as np
+
+    archive = open_zip(io.BytesIO(data), where=where, error=error)
+    with archive:
+        names = check_zip(archive, where=where, error=error, limits=limits)
+        if len(set(names)) != len(names):
+            raise error(f"{where} names a member twice: not an archive numpy writes")
+        arrays: dict[str, np.ndarray] = {}
+        for name in names:
+            if not name.endswith(".npy"):
+                raise error(f"{where}: member {short_repr(name)} is not a .npy array")
+            raw = read_zip_member(archive, name, max_bytes=limits.max_member_bytes, where=where, error=error)
+            arrays[name[:-4]] = _npy(raw, where=f"{where}: member {short_repr(name)}", error=error)
+    return arrays
+
+
+def _npy(raw: bytes, *, where: str, error: type[AutoquantError]) -> np.ndarray:
+    """One ``.npy`` array whose header must account for every byte, never an object array."""
+    import numpy as np
+    from numpy.lib import format as npformat
+
+    stream = io.BytesIO(raw)
+    try:
+        version = npformat.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = npformat.read_array_header_1_0(stream, max_header_size=10_000)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = npformat.read_array_header_2_0(stream, max_header_size=10_000)
+        else:
+            raise ValueError(f"unknown .npy version {version}")
+    except (ValueError, TypeError, SyntaxError, struct.error, EOFError) as exc:
+        raise error(f"{where} is not a .npy array ({first_line(exc)})") from None
+    if dtype.hasobject or dtype.itemsize == 0:
+        raise error(f"{where} holds {dtype} values: only plain numeric arrays are read (no pickles)")
+    count = 1
+    for n in shape:
+        count *= int(n)
+    body = len(raw) - stream.tell()
+    if count * dtype.itemsize != body:
+        raise error(f"{where} declares shape {short_repr(shape)} of {dtype} ({count * dtype.itemsize:,} bytes) "
+                    f"over {body:,} bytes: the file is corrupt")
+    array = np.frombuffer(raw, dtype=dtype, count=count, offset=stream.tell())
+    array = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+    return array.copy()
