@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from autoquant._io import atomic_write, write_json
+from autoquant._untrusted import load_npz, loads_json, read_file_in, short_repr
 from autoquant._version import __version__
 from autoquant.compress import LayerRecipe, SlotSpec, encode_layer, recipe_graph
 from autoquant.errors import ActorQError, BundleFormatError
@@ -53,6 +54,9 @@ MANIFEST = "actorq.json"
 GRAPH = "graph.onnx"
 TEMPLATE = "template.onnx"
 ARRAYS = "arrays.npz"
+FILE_ROLES = ("graph", "template", "arrays")  # the files a manifest names, each a plain name in the folder
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_FILE_BYTES = 1 << 30  # a graph, template or arrays file
 
 BROADCAST = {
     "recomputed": [
@@ -175,42 +179,43 @@ def _sha256(data: bytes) -> str:
 
 
 def load_bundle(folder: str | Path) -> ActorBundle:
-    """Read a bundle folder; a missing, altered or newer bundle is a BundleFormatError."""
+    """Read a bundle folder; a missing, altered, newer or hostile bundle (a manifest naming
+    files outside the folder, symlinks, oversized or malformed JSON and arrays) is a
+    BundleFormatError."""
     folder = Path(folder)
     path = folder / MANIFEST
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         raise BundleFormatError(f"{folder} is not an ActorQ bundle (no {MANIFEST}): make one with "
                                 "autoquant export RUN --format actorq --out DIR")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleFormatError(f"{path}: not valid JSON ({exc})") from exc
+    manifest = loads_json(read_file_in(folder, MANIFEST, what=f"{folder}: the bundle manifest",
+                                       error=BundleFormatError, max_bytes=MAX_MANIFEST_BYTES),
+                          what=str(path), error=BundleFormatError, max_bytes=MAX_MANIFEST_BYTES)
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise BundleFormatError(f"{path}: not an ActorQ bundle manifest (expected \"format\": \"{BUNDLE_FORMAT}\")")
     if manifest.get("version") != BUNDLE_VERSION:
-        raise BundleFormatError(f"{path}: bundle version {manifest.get('version')!r} is not supported "
-                                f"(this autoquant {__version__} reads {BUNDLE_VERSION}); export the bundle again")
+        raise BundleFormatError(f"{path}: bundle version {short_repr(manifest.get('version'), 20)} is not "
+                                f"supported (this autoquant {__version__} reads {BUNDLE_VERSION}); export the "
+                                "bundle again")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or set(files) != set(FILE_ROLES) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("sha256"), str) for entry in files.values()):
+        raise BundleFormatError(f"{path}: \"files\" must name exactly the {', '.join(FILE_ROLES)} files, each with "
+                                "a path and a sha256; export the bundle again")
     blobs: dict[str, bytes] = {}
-    for role, entry in manifest["files"].items():
-        file = folder / entry["path"]
-        if not file.is_file():
-            raise BundleFormatError(f"{folder}: the bundle's {role} file {entry['path']} is missing; export it again")
-        data = file.read_bytes()
+    for role in FILE_ROLES:
+        entry = files[role]
+        data = read_file_in(folder, entry.get("path"), what=f"{path}: the bundle's {role} file",
+                            error=BundleFormatError, max_bytes=MAX_FILE_BYTES)
         if _sha256(data) != entry["sha256"]:
-            raise BundleFormatError(f"{file}: sha256 differs from the manifest: the file was altered or "
-                                    "truncated; export the bundle again")
+            raise BundleFormatError(f"{folder / entry['path']}: sha256 differs from the manifest: the file was "
+                                    "altered or truncated; export the bundle again")
         blobs[role] = data
-    try:
-        import io
-
-        with np.load(io.BytesIO(blobs["arrays"]), allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as exc:
-        raise BundleFormatError(f"{folder / ARRAYS}: not a plain .npz of arrays ({exc})") from exc
+    arrays = load_npz(blobs["arrays"], where=str(folder / files["arrays"]["path"]), error=BundleFormatError)
     try:
         return ActorBundle(manifest, blobs["graph"], blobs["template"], arrays, folder)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleFormatError(f"{path}: the manifest lacks or garbles {exc}; export the bundle again") from exc
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise BundleFormatError(f"{path}: the manifest lacks or garbles {short_repr(str(exc), 80)}; export the "
+                                "bundle again") from exc
 
 
 # --- writing ------------------------------------------------------------------------------------

@@ -5,10 +5,18 @@ It needs only the standard library, numpy and onnxruntime. It accepts ONNX bytes
 inputs and measurement settings, never code or pickles; every request and response
 is signed with an HMAC of a shared secret, stale or replayed requests are refused;
 the signature is checked on a bounded header before the body is read; model size,
-batch, call count, run time, open connections and the time to send a request are
-capped; only standard, self-contained ONNX models are accepted (standard operator
-domains, no external data); one job runs at a time, in a child process, so a model
-that crashes onnxruntime cannot take the server down.
+batch, call count, run time, job memory, answer size, open connections and the time
+to send a request are capped; only standard, self-contained ONNX models are accepted
+(standard operator domains, no external data); one job runs at a time, in a child
+process under a memory limit, so a model that crashes onnxruntime or asks for too much
+memory cannot take the server down.
+
+Connections whose signature has not been checked yet have a short budget: their
+request line and headers must arrive within ``header_deadline_s``, at most
+``max_connections_per_address`` of them per client address and ``max_connections`` in
+all are kept, and a new one past either cap pushes out the oldest (an idle socket
+cannot hold a slot that a real client needs). A connection that presented a valid
+signature leaves that pool for a pool of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -30,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from autoquant._untrusted import short_repr
-from autoquant.errors import TargetError, WireError
+from autoquant.errors import TargetError, WireError, describe_exception
 from autoquant.targets._base import MeasureProtocol
 from autoquant.targets._onnx_domains import STANDARD_DOMAINS, scan_model
 from autoquant.targets._wire import (
@@ -39,7 +48,7 @@ from autoquant.targets._wire import (
     TIMESTAMP,
     body_matches,
     pack,
-    sign_response,
+    response_headers,
     unpack,
     verify_request_headers,
 )
@@ -51,9 +60,17 @@ API = "/v1"
 
 @dataclass(frozen=True)
 class DeviceLimits:
-    """What one request may cost the device. A client silent for ``read_timeout_s``, or
-    whose request is not in after ``request_deadline_s``, is dropped; past
-    ``max_connections`` open connections, new ones get a 503."""
+    """What one request may cost the device.
+
+    A connection whose request line and headers are not in ``header_deadline_s`` after
+    it opened (or after its previous answer) is dropped; of connections whose signature
+    is not checked yet at most ``max_connections_per_address`` per address and
+    ``max_connections`` in all are kept, a new one past a cap closing the oldest; signed
+    requests have ``max_connections`` slots of their own, past which they get a 503. A
+    client silent for ``read_timeout_s``, or whose whole request is not in after
+    ``request_deadline_s``, is dropped. A job's memory (address space beyond what
+    onnxruntime itself maps) is capped at ``max_job_bytes``, its answer at
+    ``max_answer_bytes``."""
 
     max_body_bytes: int = 64 << 20
     max_batch: int = 4096
@@ -63,6 +80,17 @@ class DeviceLimits:
     max_connections: int = 16
     read_timeout_s: float = 15.0
     request_deadline_s: float = 120.0
+    header_deadline_s: float = 5.0
+    max_connections_per_address: int = 8
+    max_job_bytes: int = 1024 << 20
+    max_answer_bytes: int = 64 << 20
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise TargetError(f"DeviceLimits.{field.name} must be a positive finite number, got "
+                                  f"{short_repr(value, 30)}")
 
 
 def _read(path: str) -> str | None:
@@ -96,40 +124,106 @@ def device_facts() -> dict[str, Any]:
 # --- jobs, in a child process ------------------------------------------------------
 
 
-def _job(kind: str, header: dict[str, Any], blobs: dict[str, Any], conn: Any) -> None:
-    """Runs in a child: only onnxruntime on the given model(s)."""
+def _mapped_bytes() -> int | None:
+    """This process's address space now (VmSize), or None where /proc does not say."""
+    text = _read("/proc/self/status") or ""
+    for line in text.splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def memory_cap_mechanism() -> str | None:
+    """How a job's memory is capped on this system ("RLIMIT_AS"), or None where it cannot be."""
     try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    if not hasattr(resource, "RLIMIT_AS") or not sys.platform.startswith("linux") or _mapped_bytes() is None:
+        return None  # macOS accepts RLIMIT_AS and does not enforce it
+    return "RLIMIT_AS"
+
+
+def _cap_memory(max_bytes: int) -> None:
+    """Cap this process's address space at what it maps now plus ``max_bytes``."""
+    import resource
+
+    now = _mapped_bytes()
+    if now is None:
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = now + max_bytes if hard == resource.RLIM_INFINITY else min(now + max_bytes, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _job(kind: str, header: dict[str, Any], blobs: dict[str, Any], conn: Any, caps: dict[str, Any],
+         facts: dict[str, Any]) -> None:
+    """Runs in a child: only onnxruntime on the given model(s), under ``caps["max_job_bytes"]``
+    of memory beyond onnxruntime's own. Sends two messages of bytes, never a pickle: b"ok"
+    or b"error", then the whole answer body (at most ``caps["max_answer_bytes"]``)."""
+    max_job, max_answer = int(caps["max_job_bytes"]), int(caps["max_answer_bytes"])
+    over_memory = (f"the job needed more memory than the device's cap of {max_job >> 20} MiB (--max-job-mb "
+                   "there): send a smaller batch or model")
+    out: dict[str, Any] = {}
+    try:
+        import onnxruntime  # noqa: F401 - mapped before the cap, which counts only the job
+
         from autoquant.targets._base import MeasureProtocol
         from autoquant.targets._host import time_interleaved
         from autoquant.targets._ort import kernel_report, make_session
 
+        if caps.get("mechanism"):
+            _cap_memory(max_job)
         threads = int(header.get("threads", 1))
         x = blobs["x"]
         if kind == "infer":
             session = make_session(blobs["model"], threads=threads)
             name = session.get_inputs()[0].name
             outs = [session.run(None, {name: x[i:i + 256]})[0] for i in range(0, len(x), 256)]
-            conn.send(("ok", {}, {"out": np.concatenate(outs).astype(np.float32)}))
-            return
-        protocol = MeasureProtocol(**header["protocol"])
-        sessions = [make_session(blobs["model"], threads=threads)]
-        if "reference" in blobs:
-            sessions.append(make_session(blobs["reference"], threads=threads))
-        times = time_interleaved(sessions, x, protocol)
+            result: dict[str, Any] = {}
+            out = {"out": np.concatenate(outs).astype(np.float32)}
+        else:
+            protocol = MeasureProtocol(**header["protocol"])
+            sessions = [make_session(blobs["model"], threads=threads)]
+            if "reference" in blobs:
+                sessions.append(make_session(blobs["reference"], threads=threads))
+            times = time_interleaved(sessions, x, protocol)
 
-        def stats(t: np.ndarray) -> dict[str, float]:
-            ms = t * 1e3
-            return {"p10": float(np.percentile(ms, 10)), "median": float(np.median(ms)), "min": float(ms.min())}
+            def stats(t: np.ndarray) -> dict[str, float]:
+                ms = t * 1e3
+                return {"p10": float(np.percentile(ms, 10)), "median": float(np.median(ms)), "min": float(ms.min())}
 
-        result: dict[str, Any] = {"candidate": stats(times[0]),
-                                  "reference": stats(times[1]) if len(times) > 1 else None,
-                                  "calls": protocol.calls}
-        layers = header.get("layers")
-        if layers:
-            result["kernels"] = kernel_report(blobs["model"], x, list(layers), threads=threads).to_json()
-        conn.send(("ok", result, {}))
+            result = {"candidate": stats(times[0]), "reference": stats(times[1]) if len(times) > 1 else None,
+                      "calls": protocol.calls}
+            layers = header.get("layers")
+            if layers:
+                result["kernels"] = kernel_report(blobs["model"], x, list(layers), threads=threads).to_json()
+        tag = b"ok"
+    except MemoryError:
+        tag, result, out = b"error", {"error": over_memory}, {}
     except Exception as exc:  # noqa: BLE001 - reported to the client as the job's error
-        conn.send(("error", {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}, {}))
+        text = describe_exception(exc)
+        failed = re.search(r"(failed to allocate[^\n]{0,80}|bad_alloc)", text, re.IGNORECASE)
+        if failed:
+            text = f"{over_memory} (onnxruntime: {failed.group(1)})"
+        tag, result, out = b"error", {"error": text}, {}
+    try:
+        body = pack({**result, "facts": facts}, out)
+        if len(body) > max_answer:
+            raise _AnswerTooBig(len(body))
+    except MemoryError:
+        tag, body = b"error", pack({"error": over_memory, "facts": facts})
+    except _AnswerTooBig as exc:
+        tag, body = b"error", pack({"error": f"the answer is {exc.size:,} bytes, over the device's cap of "
+                                             f"{max_answer:,}: send a smaller batch", "facts": facts})
+    conn.send_bytes(tag)
+    conn.send_bytes(body)
+
+
+class _AnswerTooBig(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
 
 
 class _Busy(Exception):
@@ -211,58 +305,141 @@ def validate_request(body: bytes, kind: str, limits: DeviceLimits) -> tuple[dict
     return header, blobs
 
 
-_BUSY_BODY = pack({"error": "busy: the device's cap on open connections is reached; try again shortly"})
-_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/octet-stream\r\n"
-         b"Content-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\nConnection: close\r\n\r\n" + _BUSY_BODY)
 _UNSIGNED_DRAIN = 64 << 10  # read (and drop) this much of a refused unsigned body, so the client sees the 401
 _DRAIN_LIMIT = 256 << 20  # an oversized signed body up to this size is read and answered; beyond, dropped
 
 
+@dataclass(eq=False)
+class _Conn:
+    host: str
+    started: float  # when its current request began (monotonic)
+    deadline: float | None  # when it is cut, unless its request is in by then
+
+
+def _cut(sock: socket.socket) -> None:
+    """End a connection from outside its thread: the thread's next read sees the end."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 class _HTTPServer(ThreadingHTTPServer):
-    """At most ``max_connections`` open at once, each in its own thread; past the cap a
-    connection gets a 503 at once, and no thread. Client disconnects are not errors."""
+    """A thread per connection, in two pools. A connection whose signature is not checked
+    yet is *unsigned*: at most ``max_connections_per_address`` of them per address and
+    ``max_connections`` in all, a new one past a cap cutting the oldest, each cut at
+    ``header_deadline_s`` unless its headers are in and signed. A connection with a
+    valid signature moves to the *signed* pool (``max_connections`` slots; past them, the
+    handler answers 503) until its answer is sent; its whole request must be in within
+    ``request_deadline_s``. A reaper thread enforces the deadlines. Client disconnects
+    are not errors."""
 
     daemon_threads = True
     request_queue_size = 128  # the listen backlog: a burst of connections is answered, not dropped
 
-    def __init__(self, address: tuple[str, int], handler: Any, *, max_connections: int) -> None:
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._count_lock = threading.Lock()
-        self.open_connections = 0  # connections holding a slot now
+    def __init__(self, address: tuple[str, int], handler: Any, *, limits: DeviceLimits) -> None:
+        self.limits = limits
+        self._pool_lock = threading.Lock()
+        self._unsigned: OrderedDict[socket.socket, _Conn] = OrderedDict()  # oldest first
+        self._signed: dict[socket.socket, _Conn] = {}
+        self.pushed_out = 0  # unsigned connections cut to make room for newer ones
+        self._stop = threading.Event()
         super().__init__(address, handler)
+        self._reaper = threading.Thread(target=self._reap, name="autoquant-device-reaper", daemon=True)
+        self._reaper.start()
 
-    def _opened(self, delta: int) -> None:
-        with self._count_lock:
-            self.open_connections += delta
+    @property
+    def open_connections(self) -> int:
+        with self._pool_lock:
+            return len(self._unsigned) + len(self._signed)
+
+    def pool_sizes(self) -> tuple[int, int]:
+        """(unsigned, signed) connections open now."""
+        with self._pool_lock:
+            return len(self._unsigned), len(self._signed)
+
+    # --- the pools -------------------------------------------------------------------
+
+    def await_request(self, sock: socket.socket, host: str) -> None:
+        """``sock`` waits for a request: unsigned, with the header deadline; the oldest
+        unsigned connection of its address, or of all, makes room if a cap is reached."""
+        now = time.monotonic()
+        cut = []
+        with self._pool_lock:
+            self._signed.pop(sock, None)
+            self._unsigned.pop(sock, None)
+            same = [s for s, c in self._unsigned.items() if c.host == host]
+            if len(same) >= self.limits.max_connections_per_address:
+                cut.append(same[0])
+            elif len(self._unsigned) >= self.limits.max_connections:
+                cut.append(next(iter(self._unsigned)))
+            for old in cut:
+                del self._unsigned[old]
+            self.pushed_out += len(cut)
+            self._unsigned[sock] = _Conn(host, now, now + self.limits.header_deadline_s)
+        for old in cut:
+            _cut(old)
+
+    def signed(self, sock: socket.socket) -> bool:
+        """Move ``sock``, whose request carries a valid signature, to the signed pool;
+        False when that pool is full (or ``sock`` was cut meanwhile)."""
+        with self._pool_lock:
+            conn = self._unsigned.get(sock)
+            if conn is None or len(self._signed) >= self.limits.max_connections:
+                return False
+            del self._unsigned[sock]
+            conn.deadline = conn.started + self.limits.request_deadline_s
+            self._signed[sock] = conn
+            return True
+
+    def request_in(self, sock: socket.socket) -> None:
+        """The request of ``sock`` is in: no deadline while its job runs (the job has its own)."""
+        with self._pool_lock:
+            conn = self._signed.get(sock) or self._unsigned.get(sock)
+            if conn is not None:
+                conn.deadline = None
+
+    def forget(self, sock: socket.socket) -> None:
+        with self._pool_lock:
+            self._unsigned.pop(sock, None)
+            self._signed.pop(sock, None)
+
+    def _reap(self) -> None:
+        while not self._stop.wait(0.1):
+            now = time.monotonic()
+            with self._pool_lock:
+                late = [s for pool in (self._unsigned, self._signed) for s, c in pool.items()
+                        if c.deadline is not None and c.deadline < now]
+                for sock in late:
+                    self._unsigned.pop(sock, None)
+                    self._signed.pop(sock, None)
+            for sock in late:
+                _cut(sock)
+
+    # --- socketserver hooks ------------------------------------------------------------
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            try:
-                request.settimeout(1.0)
-                request.sendall(_BUSY)
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        self._opened(+1)
+        self.await_request(request, str(client_address[0]))
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._opened(-1)
-            self._slots.release()
+            self.forget(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._opened(-1)
-            self._slots.release()
+            self.forget(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return  # the client went away or was too slow: nothing to report
+            return  # the client went away, was too slow, or was cut: nothing to report
         super().handle_error(request, client_address)
+
+    def server_close(self) -> None:
+        self._stop.set()
+        super().server_close()
 
 
 class DeviceServer:
@@ -272,7 +449,8 @@ class DeviceServer:
                  limits: DeviceLimits | None = None) -> None:
         self.secret = secret
         self.limits = limits or DeviceLimits()
-        self.facts = {**device_facts(), "limits": dataclasses.asdict(self.limits)}
+        self.facts = {**device_facts(), "limits": dataclasses.asdict(self.limits),
+                      "job_memory_cap": memory_cap_mechanism()}
         self._lock = threading.Lock()
         self._nonces: dict[str, float] = {}
         self._nonce_lock = threading.Lock()
@@ -287,20 +465,9 @@ class DeviceServer:
                 pass
 
             def handle_one_request(self) -> None:
-                # The request line, headers and body must all arrive before the deadline.
-                self.deadline = threading.Timer(server.limits.request_deadline_s, self._cut)
-                self.deadline.daemon = True
-                self.deadline.start()
-                try:
-                    super().handle_one_request()
-                finally:
-                    self.deadline.cancel()
-
-            def _cut(self) -> None:
-                try:
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                super().handle_one_request()
+                if not self.close_connection:  # the next request on this connection starts unsigned
+                    server.httpd.await_request(self.connection, str(self.client_address[0]))
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 server._handle(self)
@@ -309,12 +476,12 @@ class DeviceServer:
                 self.close_connection = True
                 server._reply(self, 405, {"error": "use POST with a signed request"}, nonce="")
 
-        self.httpd = _HTTPServer((host, port), Handler, max_connections=self.limits.max_connections)
+        self.httpd = _HTTPServer((host, port), Handler, limits=self.limits)
 
     @property
     def open_connections(self) -> int:
-        """Connections holding one of the ``max_connections`` slots now."""
-        return int(self.httpd.open_connections)
+        """Connections open now, signed or not."""
+        return self.httpd.open_connections
 
     @property
     def address(self) -> tuple[str, int]:
@@ -332,14 +499,17 @@ class DeviceServer:
 
     def _reply(self, handler: BaseHTTPRequestHandler, status: int, header: dict[str, Any], *,
                nonce: str, blobs: dict[str, Any] | None = None) -> None:
-        body = pack(header, blobs)
+        self._send(handler, status, pack(header, blobs), nonce=nonce)
+
+    def _send(self, handler: BaseHTTPRequestHandler, status: int, body: bytes, *, nonce: str) -> None:
         handler.send_response(status)
         handler.send_header("Content-Type", "application/octet-stream")
         handler.send_header("Content-Length", str(len(body)))
         if handler.close_connection:
             handler.send_header("Connection", "close")
         if nonce:
-            handler.send_header("X-Autoquant-Signature", sign_response(self.secret, nonce, status, body))
+            for key, value in response_headers(self.secret, nonce, status, body).items():
+                handler.send_header(key, value)
         handler.end_headers()
         handler.wfile.write(body)
 
@@ -387,13 +557,17 @@ class DeviceServer:
         if why is not None:  # not signed: the client may lack the secret
             self._refuse(handler, 401, why, nonce="", unread=length, drain=_UNSIGNED_DRAIN)
             return
+        if not self.httpd.signed(handler.connection):
+            self._refuse(handler, 503, f"busy: the device's {self.limits.max_connections} slots for signed "
+                                       "requests are taken; try again shortly", nonce=nonce)
+            return
         if length > self.limits.max_body_bytes:
             self._refuse(handler, 413, f"request of {length} bytes exceeds the cap of "
                                        f"{self.limits.max_body_bytes} bytes", nonce=nonce,
                          unread=length, drain=_DRAIN_LIMIT)
             return
         body = handler.rfile.read(length)
-        handler.deadline.cancel()  # the request is in; the job has its own time cap
+        self.httpd.request_in(handler.connection)  # the request is in; the job has its own time cap
         if len(body) != length:
             handler.close_connection = True  # the client went away
             return
@@ -412,36 +586,51 @@ class DeviceServer:
         except WireError as exc:
             self._reply(handler, 400, {"error": str(exc)}, nonce=nonce)
             return
+        del body
         try:
-            status, result, out = self._run(endpoint, header, blobs)
+            status, answer = self._run(endpoint, header, blobs)
         except _Busy:
             self._reply(handler, 503, {"error": "busy: another measurement is running"}, nonce=nonce)
             return
-        self._reply(handler, status, {**result, "facts": self.facts}, nonce=nonce, blobs=out)
+        self._send(handler, status, answer, nonce=nonce)
 
-    def _run(self, kind: str, header: dict[str, Any], blobs: dict[str, Any]) -> tuple[int, dict[str, Any], Any]:
+    def _run(self, kind: str, header: dict[str, Any], blobs: dict[str, Any]) -> tuple[int, bytes]:
+        """The job's status and answer body: 200, or 422 (the job failed, died or its answer
+        is over the cap), or 504 (past the time cap)."""
         if not self._lock.acquire(timeout=self.limits.queue_wait_s):
             raise _Busy
         try:
+            caps = {"max_job_bytes": self.limits.max_job_bytes, "max_answer_bytes": self.limits.max_answer_bytes,
+                    "mechanism": self.facts["job_memory_cap"]}
             parent, child = self._ctx.Pipe(duplex=False)
-            process = self._ctx.Process(target=_job, args=(kind, header, blobs, child), daemon=True)
+            process = self._ctx.Process(target=_job, args=(kind, header, blobs, child, caps, self.facts),
+                                        daemon=True)
             process.start()
             child.close()
             if not parent.poll(self.limits.max_seconds):
                 process.kill()
                 process.join()
-                return 504, {"error": f"the job ran past the cap of {self.limits.max_seconds:.0f} s and was "
-                                      "stopped"}, None
+                return 504, self._error(f"the job ran past the cap of {self.limits.max_seconds:.0f} s and was "
+                                        "stopped")
             try:
-                status, result, out = parent.recv()
-            except EOFError:
+                tag = parent.recv_bytes(16)
+                answer = parent.recv_bytes(self.limits.max_answer_bytes + (1 << 20))
+            except (EOFError, OSError):
+                process.kill()
                 process.join()
-                return 422, {"error": f"the model crashed onnxruntime (exit {process.exitcode}); "
-                                      "the server is still up"}, None
+                return 422, self._error(
+                    f"the job died (exit {process.exitcode}): the model crashed onnxruntime or needed more than the "
+                    f"device's memory cap of {self.limits.max_job_bytes >> 20} MiB (--max-job-mb there); the "
+                    "server is still up")
+            finally:
+                parent.close()
             process.join(timeout=5)
-            return (200 if status == "ok" else 422), result, out
+            return (200 if tag == b"ok" else 422), answer
         finally:
             self._lock.release()
+
+    def _error(self, message: str) -> bytes:
+        return pack({"error": message, "facts": self.facts})
 
 
 def serve(secret_file: str, *, host: str, port: int, limits: DeviceLimits | None = None,

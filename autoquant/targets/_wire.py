@@ -2,7 +2,9 @@
 responses, and a pickle-free binary body (JSON header + raw bytes).
 
 A request's signature covers its headers and the length and SHA-256 of its body, so
-the server authenticates a bounded header before it reads the body.
+the server authenticates a bounded header before it reads the body; a response's
+signature covers the request's nonce, the status and the length and SHA-256 of its
+body, so the client checks the length it is about to read against its cap first.
 
 Standard library and numpy only: the device side installs no torch.
 """
@@ -32,10 +34,12 @@ __all__ = [
     "body_matches",
     "pack",
     "read_secret",
+    "response_headers",
     "sign_request",
     "sign_response",
     "unpack",
     "verify_request_headers",
+    "verify_response_headers",
 ]
 
 MAX_SKEW_S = 60.0  # a request older (or newer) than this is refused as stale
@@ -105,8 +109,26 @@ def body_matches(headers: Any, body: bytes) -> bool:
     return _same(hashlib.sha256(body).hexdigest(), headers.get(DIGEST) or "")
 
 
-def sign_response(secret: bytes, nonce: str, status: int, body: bytes) -> str:
-    return _mac(secret, "response", nonce, str(status), hashlib.sha256(body).hexdigest())
+def sign_response(secret: bytes, nonce: str, status: int, length: int, digest: str) -> str:
+    """The signature of an answer to the request ``nonce``: its status and the length and
+    SHA-256 of its body."""
+    return _mac(secret, "response", nonce, str(status), str(length), digest)
+
+
+def response_headers(secret: bytes, nonce: str, status: int, body: bytes) -> dict[str, str]:
+    """The headers that authenticate an answer of ``body`` to the request ``nonce``."""
+    digest = hashlib.sha256(body).hexdigest()
+    return {DIGEST: digest, SIGNATURE: sign_response(secret, nonce, status, len(body), digest)}
+
+
+def verify_response_headers(secret: bytes, nonce: str, status: int, headers: Any, length: int) -> str | None:
+    """None when an answer's headers are signed with ``secret`` for the request ``nonce``,
+    this status and a body of ``length`` bytes, else why not. Nothing of the body is
+    needed (``body_matches`` checks it once read)."""
+    digest, sig = headers.get(DIGEST), headers.get(SIGNATURE)
+    if not digest or not sig or len(digest) > _MAX_SIGNED_HEADER or len(sig) > _MAX_SIGNED_HEADER:
+        return "no valid signature"
+    return None if _same(sign_response(secret, nonce, status, length, digest), sig) else "a bad signature"
 
 
 def pack(header: dict[str, Any], blobs: dict[str, bytes | np.ndarray] | None = None) -> bytes:

@@ -430,3 +430,124 @@ def test_write_bundle_refuses_gptq_rounding(pong, pong_states, tmp_path: Path) -
     with pytest.raises(ActorQError, match="rounding='nearest'"):
         write_bundle(compressed, tmp_path / "b")
     assert not (tmp_path / "b" / "actorq.json").exists()
+
+
+# --- a bundle is untrusted input (issue 22) -----------------------------------------------------
+
+
+def _copy_bundle(ppo_bundle: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "bundle"
+    shutil.copytree(ppo_bundle, out)
+    return out
+
+
+def _set_manifest(folder: Path, change: Any) -> None:
+    manifest = json.loads((folder / "actorq.json").read_text())
+    change(manifest)
+    (folder / "actorq.json").write_text(json.dumps(manifest))
+
+
+def _refused(folder: Path, *words: str) -> str:
+    from autoquant.actorq import BundleFormatError, load_bundle
+
+    with pytest.raises(BundleFormatError) as info:
+        load_bundle(folder)
+    text = str(info.value)
+    assert "\n" not in text and len(text) < 400, text
+    for word in words:
+        assert word in text, text
+    return text
+
+
+@pytest.mark.parametrize("where", ["absolute", "parent", "etc-hostname", "etc-passwd"])
+def test_manifest_paths_stay_inside_the_bundle(ppo_bundle: Path, tmp_path: Path, where: str) -> None:
+    """``files.graph.path`` naming a file outside the bundle is refused before the file is
+    read, even when that file is the very graph the manifest's sha256 asks for."""
+    from autoquant.actorq import load_bundle
+
+    bundle = _copy_bundle(ppo_bundle, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(bundle / "graph.onnx", outside / "graph.onnx")  # same bytes: the sha256 matches
+    path = {"absolute": str(outside / "graph.onnx"), "parent": "../outside/graph.onnx",
+            "etc-hostname": "/etc/hostname", "etc-passwd": "../../../../etc/passwd"}[where]
+    assert load_bundle(bundle).graph  # the copy loads as it is
+    _set_manifest(bundle, lambda m: m["files"]["graph"].__setitem__("path", path))
+    _refused(bundle, "plain file name", "graph")
+
+
+def test_a_symlink_out_of_the_bundle_is_refused(ppo_bundle: Path, tmp_path: Path) -> None:
+    bundle = _copy_bundle(ppo_bundle, tmp_path)
+    outside = tmp_path / "elsewhere.onnx"
+    (bundle / "graph.onnx").rename(outside)  # the same bytes, outside the folder, linked in
+    (bundle / "graph.onnx").symlink_to(outside)
+    _refused(bundle, "symlink", "graph.onnx")
+    (bundle / "graph.onnx").unlink()
+    (bundle / "graph.onnx").symlink_to("/etc/passwd")
+    _refused(bundle, "symlink")
+    (bundle / "graph.onnx").unlink()
+    shutil.copy(outside, bundle / "graph.onnx")
+    manifest = bundle / "actorq.json"
+    manifest.rename(tmp_path / "actorq.json")
+    manifest.symlink_to(tmp_path / "actorq.json")  # the manifest itself, too
+    _refused(bundle, "symlink", "actorq.json")
+
+
+def test_manifest_files_are_exactly_the_three_roles(ppo_bundle: Path, tmp_path: Path) -> None:
+    bundle = _copy_bundle(ppo_bundle, tmp_path)
+    _set_manifest(bundle, lambda m: m["files"].__setitem__("extra", {"path": "plan.json", "sha256": "0"}))
+    _refused(bundle, "exactly the graph, template, arrays")
+    bundle = _copy_bundle(ppo_bundle, tmp_path / "b")
+    _set_manifest(bundle, lambda m: m.__setitem__("files", ["graph.onnx"]))
+    _refused(bundle, "exactly the graph")
+
+
+def test_an_npz_bomb_is_refused_before_it_inflates(ppo_bundle: Path, tmp_path: Path) -> None:
+    """arrays.npz with a member declaring 64 MiB that deflates to 64 KB: refused from the
+    zip directory (the sha256 in the manifest matches, so only the caps can refuse it)."""
+    import hashlib
+    import tracemalloc
+    import zipfile
+
+    bundle = _copy_bundle(ppo_bundle, tmp_path)
+    arrays = bundle / "arrays.npz"
+    header = b"\x93NUMPY\x01\x00" + b"{'descr': '<f4', 'fortran_order': False, 'shape': (16777216,), }".ljust(
+        118) + b"\n"
+    with zipfile.ZipFile(arrays, "a", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        z.writestr("bomb.npy", header + bytes(64 << 20))
+    assert arrays.stat().st_size < 1 << 20
+    digest = hashlib.sha256(arrays.read_bytes()).hexdigest()
+    _set_manifest(bundle, lambda m: m["files"]["arrays"].__setitem__("sha256", digest))
+    tracemalloc.start()
+    try:
+        _refused(bundle, "bomb.npy", "zip bomb")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak:,} bytes allocated to refuse a 64 MiB member"
+
+
+@pytest.mark.parametrize("case", ["object-array", "short-data", "not-npy", "nested-manifest"])
+def test_malformed_arrays_and_manifests_are_one_line(ppo_bundle: Path, tmp_path: Path, case: str) -> None:
+    import hashlib
+    import zipfile
+
+    bundle = _copy_bundle(ppo_bundle, tmp_path)
+    arrays = bundle / "arrays.npz"
+    if case == "nested-manifest":
+        (bundle / "actorq.json").write_text("[" * 100_000 + "]" * 100_000)
+        _refused(bundle, "nests deeper")
+        return
+    buffer = io.BytesIO()
+    if case == "object-array":
+        np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif case == "short-data":
+        np.save(buffer, np.zeros(1000, np.float32))
+        buffer = io.BytesIO(buffer.getvalue()[:-40])
+    else:
+        buffer.write(b"print('hello')")
+    with zipfile.ZipFile(arrays, "a") as z:
+        z.writestr("extra.npy" if case != "not-npy" else "extra.txt", buffer.getvalue())
+    digest = hashlib.sha256(arrays.read_bytes()).hexdigest()
+    _set_manifest(bundle, lambda m: m["files"]["arrays"].__setitem__("sha256", digest))
+    _refused(bundle, {"object-array": "no pickles", "short-data": "corrupt", "not-npy": "not a .npy"}[case])

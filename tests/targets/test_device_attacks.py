@@ -1,7 +1,7 @@
-"""Attacks on the device server (issue 13), against the real server on loopback: the
-CLI's server in a subprocess (tests/targets/device.py) for what its defaults must
-refuse, and an in-process DeviceServer with small limits for timeouts and the
-connection cap, so that those tests take seconds."""
+"""Attacks on the device server (issues 13 and 22), against the real server on loopback:
+the CLI's server in a subprocess (tests/targets/device.py) for what its defaults must
+refuse, and an in-process DeviceServer with small limits for timeouts, the connection
+pools and the job's memory, so that those tests take seconds."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -260,13 +260,22 @@ def test_client_disconnects_log_no_traceback(tmp_path: Path) -> None:
 @pytest.fixture()
 def small_server() -> Iterator[tuple[DeviceServer, bytes]]:
     """Short timeouts: the tests of the timeouts themselves."""
-    yield from _serve(DeviceLimits(max_connections=4, read_timeout_s=2.0, request_deadline_s=4.0))
+    yield from _serve(DeviceLimits(max_connections=4, read_timeout_s=2.0, request_deadline_s=4.0,
+                                   header_deadline_s=3.0))
 
 
 @pytest.fixture()
 def capped_server() -> Iterator[tuple[DeviceServer, bytes]]:
-    """Four slots and timeouts far longer than the test: held slots stay held however slow the machine."""
-    yield from _serve(DeviceLimits(max_connections=4, read_timeout_s=120.0, request_deadline_s=300.0))
+    """Four unsigned slots, two per address, and timeouts far longer than the test: only
+    newer connections can push held ones out, however slow the machine."""
+    yield from _serve(DeviceLimits(max_connections=4, max_connections_per_address=2, read_timeout_s=120.0,
+                                   request_deadline_s=300.0, header_deadline_s=300.0))
+
+
+@pytest.fixture()
+def default_server() -> Iterator[tuple[DeviceServer, bytes]]:
+    """The limits a board runs with when ``autoquant device serve`` is given no flags."""
+    yield from _serve(DeviceLimits())
 
 
 def _serve(limits: DeviceLimits) -> Iterator[tuple[DeviceServer, bytes]]:
@@ -312,7 +321,7 @@ def test_a_silent_client_is_dropped(small_server: tuple[DeviceServer, bytes]) ->
 
 
 def test_a_trickling_client_is_dropped_at_the_deadline(small_server: tuple[DeviceServer, bytes]) -> None:
-    """One byte every 0.3 s (under the 2 s read timeout) for 60 s: only the 4 s request
+    """One byte every 0.3 s (under the 2 s read timeout) for 60 s: only the 3 s header
     deadline can end it, so the server must close it before the trickle is through."""
     server, _ = small_server
     trickle = b"POST /v1/facts HTTP/1.1\r\nX-Padding: " + b"a" * 170
@@ -329,29 +338,209 @@ def test_a_trickling_client_is_dropped_at_the_deadline(small_server: tuple[Devic
     assert sent < len(trickle), "the server let a trickling client run to the end"
 
 
-def test_connections_past_the_cap_get_503_and_no_thread(capped_server: tuple[DeviceServer, bytes]) -> None:
+def _all_accepted(server: DeviceServer) -> None:
+    """Return once the server has accepted every connection opened before this call: it
+    accepts in order, so an answered probe means that all before it were taken."""
+    with _connect(server) as probe:
+        probe.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = _read_all(probe)
+    assert answer.startswith(b"HTTP/1.1 405"), answer[:40]
+
+
+def _served_in(server: DeviceServer, secret: bytes) -> float:
+    """Seconds a real signed request (a fresh client, no retries) takes to be answered."""
+    start = time.monotonic()
+    assert RemoteTarget("arm", "%s:%d" % server.address, secret, retries=0).facts()["onnxruntime"]
+    return time.monotonic() - start
+
+
+def _threads_settle(baseline: int, most: int) -> int:
+    """Threads above ``baseline`` once the cut connections' threads have ended (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while threading.active_count() - baseline > most and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return threading.active_count() - baseline
+
+
+def _pools_settle(server: DeviceServer, check: Callable[[int, int], bool]) -> tuple[int, int]:
+    """The (unsigned, signed) pool sizes once ``check`` holds for them, or after 10 s: a
+    connection the client closed leaves its pool when its thread ends, a moment later."""
+    deadline = time.monotonic() + 10
+    while not check(*server.httpd.pool_sizes()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return server.httpd.pool_sizes()
+
+
+def test_new_connections_push_out_the_oldest_unsigned_ones(capped_server: tuple[DeviceServer, bytes]) -> None:
+    """Past the per-address cap (2) a new unsigned connection closes the oldest of its
+    address; threads stay bounded; a signed client is served at once."""
     server, secret = capped_server
     baseline = threading.active_count()
-    held = [_connect(server) for _ in range(4)]
-    for s in held:
-        s.sendall(b"POST /v1/facts HTTP/1.1\r\n")  # half-sent, holding a slot
-    deadline = time.monotonic() + 60
-    while server.open_connections < 4:  # the server has taken all four: every slot is held
-        assert time.monotonic() < deadline, f"the server took {server.open_connections} of 4 connections in 60 s"
-        time.sleep(0.05)
-    extra = [_connect(server) for _ in range(50)]
-    answers = [_read_all(s) for s in extra]
-    assert all(a.startswith(b"HTTP/1.1 503") and b"busy" in a for a in answers), [a[:20] for a in answers if b"busy" not in a]
-    assert threading.active_count() - baseline <= 2 * 4  # a thread and a deadline timer per held slot
-    # A client meeting the cap retries (its request may be cut before it reads the 503)
-    # and is served once the slots free up.
-    # Retries back off over about two minutes: the release after 1 s falls well inside them.
-    target = RemoteTarget("arm", "%s:%d" % server.address, secret, retries=8)
-    release = threading.Timer(1.0, lambda: [s.close() for s in held])
-    release.start()
+    held = [_connect(server) for _ in range(50)]
     try:
-        assert target.facts()["onnxruntime"]
+        for s in held:
+            s.sendall(b"POST /v1/facts HTTP/1.1\r\n")  # half-sent
+        _all_accepted(server)  # the probe, from the same address, pushed out one more
+        assert all(_closed_by_server(s, 30) for s in held[:-1])  # the 49 oldest were pushed out ...
+        assert not _closed_by_server(held[-1], 0.2)  # ... the newest is held
+        assert _threads_settle(baseline, 1 + 1) <= 1 + 1  # a thread per held connection, and the reaper
+        assert _pools_settle(server, lambda unsigned, signed: (unsigned, signed) == (1, 0)) == (1, 0)
+        assert _served_in(server, secret) < 1.0
     finally:
-        release.join()
-        for s in extra:
+        for s in held:
             s.close()
+
+
+def test_idle_and_trickling_connections_leave_a_signed_client_served(
+        default_server: tuple[DeviceServer, bytes]) -> None:
+    """64 unsigned connections from the client's own address, 32 silent and 32 sending a
+    header line every 0.2 s, against the default limits (which they used to hold, every
+    request a 503, for 15 to 110 s): real signed requests are answered within 1 s."""
+    server, secret = default_server
+    baseline = threading.active_count()
+    idle = [_connect(server) for _ in range(32)]
+    trickling = [_connect(server) for _ in range(32)]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(0.2):
+            for s in trickling:
+                try:
+                    s.sendall(b"X-Padding: a\r\n")
+                except OSError:
+                    pass  # pushed out already
+
+    for s in trickling:
+        s.sendall(b"POST /v1/facts HTTP/1.1\r\n")
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        _all_accepted(server)
+        took = [_served_in(server, secret) for _ in range(5)]
+        assert max(took) < 1.0, took
+        unsigned, signed = _pools_settle(server, lambda unsigned, signed: unsigned <= 8 and signed == 0)
+        assert unsigned <= server.limits.max_connections_per_address and signed == 0, (unsigned, signed)
+        assert _threads_settle(baseline, 8 + 2) <= 8 + 2  # the held, the reaper and the trickler
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        for s in idle + trickling:
+            s.close()
+
+
+def test_reconnecting_connections_leave_signed_clients_served(tmp_path: Path) -> None:
+    """20 sockets reconnecting every 0.2 s (each half-sending a request) against the CLI's
+    server with its default limits: 20 of 20 real requests are served (they all got 503
+    before), each within a second."""
+    dev = start_device(tmp_path)
+    host, port = dev.address.rsplit(":", 1)
+    stop = threading.Event()
+
+    def attack() -> None:
+        while not stop.is_set():
+            try:
+                with socket.create_connection((host, int(port)), timeout=2) as s:
+                    s.sendall(b"POST /v1/facts HTTP/1.1\r\n")
+                    stop.wait(0.2)
+            except OSError:
+                stop.wait(0.05)
+
+    attackers = [threading.Thread(target=attack, daemon=True) for _ in range(20)]
+    for thread in attackers:
+        thread.start()
+    try:
+        time.sleep(1.0)  # every attacker has a connection open
+        secret = _secret(dev)
+        took = []
+        for _ in range(20):
+            start = time.monotonic()
+            assert RemoteTarget("arm", dev.address, secret, retries=1).facts()["onnxruntime"]
+            took.append(time.monotonic() - start)
+        assert max(took) < 1.0, took
+    finally:
+        stop.set()
+        for thread in attackers:
+            thread.join(timeout=10)
+        dev.stop()
+
+
+def test_a_signed_request_leaves_the_header_budget() -> None:
+    """Once its signature is checked, a request's body may take longer than the 1 s header
+    deadline (it has the request deadline): slow links stay usable."""
+    serving = _serve(DeviceLimits(header_deadline_s=1.0, read_timeout_s=5.0, request_deadline_s=30.0))
+    server, secret = next(serving)
+    try:
+        body = pack({"padding": "x" * 100})
+        headers = sign_request(secret, "POST", "/v1/facts", body)
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        with _connect(server) as s:
+            s.sendall(f"POST /v1/facts HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode())
+            for i in range(0, len(body), len(body) // 8 + 1):  # the body over 2.4 s
+                time.sleep(0.3)
+                s.sendall(body[i:i + len(body) // 8 + 1])
+                if i == 0:
+                    assert server.httpd.pool_sizes() == (0, 1)  # signed, its body coming in
+            assert _read_all(s).startswith(b"HTTP/1.1 200")
+    finally:
+        next(serving, None)  # shut the server down
+
+
+# --- job memory and answer size (issue 22) -------------------------------------------------
+
+
+def _expand(rows: int, cols: int, *, reduce: bool = True) -> bytes:
+    """obs (1, 1) expanded to (rows, cols) float32, then summed to (1, 1) or returned whole:
+    a few hundred bytes of ONNX that need rows * cols * 4 bytes when run."""
+    nodes = [oh.make_node("Expand", ["obs", "shape"], ["big"])]
+    nodes.append(oh.make_node("ReduceSum", ["big"], ["out"], keepdims=1) if reduce
+                 else oh.make_node("Identity", ["big"], ["out"]))
+    out_shape = [1, 1] if reduce else [rows, cols]
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("obs", onnx.TensorProto.FLOAT, [1, 1])],
+                          [oh.make_tensor_value_info("out", onnx.TensorProto.FLOAT, out_shape)],
+                          [numpy_helper.from_array(np.array([rows, cols], np.int64), "shape")])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]).SerializeToString()
+
+
+ONE = np.ones((1, 1), np.float32)
+
+
+@pytest.fixture()
+def memory_server() -> Iterator[tuple[DeviceServer, bytes]]:
+    yield from _serve(DeviceLimits(max_job_bytes=256 << 20, max_answer_bytes=4 << 20))
+
+
+def test_a_job_over_the_memory_cap_is_refused(memory_server: tuple[DeviceServer, bytes]) -> None:
+    """A 512 MiB intermediate under a 256 MiB job cap: a one-line 422 (infer and measure),
+    and the server goes on serving."""
+    server, secret = memory_server
+    assert server.facts["job_memory_cap"] == "RLIMIT_AS"
+    target = RemoteTarget("arm", "%s:%d" % server.address, secret, retries=0,
+                          protocol=MeasureProtocol(warmup=1, calls=5))
+    big = _expand(1 << 15, 1 << 12)
+    for run in (lambda: target.infer(big, ONE), lambda: target.measure(big, None, ONE)):
+        with pytest.raises(TargetError) as info:
+            run()
+        text = str(info.value)
+        assert "HTTP 422" in text and "more memory than the device's cap of 256 MiB" in text, text
+        assert "\n" not in text and len(text) < 400
+    np.testing.assert_array_equal(target.infer(_expand(4, 4), ONE), [[16.0]])
+
+
+def test_an_answer_over_the_cap_is_refused(memory_server: tuple[DeviceServer, bytes]) -> None:
+    server, secret = memory_server
+    target = RemoteTarget("arm", "%s:%d" % server.address, secret, retries=0)
+    with pytest.raises(TargetError, match=r"HTTP 422.*the answer is 8,38\d,\d{3} bytes, over the device's cap of "
+                                          r"4,194,304: send a smaller batch"):
+        target.infer(_expand(1, 1 << 21, reduce=False), ONE)  # an 8 MiB output
+    assert target.infer(_expand(1, 1 << 16, reduce=False), ONE).shape == (1, 1 << 16)
+
+
+def test_a_512mb_answer_does_not_grow_the_server(device: Device) -> None:
+    """Against the CLI's server with its defaults: a model whose output is 512 MiB is
+    refused (its job over the memory cap, or its answer over the answer cap) in the job's
+    process; the server's own memory does not grow (it grew by 1.6 GB)."""
+    before = _rss_kb(device.process.pid)
+    status, answer = _job(device, {}, {"model": _expand(1, 1 << 27, reduce=False), "x": ONE}, "/v1/infer")
+    assert status == 422 and ("more memory" in answer["error"] or "over the device's cap" in answer["error"]), answer
+    assert _rss_kb(device.process.pid) - before < 30_000
+    _alive(device)
