@@ -85,6 +85,24 @@ def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
                           cwd=cwd, timeout=600)
 
 
+def cli_main(*args: str) -> subprocess.CompletedProcess[str]:
+    """``autoquant ARGS`` in this process (``autoquant.cli.main``): what a subprocess gives,
+    exit code, stdout and stderr, without paying the 4 s import of a new interpreter. For
+    option and error tests; stdout and exit-code behaviour keep a few true subprocess tests."""
+    import contextlib
+    import io
+
+    from autoquant.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code if isinstance(exc.code, int) else 2
+    return subprocess.CompletedProcess(["autoquant", *args], code, out.getvalue(), err.getvalue())
+
+
 def assert_same_actions(bundle, got, want) -> None:  # type: ignore[no-untyped-def]
     """Discrete actions identical; continuous ones equal to float precision."""
     import numpy as np

@@ -72,13 +72,24 @@ class DeviceCommand(Command):
         parser.add_argument("--max-calls", type=positive, default=20_000, help="timed calls cap (default 20000)")
         parser.add_argument("--max-batch", type=positive, default=4096, help="rows per inference job (default 4096)")
         parser.add_argument("--max-connections", type=positive, default=16,
-                            help="open connections; more get a 503 (default 16)")
+                            help="connections whose signature is not checked yet; past it a new one closes the "
+                                 "oldest (default 16); signed requests have as many slots of their own")
+        parser.add_argument("--max-connections-per-address", type=positive, default=8,
+                            help="unsigned connections from one address; past it a new one closes that address's "
+                                 "oldest (default 8)")
+        parser.add_argument("--header-deadline", type=seconds, default=5.0,
+                            help="seconds a connection has to send its request line and signed headers (default 5)")
         parser.add_argument("--queue-wait", type=seconds, default=30.0,
                             help="seconds a job waits for the device before a 503 (default 30)")
         parser.add_argument("--read-timeout", type=seconds, default=15.0,
                             help="seconds a silent client is kept (default 15)")
         parser.add_argument("--request-deadline", type=seconds, default=120.0,
                             help="seconds a whole request may take to arrive (default 120)")
+        parser.add_argument("--max-job-mb", type=positive, default=1024,
+                            help="memory a job may map beyond onnxruntime's own, in MiB; a job past it gets a 422 "
+                                 "(default 1024; enforced with RLIMIT_AS on Linux)")
+        parser.add_argument("--max-answer-mb", type=positive, default=64,
+                            help="answer size cap, in MiB; a larger answer gets a 422 (default 64)")
 
     def run(self, args: argparse.Namespace) -> dict[str, Any]:
         from autoquant.targets import DeviceLimits, serve
@@ -86,7 +97,9 @@ class DeviceCommand(Command):
         limits = DeviceLimits(max_body_bytes=args.max_model_mb << 20, max_seconds=float(args.max_seconds),
                               max_calls=args.max_calls, max_batch=args.max_batch, queue_wait_s=args.queue_wait,
                               max_connections=args.max_connections, read_timeout_s=args.read_timeout,
-                              request_deadline_s=args.request_deadline)
+                              request_deadline_s=args.request_deadline, header_deadline_s=args.header_deadline,
+                              max_connections_per_address=args.max_connections_per_address,
+                              max_job_bytes=args.max_job_mb << 20, max_answer_bytes=args.max_answer_mb << 20)
 
         def ready(server: Any) -> None:
             host, port = server.address

@@ -45,13 +45,16 @@ class StateSet:
     def load(cls, path: str | Path) -> StateSet:
         """A state set a run folder holds, read as untrusted: a regular file (no symlink),
         its arrays through the capped reader, no pickles; anything else is one line."""
-        from autoquant._untrusted import load_npz, loads_json, read_file_in
+        from autoquant._untrusted import ZipLimits, load_npz, loads_json, read_file_in
         from autoquant.errors import UsageError
 
         path = Path(path)
         where = str(path)
+        # Recorded frames compress far more than weights (Pong's: 160x), so the cap is on the
+        # bytes they inflate to, not on the ratio: 2 GiB holds 18k Pong states.
+        limits = ZipLimits(max_members=2, max_member_bytes=2 << 30, max_total_bytes=2 << 30, max_ratio=float("inf"))
         arrays = load_npz(read_file_in(path.parent, path.name, what=where, error=UsageError, max_bytes=1 << 30),
-                          where=where, error=UsageError)
+                          where=where, error=UsageError, limits=limits)
         states, meta_array = arrays.get("states"), arrays.get("meta")
         if states is None or meta_array is None or meta_array.shape != () or states.dtype != np.float32:
             raise UsageError(f"{where}: not an autoquant state set (float32 'states' and a 'meta' string expected); "

@@ -221,7 +221,20 @@ class Run:
         return str(self.info["study_name"])
 
     def resume_command(self) -> str:
-        return f"autoquant search --out {self.folder} --resume"
+        """The command that continues this run; it names again what a run folder never chooses
+        by itself (the database, a target file, the device and its secret)."""
+        import shlex
+
+        words = ["autoquant", "search", "--out", str(self.folder), "--resume"]
+        if self.config.storage != DEFAULT_STORAGE:
+            words += ["--storage", self.config.storage]
+        if _is_path(self.config.target):
+            words += ["--target", self.config.target]
+        if self.config.device:
+            words += ["--device", self.config.device]
+        if self.config.secret_file:
+            words += ["--secret-file", self.config.secret_file]
+        return shlex.join(words)
 
     # --- searching ---------------------------------------------------------------------
 

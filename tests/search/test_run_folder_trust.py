@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import cli_main as run_cli  # in-process: these are error tests
 
 
 @pytest.fixture(scope="module")

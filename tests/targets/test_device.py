@@ -154,11 +154,13 @@ def test_search_on_the_device_survives_its_death(cartpole_dqn_path: Path, tmp_pa
         _, err = search.communicate(timeout=180)
         assert search.returncode == 2, err.decode()
         assert "unreachable" in err.decode() and "--resume" in err.decode()
+        assert f"--device {device.address}" in err.decode()  # run.json never chooses the device: the command does
         info = json.loads((out / "run.json").read_text())
         assert info["target"]["facts"]["device"] == device.address
         assert info["target"]["facts"]["onnxruntime"]
         device.restart()
-        resumed = run_cli("search", "--out", str(out), "--resume", "--quiet", "--json")
+        resumed = run_cli("search", "--out", str(out), "--resume", "--quiet", "--json", "--device", device.address,
+                          "--secret-file", str(device.secret_file))
         assert resumed.returncode == 0, resumed.stderr
         after = _completed(out / "study.db", "remote")
         assert all(after[n] == before[n] for n in before)
