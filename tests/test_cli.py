@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import EXAMPLES, run_cli
+import pytest
+
+from tests.conftest import EXAMPLES, cli_main, run_cli
 
 
 def test_import_is_cheap() -> None:
@@ -86,3 +88,58 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(cartpole_dqn
     _refused_before_work(run_cli("compare", "--policy", str(cartpole_dqn_path), "--out", str(a_file)),
                          "is an existing file")
 
+
+
+def _one_line_exit_2(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(w in lines[0] for w in words), proc.stderr
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("args", "help_of"), [
+    (("search", "--bogus"), "'autoquant search --help'"),
+    (("--bogus",), "'autoquant --help'"),
+    (("nosuch",), "'autoquant --help'"),
+    (("evaluate", "--policy", "p.zip", "--no-such-flag", "1"), "'autoquant evaluate --help'"),
+])
+def test_an_unknown_option_points_at_the_right_help(args: tuple[str, ...], help_of: str) -> None:
+    proc = cli_main(*args)
+    _one_line_exit_2(proc, help_of)
+    assert "autoquant autoquant" not in proc.stderr
+
+
+_POLICY = str(EXAMPLES / "cartpole_dqn.zip")
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (("search", "--policy", _POLICY, "--states", "1000000000"), "--states"),
+    (("search", "--policy", _POLICY, "--finetune", "100000000000000000000"), "--finetune"),
+    (("search", "--policy", _POLICY, "--seed", "18446744073709551616"), "--seed"),
+    (("search", "--policy", _POLICY, "--trials", "1000000000"), "--trials"),
+    (("search", "--policy", _POLICY, "--episodes", "1000000"), "--episodes"),
+    (("search", "--policy", _POLICY, "--confirm-episodes", "1000000"), "--confirm-episodes"),
+    (("search", "--policy", _POLICY, "--proxy-states", "1000000000"), "--proxy-states"),
+    (("search", "--policy", _POLICY, "--finetune-rounds", "1000000"), "--finetune-rounds"),
+    (("search", "--policy", _POLICY, "--envs", "100000"), "--envs"),
+    (("compare", "--policy", _POLICY, "--out", "x", "--states", "1000000000"), "--states"),
+    (("evaluate", "--policy", _POLICY, "--episodes", "1000000000"), "--episodes"),
+    (("evaluate", "--policy", _POLICY, "--finetune", "1000000"), "--finetune"),
+    (("evaluate", "--policy", _POLICY, "--states", "1000000000"), "--states"),
+    (("evaluate", "--policy", _POLICY, "--seed", "4294967296"), "--seed"),
+    (("actorq", "run", "--bundle", "b", "--env", "CartPole-v1", "--actors", "100000"), "--actors"),
+    (("actorq", "run", "--bundle", "b", "--env", "CartPole-v1", "--envs-per-actor", "100000"), "--envs-per-actor"),
+    (("actorq", "run", "--bundle", "b", "--env", "CartPole-v1", "--steps", "100000000000"), "--steps"),
+    (("actorq", "run", "--bundle", "b", "--env", "CartPole-v1", "--learner-threads", "100000"),
+     "--learner-threads"),
+    (("actorq", "run", "--bundle", "b", "--env", "CartPole-v1", "--buffer-size", "1000000000"), "--buffer-size"),
+    (("actorq", "run", "--bundle", "b", "--env", "CartPole-v1", "--seed", "18446744073709551616"), "--seed"),
+    (("device", "serve", "--secret-file", "s", "--port", "99999"), "--port"),
+    (("device", "serve", "--secret-file", "s", "--max-calls", "1000000000"), "--max-calls"),
+])
+def test_numbers_past_their_caps_are_refused_in_one_line(args: tuple[str, ...], flag: str) -> None:
+    """Every number that sizes work or memory has a cap, said in its --help and in one line."""
+    proc = cli_main(*args)
+    _one_line_exit_2(proc, flag, "expected an integer from")
+    help_text = cli_main(*args[:2] if args[0] in ("actorq", "device") else args[:1], "--help").stdout
+    assert "at most" in " ".join(help_text.split()) or "0 to 65535" in help_text

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from autoquant._limits import MAX_BATCH_SIZE, MAX_BUFFER_SIZE, MAX_STEPS, check_integer
 from autoquant.actorq._bundle import ActorBundle, conv_strides
 from autoquant.errors import ActorQError, EnvMismatchError, NetworkMismatchError, UsageError
 
@@ -59,12 +60,10 @@ class DQNConfig:
     max_grad_norm: float = 10.0
 
     def __post_init__(self) -> None:
-        positive = ("buffer_size", "batch_size", "train_freq", "gradient_steps", "target_update_interval")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise UsageError(f"DQN {name} must be >= 1, got {getattr(self, name)!r}")
-        if self.learning_starts < 0:
-            raise UsageError(f"DQN learning_starts must be >= 0, got {self.learning_starts!r}")
+        for name, low, high in (("buffer_size", 1, MAX_BUFFER_SIZE), ("batch_size", 1, MAX_BATCH_SIZE),
+                                ("train_freq", 1, MAX_STEPS), ("gradient_steps", 1, 100_000),
+                                ("target_update_interval", 1, MAX_STEPS), ("learning_starts", 0, MAX_STEPS)):
+            check_integer(getattr(self, name), f"DQN {name}", low, high)
         if not self.learning_rate > 0:
             raise UsageError(f"DQN learning_rate must be > 0, got {self.learning_rate!r}")
         for name in ("gamma", "tau", "exploration_fraction", "exploration_initial_eps", "exploration_final_eps"):

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from autoquant._limits import MAX_ACTORS, MAX_ENVS, MAX_EPISODES, MAX_SEED, MAX_STEPS, MAX_THREADS, check_integer
 from autoquant._version import __version__
 from autoquant.actorq._actors import ActorWorker, Fp32ActorBuilder
 from autoquant.actorq._bundle import ActorBundle, load_bundle
@@ -89,14 +90,14 @@ class ActorRunConfig:
     rebuild: str = "auto"  # actors' rebuild path (ActorQuantizer's rebuild)
 
     def __post_init__(self) -> None:
-        for name in ("actors", "steps", "broadcast_every", "chunk", "learner_threads", "actor_threads",
-                     "envs_per_actor"):
-            if int(getattr(self, name)) < 1:
-                raise UsageError(f"actorq run: {name.replace('_', '-')} must be >= 1, got {getattr(self, name)!r}")
-        if self.eval_every is not None and self.eval_every < 1:
-            raise UsageError(f"actorq run: eval-every must be >= 1, got {self.eval_every!r}")
-        if self.eval_episodes < 0:
-            raise UsageError(f"actorq run: eval-episodes must be >= 0, got {self.eval_episodes!r}")
+        for name, high in (("actors", MAX_ACTORS), ("steps", MAX_STEPS), ("broadcast_every", MAX_STEPS),
+                           ("chunk", MAX_STEPS), ("learner_threads", MAX_THREADS), ("actor_threads", MAX_THREADS),
+                           ("envs_per_actor", MAX_ENVS)):
+            check_integer(getattr(self, name), f"actorq run: --{name.replace('_', '-')}", 1, high)
+        if self.eval_every is not None:
+            check_integer(self.eval_every, "actorq run: --eval-every", 1, MAX_STEPS)
+        check_integer(self.eval_episodes, "actorq run: --eval-episodes", 0, MAX_EPISODES)
+        check_integer(self.seed, "actorq run: --seed", 0, MAX_SEED)
         if self.fp32_actors and self.central:
             raise UsageError("actorq run: --central quantizes on the learner for quantized actors; "
                              "fp32 actors receive fp32 weights: drop --central or --fp32-actors")

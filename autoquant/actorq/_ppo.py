@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from autoquant._limits import MAX_ACTORS, MAX_BATCH_SIZE, MAX_ENVS, MAX_STEPS, check_integer
 from autoquant.actorq._bundle import ActorBundle
 from autoquant.errors import EnvMismatchError, NetworkMismatchError, UsageError
 
@@ -53,9 +54,9 @@ class PPOConfig:
     n_envs: int = 1  # envs of the preset's run (actors x envs per actor should match it)
 
     def __post_init__(self) -> None:
-        for name in ("n_steps", "batch_size", "n_epochs", "n_envs"):
-            if int(getattr(self, name)) < 1:
-                raise UsageError(f"PPO {name} must be >= 1, got {getattr(self, name)!r}")
+        for name, high in (("n_steps", MAX_STEPS), ("batch_size", MAX_BATCH_SIZE), ("n_epochs", 1000),
+                           ("n_envs", MAX_ACTORS * MAX_ENVS)):
+            check_integer(getattr(self, name), f"PPO {name}", 1, high)
         if not self.learning_rate > 0:
             raise UsageError(f"PPO learning_rate must be > 0, got {self.learning_rate!r}")
         for name in ("gamma", "gae_lambda", "clip_range"):

@@ -43,7 +43,7 @@ def register(cls: type[Command]) -> type[Command]:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like every other input error
-        self.exit(2, f"autoquant: error: {message} (see 'autoquant {self.prog.split()[-1]} --help')\n")
+        self.exit(2, f"autoquant: error: {message} (see '{self.prog} --help')\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print the result as one JSON object")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         command.add_arguments(p)
-        p.set_defaults(_command=command)
+        p.set_defaults(_command=command, _parser=p)
     return parser
 
 
@@ -80,7 +80,9 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's own parser, which names its --help
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if getattr(args, "_command", None) is None:
         parser.print_help()
         return 2

@@ -9,7 +9,17 @@ from typing import Any
 
 from autoquant._io import check_output_folder
 from autoquant.cli import Command, register
-from autoquant.cli._options import non_negative, positive
+from autoquant._limits import (
+    MAX_ACTORS,
+    MAX_BATCH_SIZE,
+    MAX_BUFFER_SIZE,
+    MAX_ENVS,
+    MAX_EPISODES,
+    MAX_SEED,
+    MAX_STEPS,
+    MAX_THREADS,
+)
+from autoquant.cli._options import integer
 
 __all__ = ["ActorQCommand"]
 
@@ -17,19 +27,23 @@ __all__ = ["ActorQCommand"]
 _BOTH, _DQN, _PPO = ("dqn", "ppo"), ("dqn",), ("ppo",)
 _LEARNER_OPTIONS = (
     ("--learning-rate", "learning_rate", float, "Adam learning rate", _BOTH),
-    ("--batch-size", "batch_size", int, "gradient step (PPO: minibatch) size", _BOTH),
+    ("--batch-size", "batch_size", integer(1, MAX_BATCH_SIZE),
+     f"gradient step (PPO: minibatch) size, at most {MAX_BATCH_SIZE:,}", _BOTH),
     ("--gamma", "gamma", float, "discount", _BOTH),
-    ("--n-steps", "n_steps", int, "PPO: steps per env per iteration", _PPO),
-    ("--n-epochs", "n_epochs", int, "PPO: epochs over each rollout", _PPO),
+    ("--n-steps", "n_steps", integer(1, MAX_STEPS), "PPO: steps per env per iteration", _PPO),
+    ("--n-epochs", "n_epochs", integer(1, 1000), "PPO: epochs over each rollout, at most 1000", _PPO),
     ("--gae-lambda", "gae_lambda", float, "PPO: GAE lambda", _PPO),
     ("--clip-range", "clip_range", float, "PPO: clip range", _PPO),
     ("--ent-coef", "ent_coef", float, "PPO: entropy coefficient", _PPO),
-    ("--buffer-size", "buffer_size", int, "DQN: replay buffer transitions", _DQN),
-    ("--learning-starts", "learning_starts", int, "DQN: env steps of random actions before training", _DQN),
-    ("--train-freq", "train_freq", int, "DQN: env steps between training rounds", _DQN),
-    ("--gradient-steps", "gradient_steps", int, "DQN: gradient steps per training round", _DQN),
-    ("--target-update-interval", "target_update_interval", int, "DQN: env steps between target network updates",
-     _DQN),
+    ("--buffer-size", "buffer_size", integer(1, MAX_BUFFER_SIZE),
+     f"DQN: replay buffer transitions, at most {MAX_BUFFER_SIZE:,}", _DQN),
+    ("--learning-starts", "learning_starts", integer(0, MAX_STEPS),
+     "DQN: env steps of random actions before training", _DQN),
+    ("--train-freq", "train_freq", integer(1, MAX_STEPS), "DQN: env steps between training rounds", _DQN),
+    ("--gradient-steps", "gradient_steps", integer(1, 100_000),
+     "DQN: gradient steps per training round, at most 100,000", _DQN),
+    ("--target-update-interval", "target_update_interval", integer(1, MAX_STEPS),
+     "DQN: env steps between target network updates", _DQN),
     ("--exploration-fraction", "exploration_fraction", float, "DQN: share of the steps over which epsilon decays",
      _DQN),
     ("--exploration-final-eps", "exploration_final_eps", float, "DQN: final epsilon", _DQN),
@@ -46,9 +60,11 @@ class ActorQCommand(Command):
         parser.add_argument("--bundle", required=True, type=Path,
                             help="ActorQ bundle folder (autoquant export RUN --format actorq --out DIR)")
         parser.add_argument("--env", required=True, help="gymnasium id; must be the bundle's env")
-        parser.add_argument("--actors", type=positive, default=4, help="Ray actors (default 4)")
-        parser.add_argument("--envs-per-actor", type=positive, default=1,
-                            help="envs each actor steps in lockstep with one batched policy call (default 1)")
+        parser.add_argument("--actors", type=integer(1, MAX_ACTORS), default=4,
+                            help=f"Ray actors (default 4, at most {MAX_ACTORS:,})")
+        parser.add_argument("--envs-per-actor", type=integer(1, MAX_ENVS), default=1,
+                            help="envs each actor steps in lockstep with one batched policy call (default 1, at "
+                                 f"most {MAX_ENVS})")
         parser.add_argument("--learner", choices=("dqn", "ppo"),
                             help="the learner (default: the bundle's own algorithm: DQN for Q-networks, PPO for "
                                  "PPO policies)")
@@ -60,27 +76,31 @@ class ActorQCommand(Command):
         parser.add_argument("--rebuild", choices=("auto", "session", "preoptimized"), default="auto",
                             help="how actors rebuild per broadcast: auto (default: the faster of the two, checked), "
                                  "a fresh session, or a session on a graph optimized once")
-        parser.add_argument("--steps", type=positive, default=200_000,
-                            help="env steps, all actors together (default 200000)")
+        parser.add_argument("--steps", type=integer(1, MAX_STEPS), default=200_000,
+                            help=f"env steps, all actors together (default 200000, at most {MAX_STEPS:,})")
         parser.add_argument("--fp32-actors", action="store_true",
                             help="actors run the fp32 network (same loop, for comparison)")
         parser.add_argument("--central", action="store_true",
                             help="the learner quantizes and broadcasts int8 (default: actors quantize fp32 weights)")
-        parser.add_argument("--broadcast-every", type=positive, default=1000,
+        parser.add_argument("--broadcast-every", type=integer(1, MAX_STEPS), default=1000,
                             help="DQN: env steps between weight broadcasts (default 1000; PPO broadcasts every "
                                  "iteration)")
-        parser.add_argument("--chunk", type=positive, default=250,
+        parser.add_argument("--chunk", type=integer(1, MAX_STEPS), default=250,
                             help="env steps an actor collects per request (default 250)")
-        parser.add_argument("--eval-every", type=positive, help="env steps between greedy evaluations of the "
-                            "learner (default: steps / 10)")
-        parser.add_argument("--eval-episodes", type=non_negative, default=10,
-                            help="episodes per greedy evaluation, fixed seeds (default 10; 0: none)")
+        parser.add_argument("--eval-every", type=integer(1, MAX_STEPS), help="env steps between greedy "
+                            "evaluations of the learner (default: steps / 10)")
+        parser.add_argument("--eval-episodes", type=integer(0, MAX_EPISODES), default=10,
+                            help=f"episodes per greedy evaluation, fixed seeds (default 10; 0: none; at most "
+                                 f"{MAX_EPISODES:,})")
         parser.add_argument("--init-from-policy", type=Path, metavar="PATH",
                             help="start the learner from this policy's weights (default: from scratch)")
         parser.add_argument("--ray-address", help="join this Ray cluster (default: start Ray locally)")
-        parser.add_argument("--learner-threads", type=positive, default=1, help="torch threads (default 1)")
-        parser.add_argument("--actor-threads", type=positive, default=1, help="onnxruntime threads (default 1)")
-        parser.add_argument("--seed", type=non_negative, default=0)
+        parser.add_argument("--learner-threads", type=integer(1, MAX_THREADS), default=1,
+                            help=f"torch threads (default 1, at most {MAX_THREADS})")
+        parser.add_argument("--actor-threads", type=integer(1, MAX_THREADS), default=1,
+                            help=f"onnxruntime threads (default 1, at most {MAX_THREADS})")
+        parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+                            help=f"seed of the learner, actors and evaluations (default 0, at most {MAX_SEED:,})")
         for flag, _, kind, text, _ in _LEARNER_OPTIONS:
             parser.add_argument(flag, type=kind, help=f"learner: {text} (default: the env's rl-zoo3 preset)")
         parser.add_argument("--out", type=Path, help="write actorq_run.json and curve.png here")

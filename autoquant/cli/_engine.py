@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from autoquant._io import check_output_file
+from autoquant._limits import MAX_ENVS, MAX_EPISODES, MAX_FINETUNE_EPOCHS, MAX_FINETUNE_ROUNDS, MAX_SEED, MAX_STATES
 from autoquant.cli import Command, register
 from autoquant.cli._options import (
     add_policy_arguments,
     add_protocol_argument,
     add_target_arguments,
+    integer,
     load_from_args,
-    non_negative,
-    positive,
 )
 from autoquant.errors import UsageError
 
@@ -76,21 +76,24 @@ class EvaluateCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_policy_arguments(parser)
         parser.add_argument("--plan", type=Path, help="compression plan JSON")
-        parser.add_argument("--episodes", type=non_negative, default=None,
+        parser.add_argument("--episodes", type=integer(0, MAX_EPISODES), default=None,
                             help="episodes per policy, on shared seeds (default: every start of a deterministic "
-                                 "Atari game, the 30 no-op starts, else 20)")
+                                 f"Atari game, the 30 no-op starts, else 20; at most {MAX_EPISODES:,})")
         add_protocol_argument(parser)
         add_target_arguments(parser)
         parser.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-        parser.add_argument("--seed", type=non_negative, default=0)
-        parser.add_argument("--states", type=positive, default=1024,
-                            help="recorded states for calibration and fidelity (default 1024)")
-        parser.add_argument("--finetune", type=non_negative, default=0, metavar="EPOCHS",
-                            help="fine-tune the compressed network by distillation from fp32 (default 0)")
-        parser.add_argument("--finetune-rounds", type=non_negative, default=2,
+        parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+                            help=f"seed of states and episodes (default 0, at most {MAX_SEED:,})")
+        parser.add_argument("--states", type=integer(1, MAX_STATES), default=1024,
+                            help=f"recorded states for calibration and fidelity (default 1024, at most {MAX_STATES:,})")
+        parser.add_argument("--finetune", type=integer(0, MAX_FINETUNE_EPOCHS), default=0, metavar="EPOCHS",
+                            help="fine-tune the compressed network by distillation from fp32 (default 0, at most "
+                                 f"{MAX_FINETUNE_EPOCHS:,})")
+        parser.add_argument("--finetune-rounds", type=integer(0, MAX_FINETUNE_ROUNDS), default=2,
                             help="DAgger rounds after the first distillation, each on states the compressed "
-                                 "network visits itself (default 2)")
-        parser.add_argument("--envs", type=positive, default=8, help="environments stepped in lockstep")
+                                 f"network visits itself (default 2, at most {MAX_FINETUNE_ROUNDS})")
+        parser.add_argument("--envs", type=integer(1, MAX_ENVS), default=8,
+                            help=f"environments stepped in lockstep (default 8, at most {MAX_ENVS})")
         parser.add_argument("--save-onnx", type=Path, help="write the evaluated compressed model here")
 
     def run(self, args: argparse.Namespace) -> dict[str, Any]:

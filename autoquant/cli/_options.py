@@ -10,6 +10,7 @@ from typing import Any
 
 
 __all__ = [
+    "integer",
     "seconds",
     "add_protocol_argument",
     "ACTIVATION_NAMES",
@@ -34,21 +35,25 @@ def strides(text: str) -> list[int]:
     return values
 
 
-def _integer_at_least(low: int, expected: str) -> Callable[[str], int]:
+def integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high] (no upper bound when ``high`` is None)."""
+    expected = (f"an integer from {low} to {high:,}" if high is not None
+                else ("a positive integer" if low == 1 else f"an integer >= {low}"))
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text[:40]!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text[:40]!r}")
         return value
 
     return parse
 
 
-positive = _integer_at_least(1, "a positive integer")
-non_negative = _integer_at_least(0, "an integer >= 0")
+positive = integer(1)
+non_negative = integer(0)
 
 
 def seconds(text: str) -> float:

@@ -9,14 +9,22 @@ from pathlib import Path
 from typing import Any
 
 from autoquant._io import check_output_folder
+from autoquant._limits import (
+    MAX_ENVS,
+    MAX_EPISODES,
+    MAX_FINETUNE_EPOCHS,
+    MAX_FINETUNE_ROUNDS,
+    MAX_SEED,
+    MAX_STATES,
+    MAX_TRIALS,
+)
 from autoquant.cli import Command, register
 from autoquant.cli._options import (
     add_policy_arguments,
     add_protocol_argument,
     add_target_arguments,
+    integer,
     names,
-    non_negative,
-    positive,
     retention,
     seconds,
 )
@@ -99,7 +107,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by search and compare: the policy, target, budget and scoring."""
     add_policy_arguments(parser, required=False)
     add_target_arguments(parser)
-    parser.add_argument("--trials", type=positive, default=200, help="trial budget (default 200)")
+    parser.add_argument("--trials", type=integer(1, MAX_TRIALS), default=200,
+                        help=f"trial budget (default 200, at most {MAX_TRIALS:,})")
     parser.add_argument("--time-budget", type=seconds, default=None, metavar="SECONDS",
                         help="wall-clock budget of the search, the agent's set-up included (its latency model and "
                              "sensitivities); it ends at whichever of --trials and this comes first, never mid-trial "
@@ -108,35 +117,42 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-retention", type=retention, default=0.98,
                        help="reward retention floor vs fp32 on the same seeds (default 0.98)")
     group.add_argument("--pareto", action="store_true", help="search a Pareto front (latency, reward, size)")
-    parser.add_argument("--episodes", type=positive, default=10,
+    parser.add_argument("--episodes", type=integer(1, MAX_EPISODES), default=10,
                         help="most episodes a played trial may take; a sequential test stops sooner once retention "
-                             "is clearly above or below the floor, counting each distinct game once (default 10; "
-                             "at most 30 on a deterministic Atari game: one per no-op start)")
+                             "is clearly above or below the floor, counting each distinct game once (default 10, "
+                             f"at most {MAX_EPISODES:,}; at most 30 on a deterministic Atari game: one per no-op "
+                             "start)")
     add_protocol_argument(parser)
     parser.add_argument("--confidence", type=float, default=0.95,
                         help="confidence of that test's decisions, in [0.5, 1) (default 0.95)")
-    parser.add_argument("--confirm-episodes", type=positive, default=20,
-                        help="episodes on fresh seeds that confirm the best plan (default 20; a deterministic "
+    parser.add_argument("--confirm-episodes", type=integer(1, MAX_EPISODES), default=20,
+                        help=f"episodes on fresh seeds that confirm the best plan (default 20, at most "
+                             f"{MAX_EPISODES:,}; a deterministic "
                              "Atari game is confirmed on all its 30 no-op starts instead)")
     parser.add_argument("--fidelity-floor", type=float, default=0.5,
                         help="the proxy (action agreement with fp32 on states the plan visits itself) below which a "
                              "trial is not played, until the run has played enough trials to fit retention on the "
                              "proxy and screen by that fit (default 0.5)")
-    parser.add_argument("--proxy-states", type=positive, default=None,
-                        help="states the proxy's rollouts of each plan record (default 128 for images, 512 else)")
-    parser.add_argument("--finetune", type=non_negative, default=0, metavar="EPOCHS",
+    parser.add_argument("--proxy-states", type=integer(1, MAX_STATES), default=None,
+                        help="states the proxy's rollouts of each plan record (default 128 for images, 512 else; "
+                             f"at most {MAX_STATES:,})")
+    parser.add_argument("--finetune", type=integer(0, MAX_FINETUNE_EPOCHS), default=0, metavar="EPOCHS",
                         help="fine-tune plans whose held-out fidelity is below --finetune-below before they are "
                              "judged, when their latency could still beat the best: EPOCHS of distillation from fp32, "
                              "then DAgger rounds on states the plan visits itself (default 0: off; 10 is about 30 s a "
-                             "plan on the Pong CNN)")
-    parser.add_argument("--finetune-rounds", type=non_negative, default=2,
-                        help="DAgger rounds after the first distillation (default 2)")
+                             f"plan on the Pong CNN; at most {MAX_FINETUNE_EPOCHS:,}); fine-tuning stops at the "
+                             "best epoch so far when --time-budget is spent")
+    parser.add_argument("--finetune-rounds", type=integer(0, MAX_FINETUNE_ROUNDS), default=2,
+                        help=f"DAgger rounds after the first distillation (default 2, at most {MAX_FINETUNE_ROUNDS})")
     parser.add_argument("--finetune-below", type=float, default=0.98,
                         help="held-out fidelity score (action agreement, or 1 - action error) below which a plan is "
                              "fine-tuned, in [0, 1] (default 0.98)")
-    parser.add_argument("--states", type=positive, default=1024, help="recorded states (default 1024)")
-    parser.add_argument("--envs", type=positive, default=8, help="environments stepped in lockstep")
-    parser.add_argument("--seed", type=non_negative, default=0)
+    parser.add_argument("--states", type=integer(1, MAX_STATES), default=1024,
+                        help=f"recorded states (default 1024, at most {MAX_STATES:,})")
+    parser.add_argument("--envs", type=integer(1, MAX_ENVS), default=8,
+                        help=f"environments stepped in lockstep (default 8, at most {MAX_ENVS})")
+    parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+                        help=f"seed of states, episodes and agents (default 0, at most {MAX_SEED:,})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

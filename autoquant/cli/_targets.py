@@ -7,7 +7,8 @@ import sys
 from typing import Any
 
 from autoquant.cli import Command, register
-from autoquant.cli._options import seconds, positive
+from autoquant._limits import MAX_CALLS, MAX_PORT, MAX_STATES
+from autoquant.cli._options import integer, seconds
 
 __all__ = ["DeviceCommand", "TargetsCommand"]
 
@@ -65,16 +66,21 @@ class DeviceCommand(Command):
         parser.add_argument("action", choices=("serve",))
         parser.add_argument("--host", default="127.0.0.1",
                             help="address to listen on (default 127.0.0.1; 0.0.0.0 to accept the network)")
-        parser.add_argument("--port", type=int, default=7878)
+        parser.add_argument("--port", type=integer(0, MAX_PORT), default=7878,
+                            help=f"port to listen on, 0 to {MAX_PORT} (default 7878; 0: any free port)")
         parser.add_argument("--secret-file", required=True, help="file holding the shared secret")
-        parser.add_argument("--max-model-mb", type=positive, default=64, help="request size cap (default 64)")
-        parser.add_argument("--max-seconds", type=positive, default=120, help="run time cap per job (default 120)")
-        parser.add_argument("--max-calls", type=positive, default=20_000, help="timed calls cap (default 20000)")
-        parser.add_argument("--max-batch", type=positive, default=4096, help="rows per inference job (default 4096)")
-        parser.add_argument("--max-connections", type=positive, default=16,
+        parser.add_argument("--max-model-mb", type=integer(1, 4096), default=64,
+                            help="request size cap (default 64, at most 4096)")
+        parser.add_argument("--max-seconds", type=integer(1, 86_400), default=120,
+                            help="run time cap per job (default 120, at most 86400)")
+        parser.add_argument("--max-calls", type=integer(1, MAX_CALLS), default=20_000,
+                            help=f"timed calls cap (default 20000, at most {MAX_CALLS:,})")
+        parser.add_argument("--max-batch", type=integer(1, MAX_STATES), default=4096,
+                            help=f"rows per inference job (default 4096, at most {MAX_STATES:,})")
+        parser.add_argument("--max-connections", type=integer(1, 4096), default=16,
                             help="connections whose signature is not checked yet; past it a new one closes the "
-                                 "oldest (default 16); signed requests have as many slots of their own")
-        parser.add_argument("--max-connections-per-address", type=positive, default=8,
+                                 "oldest (default 16, at most 4096); signed requests have as many slots of their own")
+        parser.add_argument("--max-connections-per-address", type=integer(1, 4096), default=8,
                             help="unsigned connections from one address; past it a new one closes that address's "
                                  "oldest (default 8)")
         parser.add_argument("--header-deadline", type=seconds, default=5.0,
@@ -85,11 +91,11 @@ class DeviceCommand(Command):
                             help="seconds a silent client is kept (default 15)")
         parser.add_argument("--request-deadline", type=seconds, default=120.0,
                             help="seconds a whole request may take to arrive (default 120)")
-        parser.add_argument("--max-job-mb", type=positive, default=1024,
+        parser.add_argument("--max-job-mb", type=integer(1, 1 << 20), default=1024,
                             help="memory a job may map beyond onnxruntime's own, in MiB; a job past it gets a 422 "
-                                 "(default 1024; enforced with RLIMIT_AS on Linux)")
-        parser.add_argument("--max-answer-mb", type=positive, default=64,
-                            help="answer size cap, in MiB; a larger answer gets a 422 (default 64)")
+                                 "(default 1024, at most 1048576; enforced with RLIMIT_AS on Linux)")
+        parser.add_argument("--max-answer-mb", type=integer(1, 4096), default=64,
+                            help="answer size cap, in MiB; a larger answer gets a 422 (default 64, at most 4096)")
 
     def run(self, args: argparse.Namespace) -> dict[str, Any]:
         from autoquant.targets import DeviceLimits, serve

@@ -26,6 +26,15 @@ from typing import Any
 import numpy as np
 
 from autoquant._io import atomic_write
+from autoquant._limits import (
+    MAX_ENVS,
+    MAX_EPISODES,
+    MAX_FINETUNE_EPOCHS,
+    MAX_FINETUNE_ROUNDS,
+    MAX_SEED,
+    MAX_STATES,
+    check_integer,
+)
 from autoquant.compress import ActivationCache, CompressedPolicy, CompressionPlan, compress, weight_bytes
 from autoquant.errors import UsageError
 from autoquant.evaluate import (EpisodeStats, RetentionTest, dagger_visitor, fidelity, onnx_actor, paired_comparison,
@@ -62,26 +71,23 @@ class ProblemSettings:
     finetune_below: float = 0.98  # held-out fidelity score below which a plan is fine-tuned
 
     def __post_init__(self) -> None:
-        if self.finetune_epochs < 0:
-            raise UsageError(f"--finetune must be >= 0 epochs, got {self.finetune_epochs}")
-        if self.finetune_rounds < 0:
-            raise UsageError(f"--finetune-rounds must be >= 0, got {self.finetune_rounds}")
+        check_integer(self.finetune_epochs, "--finetune (epochs)", 0, MAX_FINETUNE_EPOCHS)
+        check_integer(self.finetune_rounds, "--finetune-rounds", 0, MAX_FINETUNE_ROUNDS)
         if not 0.0 <= self.finetune_below <= 1.0:
             raise UsageError(f"--finetune-below must be in [0, 1], got {self.finetune_below}")
-        if self.proxy_states is not None and self.proxy_states < 1:
-            raise UsageError(f"--proxy-states must be >= 1, got {self.proxy_states}")
+        if self.proxy_states is not None:
+            check_integer(self.proxy_states, "--proxy-states", 1, MAX_STATES)
         if not 0.5 <= self.confidence < 1.0:
             raise UsageError(f"--confidence must be in [0.5, 1), got {self.confidence}")
         if self.mode not in MODES:
             raise UsageError(f"mode must be one of {MODES}, got {self.mode!r}")
         if not 0.0 < self.min_retention <= 1.5:
             raise UsageError(f"--min-retention must be in (0, 1.5], got {self.min_retention}")
-        if self.episodes < 1:
-            raise UsageError(f"--episodes must be >= 1, got {self.episodes}")
+        check_integer(self.episodes, "--episodes", 1, MAX_EPISODES)
         if not 0.0 <= self.fidelity_floor <= 1.0:
             raise UsageError(f"--fidelity-floor must be in [0, 1], got {self.fidelity_floor}")
-        if self.n_envs < 1:
-            raise UsageError(f"--envs must be >= 1, got {self.n_envs}")
+        check_integer(self.n_envs, "--envs", 1, MAX_ENVS)
+        check_integer(self.seed, "--seed", 0, MAX_SEED)
 
 
 def _ratio(latency: Any) -> float:

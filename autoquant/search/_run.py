@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from autoquant._io import atomic_write, check_output_folder, sha256_file, write_json
+from autoquant._limits import MAX_EPISODES, MAX_SEED, MAX_STATES, MAX_TRIALS, check_integer
 from autoquant._untrusted import loads_json, read_file_in, short_repr
 from autoquant._version import __version__
 from autoquant.compress import CompressionPlan, compress, export_reference, onnxruntime_uniform_int8, weight_bytes
@@ -108,11 +109,9 @@ class RunConfig:
         if self.conv_strides is not None:
             object.__setattr__(self, "conv_strides", tuple(int(v) for v in self.conv_strides))
         object.__setattr__(self, "argv", tuple(str(a) for a in self.argv))
-        for name, low in (("n_trials", 1), ("confirm_episodes", 1), ("n_states", 1), ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise UsageError(f"{name.replace('n_', '').replace('_', '-')} must be an integer >= {low}, "
-                                 f"got {value!r}")
+        for name, low, high in (("n_trials", 1, MAX_TRIALS), ("confirm_episodes", 1, MAX_EPISODES),
+                                ("n_states", 1, MAX_STATES), ("seed", 0, MAX_SEED)):
+            check_integer(getattr(self, name), "--" + name.replace("n_", "").replace("_", "-"), low, high)
         if self.time_budget_s is not None:
             if isinstance(self.time_budget_s, bool) or not isinstance(self.time_budget_s, (int, float)) \
                     or not self.time_budget_s > 0:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoquant._limits import MAX_CHANNEL_MULTIPLE, MAX_CHOICES, check_integer
 from autoquant._resources import find_toml, resource_dir, shipped_tomls
 from autoquant.compress import FLOAT, INT_ACT_BITS, WEIGHT_BITS, CompressionPlan, LayerSpec
 from autoquant.errors import UsageError
@@ -134,7 +135,11 @@ def _ratios(value: Any, where: str) -> tuple[float, ...]:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
             raise UsageError(f"{where}: prune ratio {v!r} is not in [0, 1)")
         out.append(float(v))
-    return tuple(dict.fromkeys(out))
+    ratios = tuple(dict.fromkeys(out))
+    if len(ratios) > MAX_CHOICES:
+        raise UsageError(f"{where}: {len(ratios):,} prune ratios, over the cap of {MAX_CHOICES} choices per layer: "
+                         "give a coarser grid such as [0.0, 0.25, 0.5, 0.75]")
+    return ratios
 
 
 def _matches(pattern: str, index: int, name: str, n_layers: int) -> bool:
@@ -176,9 +181,7 @@ def load_space(name_or_path: str, table: LayerTable, *,
         raise UsageError(f"{path}: unknown keys {sorted(unknown)}; a space takes {sorted(_KEYS)}")
     bits = _bits(data.get("weight_bits", [FLOAT]), str(path))
     ratios = _ratios(data.get("prune_ratios", [0.0]), str(path))
-    multiple = data.get("channel_multiple", 8)
-    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
-        raise UsageError(f"{path}: channel_multiple must be a positive integer, got {multiple!r}")
+    multiple = check_integer(data.get("channel_multiple", 8), f"{path}: channel_multiple", 1, MAX_CHANNEL_MULTIPLE)
     budget = data.get("budget", {})
     if not isinstance(budget, dict) or set(budget) - _BUDGET_KEYS:
         raise UsageError(f"{path}: [budget] takes {sorted(_BUDGET_KEYS)}")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoquant._limits import MAX_CALLS, MAX_THREADS, check_integer
 from autoquant._resources import find_toml, resource_dir, shipped_tomls
 from autoquant.errors import TargetError
 from autoquant.targets._base import MeasureProtocol, Target
@@ -101,9 +102,9 @@ def load_target_spec(path: Path) -> TargetSpec:
         proto = MeasureProtocol(**protocol)
     except TypeError as exc:
         raise TargetError(f"{path}: [protocol] {exc}") from exc
-    threads = data.get("threads", 1)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise TargetError(f"{path}: threads must be a positive integer, got {threads!r}")
+    for key in ("warmup", "calls", "block"):  # a measurement of hours is a typo, not a protocol
+        check_integer(getattr(proto, key), f"{path}: [protocol] {key}", 0, MAX_CALLS, error=TargetError)
+    threads = check_integer(data.get("threads", 1), f"{path}: threads", 1, MAX_THREADS, error=TargetError)
     return TargetSpec(
         name=str(data.get("name", path.stem)), description=str(data.get("description", "")),
         reach=str(data.get("reach", "local")), runtime=str(data.get("runtime", "onnxruntime")),

@@ -636,8 +636,10 @@ class DeviceServer:
 def serve(secret_file: str, *, host: str, port: int, limits: DeviceLimits | None = None,
           ready: Any = None) -> None:
     """Run a device server until interrupted (``autoquant device serve``)."""
+    from autoquant._limits import MAX_PORT, check_integer
     from autoquant.targets._wire import read_secret
 
+    check_integer(port, "device serve: --port", 0, MAX_PORT, error=TargetError)
     try:
         server = DeviceServer(read_secret(secret_file), host=host, port=port, limits=limits)
     except OSError as exc:

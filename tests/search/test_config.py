@@ -22,14 +22,19 @@ def test_defaults_are_valid_and_frozen() -> None:
     ({"agent": "dqn"}, UsageError, "unknown agent 'dqn'"),
     ({"method": "everything"}, UsageError, "unknown search space 'everything'"),
     ({"target": "gpu9000"}, TargetError, "unknown target 'gpu9000'"),
-    ({"n_trials": 0}, UsageError, "trials must be an integer >= 1"),
-    ({"n_trials": True}, UsageError, "trials must be an integer >= 1"),
+    ({"n_trials": 0}, UsageError, "--trials must be an integer from 1 to 100,000"),
+    ({"n_trials": True}, UsageError, "--trials must be an integer from 1 to 100,000"),
+    ({"n_trials": 10**9}, UsageError, "--trials must be an integer from 1 to 100,000"),
+    ({"n_states": 10**9}, UsageError, "--states must be an integer from 1 to 65,536"),
+    ({"seed": 2**64}, UsageError, "--seed must be an integer from 0 to 2,147,483,647"),
+    ({"finetune_epochs": 10**20}, UsageError, "--finetune (epochs) must be an integer from 0 to 1,000"),
+    ({"episodes": 10**6}, UsageError, "--episodes must be an integer from 1 to 10,000"),
     ({"min_retention": 2.0}, UsageError, "--min-retention must be in (0, 1.5]"),
     ({"mode": "best"}, UsageError, "mode must be one of"),
     ({"fidelity_floor": 1.5}, UsageError, "--fidelity-floor must be in [0, 1]"),
     ({"policy": ""}, UsageError, "needs a policy file"),
     ({"confidence": 1.0}, UsageError, "--confidence must be in [0.5, 1)"),
-    ({"proxy_states": 0}, UsageError, "--proxy-states must be >= 1"),
+    ({"proxy_states": 0}, UsageError, "--proxy-states must be an integer from 1 to 65,536"),
 ])
 def test_bad_values_are_refused_when_made(changes: dict, error: type, words: str) -> None:
     with pytest.raises(error, match=None) as info:

@@ -39,6 +39,11 @@ def test_target_without_integer_kernels_narrows_to_float(pong) -> None:  # type:
 @pytest.mark.parametrize(("text", "needle"), [
     ('weight_bits = ["float", 9]\n', "weight_bits entry 9"),
     ("prune_ratios = [0.0, 1.0]\n", "not in [0, 1)"),
+    # 10k ratios made the ILP run for minutes: at most 64 choices per layer
+    ("prune_ratios = [" + ", ".join(str(k / 10_000) for k in range(10_000)) + "]\n", "over the cap of 64 choices"),
+    ('[[override]]\nlayers = "fc1"\nprune_ratios = [' + ", ".join(str(k / 100) for k in range(65)) + "]\n",
+     "65 prune ratios"),
+    ("channel_multiple = 1000000\n", "channel_multiple must be an integer from 1 to 4,096"),
     ('[[override]]\nlayers = "nosuch*"\nweight_bits = [8]\n', "matches no layer"),
     ("colour = 1\n", "unknown keys"),
     ("[budget]\nmax_size_ratio = 2.0\n", "budget"),

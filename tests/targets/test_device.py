@@ -212,3 +212,18 @@ def test_every_limit_of_the_server_is_a_flag(tmp_path: Path, cartpole_dqn, cartp
         proc = run_cli("device", "serve", "--secret-file", str(secret), flag, value)
         assert proc.returncode == 2
         assert len(proc.stderr.strip().splitlines()) == 1 and flag in proc.stderr
+
+
+@pytest.mark.parametrize("port", [99999, -1, 1 << 64])
+def test_a_port_outside_0_to_65535_is_one_line(tmp_path: Path, port: int) -> None:
+    """--port 99999 crashed in bind() (OverflowError, exit 1)."""
+    from autoquant.targets import serve
+    from tests.conftest import cli_main
+
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 32)
+    with pytest.raises(TargetError, match="--port must be an integer from 0 to 65,535"):
+        serve(str(secret), host="127.0.0.1", port=port)
+    proc = cli_main("device", "serve", "--secret-file", str(secret), "--port", str(port))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "--port" in proc.stderr and "65,535" in proc.stderr

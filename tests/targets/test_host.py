@@ -47,3 +47,23 @@ def test_unknown_and_broken_targets(tmp_path: Path) -> None:
     far.write_text('name = "far"\nreach = "carrier-pigeon"\n')
     with pytest.raises(TargetError, match="carrier-pigeon"):
         get_target(str(far))
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ('threads = 100000\n', ("threads", "1 to 256", "100000")),
+    ('[protocol]\ncalls = 1000000000\n', ("[protocol]", "calls", "1,000,000")),
+    ('[protocol]\nwarmup = 1000000000\n', ("[protocol]", "warmup")),
+])
+def test_a_target_that_asks_too_much_is_refused_before_it_runs(tmp_path: Path, text: str,
+                                                               words: tuple[str, ...]) -> None:
+    """threads = 100000 took 6.2 GB of thread stacks; calls = 1e9 ran for hours."""
+    from tests.conftest import cli_main
+
+    path = tmp_path / "greedy.toml"
+    path.write_text('name = "greedy"\nreach = "local"\n' + text)
+    with pytest.raises(TargetError) as info:
+        get_target(str(path))
+    assert all(w in str(info.value) for w in words), info.value
+    proc = cli_main("evaluate", "--policy", "nosuch.zip", "--target", str(path))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert all(w in proc.stderr for w in words), proc.stderr
