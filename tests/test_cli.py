@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +144,37 @@ def test_numbers_past_their_caps_are_refused_in_one_line(args: tuple[str, ...], 
     _one_line_exit_2(proc, flag, "expected an integer from")
     help_text = cli_main(*args[:2] if args[0] in ("actorq", "device") else args[:1], "--help").stdout
     assert "at most" in " ".join(help_text.split()) or "0 to 65535" in help_text
+
+
+_BAD_OUTPUTS = {
+    "a 300-byte name": lambda tmp: str(tmp / ("n" * 300)),
+    "a 4 kB path": lambda tmp: str(tmp / "/".join(["d"] * 2100)),
+    "a pseudo file system": lambda tmp: "/proc/autoquant-out",
+    "a name that is not UTF-8": lambda tmp: os.fsdecode(os.fsencode(tmp) + b"/run\xff"),
+}
+_WORDS = {
+    "a 300-byte name": ("300 bytes long", "choose a shorter name"),
+    "a 4 kB path": ("bytes long", "choose a shorter path"),
+    "a pseudo file system": ("nothing can be created in /proc", "choose another path"),
+    "a name that is not UTF-8": ("not UTF-8", "0xff", "choose a UTF-8 name"),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_OUTPUTS))
+@pytest.mark.parametrize("command", ["search", "compare", "export", "evaluate", "actorq"])
+def test_outputs_no_file_system_takes_are_one_line_before_any_work(command: str, case: str,
+                                                                   tmp_path: Path) -> None:
+    """Over-long names and paths, /proc and undecodable names crashed (OSError, UnicodeEncodeError:
+    exit 1) or failed after the set-up, leaving a broken folder behind."""
+    out = _BAD_OUTPUTS[case](tmp_path)
+    plan = str(EXAMPLES / "plans" / "cartpole_int8.json")
+    args = {"search": ("search", "--policy", _POLICY, "--trials", "2", "--out", out),
+            "compare": ("compare", "--policy", _POLICY, "--out", out),
+            "export": ("export", str(tmp_path / "no-run"), "--out", out),
+            "evaluate": ("evaluate", "--policy", _POLICY, "--plan", plan, "--save-onnx", out),
+            "actorq": ("actorq", "run", "--bundle", str(tmp_path / "no-bundle"), "--env", "CartPole-v1",
+                       "--out", out)}[command]
+    proc = cli_main(*args)
+    _one_line_exit_2(proc, "--save-onnx" if command == "evaluate" else "--out", *_WORDS[case])
+    assert "recording states" not in proc.stderr and len(proc.stderr) < 600
+    assert list(tmp_path.iterdir()) == []  # no staging folder, no probe, nothing half-written

@@ -114,6 +114,8 @@ class ActorQCommand(Command):
         from autoquant.errors import UsageError
         from autoquant.report import plot_learning_curves
 
+        if args.out is not None:
+            check_output_folder(args.out, "--out")
         if not args.bundle.is_dir():
             raise UsageError(f"--bundle {args.bundle} is not a folder: pass an ActorQ bundle "
                              "(autoquant export RUN --format actorq --out DIR)")
@@ -138,8 +140,6 @@ class ActorQCommand(Command):
             actor_threads=args.actor_threads, learner_algo=algo, envs_per_actor=args.envs_per_actor,
             correction=args.correction, is_truncation=args.is_truncation, rebuild=args.rebuild)
         log = (lambda s: None) if args.quiet else (lambda s: print(f"autoquant: {s}", file=sys.stderr, flush=True))
-        if args.out is not None:
-            check_output_folder(args.out, "--out")
         report = run_actorq(config, log=log)
         if args.out is not None:
             args.out.mkdir(parents=True, exist_ok=True)

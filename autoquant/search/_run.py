@@ -458,9 +458,9 @@ def _build(folder: Path, info: dict[str, Any], config: RunConfig, loaded: _Loade
 
 
 def _check_new_folder(folder: Path) -> None:
+    check_output_folder(folder, "--out")
     if (folder / "run.json").exists():
         raise UsageError(f"{folder} already holds a run: pass --resume to continue it, or another --out")
-    check_output_folder(folder, "--out")
     if folder.exists() and any(folder.iterdir()):
         raise UsageError(f"{folder} exists and is not an autoquant run folder: choose another --out")
 
