@@ -56,7 +56,14 @@ from autoquant.search._agents import check_agent, make_agent
 from autoquant.search._problem import ProblemSettings, SearchProblem
 from autoquant.search._record import TrialRecord
 from autoquant.search._space import SearchSpace, find_space, load_space
-from autoquant.search._study import SearchRunner, TrialOutcome, fail_dead_trials, open_study, trial_records
+from autoquant.search._study import (
+    SearchRunner,
+    TrialOutcome,
+    check_storage,
+    fail_dead_trials,
+    open_study,
+    trial_records,
+)
 from autoquant.targets import OrtRunner, Target, find_target_spec, get_target
 
 __all__ = ["CONFIRM_FORMAT", "RUN_FORMAT", "Run", "RunConfig", "load_run", "start_run"]
@@ -475,6 +482,8 @@ def start_run(folder: Path, config: RunConfig, *, trust_pickle: bool = False,
     """
     folder = Path(folder)
     _check_new_folder(folder)
+    if config.storage != DEFAULT_STORAGE:
+        check_storage(config.storage)
     policy = Path(config.policy).resolve()
     if not policy.is_file():
         raise UsageError(f"--policy {config.policy}: no such file")
@@ -639,6 +648,8 @@ def load_run(folder: Path, *, trust_pickle: bool = False, n_trials: int | None =
                          "folder never chooses a database; pass --storage with that URL to use it")
     if config.storage == DEFAULT_STORAGE and storage is not None and storage != DEFAULT_STORAGE:
         raise UsageError(f"--storage {storage}, but this run's study is its own study.db: drop --storage")
+    if config.storage != DEFAULT_STORAGE:
+        check_storage(config.storage)
     if _is_path(config.target) and target != config.target:
         raise UsageError(f"this run was measured on the target file {short_repr(config.target)} (run.json): a run "
                          "folder never chooses a target file; pass --target with that path to use it")

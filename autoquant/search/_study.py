@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import optuna
 
-from autoquant.errors import AutoquantError, DeviceUnreachable, describe_exception, first_line
+from autoquant.errors import AutoquantError, DeviceUnreachable, UsageError, describe_exception, first_line
 from autoquant.search._problem import SearchProblem
 from autoquant.search._record import (
     TrialRecord,
@@ -44,6 +44,7 @@ __all__ = [
     "ScreenFit",
     "SearchRunner",
     "TrialOutcome",
+    "check_storage",
     "directions",
     "fail_dead_trials",
     "open_study",
@@ -76,6 +77,51 @@ def open_study(storage: str, name: str, mode: str, sampler: Any) -> Any:
                 raise AutoquantError(f"cannot open study {name!r} at {storage}: {first_line(exc)}") from exc
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def check_storage(url: str) -> None:
+    """Refuse, before any work, a ``--storage`` that cannot hold a study: not a database URL,
+    a dialect or driver that is not installed, an SQLite file that cannot be written, or a
+    server that does not answer (one try, 10 s at most)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy.engine import make_url
+
+    from autoquant._io import check_output_file
+    from autoquant._untrusted import short_repr
+
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError, TypeError):
+        raise UsageError(f"--storage {short_repr(url)} is not a database URL: give one such as "
+                         "sqlite:////abs/path/study.db or postgresql://user@host/db") from None
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise UsageError(f"--storage {shown}: an in-memory SQLite database keeps no trials; give a file "
+                             "(sqlite:////abs/path/study.db)")
+        if os.path.isdir(parsed.database):
+            raise UsageError(f"--storage {shown}: {parsed.database} is a folder; give the database's file")
+        if not os.path.isfile(parsed.database):
+            check_output_file(parsed.database, "--storage")
+        return
+    timeout = {"connect_timeout": 10} if parsed.get_backend_name() in ("postgresql", "mysql") else {}
+    try:
+        engine = create_engine(parsed, connect_args=timeout)
+    except (sa_exc.NoSuchModuleError, ImportError) as exc:
+        raise UsageError(f"--storage {shown}: SQLAlchemy has no driver for {parsed.drivername!r} here "
+                         f"({first_line(exc)}): install it, or use sqlite:////abs/path/study.db") from None
+    except (sa_exc.ArgumentError, TypeError, ValueError) as exc:
+        raise UsageError(f"--storage {shown} is not a URL SQLAlchemy can use ({first_line(exc)})") from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:  # noqa: BLE001 - whatever the driver raises, one line
+        cause = getattr(exc, "orig", None) or exc
+        raise UsageError(f"--storage {shown}: cannot connect ({first_line(cause)}): check the URL and that the "
+                         "database server runs") from None
+    finally:
+        engine.dispose()
 
 
 def _pid_alive(pid: int) -> bool:

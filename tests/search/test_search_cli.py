@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from autoquant.search import TrialRecord, trial_records
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, cli_main, run_cli
 from tests.targets.device import hold_a_trial, start_device, study_records, wait_for
 
 
@@ -347,3 +347,24 @@ def test_a_bad_finetune_option_is_one_line_and_exit_2(flag: str, value: str, car
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert flag.lstrip("-").split("-")[0] in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("storage", "words"), [
+    ("notaurl", ("is not a database URL",)),
+    ("sqlite://", ("in-memory",)),
+    ("sqlite:////proc/autoquant/study.db", ("nothing can be created in /proc",)),
+    ("nosuchdb+driver://host/db", ("no driver for 'nosuchdb+driver'",)),
+    ("postgresql+psycopg2://user:hunter2@nohost.invalid/db", ("cannot connect", "nohost.invalid", "***")),
+])
+def test_a_storage_that_cannot_hold_the_study_is_refused_before_the_set_up(storage: str, words: tuple[str, ...],
+                                                                         cartpole_dqn_path: Path,
+                                                                         tmp_path: Path) -> None:
+    """A bad --storage failed only after 13-18 s of set-up, and left a run folder with no study."""
+    out = tmp_path / "run"
+    proc = cli_main("search", "--policy", str(cartpole_dqn_path), "--trials", "2", "--out", str(out),
+                    "--storage", storage)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--storage" in lines[0] and all(w in lines[0] for w in words), proc.stderr
+    assert "hunter2" not in proc.stderr  # a password never reaches the terminal
+    assert list(tmp_path.iterdir()) == []  # no run folder, no staging folder
