@@ -178,6 +178,9 @@ class CompressionPlan:
     def load(cls, path: str | Path) -> CompressionPlan:
         path = Path(path)
         if not path.is_file():
+            if path.exists():  # a FIFO would block the read, a device never end
+                raise PlanError(f"the plan {path} is not a regular file (a FIFO, a device or a folder): give the "
+                                "plan's JSON file")
             raise PlanError(f"plan file not found: {path}")
         try:
             raw = path.read_bytes()

@@ -134,9 +134,34 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# What torch's weights-only unpickler says of a global whose module it blocks outright.
+_BLOCKED_GLOBAL = re.compile(r"unsupported GLOBAL ([\w.]+) whose module [\w.]+ is blocked")
+# Globals no weights file calls: the operating system, processes, imports, and code from text.
+_SYSTEM_MODULES = ("os.", "posix.", "nt.", "subprocess.", "sys.", "shutil.", "socket.", "runpy.", "importlib.",
+                   "ctypes.", "pty.", "builtins.", "webbrowser.", "code.", "pickle.", "marshal.")
+_CODE_BUILTINS = {"eval", "exec", "compile", "__import__", "getattr", "setattr", "delattr", "open", "breakpoint",
+                  "input", "globals", "locals", "vars", "apply"}
+
+
+def _code_call(exc: BaseException) -> str | None:
+    """The function a refused pickle would have called, where it is code rather than a
+    class of weights (``posix.system``, ``eval``): the sign of a malicious file."""
+    text = str(exc)
+    found = _BLOCKED_GLOBAL.search(text)
+    if found:
+        return found.group(1)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found and (found.group(1) in _CODE_BUILTINS or found.group(1).startswith(_SYSTEM_MODULES)):
+        return found.group(1)
+    return None
+
+
 def _torch_reason(exc: BaseException) -> str:
     """Why torch refused a file, in one line, without torch's advice to unpickle it anyway."""
     text = str(exc)
+    call = _code_call(exc)
+    if call is not None:
+        return f"unpickling it would call {call}: code, not weights"
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if found:
         return f"it holds pickled Python objects ({found.group(1)})"
@@ -243,9 +268,16 @@ def _load_torch_file(path: Path, *, trust_pickle: bool, activation: str | None,
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
+        call = _code_call(exc)
+        if not trust_pickle and call is not None:
+            raise PolicyLoadError(
+                f"{path} is not a torch file this tool can load safely: unpickling it would call {call} (code, not "
+                "weights), so nothing of it was loaded; do not pass --trust-pickle unless you made the file yourself"
+            ) from None
         if not trust_pickle and not _pickled_objects(exc):
             raise PolicyLoadError(
-                f"{path} is not a torch state dict this tool can read ({_torch_reason(exc)}); is it truncated?"
+                f"{path} is not a torch file this tool can load safely ({_torch_reason(exc)}): only tensors, "
+                "state dicts and plain containers are read without --trust-pickle"
             ) from None
         if not trust_pickle:
             raise PolicyLoadError(

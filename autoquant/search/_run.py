@@ -267,7 +267,12 @@ class Run:
         return open_study(self.storage_url, self.study_name, self.config.mode, optuna.samplers.RandomSampler())
 
     def records(self) -> list[TrialRecord]:
-        """Every trial so far, by any agent or worker."""
+        """Every trial so far, by any agent or worker. A run whose own study.db is gone says
+        so, instead of reading (and creating) an empty study."""
+        path = self.folder / DEFAULT_STORAGE
+        if self.config.storage == DEFAULT_STORAGE and not path.exists() and not path.is_symlink():
+            raise UsageError(f"{path} is missing: this run's study (every trial) is gone; restore the file, or "
+                             "start a new run")
         return trial_records(self.study())
 
     def record(self, number: int) -> TrialRecord | None:
@@ -302,6 +307,9 @@ class Run:
                                  f"({self.resume_command()}) or pass --trial N")
             return int(best["trial"]), CompressionPlan.from_json(best["plan"])
         records = self.records()
+        if not records:
+            raise UsageError(f"the study {self.study_name!r} of {self.folder} has no trials: nothing to export; run "
+                             f"the search ({self.resume_command()})")
         record = next((r for r in records if r.number == int(trial)), None)
         if record is None or record.plan is None:
             raise UsageError(f"trial {trial} has no plan in this run (trials 0..{len(records) - 1})")

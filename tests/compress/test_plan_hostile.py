@@ -78,3 +78,24 @@ def test_a_saved_plan_still_loads(tmp_path: Path) -> None:
     plan.save(path)
     assert CompressionPlan.load(path) == plan
     assert json.loads(path.read_text())["layers"]["fc1"]["prune_ratio"] == 0.25
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
+def test_a_plan_that_is_not_a_regular_file_says_so(tmp_path: Path, cartpole_dqn_path: Path, kind: str) -> None:
+    """A FIFO given as --plan was reported as 'plan file not found'."""
+    import os
+
+    from tests.conftest import cli_main
+
+    path = tmp_path / "plan.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        path = Path("/dev/zero")
+    with pytest.raises(PlanError, match="is not a regular file"):
+        CompressionPlan.load(path)
+    proc = cli_main("evaluate", "--policy", str(cartpole_dqn_path), "--plan", str(path), "--no-latency")
+    _assert_one_line_error(proc, "is not a regular file", str(path))
+    assert "not found" not in proc.stderr

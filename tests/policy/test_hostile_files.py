@@ -243,8 +243,44 @@ def test_garbage_torch_file_is_not_called_pickled(tmp_path: Path) -> None:
     with pytest.raises(PolicyLoadError) as info:
         load_policy(path)
     message = str(info.value)
-    assert "not a torch state dict" in message
+    assert "not a torch file this tool can load safely" in message and "truncated" not in message
     assert "weights_only" not in message and "likely succeed" not in message and "\n" not in message
+
+
+class _Shell:
+    """What a malicious checkpoint pickles: a call to the shell on load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("how", ["torch.save", "legacy torch.save", "raw pickle", "eval"])
+def test_a_malicious_torch_file_is_called_unsafe_not_truncated(tmp_path: Path, how: str) -> None:
+    """A .pt that calls os.system was reported as 'is it truncated?'."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "policy.pt"
+    if how == "torch.save":
+        torch.save({"fc.weight": torch.zeros(2, 4), "x": _Shell(marker)}, path)
+    elif how == "legacy torch.save":
+        torch.save(_Shell(marker), path, _use_new_zipfile_serialization=False)
+    elif how == "raw pickle":
+        path.write_bytes(pickle.dumps(_Shell(marker), protocol=2))
+    else:
+        path.write_bytes(f"cbuiltins\neval\n(S'open({str(marker)!r}, \"w\")'\ntR.".encode())
+    with pytest.raises(PolicyLoadError) as info:
+        load_policy(path)
+    message = str(info.value)
+    assert "not a torch file this tool can load safely" in message and "truncated" not in message, message
+    assert ("system" in message or "eval" in message) and "\n" not in message
+    from tests.conftest import cli_main
+
+    _assert_one_line_error(cli_main("inspect", "--policy", str(path)), "can load safely")
+    assert not marker.exists()
 
 
 def test_untrusted_text_stays_on_one_line(tmp_path: Path, cartpole_dqn_path: Path) -> None:

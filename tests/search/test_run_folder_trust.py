@@ -185,3 +185,12 @@ def test_a_broken_confirm_json_or_state_set_is_one_line(run: Path, tmp_path: Pat
     _one_line(run_cli("export", str(run), "--trial", "best", "--out", str(tmp_path / "o")), "confirm.json")
     (run / "states.npz").write_bytes(b"PK\x03\x04 not an archive")
     _one_line(run_cli("export", str(run), "--trial", "0", "--out", str(tmp_path / "o")), "states.npz")
+
+
+def test_a_run_whose_study_is_gone_says_so(run: Path, tmp_path: Path) -> None:
+    """A missing study.db read as an empty study: 'trial 0 has no plan (trials 0..-1)'."""
+    (run / "study.db").unlink()
+    _one_line(run_cli("export", str(run), "--trial", "0", "--out", str(tmp_path / "o")),
+              "study.db is missing", "restore the file")
+    assert not (run / "study.db").exists()  # reading never creates an empty study in its place
+    assert not (tmp_path / "o").exists()
