@@ -1,8 +1,9 @@
 """The agent weights the package ships: ``pretrained/<algo>.npz`` (plain float32 arrays,
-read with ``allow_pickle=False``) beside ``pretrained/<algo>.json`` (format, version, the
-observation layout they were trained for, the corpus, the training budget and the
-SHA-256 of the arrays). ``load_weights`` refuses arrays whose hash, layout or shapes
-differ; the agent then trains from scratch and records why.
+read through the capped reader: no pickles, nothing inflated past its cap) beside
+``pretrained/<algo>.json`` (format, version, the observation layout they were trained for,
+the corpus, the training budget and the SHA-256 of the arrays). ``load_weights`` refuses
+arrays whose hash, layout or shapes differ, or that are not finite; the agent then trains
+from scratch and records why.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from autoquant._io import atomic_write
+from autoquant._untrusted import ZipLimits, load_npz, loads_json, read_file_in, short_repr
+from autoquant.errors import UsageError
 
 __all__ = ["PRETRAINED_DIR", "WEIGHTS_FORMAT", "load_weights", "save_weights"]
 
@@ -22,6 +25,9 @@ PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 WEIGHTS_FORMAT = "autoquant.agent_weights"
 WEIGHTS_VERSION = 1
 _PARTS = ("actor", "actor_target", "critic", "critic_target")
+# The shipped DDPG weights are 90 KB; what is far larger is not ours and is refused unread.
+MAX_FILE_BYTES = 64 << 20
+_LIMITS = ZipLimits(max_members=256, max_member_bytes=64 << 20, max_total_bytes=128 << 20)
 
 
 
@@ -69,14 +75,22 @@ def load_weights(algo: str, model: Any, *, obs_version: int, obs_dim: int,
     meta_path, path = folder / f"{algo}.json", folder / f"{algo}.npz"
     if not meta_path.is_file() or not path.is_file():
         return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: np.asarray(data[k], dtype=np.float32) for k in data.files}
-    except (OSError, ValueError) as exc:
+    try:  # capped: read and inflated within the limits before anything is hashed or loaded
+        meta = loads_json(read_file_in(folder, meta_path.name, what=str(meta_path), error=UsageError,
+                                       max_bytes=1 << 20), what=str(meta_path), error=UsageError)
+        arrays = load_npz(read_file_in(folder, path.name, what=str(path), error=UsageError, max_bytes=MAX_FILE_BYTES),
+                          where=str(path), error=UsageError, limits=_LIMITS)
+    except UsageError as exc:
         return {"used": False, "why": f"unreadable: {exc}"}
-    if meta.get("format") != WEIGHTS_FORMAT or meta.get("version") != WEIGHTS_VERSION:
+    if not isinstance(meta, dict) or meta.get("format") != WEIGHTS_FORMAT or meta.get("version") != WEIGHTS_VERSION:
         return {"used": False, "why": "not agent weights of this autoquant version"}
+    if any(a.dtype.kind != "f" for a in arrays.values()):
+        return {"used": False, "why": "the arrays are not floating point: not agent weights"}
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+    bad = sorted(k for k, v in arrays.items() if not np.isfinite(v).all())
+    if bad:
+        return {"used": False, "why": f"{len(bad)} arrays hold NaN or infinite values ({short_repr(bad[0])} first): "
+                                      "not weights an agent was trained to"}
     if meta.get("obs_version") != obs_version or meta.get("obs_dim") != obs_dim:
         return {"used": False, "why": f"made for observation layout {meta.get('obs_version')}, this is {obs_version}"}
     if _digest(arrays) != meta.get("sha256"):

@@ -111,3 +111,53 @@ def test_weights_round_trip_and_refusals(corpus, trained, tmp_path: Path) -> Non
     refused = load_weights("ddpg", untouched, obs_version=OBS_VERSION, obs_dim=OBS_DIM, folder=tmp_path)
     assert refused is not None and not refused["used"] and "SHA-256" in refused["why"]
     np.testing.assert_array_equal(untouched.predict(obs, deterministic=True)[0], before)  # left as it was
+
+
+def _small_ddpg(seed: int):  # type: ignore[no-untyped-def]
+    from stable_baselines3 import DDPG
+
+    return DDPG("MlpPolicy", "Pendulum-v1", seed=seed, device="cpu", policy_kwargs={"net_arch": [8]})
+
+
+def test_weights_that_are_not_finite_are_refused_even_with_their_hash(tmp_path: Path) -> None:
+    """NaN weights whose SHA-256 was recomputed to match were loaded silently."""
+    from autoquant.search._weights import _digest
+
+    save_weights("ddpg", _small_ddpg(0), {}, obs_version=OBS_VERSION, obs_dim=OBS_DIM, folder=tmp_path)
+    with np.load(tmp_path / "ddpg.npz", allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    first = sorted(arrays)[0]
+    arrays[first] = np.full_like(arrays[first], np.nan)
+    np.savez(tmp_path / "ddpg.npz", **arrays)
+    info = json.loads((tmp_path / "ddpg.json").read_text())
+    (tmp_path / "ddpg.json").write_text(json.dumps({**info, "sha256": _digest(arrays)}))
+    model = _small_ddpg(1)
+    before = {k: v.clone() for k, v in model.policy.actor.state_dict().items()}
+    loaded = load_weights("ddpg", model, obs_version=OBS_VERSION, obs_dim=OBS_DIM, folder=tmp_path)
+    assert loaded is not None and not loaded["used"], loaded
+    assert "NaN or infinite" in loaded["why"] and first in loaded["why"] and "\n" not in loaded["why"]
+    assert all((model.policy.actor.state_dict()[k] == v).all() for k, v in before.items())  # left as it was
+
+
+def test_a_weights_file_that_inflates_past_its_cap_is_refused_before_inflating(tmp_path: Path) -> None:
+    """A small npz that inflates to gigabytes was inflated before its hash was checked."""
+    import tracemalloc
+    import zipfile
+
+    save_weights("ddpg", _small_ddpg(0), {}, obs_version=OBS_VERSION, obs_dim=OBS_DIM, folder=tmp_path)
+    rows = 50_000_000  # 200 MB of float32 zeros, a few hundred kB deflated
+    with zipfile.ZipFile(tmp_path / "ddpg.npz", "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("actor.mu.0.weight.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False, "shape": (rows,)})
+            chunk = bytes(1 << 20)
+            for _ in range(rows * 4 // len(chunk)):
+                member.write(chunk)
+    model = _small_ddpg(1)
+    tracemalloc.start()
+    try:
+        loaded = load_weights("ddpg", model, obs_version=OBS_VERSION, obs_dim=OBS_DIM, folder=tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert loaded is not None and not loaded["used"] and "zip bomb" in loaded["why"], loaded
+    assert peak < 16 << 20, peak  # the 200 MB were never inflated
