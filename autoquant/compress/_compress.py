@@ -83,6 +83,7 @@ def compress(
     finetune_lr: float = 1e-3,
     finetune_rounds: int = 0,
     visit: Callable[[bytes], np.ndarray] | None = None,
+    finetune_deadline: float | None = None,
     rounding: str = "auto",
     verify_kernels: bool = True,
     seed: int = 0,
@@ -106,6 +107,8 @@ def compress(
     ``finetune_rounds``: DAgger rounds after the first distillation, each adding the
     states ``visit(onnx)`` returns for the student's graph as it then is (the caller plays
     it; this module knows no environment). Calibration keeps ``states``.
+    ``finetune_deadline``: a ``time.perf_counter()`` value past which no epoch or round of
+    fine-tuning starts (the best epoch so far is kept): a search's wall-clock budget.
 
     ``cache``: an ActivationCache of ``bundle.net`` and these ``states`` (the same array),
     which a search keeps so that calibration reuses the activations of earlier plans.
@@ -118,7 +121,7 @@ def compress(
     full = analyse(bundle)
     plan.validate(full)
     states = np.asarray(states, dtype=np.float32)
-    tune = _Tune(bundle, states, finetune_epochs, finetune_lr, seed, finetune_rounds, visit)
+    tune = _Tune(bundle, states, finetune_epochs, finetune_lr, seed, finetune_rounds, visit, finetune_deadline)
     if supported(bundle.net) is not None:
         compressed = _compress_brevitas(bundle, plan, states, tune, rounding=_resolve(rounding, full, plan))
     else:
@@ -178,12 +181,13 @@ class _Tune:
     seed: int
     rounds: int
     visit: Callable[[bytes], np.ndarray] | None
+    deadline: float | None = None  # time.perf_counter() past which no epoch or round starts
 
     def __call__(self, model: nn.Module, emit: Callable[[], bytes]) -> FinetuneResult:
         """Fine-tune ``model`` in place; ``emit()``: its graph as it now is."""
         visit = self.visit
         return dagger(model, self.bundle.net, self.states, rounds=self.rounds,
-                      visit=None if visit is None else lambda: visit(emit()),
+                      visit=None if visit is None else lambda: visit(emit()), deadline=self.deadline,
                       epochs=self.epochs, lr=self.lr, seed=self.seed, discrete=self.bundle.action.discrete)
 
 

@@ -8,6 +8,7 @@ goes wrong happens in states fp32 never visits (see ``tests/compress/test_finetu
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,16 +21,23 @@ __all__ = ["FinetuneResult", "dagger", "distill"]
 
 @dataclass(frozen=True)
 class FinetuneResult:
-    epochs: int
+    epochs: int  # epochs of the first distillation that ran (fewer than asked where the deadline came)
     loss_before: float
     loss_after: float
     rounds: int = 0  # DAgger rounds after the first distillation
     states: int = 0  # states distilled on in the last round (recorded + visited)
     lr: float | None = None  # the learning rate the last epoch ran at (after any back-off)
+    deadline_reached: bool = False  # stopped at the caller's deadline, the best epoch so far kept
 
-    def to_json(self) -> dict[str, float | int | None]:
+    def to_json(self) -> dict[str, float | int | bool | None]:
         return {"epochs": self.epochs, "loss_before": self.loss_before, "loss_after": self.loss_after,
-                "rounds": self.rounds, "states": self.states, "lr": self.lr}
+                "rounds": self.rounds, "states": self.states, "lr": self.lr,
+                "deadline_reached": self.deadline_reached}
+
+
+def _past(deadline: float | None) -> bool:
+    """Whether ``deadline`` (a ``time.perf_counter()`` value) has come."""
+    return deadline is not None and time.perf_counter() >= deadline
 
 
 BACKOFF = 10.0  # the learning rate's divisor after an epoch that blew the loss up
@@ -68,7 +76,8 @@ def _loss(student: nn.Module, x: torch.Tensor, target: torch.Tensor, tau: float 
 
 
 def distill(student: nn.Module, teacher: nn.Module, states: np.ndarray, *, epochs: int = 5,
-            lr: float = 1e-3, batch_size: int = 64, seed: int = 0, discrete: bool = False) -> FinetuneResult:
+            lr: float = 1e-3, batch_size: int = 64, seed: int = 0, discrete: bool = False,
+            deadline: float | None = None) -> FinetuneResult:
     """Train ``student`` in place to match ``teacher`` on ``states`` (quantization-aware
     when the student has quantizers). ``discrete``: the outputs are Q-values or logits of
     discrete actions (see ``_objective``).
@@ -77,7 +86,8 @@ def distill(student: nn.Module, teacher: nn.Module, states: np.ndarray, *, epoch
     undone and the learning rate divided by ``BACKOFF``: the step size that suits an MLP
     (1e-3 on CartPole) wrecks the Pong CNN, whose held-out agreement 1e-3 took from 0.977
     to 0.637 and 1e-5 to 0.996 (10 epochs), so no fixed rate serves both. The weights of
-    the epoch with the lowest loss are kept."""
+    the epoch with the lowest loss are kept. At ``deadline`` (a ``time.perf_counter()``
+    value) no further epoch starts: the best epoch so far is kept."""
     x = torch.as_tensor(np.asarray(states, dtype=np.float32))
     with torch.no_grad():
         teacher.eval()
@@ -90,7 +100,11 @@ def distill(student: nn.Module, teacher: nn.Module, states: np.ndarray, *, epoch
     best_state = copy.deepcopy(student.state_dict())
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(params, lr=lr)
+    ran = 0
     for _ in range(epochs):
+        if _past(deadline):
+            break
+        ran += 1
         student.train()
         for idx in torch.randperm(len(x), generator=generator).split(batch_size):
             optimizer.zero_grad()
@@ -108,23 +122,29 @@ def distill(student: nn.Module, teacher: nn.Module, states: np.ndarray, *, epoch
     student.eval()
     for p in params:
         p.requires_grad_(False)
-    return FinetuneResult(epochs=epochs, loss_before=before, loss_after=best, lr=lr)
+    return FinetuneResult(epochs=ran, loss_before=before, loss_after=best, lr=lr, deadline_reached=ran < epochs)
 
 
 def dagger(student: nn.Module, teacher: nn.Module, states: np.ndarray, *, rounds: int,
-           visit: Callable[[], np.ndarray] | None, **options: float | int) -> FinetuneResult:
+           visit: Callable[[], np.ndarray] | None, deadline: float | None = None,
+           **options: float | int) -> FinetuneResult:
     """Distill on ``states``, then ``rounds`` times: add the states the student visits
     itself (``visit()``: states the student, as it now is, visits acting greedily) and
     distill on all of them, continuing from the weights so far and at the learning rate the
-    previous round ended at. ``options``: ``distill``'s."""
+    previous round ended at. ``options``: ``distill``'s. At ``deadline`` (see ``distill``)
+    no further epoch or round starts."""
     if rounds and visit is None:
         raise ValueError("DAgger rounds need visit(): the states the student visits itself")
     data = np.asarray(states, dtype=np.float32)
-    first = distill(student, teacher, data, **options)  # type: ignore[arg-type]
-    last = first
+    first = distill(student, teacher, data, deadline=deadline, **options)  # type: ignore[arg-type]
+    last, ran = first, 0
     for _ in range(rounds):
+        if _past(deadline):
+            break
+        ran += 1
         data = np.concatenate([data, np.asarray(visit(), dtype=np.float32)])  # type: ignore[misc]
         options = {**options, "lr": last.lr}  # type: ignore[dict-item]  # where the back-off left it
-        last = distill(student, teacher, data, **options)  # type: ignore[arg-type]
+        last = distill(student, teacher, data, deadline=deadline, **options)  # type: ignore[arg-type]
     return FinetuneResult(epochs=first.epochs, loss_before=first.loss_before, loss_after=last.loss_after,
-                          rounds=rounds, states=len(data), lr=last.lr)
+                          rounds=ran, states=len(data), lr=last.lr,
+                          deadline_reached=first.deadline_reached or last.deadline_reached or ran < rounds)

@@ -165,12 +165,14 @@ class SearchProblem:
         return plan_key(plan, self.target_fingerprint)
 
     def evaluate(self, plan: CompressionPlan,
-                 should_play: Callable[[float, Callable[[], float]], tuple[bool, str | None]]) -> TrialResult:
+                 should_play: Callable[[float, Callable[[], float]], tuple[bool, str | None]], *,
+                 deadline: float | None = None) -> TrialResult:
         """Build, measure, screen, and play if it can matter.
 
         ``should_play(latency_ratio, proxy)`` decides; ``proxy()`` measures the proxy (the
         plan's own rollouts) only when the decision needs it, and the result records it
-        where it was measured.
+        where it was measured. ``deadline`` (a ``time.perf_counter()`` value: the search's
+        wall-clock budget) bounds fine-tuning: no epoch starts past it.
         """
         t0 = time.perf_counter()
         compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed, cache=self._cache)
@@ -188,8 +190,9 @@ class SearchProblem:
             on the fine-tuned plan where the plan is one to fine-tune."""
             nonlocal compressed, latency, runner, fid
             if "score" not in measured:
-                if self.settings.finetune_epochs and fidelity_score(fid) < self.settings.finetune_below:
-                    measured["finetune"], better = self.try_finetune(plan, fid)
+                if self.settings.finetune_epochs and fidelity_score(fid) < self.settings.finetune_below \
+                        and (deadline is None or time.perf_counter() < deadline):
+                    measured["finetune"], better = self.try_finetune(plan, fid, deadline=deadline)
                     if better is not None:  # judged on the fine-tuned graph, its latency measured again
                         compressed, runner, fid = better
                         latency = self.target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
@@ -230,13 +233,14 @@ class SearchProblem:
                                        "fidelity": round(t_fid - t2, 3), "proxy": round(t3 - t_fid, 3),
                                        "play": round(t4 - t3, 3)})
 
-    def try_finetune(self, plan: CompressionPlan, fid: dict[str, Any]
+    def try_finetune(self, plan: CompressionPlan, fid: dict[str, Any], *, deadline: float | None = None
                      ) -> tuple[dict[str, Any], tuple[CompressedPolicy, OrtRunner, dict[str, Any]] | None]:
-        """Fine-tune ``plan`` (held-out fidelity ``fid`` as built): the record of the attempt,
-        and the tuned graph with its session and held-out fidelity where tuning raised that
-        fidelity (the graph then kept in the run folder), else None: judge the plan as built."""
+        """Fine-tune ``plan`` (held-out fidelity ``fid`` as built), until ``deadline`` at most
+        (see ``finetune``): the record of the attempt, and the tuned graph with its session and
+        held-out fidelity where tuning raised that fidelity (the graph then kept in the run
+        folder), else None: judge the plan as built."""
         start = time.perf_counter()
-        tuned = self.finetune(plan)
+        tuned = self.finetune(plan, deadline=deadline)
         runner = OrtRunner(tuned.onnx)
         tuned_fid = fidelity(self.reference_outputs, self._candidate(tuned.onnx, runner)(self.held_out),
                              self.bundle.action)
@@ -251,14 +255,15 @@ class SearchProblem:
             record["model_sha256"] = hashlib.sha256(tuned.onnx).hexdigest()
         return record, ((tuned, runner, tuned_fid) if kept else None)
 
-    def finetune(self, plan: CompressionPlan) -> CompressedPolicy:
+    def finetune(self, plan: CompressionPlan, *, deadline: float | None = None) -> CompressedPolicy:
         """The plan compressed and fine-tuned as the run's settings say: distillation from
         fp32 on the recorded states, then DAgger rounds on states the plan visits itself,
-        from seeds of their own (the proxy's rollouts stay unseen)."""
+        from seeds of their own (the proxy's rollouts stay unseen). No epoch or round starts
+        past ``deadline`` (a ``time.perf_counter()`` value); the best epoch so far is kept."""
         visit = dagger_visitor(self.bundle, seed=self.settings.seed, n=self.settings.proxy_states, env=self._env())
         return compress(self.bundle, plan, self.states, seed=self.settings.seed,
                         finetune_epochs=self.settings.finetune_epochs, finetune_rounds=self.settings.finetune_rounds,
-                        visit=visit)
+                        visit=visit, finetune_deadline=deadline)
 
     def _keep(self, plan: CompressionPlan, onnx: bytes) -> None:
         if self.models_dir is not None:

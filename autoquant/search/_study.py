@@ -286,6 +286,13 @@ class SearchRunner:
         """Search seconds spent on this study so far, this session included."""
         return self.seconds_before + (time.perf_counter() - self._started)
 
+    def deadline(self) -> float | None:
+        """The ``time.perf_counter()`` at which the wall-clock budget is spent (None without
+        one): a trial's fine-tuning starts no epoch past it."""
+        if self.time_budget_s is None:
+            return None
+        return self._started + self.time_budget_s - self.seconds_before
+
     def remaining(self) -> int:
         if self.stopped is not None:
             return 0
@@ -398,7 +405,8 @@ class SearchRunner:
             if key not in self.cache:
                 self._wait_for_twins(trial.number, key)
             cached = key in self.cache
-            result = self.cache[key] if cached else self.problem.evaluate(plan, self.should_play)
+            result = (self.cache[key] if cached
+                      else self.problem.evaluate(plan, self.should_play, deadline=self.deadline()))
         except KeyboardInterrupt:
             record_interrupted(trial, "interrupted by the user")
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)

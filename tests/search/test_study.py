@@ -21,3 +21,31 @@ def test_repeats_are_recorded_free_and_end_a_converged_search(cartpole_problem, 
     assert all(r.result == records[0].result for r in records)  # the repeats carry the measured result
     assert runner.stopped is not None and "measured before" in runner.stopped and runner.remaining() == 0
     assert len(outcomes) == 4 and all(o.cached for o in outcomes[1:])
+
+
+def test_the_time_budget_stops_fine_tuning_at_the_best_epoch_so_far(cartpole_problem, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """--finetune 1000 ran for minutes past --time-budget: fine-tuning now starts no epoch or
+    DAgger round once the search's wall-clock budget is spent, and keeps the best epoch so far."""
+    import copy
+    import time
+
+    from autoquant.search import ProblemSettings
+
+    problem = copy.copy(cartpole_problem)  # the shared problem, fine-tuning every plan for the cap's 1000 epochs
+    problem.settings = ProblemSettings(episodes=3, finetune_epochs=1000, finetune_rounds=2, finetune_below=1.0)
+    problem.models_dir = tmp_path / "models"
+    toml = tmp_path / "harsh.toml"
+    toml.write_text('weight_bits = [2]\nprune_ratios = [0.5]\n')  # one plan, far from fp32: it gets fine-tuned
+    space = load_space(str(toml), problem.table)
+    study = open_study(f"sqlite:///{tmp_path / 's.db'}", "s", "single", ProposalSampler())
+    problem.latency_ratio(space.plan({}))  # built and measured once, so that the budget goes to fine-tuning
+    start = time.perf_counter()
+    runner = SearchRunner(study, space, problem, n_trials=1, agent="test", time_budget_s=6.0)
+    outcome = runner.run_trial({})
+    elapsed = time.perf_counter() - start
+    assert outcome is not None and outcome.result is not None, outcome and outcome.error
+    tuned = outcome.result.finetune
+    assert tuned is not None and tuned["deadline_reached"] is True, tuned
+    assert tuned["epochs"] < 1000 and tuned["loss_after"] <= tuned["loss_before"]
+    assert elapsed < 30, elapsed  # 1000 epochs and two DAgger rounds of 1000 take minutes
+    assert runner.remaining() == 0 and "wall-clock budget" in (runner.stopped or "")
