@@ -173,6 +173,15 @@ def _config(args: argparse.Namespace, *, method: str, agent: str) -> Any:
     )
 
 
+def _disk_full(exc: Exception, run: Any) -> None:
+    """A full disk during a search, said in one line with the command that resumes it."""
+    from autoquant.search import disk_full
+
+    if disk_full(exc):
+        raise UsageError(f"no space left on the device of {run.folder}: the trials so far are in the study; free "
+                         f"some space, then resume with: {run.resume_command()}") from None
+
+
 @register
 class SearchCommand(Command):
     name = "search"
@@ -223,12 +232,20 @@ class SearchCommand(Command):
             progress.close()
             raise DeviceUnreachable(f"{exc} The trials so far are in the study; once the device is back, "
                                     f"resume with: {run.resume_command()}") from exc
+        except Exception as exc:
+            progress.close()
+            _disk_full(exc, run)
+            raise
         progress.close()
         if runner.stopped:
             log(f"stopped before the budget: {runner.stopped}")
         log("confirming the best plan on fresh seeds")
-        confirmed = run.confirm()
-        run.write_report()
+        try:
+            confirmed = run.confirm()
+            run.write_report()
+        except Exception as exc:
+            _disk_full(exc, run)
+            raise
         if confirmed is None:
             log(f"no plan both kept retention >= {run.config.min_retention} and ran faster than fp32: keep the "
                 f"uncompressed policy; see {run.folder / 'report.md'}")

@@ -24,7 +24,15 @@ from autoquant.search._record import TrialRecord, TrialResult
 from autoquant.search._run import CONFIRM_FORMAT, RUN_FORMAT, Run, RunConfig, load_run, start_run
 from autoquant.search._space import LayerChoices, SearchSpace, available_spaces, load_space
 from autoquant.search._latency import LatencyModel
-from autoquant.search._study import SEARCH_SECONDS, ProposalSampler, SearchRunner, TrialOutcome, open_study, trial_records
+from autoquant.search._study import (
+    SEARCH_SECONDS,
+    ProposalSampler,
+    SearchRunner,
+    TrialOutcome,
+    disk_full,
+    open_study,
+    trial_records,
+)
 from autoquant.search._surrogate import Boundary, Choice, Surrogate, latency_model, layer_choices, sensitivities
 
 if TYPE_CHECKING:
@@ -71,6 +79,7 @@ __all__ = [
     "bin_centre",
     "bin_index",
     "compare",
+    "disk_full",
     "fidelity_score",
     "latency_model",
     "layer_choices",

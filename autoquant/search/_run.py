@@ -57,9 +57,11 @@ from autoquant.search._problem import ProblemSettings, SearchProblem
 from autoquant.search._record import TrialRecord
 from autoquant.search._space import SearchSpace, find_space, load_space
 from autoquant.search._study import (
+    DISK_FULL,
     SearchRunner,
     TrialOutcome,
     check_storage,
+    create_study_file,
     fail_dead_trials,
     open_study,
     trial_records,
@@ -504,18 +506,23 @@ def start_run(folder: Path, config: RunConfig, *, trust_pickle: bool = False,
     staging = folder.parent / f".{folder.name}.partial-{os.getpid()}"
     for stale in folder.parent.glob(f".{folder.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    staging.mkdir(parents=True)
     try:
+        staging.mkdir(parents=True)
         if share_from is not None:
             info = _share(share_from, staging, folder, config, loaded.space)
         else:
             info = _measure_references(staging, folder, config, loaded, policy, log)
         write_json(staging / "run.json", info)
+        if config.storage == DEFAULT_STORAGE:  # the study is part of the folder: made before it is put in place
+            create_study_file(staging / DEFAULT_STORAGE, str(info["study_name"]), config.mode)
         if folder.exists():
             folder.rmdir()
         os.replace(staging, folder)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise UsageError(f"no space left on the device of {folder} while setting the run up: nothing was kept; "
+                             "free some space and start the search again") from None
         raise
     return _build(folder, info, config, loaded)
 

@@ -11,12 +11,15 @@ exhausted the space or converged, and the search ends (``SearchRunner.stopped``)
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
 import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,9 +46,12 @@ __all__ = [
     "ProposalSampler",
     "ScreenFit",
     "SearchRunner",
+    "DISK_FULL",
     "TrialOutcome",
     "check_storage",
+    "create_study_file",
     "directions",
+    "disk_full",
     "fail_dead_trials",
     "open_study",
     "trial_records",
@@ -71,6 +77,9 @@ def open_study(storage: str, name: str, mode: str, sampler: Any) -> Any:
             return optuna.create_study(storage=storage, study_name=name, directions=directions(mode),
                                        sampler=sampler, load_if_exists=True)
         except Exception as exc:  # noqa: BLE001 - storage faults reach the user as one line
+            if disk_full(exc):
+                raise UsageError(f"no space left on the device of the study at {storage}: free some space and run "
+                                 "the command again") from None
             # Workers starting together race to create the schema or the study; the
             # loser finds them there on the next try.
             if attempt == 5:
@@ -122,6 +131,40 @@ def check_storage(url: str) -> None:
                          "database server runs") from None
     finally:
         engine.dispose()
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # the OSErrors of a full disk or quota
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (an OSError, or a database error over one: SQLite's "database or disk
+    is full" under SQLAlchemy's and Optuna's) says the disk is full."""
+    for _ in range(8):
+        if exc is None:
+            return False
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return True
+        text = str(exc).lower()
+        if "disk is full" in text or "no space left" in text:
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__ or exc.__context__
+    return False
+
+
+def create_study_file(path: Path, name: str, mode: str) -> None:
+    """Create a run's own SQLite study at ``path`` (during the set-up, in the staging folder),
+    and close it: a full disk is one line, and no run folder is left without its study."""
+    storage = None
+    try:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{path.resolve()}")
+        optuna.create_study(storage=storage, study_name=name, directions=directions(mode))
+    except Exception as exc:  # noqa: BLE001 - SQLite and SQLAlchemy fail in many types
+        if disk_full(exc):
+            raise OSError(errno.ENOSPC, "no space left on the device", str(path)) from None
+        raise AutoquantError(f"cannot create the study at {path}: {first_line(exc)}") from exc
+    finally:
+        if storage is not None:
+            storage.engine.dispose()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -416,6 +459,11 @@ class SearchRunner:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
         except Exception as exc:  # noqa: BLE001 - a failed trial is a record, the study goes on
+            if disk_full(exc):  # nor is a full disk: stop, resume once there is space
+                with contextlib.suppress(Exception):  # the study may not be writable either
+                    record_interrupted(trial, "no space left on the device")
+                    self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise
             message = describe_exception(exc)
             record_error(trial, message, None if isinstance(exc, AutoquantError) else traceback.format_exc())
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)

@@ -368,3 +368,62 @@ def test_a_storage_that_cannot_hold_the_study_is_refused_before_the_set_up(stora
     assert len(lines) == 1 and "--storage" in lines[0] and all(w in lines[0] for w in words), proc.stderr
     assert "hunter2" not in proc.stderr  # a password never reaches the terminal
     assert list(tmp_path.iterdir()) == []  # no run folder, no staging folder
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real 1 MiB file system (tmpfs), to fill up; skipped where mounting is not allowed."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): needs root")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path, leave_kb: int) -> None:
+    """Fill ``disk`` until ``leave_kb`` KiB are free."""
+    filler = disk / "filler"
+    filler.unlink(missing_ok=True)
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    filler.write_bytes(bytes(max(0, free - leave_kb * 1024)))
+
+
+_SMALL = ("--method", "quant", "--agent", "random", "--states", "256", "--episodes", "3", "--confirm-episodes", "3")
+
+
+def test_a_set_up_on_a_full_disk_is_one_line_and_leaves_nothing(small_disk: Path, cartpole_dqn_path: Path) -> None:
+    """The states fit, the study did not: the folder was left without a study, and the message
+    ('cannot open study') did not say why."""
+    _fill(small_disk, leave_kb=64)
+    out = small_disk / "run"
+    proc = cli_main("search", "--policy", str(cartpole_dqn_path), "--trials", "2", "--out", str(out), "--quiet",
+                    *_SMALL)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no space left" in lines[0] and "nothing was kept" in lines[0], proc.stderr
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no run folder, no staging folder
+
+
+@pytest.mark.slow
+def test_a_resume_on_a_full_disk_is_one_line_that_says_how_to_resume(small_disk: Path,
+                                                                     cartpole_dqn_path: Path) -> None:
+    """--resume on a full disk crashed (StorageInternalError: 'internal error', exit 1)."""
+    out = small_disk / "run"
+    proc = cli_main("search", "--policy", str(cartpole_dqn_path), "--trials", "2", "--out", str(out), "--quiet",
+                    *_SMALL)
+    assert proc.returncode == 0, proc.stderr
+    for leave_kb, args in ((0, ()), (24, ("--trials", "40", "--time-budget", "600"))):
+        _fill(small_disk, leave_kb)
+        proc = cli_main("search", "--out", str(out), "--resume", "--quiet", *args)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "no space left" in lines[0] and "internal error" not in lines[0], proc.stderr
+    assert "resume with: autoquant search --out" in lines[0]
+    (small_disk / "filler").unlink()
+    records = trial_records(optuna.load_study(study_name="run", storage=f"sqlite:///{out / 'study.db'}"))
+    assert len([r for r in records if r.state == "COMPLETE"]) >= 2  # the trials so far are in the study
+    assert all(r.state != "RUNNING" for r in records)
