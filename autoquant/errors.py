@@ -10,6 +10,7 @@ __all__ = [
     "DeviceUnreachable",
     "EnvMismatchError",
     "ExportError",
+    "Interrupted",
     "KernelMismatchError",
     "NetworkMismatchError",
     "PlanError",
@@ -79,6 +80,16 @@ class BundleFormatError(ActorQError):
 
 class NetworkMismatchError(ActorQError):
     """Learner weights do not fit the network a bundle was made for."""
+
+
+class Interrupted(AutoquantError):
+    """A signal (SIGTERM, SIGINT) stopped a command, which cleaned up before it ended; the exit
+    code is the shell's for that signal (128 + its number: 143, 130)."""
+
+    def __init__(self, message: str, *, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
 
 
 def first_line(exc: BaseException) -> str:

@@ -26,10 +26,13 @@ its nodes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +57,7 @@ from autoquant.actorq._learner import (
 from autoquant.actorq._ppo import CORRECTIONS, PPOConfig, PPOLearner, make_ppo_learner, ppo_preset
 from autoquant.actorq._quantizer import ActorQuantizer
 from autoquant.actorq._rebuild import REBUILD_PATHS
-from autoquant.errors import UsageError, first_line
+from autoquant.errors import Interrupted, UsageError, first_line
 
 __all__ = ["ActorRunConfig", "run_actorq"]
 
@@ -258,6 +261,43 @@ def _ray_session(ray: Any, config: ActorRunConfig) -> tuple[bool, dict[str, Any]
                      "nodes": len(nodes), "node_list": nodes, "cpus": resources.get("CPU")}
 
 
+class _Signals:
+    """SIGTERM or SIGINT, noted by the handler and acted on by the loop between steps."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def note(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def check(self) -> None:
+        """Raise ``Interrupted`` once a signal came: the ``finally`` blocks around the loop then
+        kill the actors and shut Ray down."""
+        if self.signum is not None:
+            raise Interrupted(f"actorq run stopped by {signal.Signals(self.signum).name}: its actors were stopped "
+                              "and Ray shut down; nothing was written", signum=self.signum)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[_Signals]:
+    """Note SIGTERM and SIGINT while the actors run, for the loop to stop on (``_Signals``).
+    Installed once Ray is up, over the handler its core worker installs (a C++ stack dump,
+    and an exit that leaves the actors to chance); the handler only notes the signal, since
+    an exception raised inside Ray's calls comes out as a SystemError. The handlers that
+    were there before come back afterwards."""
+    signals = _Signals()
+    if threading.current_thread() is not threading.main_thread():
+        yield signals  # signals reach the main thread only: a caller in another thread handles them itself
+        return
+    previous = {s: signal.signal(s, signals.note) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield signals
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
 def run_actorq(config: ActorRunConfig, *, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the actor-learner loop and return its report (JSON-ready)."""
     import torch
@@ -308,16 +348,18 @@ def run_actorq(config: ActorRunConfig, *, log: Callable[[str], None] | None = No
             probe.close()
         t_start = time.perf_counter()
         started, ray_facts = _ray_session(ray, config)
-        kind = "fp32" if config.fp32_actors else "quantized"
-        say(f"ray {ray_facts['version']} ({ray_facts['address']}, {ray_facts['nodes']} nodes, "
-            f"{ray_facts['cpus']:.0f} CPUs); {config.actors} {kind} actors x {config.envs_per_actor} envs, "
-            f"{algo.upper()} learner, {config.steps} env steps")
-        try:
-            loop = _Loop(ray, config, bundle, env_id, model, learner, builder, weights_of, seeds, say)
-            result = loop.run_ppo() if algo == "ppo" else loop.run_dqn()
-        finally:
-            if started:
-                ray.shutdown()
+        with _stop_on_signals() as signals:
+            kind = "fp32" if config.fp32_actors else "quantized"
+            say(f"ray {ray_facts['version']} ({ray_facts['address']}, {ray_facts['nodes']} nodes, "
+                f"{ray_facts['cpus']:.0f} CPUs); {config.actors} {kind} actors x {config.envs_per_actor} envs, "
+                f"{algo.upper()} learner, {config.steps} env steps")
+            try:
+                loop = _Loop(ray, config, bundle, env_id, model, learner, builder, weights_of, seeds, say, signals)
+                result = loop.run_ppo() if algo == "ppo" else loop.run_dqn()
+            finally:
+                if started:
+                    ray.shutdown()
+            signals.check()  # one that came as the loop ended still stops the run
         wall_s = time.perf_counter() - t_start
     finally:
         torch.set_num_threads(threads)
@@ -385,10 +427,11 @@ class _Loop:
 
     def __init__(self, ray: Any, config: ActorRunConfig, bundle: ActorBundle, env_id: str, model: Any,
                  learner: Any, builder: Any, weights_of: Callable[[], dict[str, np.ndarray]], seeds: list[int],
-                 say: Callable[[str], None]) -> None:
+                 say: Callable[[str], None], signals: _Signals | None = None) -> None:
         self.ray, self.config, self.bundle, self.env_id = ray, config, bundle, env_id
         self.model, self.learner, self.builder, self.weights_of = model, learner, builder, weights_of
         self.seeds, self.say = seeds, say
+        self.signals = signals or _Signals()  # checked between steps: a SIGTERM stops the loop there
         remote = ray.remote(num_cpus=1)(ActorWorker)
         self.actors = [remote.remote(builder, env_id, seed=config.seed * 1000 + 1 + i, central=config.central,
                                      envs=config.envs_per_actor) for i in range(config.actors)]
@@ -422,6 +465,7 @@ class _Loop:
 
         if not self.seeds:
             return
+        self.signals.check()
         start = time.perf_counter()
         stats = play_episodes(_greedy_learner(self.model), self.env_id, self.seeds, n_envs=min(8, len(self.seeds)))
         agreement = _actor_agreement(states, self.builder, self.weights_of(), self.model)
@@ -457,6 +501,7 @@ class _Loop:
             for i in range(len(actors)):
                 submit(i)
             while pending:
+                self.signals.check()
                 done, _ = ray.wait(list(pending), num_returns=1)
                 i = pending.pop(done[0])
                 r = ray.get(done[0])
@@ -488,6 +533,7 @@ class _Loop:
             loop_start = time.perf_counter()
             received, next_eval = 0, eval_every
             while received < config.steps:
+                self.signals.check()
                 ref = self.broadcast()
                 rollouts = ray.get([actor.collect.remote([ref], self.version, None, rounds) for actor in actors])
                 for i, r in enumerate(rollouts):

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from autoquant._version import __version__
-from autoquant.errors import AutoquantError
+from autoquant.errors import AutoquantError, Interrupted
 
 __all__ = ["Command", "main", "register"]
 
@@ -90,6 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _stdout_to_stderr():
             result = command.run(args)
+    except Interrupted as exc:  # stopped by a signal, cleaned up: said as what happened, not as an error
+        if args.debug:
+            traceback.print_exc()
+        print(f"autoquant: {exc}", file=sys.stderr)
+        return exc.exit_code
     except AutoquantError as exc:
         if args.debug:
             traceback.print_exc()

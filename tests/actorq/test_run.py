@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +149,66 @@ def test_bad_input_is_one_line_and_exit_2(cartpole_bundle: Path, tmp_path: Path)
     proc = subprocess.run([sys.executable, "-c", code, "actorq", "run", "--bundle", str(cartpole_bundle), "--env",
                            "CartPole-v1"], check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
     _assert_one_line(proc, "ray is not installed", "pip install 'autoquant[actorq]'")
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """Processes under ``pid`` (Ray's GCS, raylet, workers and actors of a local run), by pid: name."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: dict[int, str] = {}
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        try:
+            found[child] = (Path("/proc") / str(child) / "comm").read_text().strip()
+        except OSError:
+            continue
+        todo += children.get(child, [])
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_stopped_run_stops_its_actors_and_ray_in_one_line(cartpole_bundle: Path, tmp_path: Path,
+                                                            signum: int, code: int) -> None:
+    """SIGTERM printed Ray's C++ stack dump ('*** SIGTERM received ... PC: @') and exited 1."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "autoquant", "actorq", "run", "--bundle", str(cartpole_bundle),
+                             "--env", "CartPole-v1", "--actors", "2", "--steps", "10000000", "--eval-episodes", "0",
+                             "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in iter(proc.stderr.readline, ""):  # until it says Ray started (EOF: it ended first)
+            if line.startswith("autoquant: ray "):
+                break
+        else:
+            pytest.fail("the run ended before it said Ray started")
+        deadline = time.monotonic() + 60
+        while not any(name.startswith("ray::") and "IDLE" not in name for name in _descendants(proc.pid).values()):
+            assert time.monotonic() < deadline and proc.poll() is None, "no actor started"
+            time.sleep(0.2)
+        ray_processes = _descendants(proc.pid)
+        assert any(name in ("raylet", "gcs_server") for name in ray_processes.values()), ray_processes
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code, stderr[-3000:]
+    assert stderr.strip().splitlines() == [f"autoquant: actorq run stopped by {signal.Signals(signum).name}: its "
+                                           "actors were stopped and Ray shut down; nothing was written"], stderr[-3000:]
+    assert "Stack trace" not in stderr and "Aborted" not in stderr and "received at time" not in stderr
+    assert stdout == "" and not out.exists()
+    deadline = time.monotonic() + 30
+    while (left := {p: n for p, n in ray_processes.items() if Path(f"/proc/{p}").exists()
+                    and (Path(f"/proc/{p}") / "comm").read_text().strip() == n}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"Ray processes of the run outlived it: {left}"
