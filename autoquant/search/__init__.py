@@ -21,7 +21,7 @@ from autoquant.search._compare import compare
 from autoquant.search._cost import plan_cost
 from autoquant.search._problem import ProblemSettings, SearchProblem, fidelity_score, plan_key
 from autoquant.search._record import TrialRecord, TrialResult
-from autoquant.search._run import CONFIRM_FORMAT, RUN_FORMAT, Run, RunConfig, load_run, start_run
+from autoquant.search._run import CONFIRM_FORMAT, RUN_FORMAT, Run, RunConfig, load_run, read_confirm, start_run
 from autoquant.search._space import LayerChoices, SearchSpace, available_spaces, load_space
 from autoquant.search._latency import LatencyModel
 from autoquant.search._study import (
@@ -84,6 +84,7 @@ __all__ = [
     "latency_model",
     "layer_choices",
     "load_run",
+    "read_confirm",
     "load_space",
     "make_agent",
     "open_study",

@@ -68,7 +68,7 @@ from autoquant.search._study import (
 )
 from autoquant.targets import OrtRunner, Target, find_target_spec, get_target
 
-__all__ = ["CONFIRM_FORMAT", "RUN_FORMAT", "Run", "RunConfig", "load_run", "start_run"]
+__all__ = ["CONFIRM_FORMAT", "RUN_FORMAT", "Run", "RunConfig", "load_run", "read_confirm", "start_run"]
 
 RUN_FORMAT = "autoquant.run"
 RUN_VERSION = 2  # 2: episodes under a recorded protocol (sticky actions, no-op starts), distinct games
@@ -175,6 +175,12 @@ def _read_json_in(folder: Path, name: str, fmt: str) -> dict[str, Any] | None:
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise UsageError(f"{path} is not a {fmt} file autoquant wrote: restore it from the run, or start a new run")
     return data
+
+
+def read_confirm(folder: str | Path) -> dict[str, Any] | None:
+    """A run folder's best/confirm.json (what confirmation found), read as untrusted input;
+    None before a plan was confirmed, one line of UsageError for a file autoquant did not write."""
+    return _read_json_in(Path(folder) / "best", "confirm.json", CONFIRM_FORMAT)
 
 
 def confirm_seeds(seed: int, episodes: int, protocol: Protocol) -> list[int]:
@@ -298,7 +304,7 @@ class Run:
 
     def best(self) -> dict[str, Any] | None:
         """best/confirm.json, or None before a plan was confirmed."""
-        return _read_json_in(self.folder / "best", "confirm.json", CONFIRM_FORMAT)
+        return read_confirm(self.folder)
 
     def plan_of(self, trial: int | str) -> tuple[int, CompressionPlan]:
         """The plan of trial N, or of the confirmed best ("best")."""
