@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from autoquant._io import write_json
+from autoquant._untrusted import loads_json, read_file_in
+from autoquant.errors import AutoquantError, UsageError
 from autoquant.compress import INT_ACT_BITS, CompressionPlan, LayerSpec, kept_count
 from autoquant.policy import LayerTable
 
@@ -241,13 +243,15 @@ class LatencyModel:
         (and stored for the next run)."""
         key = cls.cache_key(policy_sha256, target_fingerprint, latency_options(table, space))
         path = (folder or cache_dir() / "latency") / f"{key}.json"
-        if path.is_file():
+        if path.is_file() and not path.is_symlink():
             try:
-                model = cls.from_json(json.loads(path.read_text()))
+                model = cls.from_json(loads_json(read_file_in(path.parent, path.name, what=str(path),
+                                                              error=UsageError, max_bytes=16 << 20),
+                                                 what=str(path), error=UsageError))
                 if model.key == key:
                     return model
-            except (ValueError, KeyError, TypeError, json.JSONDecodeError):
-                pass  # unreadable or of another version: measure again
+            except (AutoquantError, ValueError, KeyError, TypeError, AttributeError):
+                pass  # unreadable, hostile or of another version: measure again
         model = cls.measure(table, space, ratio_of, key=key, log=log)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

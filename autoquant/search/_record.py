@@ -10,6 +10,9 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from autoquant._untrusted import loads_json
+from autoquant.errors import UsageError
+
 __all__ = [
     "TrialRecord",
     "TrialResult",
@@ -126,7 +129,13 @@ class TrialRecord:
         """Read an Optuna FrozenTrial."""
         attrs = trial.user_attrs
         raw = attrs.get(_RESULT)
-        result = TrialResult.from_json(json.loads(raw) if isinstance(raw, str) else raw) if raw else None
+        try:
+            data = loads_json(raw, what=f"the study's trial {trial.number}", error=UsageError) \
+                if isinstance(raw, str) else raw
+            result = TrialResult.from_json(data) if raw else None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UsageError(f"the study's trial {trial.number}: its result cannot be read ({type(exc).__name__}); "
+                             "the study was not written by this autoquant") from None
         return cls(
             number=int(trial.number), state=trial.state.name, params=dict(trial.params),
             plan=attrs.get(_PLAN), summary=str(attrs.get(_SUMMARY, "")), key=attrs.get(_KEY),

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from autoquant._io import write_json
+from autoquant._untrusted import loads_json, read_file_in
+from autoquant.errors import AutoquantError, UsageError
 from autoquant.compress import INT_ACT_BITS, CompressionPlan, LayerSpec
 from autoquant.errors import AutoquantError
 from autoquant.search._latency import LatencyModel
@@ -91,13 +93,16 @@ def sensitivities(loss_of: Callable[[CompressionPlan], float], space: SearchSpac
     Stored in ``folder``/sensitivities.json and read back."""
     path = folder / "sensitivities.json" if folder is not None else None
     stored: dict[str, float] = {}
-    if path is not None and path.is_file():
+    if path is not None and path.is_file() and not path.is_symlink():
         try:
-            data = json.loads(path.read_text())
+            data = loads_json(read_file_in(path.parent, path.name, what=str(path), error=UsageError,
+                                           max_bytes=16 << 20), what=str(path), error=UsageError)
             if data.get("format") == SENSITIVITY_FORMAT and data.get("version") == SENSITIVITY_VERSION:
                 stored = {str(k): float(v) for k, v in data["values"].items()}
-        except (ValueError, KeyError, TypeError):
-            stored = {}
+            if not all(math.isfinite(v) and v >= 0.0 for v in stored.values()):
+                stored = {}  # a loss is finite and >= 0: anything else was not measured here
+        except (AutoquantError, ValueError, KeyError, TypeError, AttributeError):
+            stored = {}  # unreadable or hostile: measured again
     out = []
     for layer, choices in zip(space.layers, layer_choices(space)):
         found: dict[Choice, float] = {}

@@ -132,3 +132,4 @@ def test_the_valid_state_set_of_the_fuzz_loads(folder: Path) -> None:
     assert StateSet.load(folder / "ok.npz").states.shape == (2, 4)
     with zipfile.ZipFile(io.BytesIO(_VALID)) as archive:
         assert sorted(archive.namelist()) == ["meta.npy", "states.npy"]
+

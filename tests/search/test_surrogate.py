@@ -66,6 +66,29 @@ def test_sensitivities_are_read_back_from_the_run_folder(cartpole_problem, space
     assert sensitivities(cartpole_problem.output_loss_of, space, folder=folder) == values
 
 
+@pytest.mark.parametrize("hostile", ["nan", "negative", "deep", "symlink"])
+def test_hostile_sensitivities_in_the_folder_are_measured_again(cartpole_problem, space, sens, tmp_path,  # type: ignore[no-untyped-def]
+                                                                hostile: str) -> None:
+    """sensitivities.json is data: a loss that is not finite and >= 0, a file nested to crash
+    the parser, or a link out of the folder is never used: the values are measured again."""
+    import json
+
+    folder, values = sens
+    good = json.loads((folder / "sensitivities.json").read_text())
+    path = tmp_path / "sensitivities.json"
+    key = next(iter(good["values"]))
+    if hostile in ("nan", "negative"):
+        path.write_text(json.dumps({**good, "values": {**good["values"], key: float("nan") if hostile == "nan"
+                                                        else -5.0}}))
+    elif hostile == "deep":
+        path.write_text("[" * 100_000)
+    else:
+        outside = tmp_path / "outside.json"
+        outside.write_text(json.dumps({**good, "values": {k: 0.0 for k in good["values"]}}))
+        path.symlink_to(outside)
+    assert sensitivities(cartpole_problem.output_loss_of, space, folder=tmp_path) == values
+
+
 def test_boundary_brackets_the_floor_between_feasible_and_infeasible_plans() -> None:
     b = Boundary(top=1.0, start=0.01)
     assert b.bound() == 0.01  # nothing known yet
