@@ -32,11 +32,11 @@ def test_agent_conformance(name: str, space, cartpole_problem, tmp_path: Path) -
     calls = []
     real = cartpole_problem.evaluate
 
-    def flaky(plan, should_play):  # type: ignore[no-untyped-def]
+    def flaky(plan, should_play, **options):  # type: ignore[no-untyped-def]
         calls.append(cartpole_problem.key(plan))
         if len(calls) == 2:  # the second evaluation breaks: recorded, and the search goes on
             raise RuntimeError("simulated export failure")
-        return real(plan, should_play)
+        return real(plan, should_play, **options)
 
     cartpole_problem.evaluate = flaky
     try:
