@@ -46,7 +46,8 @@ def measure(name: str, spec: dict[str, Any], policies: Path, n_plans: int | None
     from autoquant.evaluate import HELD_OUT_SEED_OFFSET, fidelity, record_states, visited_states
     from autoquant.policy import analyse, load_policy, make_env
     from autoquant.report import spearman
-    from autoquant.search import layer_choices, load_space
+    from autoquant.agents import layer_choices
+    from autoquant.search import load_space
     from autoquant.targets import OrtRunner
 
     bundle = load_policy(policies.joinpath(*spec["path"]), env_id=spec["env"])

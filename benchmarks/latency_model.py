@@ -43,7 +43,7 @@ def measure(target_name: str, policies: Path, n_plans: int, seed: int) -> dict[s
     from autoquant.evaluate import record_states
     from autoquant.policy import analyse, load_policy
     from autoquant.search import load_space
-    from autoquant.search import LatencyModel
+    from autoquant.agents import LatencyModel
     from autoquant.targets import find_target_spec, get_target
 
     bundle = load_policy(policies.joinpath(*POLICY), env_id=ENV)

@@ -242,7 +242,7 @@ def prepare(out: Path, base: Any, log: Callable[[str], None]) -> float | None:
                       share_from=first)
     model_path = out / LATENCY_MODEL
     if not model_path.is_file():  # the target's latency model, measured once for ddpg and ilp
-        from autoquant.search import latency_model
+        from autoquant.agents import latency_model
 
         log("measuring the target's latency model (every layer option alone and every adjacent pair)")
         t1 = time.perf_counter()

@@ -5,8 +5,8 @@ family is held out, so that searches of it show what transfers), and ``--generat
 random Conv and MLP Q-networks of varied depth and width. Each gets a surrogate on the
 host (its latency model, measured as a search measures it and cached the same way, and
 its sensitivities); the agent then plays ``--episodes`` surrogate episodes, each on a
-network and a bound drawn at random (``autoquant.search._pretrain``). Writes
-``autoquant/search/pretrained/ddpg.npz`` and ``ddpg.json`` (metadata: corpus, budget,
+network and a bound drawn at random (``autoquant.agents.pretrain``). Writes
+``autoquant/agents/pretrained/ddpg.npz`` and ``ddpg.json`` (metadata: corpus, budget,
 seconds, SHA-256 of the arrays).
 
 After training, and alone with ``--evaluate``, the policy's zero-shot plans are scored
@@ -49,25 +49,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the corpus's latency models are kept between invocations (default "
                              "benchmarks/scratch/pretrain, git ignored)")
     parser.add_argument("--out", type=Path, default=None, help="folder for ddpg.npz / ddpg.json "
-                        "(default: the package's autoquant/search/pretrained)")
+                        "(default: the package's autoquant/agents/pretrained)")
     args = parser.parse_args(argv)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     from autoquant.evaluate import HELD_OUT_SEED_OFFSET, record_states
     from autoquant.policy import load_policy
-    from autoquant.search._pretrain import generated_networks, pretrain, surrogate_of
-    from autoquant.search._rl import OBS_DIM, OBS_VERSION
-    from autoquant.search._run import _target_fingerprint
-    from autoquant.search._pretrain import zero_shot
-    from autoquant.search._weights import PRETRAINED_DIR, load_weights, save_weights
-    from autoquant.targets import HostTarget, MeasureProtocol
+    from autoquant.agents import (OBS_DIM, OBS_VERSION, PRETRAINED_DIR, generated_networks, load_weights, pretrain,
+                                  save_weights, surrogate_of, zero_shot)
+    from autoquant.targets import HostTarget, MeasureProtocol, target_fingerprint
 
     def log(text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
     start = time.perf_counter()
     target = HostTarget(protocol=MeasureProtocol(warmup=10, calls=200))
-    fingerprint = _target_fingerprint(target)
+    fingerprint = target_fingerprint(target)
     corpus = []
     for folder, name, family in REFERENCES:
         path = args.policies / folder / name
@@ -106,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.evaluate:
         import json
 
-        from autoquant.search._pretrain import PretrainEnv
+        from autoquant.agents import PretrainEnv
         from stable_baselines3 import DDPG
 
         model = DDPG("MlpPolicy", PretrainEnv(corpus[:1]), device="cpu", policy_kwargs={"net_arch": [64, 64]})

@@ -1,4 +1,6 @@
-"""The ``autoquant`` command line: small command classes in a registry, ``main() -> int``."""
+"""The ``autoquant`` command line: small command classes, listed in ``commands()``, and
+``main() -> int``. Only the command named on the command line declares its options, so that
+a command imports only what it needs (``device serve`` runs on the device extra alone)."""
 
 from __future__ import annotations
 
@@ -14,9 +16,7 @@ from typing import Any
 from autoquant._version import __version__
 from autoquant.errors import AutoquantError, Interrupted
 
-__all__ = ["Command", "main", "register"]
-
-_COMMANDS: dict[str, type[Command]] = {}
+__all__ = ["Command", "commands", "main"]
 
 
 class Command:
@@ -36,9 +36,16 @@ class Command:
         return json.dumps(result, indent=2)
 
 
-def register(cls: type[Command]) -> type[Command]:
-    _COMMANDS[cls.name] = cls
-    return cls
+def commands() -> list[type[Command]]:
+    """Every command, in the order ``autoquant --help`` lists them. A new command is its own
+    class plus one line here."""
+    from autoquant.cli._actorq import ActorQCommand
+    from autoquant.cli._engine import EvaluateCommand, InspectCommand
+    from autoquant.cli._search import CompareCommand, ExportCommand, SearchCommand
+    from autoquant.cli._targets import DeviceCommand, TargetsCommand
+
+    return [SearchCommand, ExportCommand, CompareCommand, EvaluateCommand, InspectCommand, TargetsCommand,
+            DeviceCommand, ActorQCommand]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,15 +53,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"autoquant: error: {message} (see '{self.prog} --help')\n")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from autoquant.cli import _actorq, _engine, _search, _targets  # noqa: F401 - register the commands
+def _named_command(argv: Sequence[str], names: set[str]) -> str | None:
+    """The command ``argv`` names: its first word that is not an option."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in names else None
+    return None
 
+
+def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    classes = commands()
+    chosen = _named_command(argv, {cls.name for cls in classes})
     parser = _Parser(prog="autoquant", description="Compress RL policies for a target device.")
     parser.add_argument("--version", action="version", version=f"autoquant {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name, cls in _COMMANDS.items():
+    for cls in classes:
         command = cls()
-        p = sub.add_parser(name, help=command.help, description=command.help)
+        p = sub.add_parser(cls.name, help=command.help, description=command.help)
+        if cls.name != chosen:  # listed in --help; its options are declared only when it runs
+            continue
         p.add_argument("--json", action="store_true", help="print the result as one JSON object")
         p.add_argument("--debug", action="store_true", help="show tracebacks")
         command.add_arguments(p)
@@ -79,7 +96,8 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the command's own parser, which names its --help
         getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from autoquant._io import check_output_folder
-from autoquant.cli import Command, register
+from autoquant.cli import Command
 from autoquant._limits import (
     MAX_ACTORS,
     MAX_BATCH_SIZE,
@@ -50,7 +50,6 @@ _LEARNER_OPTIONS = (
 )
 
 
-@register
 class ActorQCommand(Command):
     name = "actorq"
     help = "'autoquant actorq run': Ray actors with the bundle's quantized policy feed an fp32 DQN or PPO learner"

@@ -8,7 +8,7 @@ from typing import Any
 
 from autoquant._io import check_output_file
 from autoquant._limits import MAX_ENVS, MAX_EPISODES, MAX_FINETUNE_EPOCHS, MAX_FINETUNE_ROUNDS, MAX_SEED, MAX_STATES
-from autoquant.cli import Command, register
+from autoquant.cli import Command
 from autoquant.cli._options import (
     add_policy_arguments,
     add_protocol_argument,
@@ -31,7 +31,6 @@ def _fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
-@register
 class InspectCommand(Command):
     name = "inspect"
     help = "print a policy's layer table (shapes, params, MACs, what may be compressed)"
@@ -68,7 +67,6 @@ class InspectCommand(Command):
         return "\n".join(lines)
 
 
-@register
 class EvaluateCommand(Command):
     name = "evaluate"
     help = "play and time the fp32 policy and, with --plan, its compressed version side by side"

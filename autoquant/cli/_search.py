@@ -18,7 +18,7 @@ from autoquant._limits import (
     MAX_STATES,
     MAX_TRIALS,
 )
-from autoquant.cli import Command, register
+from autoquant.cli import Command
 from autoquant.cli._options import (
     add_policy_arguments,
     add_protocol_argument,
@@ -182,7 +182,6 @@ def _disk_full(exc: Exception, run: Any) -> None:
                          f"some space, then resume with: {run.resume_command()}") from None
 
 
-@register
 class SearchCommand(Command):
     name = "search"
     help = "search per-layer bit widths and pruning ratios, measured on the target and played"
@@ -191,9 +190,11 @@ class SearchCommand(Command):
         _add_run_arguments(parser)
         parser.add_argument("--method", default="joint",
                             help="search space: joint, prune, quant, or a .toml path (default joint)")
-        parser.add_argument("--agent", default="ilp",
-                            help="ilp, ddpg, td3, sac, ppo, tpe, nsga2, random (default ilp: it finds the fastest "
-                                 "plans at the floor in benchmarks/results/search.md)")
+        from autoquant.search import agent_help, agent_names
+
+        parser.add_argument("--agent", default="ilp", choices=agent_names(),
+                            help=f"{agent_help()} (the default, ilp, finds the fastest plans at the floor in "
+                                 "benchmarks/results/search.md)")
         parser.add_argument("--out", type=Path, help="run folder (default runs/<policy name>)")
         parser.add_argument("--resume", action="store_true", help="continue the run in --out")
         parser.add_argument("--storage", help="Optuna storage URL shared by workers (default: SQLite in --out)")
@@ -293,7 +294,6 @@ class SearchCommand(Command):
         return "\n".join(lines)
 
 
-@register
 class ExportCommand(Command):
     name = "export"
     help = "export a plan of a run as a runnable model"
@@ -301,8 +301,9 @@ class ExportCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("run", type=Path, help="run folder")
         parser.add_argument("--trial", default="best", help="'best' (confirmed) or a trial number")
-        parser.add_argument("--format", choices=("onnx", "torch", "actorq"), default="onnx",
-                            help="onnx, torch, or actorq (a bundle for quantized actors; default onnx)")
+        from autoquant.export import export_formats, exporter_help
+
+        parser.add_argument("--format", choices=export_formats(), default="onnx", help=exporter_help())
         parser.add_argument("--out", type=Path, required=True, help="output folder")
         add_target_arguments(parser)
         parser.add_argument("--storage", help="the Optuna storage URL of a run whose study is not its own study.db "
@@ -327,7 +328,6 @@ class ExportCommand(Command):
                           *(f"  {f}" for f in result["files"])])
 
 
-@register
 class CompareCommand(Command):
     name = "compare"
     help = "run several methods and agents on the same budget and seeds, and tabulate them"
@@ -336,8 +336,11 @@ class CompareCommand(Command):
         _add_run_arguments(parser)
         parser.add_argument("--methods", type=names, default=["prune", "quant", "joint"],
                             help="comma-separated search spaces (default prune,quant,joint)")
+        from autoquant.search import agent_names
+
         parser.add_argument("--agents", type=names, default=["ilp", "ddpg", "tpe", "random"],
-                            help="comma-separated agents (default ilp,ddpg,tpe,random)")
+                            help=f"comma-separated agents, of {', '.join(agent_names())} (default "
+                                 "ilp,ddpg,tpe,random; 'autoquant search --help' says what each is)")
         parser.add_argument("--out", type=Path, required=True, help="comparison folder (resumable)")
 
     def run(self, args: argparse.Namespace) -> dict[str, Any]:

@@ -6,14 +6,13 @@ import argparse
 import sys
 from typing import Any
 
-from autoquant.cli import Command, register
+from autoquant.cli import Command
 from autoquant._limits import MAX_CALLS, MAX_PORT, MAX_STATES
 from autoquant.cli._options import integer, seconds
 
 __all__ = ["DeviceCommand", "TargetsCommand"]
 
 
-@register
 class TargetsCommand(Command):
     name = "targets"
     help = "list the hardware targets, or check one (reach it and print its device facts)"
@@ -57,7 +56,6 @@ class TargetsCommand(Command):
                          for r in result["targets"])
 
 
-@register
 class DeviceCommand(Command):
     name = "device"
     help = "run on the board: 'autoquant device serve' measures models for a searching workstation"

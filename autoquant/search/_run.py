@@ -66,7 +66,7 @@ from autoquant.search._study import (
     open_study,
     trial_records,
 )
-from autoquant.targets import OrtRunner, Target, find_target_spec, get_target
+from autoquant.targets import OrtRunner, Target, find_target_spec, get_target, target_fingerprint
 
 __all__ = ["CONFIRM_FORMAT", "RUN_FORMAT", "Run", "RunConfig", "load_run", "read_confirm", "start_run"]
 
@@ -187,11 +187,6 @@ def confirm_seeds(seed: int, episodes: int, protocol: Protocol) -> list[int]:
     """Seeds that confirm a plan: every start of a finite protocol (the retention is then exact
     for it), else ``episodes`` seeds the search never played."""
     return episode_seeds(seed + 1, protocol.starts if protocol.starts is not None else episodes)
-
-
-def _target_fingerprint(target: Target) -> str:
-    facts = target.facts()
-    return f"{target.name}|{facts.get('cpu')}|{facts.get('onnxruntime')}|{facts.get('threads')}"
 
 
 FP32_POINT = {"latency_ratio": 1.0, "retention": 1.0, "size_ratio": 1.0}
@@ -463,7 +458,7 @@ def _load(config: RunConfig, *, trust_pickle: bool) -> _Loaded:
 
 
 def _build(folder: Path, info: dict[str, Any], config: RunConfig, loaded: _Loaded) -> Run:
-    fingerprint = _target_fingerprint(loaded.target)
+    fingerprint = target_fingerprint(loaded.target)
     if fingerprint != info["target"]["fingerprint"]:
         raise UsageError(f"target {config.target!r} is now {fingerprint!r}, but this run measured on "
                          f"{info['target']['fingerprint']!r}: latencies would not compare; start a new run")
@@ -557,7 +552,7 @@ def _measure_references(staging: Path, folder: Path, config: RunConfig, loaded: 
         "config": config.to_json(),
         "policy": {"path": str(policy), "sha256": sha256_file(policy), "algo": bundle.algo,
                    "env_id": bundle.env_id, "layers": table.to_json()},
-        "target": {"name": target.name, "facts": target.facts(), "fingerprint": _target_fingerprint(target)},
+        "target": {"name": target.name, "facts": target.facts(), "fingerprint": target_fingerprint(target)},
         "space": loaded.space.to_json(),
         "study_name": config.study_name or folder.resolve().name,
         "protocol": protocol.to_json(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from autoquant.targets._base import LatencyResult, MeasureProtocol, Target, host_facts
+from autoquant.targets._base import LatencyResult, MeasureProtocol, Target, host_facts, target_fingerprint
 from autoquant.targets._host import HostTarget, time_interleaved
 from autoquant.targets._ort import KernelReport, OrtRunner, kernel_report, make_session, session_options
 from autoquant.targets._registry import TargetSpec, available_targets, find_target_spec, get_target, load_target_spec
@@ -38,6 +38,7 @@ __all__ = [
     "find_target_spec",
     "get_target",
     "host_facts",
+    "target_fingerprint",
     "kernel_report",
     "load_target_spec",
     "make_session",

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["LatencyResult", "MeasureProtocol", "Target", "host_facts"]
+__all__ = ["LatencyResult", "MeasureProtocol", "Target", "host_facts", "target_fingerprint"]
 
 STATISTICS = ("p10", "median", "min")
 
@@ -95,6 +95,13 @@ class Target(Protocol):
     def facts(self) -> dict[str, Any]:
         """What the measurement ran on (CPU, cores, runtime version)."""
         ...
+
+
+def target_fingerprint(target: Target) -> str:
+    """What makes two targets' latencies comparable: name, CPU, runtime version, threads (the
+    key of a latency model measured on it)."""
+    facts = target.facts()
+    return f"{target.name}|{facts.get('cpu')}|{facts.get('onnxruntime')}|{facts.get('threads')}"
 
 
 def _cpu_model() -> str:

@@ -27,9 +27,8 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from autoquant.search._problem import ProblemSettings
-from autoquant.search._space import SearchSpace
-from autoquant.search._surrogate import Surrogate
+from autoquant.search import ProblemSettings, SearchSpace
+from autoquant.agents._surrogate import Surrogate
 
 __all__ = ["CorpusEntry", "PretrainEnv", "generated_networks", "pretrain", "surrogate_of"]
 
@@ -70,9 +69,9 @@ def surrogate_of(name: str, family: str, bundle: Any, states: np.ndarray, held: 
     from autoquant.compress import ActivationCache, compress, export_reference
     from autoquant.evaluate import fidelity
     from autoquant.policy import analyse
-    from autoquant.search._latency import LatencyModel
-    from autoquant.search._space import load_space
-    from autoquant.search._surrogate import sensitivities
+    from autoquant.agents._latency import LatencyModel
+    from autoquant.search import load_space
+    from autoquant.agents._surrogate import sensitivities
     from autoquant.targets import OrtRunner
 
     start = time.perf_counter()
@@ -163,7 +162,7 @@ class PretrainEnv(gym.Env):  # type: ignore[misc]
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, corpus: Sequence[CorpusEntry], seed: int = 0) -> None:
-        from autoquant.search._rl import OBS_DIM, SurrogateEnv
+        from autoquant.agents._rl import OBS_DIM, SurrogateEnv
 
         super().__init__()
         if not corpus:
@@ -204,7 +203,7 @@ def pretrain(algo: str, corpus: Sequence[CorpusEntry], *, episodes: int, seed: i
     """Train ``algo`` (as the agent builds it) on surrogate episodes over ``corpus``."""
     from stable_baselines3 import DDPG, SAC, TD3
 
-    from autoquant.search._rl import WARMUP_EPISODES, DecayingNormalNoise
+    from autoquant.agents._rl import WARMUP_EPISODES, DecayingNormalNoise
 
     env = PretrainEnv(corpus, seed=seed)
     steps = max(e.steps_per_episode for e in env.envs)
@@ -231,8 +230,8 @@ def zero_shot(model: Any, entry: CorpusEntry, bounds: int = 8) -> dict[str, Any]
     """How close the policy's greedy plan comes to the surrogate's optimum (the ILP's plan)
     on ``entry``, over ``bounds`` bounds spaced geometrically across its range: the mean
     surrogate reward of each, and how many of the policy's plans keep within the bound."""
-    from autoquant.search._ilp import solve
-    from autoquant.search._rl import SurrogateEnv, surrogate_reward
+    from autoquant.agents._ilp import solve
+    from autoquant.agents._rl import SurrogateEnv, surrogate_reward
 
     env = SurrogateEnv(_OfflineTask(entry), entry.surrogate)  # type: ignore[arg-type]
     surrogate = entry.surrogate

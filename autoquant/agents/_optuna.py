@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoquant.search._agent import Agent, AgentContext
-from autoquant.search._study import SearchRunner
+from autoquant.search import Agent, AgentContext, SearchRunner
 
 __all__ = ["OptunaAgent", "nsga2_agent", "random_agent", "tpe_agent"]
 

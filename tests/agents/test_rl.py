@@ -12,22 +12,17 @@ import numpy as np
 import optuna
 import pytest
 
+from autoquant.agents import CompressionEnv, RLAgent, bin_centre, bin_index, plan_cost, trial_reward
 from autoquant.search import (
     AgentContext,
-    CompressionEnv,
     ProblemSettings,
     ProposalSampler,
-    RLAgent,
     SearchRunner,
     TrialResult,
-    bin_centre,
-    bin_index,
     load_space,
     make_agent,
     open_study,
-    plan_cost,
     trial_records,
-    trial_reward,
 )
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoquant.search._pretrain import PretrainEnv, _OfflineTask, generated_networks, pretrain, surrogate_of
-from autoquant.search._rl import OBS_DIM, OBS_VERSION, SurrogateEnv
-from autoquant.search._weights import load_weights, save_weights
+from autoquant.agents._pretrain import PretrainEnv, _OfflineTask, generated_networks, pretrain, surrogate_of
+from autoquant.agents._rl import OBS_DIM, OBS_VERSION, SurrogateEnv
+from autoquant.agents._weights import load_weights, save_weights
 from autoquant.targets import HostTarget, MeasureProtocol
 
 
@@ -121,7 +121,7 @@ def _small_ddpg(seed: int):  # type: ignore[no-untyped-def]
 
 def test_weights_that_are_not_finite_are_refused_even_with_their_hash(tmp_path: Path) -> None:
     """NaN weights whose SHA-256 was recomputed to match were loaded silently."""
-    from autoquant.search._weights import _digest
+    from autoquant.agents._weights import _digest
 
     save_weights("ddpg", _small_ddpg(0), {}, obs_version=OBS_VERSION, obs_dim=OBS_DIM, folder=tmp_path)
     with np.load(tmp_path / "ddpg.npz", allow_pickle=False) as data:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from autoquant.search import load_space
-from autoquant.search._ilp import front, layer_choices, plan_of, solve
-from autoquant.search._latency import LatencyModel, latency_options, option_of
+from autoquant.agents._ilp import front, layer_choices, plan_of, solve
+from autoquant.agents._latency import LatencyModel, latency_options, option_of
 
 
 def _chain_cost(seed: int, options: list[list]) -> tuple[dict, dict]:  # type: ignore[type-arg]

@@ -33,10 +33,8 @@ from autoquant._untrusted import loads_json, read_file_in
 from autoquant.errors import AutoquantError, UsageError
 from autoquant.compress import INT_ACT_BITS, CompressionPlan, LayerSpec
 from autoquant.errors import AutoquantError
-from autoquant.search._latency import LatencyModel
-from autoquant.search._problem import SearchProblem
-from autoquant.search._record import TrialResult
-from autoquant.search._space import SearchSpace
+from autoquant.agents._latency import LatencyModel
+from autoquant.search import SearchProblem, SearchSpace, TrialResult
 
 __all__ = ["Boundary", "Choice", "Surrogate", "layer_choices", "plan_of", "sensitivities"]
 

@@ -15,10 +15,10 @@ import pytest
 
 from autoquant.report import spearman
 from autoquant.search import AgentContext, ProposalSampler, SearchRunner, TrialResult, load_space, make_agent, open_study
-from autoquant.search._rl import SurrogateEnv, surrogate_reward
-from autoquant.search._study import SEARCH_SECONDS
-from autoquant.search._surrogate import Boundary, layer_choices, plan_of, sensitivities
-from autoquant.search._weights import PRETRAINED_DIR
+from autoquant.agents._rl import SurrogateEnv, surrogate_reward
+from autoquant.search import SEARCH_SECONDS
+from autoquant.agents._surrogate import Boundary, layer_choices, plan_of, sensitivities
+from autoquant.agents._weights import PRETRAINED_DIR
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +161,8 @@ def test_a_proposal_keeps_within_the_bound_or_waits_for_training(cartpole_proble
                                                                   tmp_path: Path) -> None:
     from stable_baselines3 import DDPG
 
-    from autoquant.search import Surrogate, latency_model
-    from autoquant.search._rl import RLAgent
+    from autoquant.agents import Surrogate, latency_model
+    from autoquant.agents._rl import RLAgent
 
     _, values = sens
     surrogate = Surrogate(space, cartpole_problem.table, latency_model(cartpole_problem, space), values)

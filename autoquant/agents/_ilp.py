@@ -20,11 +20,9 @@ import numpy as np
 
 from autoquant._io import write_json
 from autoquant.compress import CompressionPlan
-from autoquant.search._agent import AgentContext
-from autoquant.search._latency import LatencyModel, LatencyOption, latency_options, option_of
-from autoquant.search._space import SearchSpace
-from autoquant.search._study import ProposalSampler, SearchRunner, TrialOutcome
-from autoquant.search._surrogate import Choice, layer_choices, latency_model, plan_of, sensitivities
+from autoquant.search import AgentContext, ProposalSampler, SearchRunner, SearchSpace, TrialOutcome
+from autoquant.agents._latency import LatencyModel, LatencyOption, latency_options, option_of
+from autoquant.agents._surrogate import Choice, layer_choices, latency_model, plan_of, sensitivities
 
 __all__ = ["Choice", "ILPAgent", "front", "layer_choices", "plan_of", "sensitivities", "solve"]
 

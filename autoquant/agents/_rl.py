@@ -62,14 +62,11 @@ from autoquant._io import write_json
 from autoquant.compress import FLOAT
 from autoquant.errors import UsageError
 from autoquant.policy import LayerTable
-from autoquant.search._agent import AgentContext
-from autoquant.search._cost import layer_costs
-from autoquant.search._problem import ProblemSettings
-from autoquant.search._record import TrialRecord, TrialResult
-from autoquant.search._space import SearchSpace
-from autoquant.search._study import ProposalSampler, SearchRunner
-from autoquant.search._surrogate import Choice, Surrogate, latency_model, layer_choices, plan_of, sensitivities
-from autoquant.search._weights import load_weights
+from autoquant.search import (AgentContext, ProblemSettings, ProposalSampler, SearchRunner, SearchSpace, TrialRecord,
+                              TrialResult)
+from autoquant.agents._cost import layer_costs
+from autoquant.agents._surrogate import Choice, Surrogate, latency_model, layer_choices, plan_of, sensitivities
+from autoquant.agents._weights import load_weights
 
 __all__ = [
     "OBS_DIM",
