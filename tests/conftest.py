@@ -102,6 +102,29 @@ def cartpole_problem(cartpole_dqn):  # type: ignore[no-untyped-def]
     )
 
 
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, cartpole_dqn_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """One small finished search (CartPole DQN, 3 random quant-only trials, confirmed), made
+    in this process once per session and shared by the option, error and trust tests. Read
+    it, or tamper with a copy (``run_copy``); never change it in place."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    proc = cli_main("search", "--policy", str(cartpole_dqn_path), "--method", "quant", "--agent", "random",
+                    "--trials", "3", "--episodes", "3", "--confirm-episodes", "3", "--states", "256", "--out", str(out),
+                    "--quiet", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture
+def run_copy(finished_run: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the shared finished run, for a test to tamper with."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy, symlinks=True)
+    return copy
+
+
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """``autoquant ARGS`` in a subprocess, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "autoquant", *args], capture_output=True, text=True,

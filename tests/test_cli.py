@@ -20,13 +20,15 @@ def test_import_is_cheap() -> None:
 
 
 def test_inspect_prints_the_layer_table(pong_pt_path: Path) -> None:
-    proc = run_cli("inspect", "--policy", str(pong_pt_path), "--env", "PongNoFrameskip-v4")
+    proc = cli_main("inspect", "--policy", str(pong_pt_path), "--env", "PongNoFrameskip-v4")
     assert proc.returncode == 0, proc.stderr
     assert "conv1" in proc.stdout and "9,346,048" in proc.stdout and "PongNoFrameskip-v4" in proc.stdout
 
 
+@pytest.mark.slow
 def test_inspect_json_is_the_only_stdout(pong_pt_path: Path) -> None:
-    """The ALE banner and exporter chatter go to stderr; stdout parses as JSON."""
+    """The ALE banner and exporter chatter go to stderr; stdout parses as JSON (a true
+    subprocess: what C libraries write to file descriptor 1 is what this is about)."""
     proc = run_cli("inspect", "--policy", str(pong_pt_path), "--env", "PongNoFrameskip-v4", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
@@ -43,8 +45,8 @@ def test_evaluate_json_reports_every_figure(tmp_path: Path) -> None:
         "fc2": {"weight_bits": 8, "act_bits": 8},
         "fc3": {"weight_bits": 8, "act_bits": 8}}}))
     out = tmp_path / "cartpole_int8.onnx"
-    proc = run_cli("evaluate", "--policy", str(policy), "--env", "CartPole-v1", "--plan", str(plan),
-                   "--episodes", "5", "--states", "512", "--save-onnx", str(out), "--json")
+    proc = cli_main("evaluate", "--policy", str(policy), "--env", "CartPole-v1", "--plan", str(plan),
+                    "--episodes", "5", "--states", "512", "--save-onnx", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["fp32"]["reward"]["episodes"] == 5
@@ -60,8 +62,8 @@ def test_evaluate_json_reports_every_figure(tmp_path: Path) -> None:
 
 
 def test_evaluate_without_plan_prints_fp32(tmp_path: Path) -> None:
-    proc = run_cli("evaluate", "--policy", str(EXAMPLES / "cartpole_dqn.zip"), "--env", "CartPole-v1",
-                   "--episodes", "3", "--states", "256")
+    proc = cli_main("evaluate", "--policy", str(EXAMPLES / "cartpole_dqn.zip"), "--env", "CartPole-v1",
+                    "--episodes", "3", "--states", "256")
     assert proc.returncode == 0, proc.stderr
     assert "reward" in proc.stdout and "latency p10 ms" in proc.stdout and "kernels" in proc.stdout
 
@@ -80,13 +82,13 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(cartpole_dqn
     a_file.write_text("not a folder")
     plan = EXAMPLES / "plans" / "cartpole_int8.json"
     search = ("search", "--policy", str(cartpole_dqn_path), "--trials", "2")
-    _refused_before_work(run_cli(*search, "--out", str(a_file)), str(a_file), "is an existing file")
-    _refused_before_work(run_cli(*search, "--out", str(a_file / "run")), "is a file, not a folder")
+    _refused_before_work(cli_main(*search, "--out", str(a_file)), str(a_file), "is an existing file")
+    _refused_before_work(cli_main(*search, "--out", str(a_file / "run")), "is a file, not a folder")
     assert not list(tmp_path.glob(".*partial*"))  # no staging folder left behind
     evaluate = ("evaluate", "--policy", str(cartpole_dqn_path), "--plan", str(plan), "--episodes", "1")
-    _refused_before_work(run_cli(*evaluate, "--save-onnx", str(tmp_path)), "is a folder")
-    _refused_before_work(run_cli(*evaluate, "--save-onnx", str(a_file / "m.onnx")), "is a file, not a folder")
-    _refused_before_work(run_cli("compare", "--policy", str(cartpole_dqn_path), "--out", str(a_file)),
+    _refused_before_work(cli_main(*evaluate, "--save-onnx", str(tmp_path)), "is a folder")
+    _refused_before_work(cli_main(*evaluate, "--save-onnx", str(a_file / "m.onnx")), "is a file, not a folder")
+    _refused_before_work(cli_main("compare", "--policy", str(cartpole_dqn_path), "--out", str(a_file)),
                          "is an existing file")
 
 

@@ -77,6 +77,7 @@ def cartpole_export(cartpole_dqn_path: Path, tmp_path_factory: pytest.TempPathFa
     return {"run": run, "out": out, "trial": chosen, "cli": json.loads(proc.stdout), "info": info}
 
 
+@pytest.mark.slow
 def test_cartpole_bundle_is_versioned_json_and_arrays(cartpole_export: dict[str, Any]) -> None:
     from autoquant.actorq import BUNDLE_FORMAT, BUNDLE_VERSION
 
@@ -125,6 +126,7 @@ def test_cartpole_bundle_is_versioned_json_and_arrays(cartpole_export: dict[str,
     assert cartpole_export["cli"]["format"] == "actorq"
 
 
+@pytest.mark.slow
 def test_cartpole_rebuild_reproduces_the_exported_plan(cartpole_export: dict[str, Any],
                                                        cartpole_dqn_path: Path) -> None:
     from autoquant.actorq import ActorQuantizer
@@ -150,6 +152,7 @@ def test_cartpole_rebuild_reproduces_the_exported_plan(cartpole_export: dict[str
     np.testing.assert_array_equal(quantizer.build_quantized(payload).forward(states), got)
 
 
+@pytest.mark.slow
 def test_cartpole_bundle_refuses_other_networks(cartpole_export: dict[str, Any], pong_pt_path: Path) -> None:
     from autoquant.actorq import ActorQuantizer, NetworkMismatchError
 
@@ -174,6 +177,7 @@ def test_cartpole_bundle_refuses_other_networks(cartpole_export: dict[str, Any],
     _assert_one_line_refusal(info.value, "payload")
 
 
+@pytest.mark.slow
 def test_altered_or_foreign_bundles_are_refused(cartpole_export: dict[str, Any], tmp_path: Path) -> None:
     from autoquant.actorq import BundleFormatError, load_bundle
 
@@ -232,6 +236,7 @@ def pong_bundle(pong, pong_states, tmp_path_factory: pytest.TempPathFactory):  #
     return compressed, load_bundle(out)
 
 
+@pytest.mark.slow
 def test_pong_rebuild_reproduces_the_plan_across_flatten(pong_bundle, pong_states, pong_pt_path: Path) -> None:  # type: ignore[no-untyped-def]
     from autoquant.actorq import ActorQuantizer
     from autoquant.targets import OrtRunner
@@ -279,6 +284,7 @@ def _with_weights(policy, weights: dict[str, torch.Tensor]) -> torch.nn.Sequenti
     return net
 
 
+@pytest.mark.slow
 def test_pong_rebuild_follows_new_learner_weights(pong_bundle, pong, pong_states, pong_pt_path: Path) -> None:  # type: ignore[no-untyped-def]
     """New weights of a broadcast: the rebuilt actor is what the graph builder (held to
     Brevitas' export in tests/compress/test_build.py) makes of them with the bundle's fixed
@@ -302,6 +308,7 @@ def test_pong_rebuild_follows_new_learner_weights(pong_bundle, pong, pong_states
     assert not np.array_equal(got, OrtRunner(compressed.onnx)(pong_states.states)), "the new weights were not used"
 
 
+@pytest.mark.slow
 def test_fp32_actors_run_the_learners_network(pong_bundle, pong, pong_states, pong_pt_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The baseline of the actorq benchmark: fp32 actors built from a broadcast compute what
     the learner's own fp32 network computes, for the weights of that broadcast."""
@@ -321,6 +328,7 @@ def test_fp32_actors_run_the_learners_network(pong_bundle, pong, pong_states, po
     assert not np.allclose(moved_want, want)
 
 
+@pytest.mark.slow
 def test_pong_rebuilds_on_a_graph_optimized_once(pong_bundle, pong_states, pong_pt_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The fast rebuild path: the graph optimized on the first build, sessions on it with the
     integer kernels, bit-identical to fresh sessions for every later broadcast; where
@@ -360,6 +368,7 @@ def test_pong_rebuilds_on_a_graph_optimized_once(pong_bundle, pong_states, pong_
     assert fp32.rebuild_choice["path"] == "session" and "fp32/conv1/weight" in fp32.rebuild_choice["reason"]
 
 
+@pytest.mark.slow
 def test_pong_bundle_refuses_other_networks(pong_bundle, cartpole_dqn_path: Path) -> None:  # type: ignore[no-untyped-def]
     from autoquant.actorq import ActorQuantizer, NetworkMismatchError
 
@@ -377,6 +386,7 @@ def test_pong_bundle_refuses_other_networks(pong_bundle, cartpole_dqn_path: Path
     _assert_one_line_refusal(info.value, "'7.weight'", "(256, 3136)", "(512, 3136)")
 
 
+@pytest.mark.slow
 def test_a_shipped_quantizer_builds_from_numpy_weights(pong_bundle, pong_states, pong_pt_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A quantizer pickled to a remote actor rebuilds from plain numpy weights what the
     original builds (its speed is measured in benchmarks/actorq_rebuild.py, not here)."""
@@ -420,6 +430,7 @@ def test_every_kind_of_layer_rebuilds_bit_exactly(layers, cartpole_dqn, cartpole
     assert not np.array_equal(fresh, policy.forward(states))
 
 
+@pytest.mark.slow
 def test_write_bundle_refuses_gptq_rounding(pong, pong_states, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A plan whose weights are not round-to-nearest of the learner's is not a recipe actors can follow."""
     from autoquant.actorq import ActorQError, write_bundle

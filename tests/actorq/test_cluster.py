@@ -49,14 +49,18 @@ def _alive_nodes(address: str, env: dict[str, str]) -> int:
     return int(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 and proc.stdout.strip() else 0
 
 
-def _stop(node: subprocess.Popen[bytes]) -> None:
-    """Stop one node and only its processes: ``ray start --block`` in a session of its own
-    takes its GCS, raylet and workers down with it (``ray stop`` would stop every Ray
-    process of this user, a developer's own cluster included)."""
-    if node.poll() is None:
+def _stop(nodes: list[subprocess.Popen[bytes]]) -> None:
+    """Stop these nodes and only their processes: ``ray start --block`` in a session of its
+    own takes its GCS, raylet and workers down with it (``ray stop`` would stop every Ray
+    process of this user, a developer's own cluster included). Each node spends Ray's grace
+    period on its processes, so all are told at once and waited for together."""
+    running = [node for node in nodes if node.poll() is None]
+    for node in running:
         os.killpg(node.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    for node in running:
         try:
-            node.wait(timeout=60)
+            node.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             os.killpg(node.pid, signal.SIGKILL)
             node.wait(timeout=30)
@@ -88,8 +92,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
             time.sleep(1)
         yield {"address": address, **env}
     finally:
-        for node in reversed(nodes):
-            _stop(node)
+        _stop(nodes)
 
 
 def _wait_for_port(address: str, node: subprocess.Popen[bytes], log: Path) -> None:
@@ -128,6 +131,7 @@ def test_actors_run_on_the_worker_node_of_a_real_cluster(cluster: dict[str, str]
     assert sum(a["steps"] for a in report["per_actor"]) == 1024
 
 
+@pytest.mark.slow
 def test_a_cluster_that_refuses_the_driver_is_one_line(cluster: dict[str, str], ppo_bundle: Path) -> None:
     """A live cluster without this machine's token: one line that says what to check, exit 2."""
     env = {k: v for k, v in cluster.items() if k not in ("address", "RAY_AUTH_TOKEN")}

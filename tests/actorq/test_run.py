@@ -119,6 +119,7 @@ def _assert_one_line(proc: subprocess.CompletedProcess[str], *words: str) -> Non
         assert word in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_2(cartpole_bundle: Path, tmp_path: Path) -> None:
     # A bundle made for CartPole-v1 refuses another env before Ray starts.
     proc = run_cli("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "LunarLander-v3", "--steps", "100")

@@ -1,6 +1,6 @@
 """The conformance suite every agent passes: it records every trial of its budget in
-the study (failed ones with their error), proposes only plans of the space, and
-never measures the same plan twice."""
+the study (failed ones with their error), proposes only plans of the space, never
+measures the same plan twice, and returns at once when the budget is used."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ def _run(name: str, space, problem, tmp_path: Path, budget: int = BUDGET):  # ty
     return study, runner
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(AGENTS))
 def test_agent_conformance(name: str, space, cartpole_problem, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     calls = []
@@ -57,6 +58,9 @@ def test_agent_conformance(name: str, space, cartpole_problem, tmp_path: Path) -
         assert all(trial.params[k] in distributions[k].choices for k in distributions)
     assert len(calls) == len(set(calls))  # identical plans were served from the cache
     assert runner.remaining() == 0
+    agent = make_agent(name, AgentContext(space, "single", 0, BUDGET))
+    agent.run(runner)  # nothing left: returns at once, adding nothing
+    assert len(study.get_trials()) == len(trials)
 
 
 def test_unknown_agent(space) -> None:  # type: ignore[no-untyped-def]

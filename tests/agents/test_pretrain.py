@@ -50,6 +50,7 @@ def test_generated_networks_are_varied_and_hold_no_nature_cnn() -> None:
         assert not kernels & {(8, 8), (4, 4)}  # the Nature CNN's first two kernels
 
 
+@pytest.mark.slow
 def test_pretrain_env_draws_networks_and_bounds(corpus) -> None:  # type: ignore[no-untyped-def]
     env = PretrainEnv(corpus, seed=0)
     seen, bounds = set(), []
@@ -66,6 +67,7 @@ def test_pretrain_env_draws_networks_and_bounds(corpus) -> None:  # type: ignore
     assert len(seen) == len(corpus) and len(set(bounds)) == len(bounds)
 
 
+@pytest.mark.slow
 def test_pretrained_policy_beats_an_untrained_one_on_an_unseen_network(corpus, trained) -> None:  # type: ignore[no-untyped-def]
     """The fourth network was not in the corpus: over bounds across its range, the
     pretrained policy's greedy plan scores higher on its surrogate than an untrained
@@ -82,6 +84,7 @@ def test_pretrained_policy_beats_an_untrained_one_on_an_unseen_network(corpus, t
     assert pretrained > untrained, (pretrained, untrained)
 
 
+@pytest.mark.slow
 def test_weights_round_trip_and_refusals(corpus, trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from stable_baselines3 import DDPG
 

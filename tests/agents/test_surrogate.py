@@ -38,6 +38,7 @@ def _result(**kw):  # type: ignore[no-untyped-def]
     return TrialResult(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_summed_sensitivities_rank_the_joint_error(cartpole_problem, space, sens) -> None:  # type: ignore[no-untyped-def]
     _, values = sens
     rng = np.random.default_rng(0)
@@ -54,6 +55,7 @@ def test_summed_sensitivities_rank_the_joint_error(cartpole_problem, space, sens
     assert rho is not None and rho >= 0.8, (summed, joint)
 
 
+@pytest.mark.slow
 def test_sensitivities_are_read_back_from_the_run_folder(cartpole_problem, space, sens, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     folder, values = sens
     assert all(s[c] == 0.0 for s in values for c in s if c.identity)
@@ -66,6 +68,7 @@ def test_sensitivities_are_read_back_from_the_run_folder(cartpole_problem, space
     assert sensitivities(cartpole_problem.output_loss_of, space, folder=folder) == values
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hostile", ["nan", "negative", "deep", "symlink"])
 def test_hostile_sensitivities_in_the_folder_are_measured_again(cartpole_problem, space, sens, tmp_path,  # type: ignore[no-untyped-def]
                                                                 hostile: str) -> None:
@@ -137,6 +140,7 @@ def test_time_budget_ends_the_search_and_adds_up_across_sessions(cartpole_proble
     assert more.remaining() == 2 and more.run_trial() is not None
 
 
+@pytest.mark.slow
 def test_rl_agent_proposes_through_the_surrogate(cartpole_problem, space, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     budget = 4
     agent = make_agent("ddpg", AgentContext(space, "single", 0, budget, folder=tmp_path))
@@ -157,6 +161,7 @@ def test_rl_agent_proposes_through_the_surrogate(cartpole_problem, space, tmp_pa
     assert env.steps_per_episode == 3 and env.bound > 0
 
 
+@pytest.mark.slow
 def test_a_proposal_keeps_within_the_bound_or_waits_for_training(cartpole_problem, space, sens,  # type: ignore[no-untyped-def]
                                                                   tmp_path: Path) -> None:
     from stable_baselines3 import DDPG

@@ -62,6 +62,7 @@ def _assert_same_graph(built: bytes, exported: bytes, states: np.ndarray) -> Non
     np.testing.assert_array_equal(OrtRunner(built)(states), OrtRunner(_strip_parameter_inputs(exported))(states))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layers", PONG_PLANS, ids=lambda p: CompressionPlan(p).describe())
 def test_builder_equals_brevitas_export_on_the_pong_cnn(pong, pong_states, layers) -> None:  # type: ignore[no-untyped-def]
     plan = CompressionPlan(layers)
@@ -83,6 +84,7 @@ def test_builder_equals_brevitas_export_on_an_mlp(cartpole_dqn, cartpole_states,
     _assert_same_graph(built.onnx, exported.onnx, states)
 
 
+@pytest.mark.slow
 def test_builder_serialises_gptq_rounding(cartpole_dqn, cartpole_states) -> None:  # type: ignore[no-untyped-def]
     plan = CompressionPlan(MLP_PLANS[0])
     states = cartpole_states.states
@@ -129,6 +131,7 @@ def test_builder_is_deterministic_and_its_torch_twin_agrees(pong, pong_states) -
     assert np.mean(q_torch.argmax(1) == q_onnx.argmax(1)) >= 0.9
 
 
+@pytest.mark.slow
 def test_the_activation_cache_changes_nothing_but_the_time(pong, pong_states) -> None:  # type: ignore[no-untyped-def]
     """Plans that share pruned prefixes, built with one cache in a row, give the bytes a
     cold build gives; a cache of other states is not used."""

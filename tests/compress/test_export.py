@@ -39,6 +39,7 @@ def test_mixed_plan_reports_each_layer(pong, pong_states) -> None:  # type: igno
     assert layers["conv1"] == layers["conv3"] == layers["fc2"] == "float"
 
 
+@pytest.mark.slow
 def test_quantized_onnx_matches_the_brevitas_model(cartpole_dqn, cartpole_states) -> None:  # type: ignore[no-untyped-def]
     import torch
 
@@ -60,6 +61,7 @@ def test_quantized_onnx_matches_the_brevitas_model(cartpole_dqn, cartpole_states
     assert np.mean(got.argmax(axis=1) == want.argmax(axis=1)) >= 0.99
 
 
+@pytest.mark.slow
 def test_float_kernels_for_an_int8_plan_fail_loudly(cartpole_dqn, cartpole_states, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """If the graph loses its fusion (here: the placement puts no activation quantizers at
     all), the plan's promise is broken and compress says so instead of reporting a result."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from autoquant.compress import CompressionPlan, LayerSpec, compress
 from autoquant.evaluate import (dagger_visitor, episode_seeds, fidelity, onnx_actor, paired_comparison, play_episodes,
                                 random_actor, record_states)
@@ -12,6 +14,7 @@ from autoquant.targets import OrtRunner
 from tests.conftest import policy_path
 
 
+@pytest.mark.slow
 def test_distillation_raises_fidelity_of_3_bit_weights() -> None:
     bundle = load_policy(policy_path("ppo-CartPole-v1", "CartPole-v1.zip"))
     train = record_states(bundle, n=1024, seed=0).states
@@ -28,6 +31,7 @@ def test_distillation_raises_fidelity_of_3_bit_weights() -> None:
     assert tuned.kernels.layers == {"fc1": "int8", "fc2": "int8", "fc3": "int8"}
 
 
+@pytest.mark.slow
 def test_finetuning_raises_the_reward_of_an_aggressive_plan_and_dagger_is_what_does_it() -> None:
     """Real CartPole episodes on fixed seeds. Every layer at 4 bits and half the hidden units
     pruned loses nearly all of the DQN's reward; distillation on fp32's recorded states alone

@@ -9,7 +9,7 @@ import pytest
 
 from autoquant.compress import CompressionPlan
 from autoquant.errors import PlanError
-from tests.conftest import run_cli
+from tests.conftest import cli_main
 from tests.policy.test_cli_errors import _assert_one_line_error
 
 
@@ -22,7 +22,7 @@ def test_deeply_nested_plan_json(tmp_path: Path, cartpole_dqn_path: Path) -> Non
     path.write_text('{"format": "autoquant.plan", "version": 1, "layers": ' + "[" * 100_000 + "]" * 100_000 + "}")
     with pytest.raises(PlanError, match="nests deeper than 64 levels"):
         CompressionPlan.load(path)
-    proc = run_cli("evaluate", "--policy", str(cartpole_dqn_path), "--plan", str(path), "--episodes", "1",
+    proc = cli_main("evaluate", "--policy", str(cartpole_dqn_path), "--plan", str(path), "--episodes", "1",
                    "--no-latency")
     _assert_one_line_error(proc, "nests deeper")
 
@@ -85,7 +85,6 @@ def test_a_plan_that_is_not_a_regular_file_says_so(tmp_path: Path, cartpole_dqn_
     """A FIFO given as --plan was reported as 'plan file not found'."""
     import os
 
-    from tests.conftest import cli_main
 
     path = tmp_path / "plan.json"
     if kind == "fifo":

@@ -9,6 +9,7 @@ from autoquant.evaluate import EpisodeStats, episode_seeds, onnx_actor, paired_c
 from autoquant.policy import analyse
 
 
+@pytest.mark.slow
 def test_int8_cartpole_dqn_keeps_500_on_10_seeds(cartpole_dqn, cartpole_states) -> None:  # type: ignore[no-untyped-def]
     compressed = compress(cartpole_dqn, CompressionPlan.uniform(analyse(cartpole_dqn)), cartpole_states.states)
     assert compressed.kernels.integer_layers() == ["fc1", "fc2", "fc3"]

@@ -81,6 +81,7 @@ def test_thirty_seeds_of_deterministic_pong_are_a_few_games(pong) -> None:  # ty
     assert back == stats and stats.to_json()["sticky_actions"] == 0.0
 
 
+@pytest.mark.slow
 def test_sticky_actions_give_both_arms_one_stream_and_every_seed_a_game(pong) -> None:  # type: ignore[no-untyped-def]
     """Common random numbers: one policy played twice on the same seeds under sticky actions
     gives the same games; every seed is a distinct game; the protocol is recorded."""

@@ -49,6 +49,7 @@ def test_a_plan_that_clearly_fails_stops_after_three_games(cartpole_dqn, cartpol
     assert decided["high"] < 0.95 and decided["retention"] < 0.1
 
 
+@pytest.mark.slow
 def test_a_plan_that_clearly_passes_stops_after_three_games(cartpole_dqn, cartpole_states, cartpole_test) -> None:  # type: ignore[no-untyped-def]
     seeds, test = cartpole_test
     episodes = _play(cartpole_dqn, cartpole_states.states, KEPT, seeds, test)

@@ -27,6 +27,7 @@ _PLANS = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @fuzz(300)
 @given(_PLANS | json_values())
 def test_from_json_gives_a_plan_or_a_plan_error(data: object) -> None:

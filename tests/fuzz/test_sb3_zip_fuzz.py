@@ -85,6 +85,7 @@ def _mutate(blob: bytes, edits: list[tuple[int, bytes]]) -> bytes:
     return bytes(out)
 
 
+@pytest.mark.slow
 @fuzz(100)
 @given(_CHANGES)
 def test_changed_data_json(members: dict[str, bytes], out: Path, changes: dict[str, Any]) -> None:
@@ -124,6 +125,7 @@ _NAMES = st.sampled_from(["data", "policy.pth", "archive/constants.pkl", "archiv
 _METHODS = st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
 
 
+@pytest.mark.slow
 @fuzz(80)
 @given(st.lists(st.tuples(_NAMES, st.binary(max_size=256) | st.sampled_from(["data", "policy.pth"]), _METHODS),
                 max_size=5))

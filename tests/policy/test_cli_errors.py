@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import cli_main
 
 
 def _assert_one_line_error(proc, *needles: str) -> None:  # type: ignore[no-untyped-def]
@@ -22,13 +22,13 @@ def _assert_one_line_error(proc, *needles: str) -> None:  # type: ignore[no-unty
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    _assert_one_line_error(run_cli("inspect", "--policy", str(tmp_path / "nope.zip")), "not found")
+    _assert_one_line_error(cli_main("inspect", "--policy", str(tmp_path / "nope.zip")), "not found")
 
 
 def test_truncated_zip(tmp_path: Path, cartpole_dqn_path: Path) -> None:
     bad = tmp_path / "CartPole-v1.zip"
     bad.write_bytes(cartpole_dqn_path.read_bytes()[:20_000])
-    _assert_one_line_error(run_cli("inspect", "--policy", str(bad)), "zip")
+    _assert_one_line_error(cli_main("inspect", "--policy", str(bad)), "zip")
 
 
 def test_corrupt_zip_member(tmp_path: Path, cartpole_dqn_path: Path) -> None:
@@ -37,22 +37,22 @@ def test_corrupt_zip_member(tmp_path: Path, cartpole_dqn_path: Path) -> None:
     data[start:start + 64] = bytes(64)
     bad = tmp_path / "broken.zip"
     bad.write_bytes(bytes(data))
-    _assert_one_line_error(run_cli("inspect", "--policy", str(bad)), "corrupt")
+    _assert_one_line_error(cli_main("inspect", "--policy", str(bad)), "corrupt")
 
 
 def test_pickled_module_without_trust(tmp_path: Path) -> None:
     path = tmp_path / "module.pt"
     torch.save(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)), path)
-    _assert_one_line_error(run_cli("inspect", "--policy", str(path)), "--trust-pickle")
+    _assert_one_line_error(cli_main("inspect", "--policy", str(path)), "--trust-pickle")
 
 
 def test_env_with_wrong_observation_shape(cartpole_dqn_path: Path) -> None:
-    proc = run_cli("inspect", "--policy", str(cartpole_dqn_path), "--env", "LunarLander-v3")
+    proc = cli_main("inspect", "--policy", str(cartpole_dqn_path), "--env", "LunarLander-v3")
     _assert_one_line_error(proc, "(8,)", "(4,)")
 
 
 def test_unknown_env(cartpole_dqn_path: Path) -> None:
-    _assert_one_line_error(run_cli("inspect", "--policy", str(cartpole_dqn_path), "--env", "NoSuchEnv-v0"),
+    _assert_one_line_error(cli_main("inspect", "--policy", str(cartpole_dqn_path), "--env", "NoSuchEnv-v0"),
                            "unknown environment")
 
 
@@ -69,12 +69,12 @@ def test_bad_plans(tmp_path: Path, cartpole_dqn_path: Path, layers: dict, needle
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"format": "autoquant.plan", "version": 1, "layers": layers}))
     out = tmp_path / "model.onnx"
-    proc = run_cli("evaluate", "--policy", str(cartpole_dqn_path), "--plan", str(plan), "--episodes", "1",
+    proc = cli_main("evaluate", "--policy", str(cartpole_dqn_path), "--plan", str(plan), "--episodes", "1",
                    "--no-latency", "--save-onnx", str(out))
     _assert_one_line_error(proc, needle)
     assert not out.exists()
 
 
 def test_bad_option_value(cartpole_dqn_path: Path) -> None:
-    proc = run_cli("evaluate", "--policy", str(cartpole_dqn_path), "--episodes", "-3")
+    proc = cli_main("evaluate", "--policy", str(cartpole_dqn_path), "--episodes", "-3")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--episodes" in proc.stderr

@@ -19,7 +19,7 @@ import torch
 
 from autoquant.errors import PolicyLoadError
 from autoquant.policy import load_policy, read_zoo_yaml
-from tests.conftest import run_cli
+from tests.conftest import cli_main
 from tests.policy.test_cli_errors import _assert_one_line_error
 
 
@@ -73,7 +73,7 @@ def test_torchscript_runs_nothing_without_trust(tmp_path: Path) -> None:
     torch.jit.script(FileWriter(str(marker))).save(str(path))
     with pytest.raises(PolicyLoadError, match="TorchScript is code.*--trust-pickle"):
         load_policy(path)
-    _assert_one_line_error(run_cli("inspect", "--policy", str(path)), "TorchScript", "--trust-pickle")
+    _assert_one_line_error(cli_main("inspect", "--policy", str(path)), "TorchScript", "--trust-pickle")
     assert not marker.exists()
     load_policy(path, trust_pickle=True)  # opted in: its code runs, as the flag says
     assert marker.exists()
@@ -107,7 +107,7 @@ def test_malformed_sb3_data_is_one_error(tmp_path: Path, cartpole_dqn_path: Path
 
 def test_malformed_sb3_zip_from_the_cli(tmp_path: Path, cartpole_dqn_path: Path) -> None:
     deep = _sb3_zip(cartpole_dqn_path, tmp_path / "deep.zip", data=b"[" * 50_000 + b"]" * 50_000)
-    _assert_one_line_error(run_cli("inspect", "--policy", str(deep)), "nests deeper than")
+    _assert_one_line_error(cli_main("inspect", "--policy", str(deep)), "nests deeper than")
 
 
 def test_args_yml_ordereddict_with_two_items(tmp_path: Path, cartpole_dqn_path: Path) -> None:
@@ -119,8 +119,8 @@ def test_args_yml_ordereddict_with_two_items(tmp_path: Path, cartpole_dqn_path: 
         read_zoo_yaml(args)
     policy = folder / "policy.zip"
     policy.write_bytes(cartpole_dqn_path.read_bytes())
-    _assert_one_line_error(run_cli("inspect", "--policy", str(policy)), "args.yml", "--env")
-    assert run_cli("inspect", "--policy", str(policy), "--env", "CartPole-v1").returncode == 0
+    _assert_one_line_error(cli_main("inspect", "--policy", str(policy)), "args.yml", "--env")
+    assert cli_main("inspect", "--policy", str(policy), "--env", "CartPole-v1").returncode == 0
 
 
 @pytest.mark.parametrize(
@@ -220,7 +220,7 @@ def test_broken_weights_in_a_state_dict(tmp_path: Path, state: dict, needle: str
 def test_nan_weights_from_the_cli(tmp_path: Path) -> None:
     path = tmp_path / "nan.pt"
     torch.save({"0.weight": torch.full((8, 4), float("nan")), "2.weight": torch.zeros(2, 8)}, path)
-    _assert_one_line_error(run_cli("inspect", "--policy", str(path)), "0.weight", "NaN")
+    _assert_one_line_error(cli_main("inspect", "--policy", str(path)), "0.weight", "NaN")
 
 
 # --- 10. messages ----------------------------------------------------------------------------
@@ -277,7 +277,6 @@ def test_a_malicious_torch_file_is_called_unsafe_not_truncated(tmp_path: Path, h
     message = str(info.value)
     assert "not a torch file this tool can load safely" in message and "truncated" not in message, message
     assert ("system" in message or "eval" in message) and "\n" not in message
-    from tests.conftest import cli_main
 
     _assert_one_line_error(cli_main("inspect", "--policy", str(path)), "can load safely")
     assert not marker.exists()

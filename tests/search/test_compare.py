@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_cli
 
 
+@pytest.mark.slow
 def test_compare_writes_table_and_plot(cartpole_dqn_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     args = ["compare", "--policy", str(cartpole_dqn_path), "--methods", "prune,joint", "--agents", "tpe,random",

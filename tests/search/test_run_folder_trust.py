@@ -18,22 +18,10 @@ import pytest
 from tests.conftest import cli_main as run_cli  # in-process: these are error tests
 
 
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory, cartpole_dqn_path: Path) -> Path:  # type: ignore[no-untyped-def]
-    out = tmp_path_factory.mktemp("trust") / "run"
-    proc = run_cli("search", "--policy", str(cartpole_dqn_path), "--method", "quant", "--agent", "random",
-                   "--trials", "3", "--episodes", "3", "--confirm-episodes", "3", "--states", "256", "--out", str(out),
-                   "--quiet", "--json")
-    assert proc.returncode == 0, proc.stderr
-    return out
-
-
 @pytest.fixture
-def run(small_run: Path, tmp_path: Path) -> Path:
-    """A fresh copy of the finished run for each test to tamper with."""
-    copy = tmp_path / "run"
-    shutil.copytree(small_run, copy, symlinks=True)
-    return copy
+def run(run_copy: Path) -> Path:
+    """A fresh copy of the session's finished run for each test to tamper with."""
+    return run_copy
 
 
 def _one_line(proc, *words: str) -> None:  # type: ignore[no-untyped-def]

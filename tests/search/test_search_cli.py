@@ -19,7 +19,7 @@ from tests.targets.device import hold_a_trial, start_device, study_records, wait
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, cartpole_dqn_path: Path) -> tuple[Path, dict]:  # type: ignore[no-untyped-def]
+def thirty_trials(tmp_path_factory, cartpole_dqn_path: Path) -> tuple[Path, dict]:  # type: ignore[no-untyped-def]
     out = tmp_path_factory.mktemp("runs") / "cartpole"
     proc = run_cli("search", "--policy", str(cartpole_dqn_path), "--method", "prune", "--agent", "tpe",
                    "--trials", "30", "--out", str(out), "--json", "--quiet")
@@ -27,8 +27,9 @@ def finished_run(tmp_path_factory, cartpole_dqn_path: Path) -> tuple[Path, dict]
     return out, json.loads(proc.stdout)
 
 
-def test_thirty_trials_find_a_faster_plan_that_keeps_the_reward(finished_run) -> None:  # type: ignore[no-untyped-def]
-    out, result = finished_run
+@pytest.mark.slow
+def test_thirty_trials_find_a_faster_plan_that_keeps_the_reward(thirty_trials) -> None:  # type: ignore[no-untyped-def]
+    out, result = thirty_trials
     assert result["trials"] == 30 and result["failed"] == 0
     best = result["best"]
     assert best is not None, result
@@ -55,9 +56,8 @@ def test_thirty_trials_find_a_faster_plan_that_keeps_the_reward(finished_run) ->
     assert result["confirmation"]["passed"] is True
 
 
-def test_a_resumed_run_never_mixes_protocols(finished_run) -> None:  # type: ignore[no-untyped-def]
-    out, _ = finished_run
-    proc = run_cli("search", "--out", str(out), "--resume", "--sticky-actions", "0.25", "--quiet")
+def test_a_resumed_run_never_mixes_protocols(finished_run: Path) -> None:
+    proc = cli_main("search", "--out", str(finished_run), "--resume", "--sticky-actions", "0.25", "--quiet")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "never mixes protocols" in proc.stderr
 
@@ -70,19 +70,20 @@ def test_sticky_actions_are_checked_in_one_line(args: tuple[str, ...], words: tu
                                                 cartpole_dqn_path: Path, tmp_path: Path) -> None:
     for command in ("evaluate", "search"):
         extra = ("--out", str(tmp_path / "run")) if command == "search" else ()
-        proc = run_cli(command, "--policy", str(cartpole_dqn_path), *args, *extra, "--quiet" if extra else "--json")
+        proc = cli_main(command, "--policy", str(cartpole_dqn_path), *args, *extra, "--quiet" if extra else "--json")
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and all(w in proc.stderr for w in words), proc.stderr
         assert not (tmp_path / "run").exists()
 
 
-def test_export_reproduces_the_reward(finished_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_export_reproduces_the_reward(thirty_trials, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from autoquant.evaluate import onnx_actor, play_episodes
     from autoquant.policy import load_policy
 
-    out, result = finished_run
+    out, result = thirty_trials
     confirm = json.loads((out / "best" / "confirm.json").read_text())
-    proc = run_cli("export", str(out), "--trial", "best", "--format", "onnx", "--out", str(tmp_path / "onnx"))
+    proc = cli_main("export", str(out), "--trial", "best", "--format", "onnx", "--out", str(tmp_path / "onnx"))
     assert proc.returncode == 0, proc.stderr
     model = (tmp_path / "onnx" / "policy.onnx").read_bytes()
     assert model == (out / "best" / "policy.onnx").read_bytes()  # deterministic: what was played is exported
@@ -91,19 +92,18 @@ def test_export_reproduces_the_reward(finished_run, tmp_path: Path) -> None:  # 
     replay = play_episodes(onnx_actor(bundle, model), "CartPole-v1", seeds)
     assert list(replay.rewards) == confirm["confirm"]["reward"]["rewards"]
 
-    proc = run_cli("export", str(out), "--trial", str(result["best"]["trial"]), "--format", "torch",
-                   "--out", str(tmp_path / "torch"))
+    proc = cli_main("export", str(out), "--trial", str(result["best"]["trial"]), "--format", "torch",
+                    "--out", str(tmp_path / "torch"))
     assert proc.returncode == 0, proc.stderr
     scripted = load_policy(tmp_path / "torch" / "policy.pt", env_id="CartPole-v1", trust_pickle=True)  # our own file
     obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32) * 0.1
     assert np.mean(scripted.predict(obs) == bundle.predict(obs)) > 0.9
 
 
-def test_existing_run_folder_needs_resume(finished_run, cartpole_dqn_path: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    out, _ = finished_run
-    proc = run_cli("search", "--policy", str(cartpole_dqn_path), "--out", str(out), "--trials", "2")
+def test_existing_run_folder_needs_resume(finished_run: Path, cartpole_dqn_path: Path, tmp_path: Path) -> None:
+    proc = cli_main("search", "--policy", str(cartpole_dqn_path), "--out", str(finished_run), "--trials", "2")
     assert proc.returncode == 2 and "--resume" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("search", "--out", str(tmp_path), "--resume")
+    proc = cli_main("search", "--out", str(tmp_path), "--resume")
     assert proc.returncode == 2 and "not an autoquant run folder" in proc.stderr
 
 
@@ -113,6 +113,7 @@ def _completed(db: Path, name: str) -> dict[int, str]:
             if t.state == optuna.trial.TrialState.COMPLETE}
 
 
+@pytest.mark.slow
 def test_resume_after_kill_keeps_every_completed_trial(cartpole_dqn_path: Path, tmp_path: Path) -> None:
     """kill -9 mid-trial (held there by a paused device, so never after the last trial),
     then --resume: no completed trial is lost or measured again."""
@@ -131,7 +132,7 @@ def test_resume_after_kill_keeps_every_completed_trial(cartpole_dqn_path: Path, 
         device.resume()
         assert proc.returncode == -signal.SIGKILL
         assert len(before) >= 4
-        resumed = run_cli("search", "--out", str(out), "--resume", "--json", "--quiet", *target[2:])
+        resumed = cli_main("search", "--out", str(out), "--resume", "--json", "--quiet", *target[2:])
     finally:
         device.stop()
         if proc.poll() is None:
@@ -147,6 +148,7 @@ def test_resume_after_kill_keeps_every_completed_trial(cartpole_dqn_path: Path, 
     assert len(keys) == len(set(keys))  # no plan measured twice, across the restart
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study_on_postgres(postgres_url: str, cartpole_dqn_path: Path,
                                                  tmp_path: Path) -> None:
     def worker(name: str) -> subprocess.Popen[bytes]:
@@ -189,6 +191,7 @@ def _records(db: Path, name: str) -> list[TrialRecord]:
     return study_records(db, name)
 
 
+@pytest.mark.slow
 def test_ctrl_c_records_the_trial_and_prints_the_resume_command(cartpole_dqn_path: Path, tmp_path: Path) -> None:
     """The interrupted trial is held in flight, not caught by luck: the search measures on
     a real device server, which the test pauses (SIGSTOP) once the search is under way.
@@ -221,7 +224,7 @@ def test_ctrl_c_records_the_trial_and_prints_the_resume_command(cartpole_dqn_pat
     assert interrupted.error == "interrupted by the user"
 
 
-def test_a_run_folder_never_switches_on_unpickling(finished_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_folder_never_switches_on_unpickling(finished_run: Path, tmp_path: Path) -> None:
     """run.json edited to trust a pickled policy: export and resume still refuse it, and
     nothing from the file runs."""
     import shutil
@@ -230,9 +233,8 @@ def test_a_run_folder_never_switches_on_unpickling(finished_run, tmp_path: Path)
 
     from autoquant._io import sha256_file
 
-    out, _ = finished_run
     run = tmp_path / "tampered"
-    shutil.copytree(out, run)
+    shutil.copytree(finished_run, run)
     marker = tmp_path / "pwned"
     policy = tmp_path / "policy.pt"
     torch.save(_Touch(str(marker)), policy)
@@ -243,7 +245,7 @@ def test_a_run_folder_never_switches_on_unpickling(finished_run, tmp_path: Path)
     (run / "run.json").write_text(json.dumps(info))
     for args in (("export", str(run), "--trial", "0", "--out", str(tmp_path / "exported")),
                  ("search", "--out", str(run), "--resume", "--quiet")):
-        proc = run_cli(*args)
+        proc = cli_main(*args)
         assert proc.returncode == 2, proc.stderr
         assert "--trust-pickle" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert not marker.exists(), f"{args[0]} unpickled the policy"
@@ -260,14 +262,15 @@ class _Touch:
         return (Path.touch, (Path(self.path),))
 
 
+@pytest.mark.slow
 def test_a_resumed_search_proposes_new_plans(cartpole_dqn_path: Path, tmp_path: Path) -> None:
     """A seeded sampler that restarted its sequence on resume would re-propose every plan
     of the first part; the resumed agent continues instead, and repeats cost no budget."""
     out = tmp_path / "resumed"
-    first = run_cli("search", "--policy", str(cartpole_dqn_path), "--method", "quant", "--agent", "random",
-                    "--trials", "8", "--episodes", "3", "--out", str(out), "--quiet", "--json")
+    first = cli_main("search", "--policy", str(cartpole_dqn_path), "--method", "quant", "--agent", "random",
+                     "--trials", "8", "--episodes", "3", "--out", str(out), "--quiet", "--json")
     assert first.returncode == 0, first.stderr
-    resumed = run_cli("search", "--out", str(out), "--resume", "--trials", "16", "--quiet", "--json")
+    resumed = cli_main("search", "--out", str(out), "--resume", "--trials", "16", "--quiet", "--json")
     assert resumed.returncode == 0, resumed.stderr
     records = _records(out / "study.db", "resumed")
     counted = [r for r in records if r.counted]
@@ -280,22 +283,23 @@ def test_a_resumed_search_proposes_new_plans(cartpole_dqn_path: Path, tmp_path: 
 def test_resume_after_an_interrupted_set_up_says_to_start_again(tmp_path: Path) -> None:
     """Killed while setting up: only the staging folder exists, and --resume says what to do."""
     (tmp_path / ".run.partial-12345").mkdir()
-    proc = run_cli("search", "--out", str(tmp_path / "run"), "--resume")
+    proc = cli_main("search", "--out", str(tmp_path / "run"), "--resume")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "no run.json" in proc.stderr and "start the search again without --resume" in proc.stderr
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "soon", "inf"])
 def test_a_bad_time_budget_is_one_line_and_exit_2(value: str, cartpole_dqn_path: Path, tmp_path: Path) -> None:
-    proc = run_cli("search", "--policy", str(cartpole_dqn_path), "--time-budget", value, "--out", str(tmp_path / "r"))
+    proc = cli_main("search", "--policy", str(cartpole_dqn_path), "--time-budget", value, "--out", str(tmp_path / "r"))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "--time-budget" in proc.stderr and "seconds" in proc.stderr
     assert not (tmp_path / "r").exists()  # nothing was started
 
 
+@pytest.mark.slow
 def test_a_time_budget_ends_the_search_before_its_trials(cartpole_dqn_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "r"
-    proc = run_cli("search", "--policy", str(cartpole_dqn_path), "--agent", "random", "--trials", "1000",
+    proc = cli_main("search", "--policy", str(cartpole_dqn_path), "--agent", "random", "--trials", "1000",
                    "--time-budget", "5", "--states", "256", "--episodes", "2", "--confirm-episodes", "2",
                    "--out", str(out), "--json", "--quiet")
     assert proc.returncode == 0, proc.stderr
@@ -305,6 +309,7 @@ def test_a_time_budget_ends_the_search_before_its_trials(cartpole_dqn_path: Path
     assert study.user_attrs["search_seconds"] >= 5.0
 
 
+@pytest.mark.slow
 def test_finetuned_trials_are_recorded_kept_and_exported_as_judged(cartpole_dqn_path: Path, tmp_path: Path) -> None:
     """--finetune: a plan below --finetune-below is fine-tuned before it is judged; the run
     records it, keeps its graph, reports it, confirms and exports that graph, and refuses a
@@ -312,7 +317,7 @@ def test_finetuned_trials_are_recorded_kept_and_exported_as_judged(cartpole_dqn_
     space = tmp_path / "w4.toml"
     space.write_text('name = "w4"\nweight_bits = [4]\nprune_ratios = [0.0, 0.5]\nchannel_multiple = 8\n')
     out = tmp_path / "run"
-    proc = run_cli("search", "--policy", str(cartpole_dqn_path), "--method", str(space), "--agent", "random",
+    proc = cli_main("search", "--policy", str(cartpole_dqn_path), "--method", str(space), "--agent", "random",
                    "--trials", "2", "--finetune", "10", "--finetune-below", "1.0", "--min-retention", "0.5",
                    "--episodes", "4", "--confirm-episodes", "4", "--states", "512", "--out", str(out), "--json",
                    "--quiet")
@@ -332,10 +337,10 @@ def test_finetuned_trials_are_recorded_kept_and_exported_as_judged(cartpole_dqn_
     kept = out / "models" / f"{first.key}.onnx"
     assert kept.is_file()
     assert "## Fine-tuned trials" in (out / "report.md").read_text()
-    proc = run_cli("export", str(out), "--trial", str(first.number), "--format", "onnx", "--out", str(tmp_path / "x"))
+    proc = cli_main("export", str(out), "--trial", str(first.number), "--format", "onnx", "--out", str(tmp_path / "x"))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "x" / "policy.onnx").read_bytes() == kept.read_bytes()
-    proc = run_cli("export", str(out), "--trial", str(first.number), "--format", "torch", "--out", str(tmp_path / "t"))
+    proc = cli_main("export", str(out), "--trial", str(first.number), "--format", "torch", "--out", str(tmp_path / "t"))
     assert proc.returncode == 2 and "fine-tuned" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
@@ -343,7 +348,7 @@ def test_finetuned_trials_are_recorded_kept_and_exported_as_judged(cartpole_dqn_
                                          ("--finetune-rounds", "x")])
 def test_a_bad_finetune_option_is_one_line_and_exit_2(flag: str, value: str, cartpole_dqn_path: Path,
                                                      tmp_path: Path) -> None:
-    proc = run_cli("search", "--policy", str(cartpole_dqn_path), flag, value, "--out", str(tmp_path / "r"))
+    proc = cli_main("search", "--policy", str(cartpole_dqn_path), flag, value, "--out", str(tmp_path / "r"))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert flag.lstrip("-").split("-")[0] in proc.stderr
     assert not (tmp_path / "r").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from autoquant.search import ProposalSampler, SearchRunner, load_space, open_study, trial_records
 
 
@@ -23,6 +25,7 @@ def test_repeats_are_recorded_free_and_end_a_converged_search(cartpole_problem, 
     assert len(outcomes) == 4 and all(o.cached for o in outcomes[1:])
 
 
+@pytest.mark.slow
 def test_the_time_budget_stops_fine_tuning_at_the_best_epoch_so_far(cartpole_problem, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """--finetune 1000 ran for minutes past --time-budget: fine-tuning now starts no epoch or
     DAgger round once the search's wall-clock budget is spent, and keeps the best epoch so far."""

@@ -43,6 +43,7 @@ def _alive(device) -> None:  # type: ignore[no-untyped-def]
     assert _client(device).facts()["onnxruntime"]
 
 
+@pytest.mark.slow
 def test_facts_measure_and_infer(device, cartpole_dqn, cartpole_states) -> None:  # type: ignore[no-untyped-def]
     target = _client(device)
     facts = target.facts()
@@ -61,6 +62,7 @@ def test_facts_measure_and_infer(device, cartpole_dqn, cartpole_states) -> None:
     assert json.loads(proc.stdout)["facts"]["cpu"] == facts["cpu"]
 
 
+@pytest.mark.slow
 def test_wrong_secret_is_refused(device, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     wrong = RemoteTarget("arm", device.address, b"x" * 32, retries=0)
     with pytest.raises(TargetError, match="secret"):
@@ -79,6 +81,7 @@ def _raw(device, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, 
         return exc.code, unpack(exc.read())[0]
 
 
+@pytest.mark.slow
 def test_replayed_and_stale_requests_are_refused(device) -> None:  # type: ignore[no-untyped-def]
     secret = read_secret(str(device.secret_file))
     body = pack({})
@@ -92,6 +95,7 @@ def test_replayed_and_stale_requests_are_refused(device) -> None:  # type: ignor
     _alive(device)
 
 
+@pytest.mark.slow
 def test_garbage_and_oversized_and_custom_ops_are_refused(device, pong) -> None:  # type: ignore[no-untyped-def]
     secret = read_secret(str(device.secret_file))
     garbage = os.urandom(4096)
@@ -140,6 +144,7 @@ def _completed(db: Path, name: str) -> dict[int, str]:
             if t.state == optuna.trial.TrialState.COMPLETE}
 
 
+@pytest.mark.slow
 def test_search_on_the_device_survives_its_death(cartpole_dqn_path: Path, tmp_path: Path) -> None:
     device = start_device(tmp_path, max_model_mb=8)
     out = tmp_path / "remote"
@@ -175,6 +180,7 @@ def test_search_on_the_device_survives_its_death(cartpole_dqn_path: Path, tmp_pa
             search.send_signal(signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_device_install_needs_no_torch(tmp_path: Path) -> None:
     """`pip install "autoquant[device]"` on a board: onnxruntime and numpy, and the
     server runs from there."""

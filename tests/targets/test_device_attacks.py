@@ -231,6 +231,7 @@ def test_unsigned_60mb_bodies_are_not_read(device: Device) -> None:
     _alive(device)
 
 
+@pytest.mark.slow
 def test_client_disconnects_log_no_traceback(tmp_path: Path) -> None:
     dev = start_device(tmp_path)
     try:
@@ -313,6 +314,7 @@ def _closed_by_server(s: socket.socket, wait_s: float) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_a_silent_client_is_dropped(small_server: tuple[DeviceServer, bytes]) -> None:
     server, _ = small_server
     with _connect(server) as s:
@@ -320,6 +322,7 @@ def test_a_silent_client_is_dropped(small_server: tuple[DeviceServer, bytes]) ->
         assert _closed_by_server(s, 60)  # the 2 s read timeout; without it the server would wait forever
 
 
+@pytest.mark.slow
 def test_a_trickling_client_is_dropped_at_the_deadline(small_server: tuple[DeviceServer, bytes]) -> None:
     """One byte every 0.3 s (under the 2 s read timeout) for 60 s: only the 3 s header
     deadline can end it, so the server must close it before the trickle is through."""
@@ -428,6 +431,7 @@ def test_idle_and_trickling_connections_leave_a_signed_client_served(
             s.close()
 
 
+@pytest.mark.slow
 def test_reconnecting_connections_leave_signed_clients_served(tmp_path: Path) -> None:
     """20 sockets reconnecting every 0.2 s (each half-sending a request) against the CLI's
     server with its default limits: 20 of 20 real requests are served (they all got 503
@@ -464,6 +468,7 @@ def test_reconnecting_connections_leave_signed_clients_served(tmp_path: Path) ->
         dev.stop()
 
 
+@pytest.mark.slow
 def test_a_signed_request_leaves_the_header_budget() -> None:
     """Once its signature is checked, a request's body may take longer than the 1 s header
     deadline (it has the request deadline): slow links stay usable."""

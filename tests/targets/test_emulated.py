@@ -31,6 +31,7 @@ def pong_models(pong, pong_states):  # type: ignore[no-untyped-def]
     return export_reference(pong), int8.onnx
 
 
+@pytest.mark.slow
 def test_instruction_counts_reproduce_the_arm_ordering(emulation, pong_models, pong_states) -> None:  # type: ignore[no-untyped-def]
     fp32, int8 = pong_models
     x = pong_states.states[:1]
@@ -49,6 +50,7 @@ def test_instruction_counts_reproduce_the_arm_ordering(emulation, pong_models, p
     assert abs(again.candidate["instructions"] / int8_72 - 1) < 0.003
 
 
+@pytest.mark.slow
 def test_arm_numerics_fidelity_of_an_int8_plan(emulation, pong, pong_models, pong_states) -> None:  # type: ignore[no-untyped-def]
     fp32, int8 = pong_models
     target = get_target("arm-a72-emulated")

@@ -172,6 +172,7 @@ def test_an_unsigned_huge_answer_is_not_read(fake: Callable[..., FakeDevice], st
     assert elapsed < 2.0 and peak < 4 << 20, (elapsed, peak)
 
 
+@pytest.mark.slow
 def test_a_trickling_answer_ends_at_the_clients_deadline(fake: Callable[..., FakeDevice]) -> None:
     """A signed 1 MiB answer (under the cap) sent 64 bytes every 20 ms: the client gives up
     at its 1 s timeout instead of waiting for the whole trickle (about 5 minutes)."""

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import onnx
 import onnx.helper as oh
+import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 from onnx import numpy_helper
@@ -60,6 +61,7 @@ _ENTRIES = st.fixed_dictionaries(
 ) | json_values()
 
 
+@pytest.mark.slow
 @fuzz(200)
 @given(json_values(), st.lists(_ENTRIES, max_size=5) | json_values(), st.binary(max_size=256), st.booleans())
 def test_unpack_framed_bodies(header: object, blobs: object, payload: bytes, lie: bool) -> None:
