@@ -23,20 +23,35 @@ quantized policy (or fp32, for comparison) feed an fp32 stable-baselines3 learne
 for Q-networks, PPO for policies, which corrects for the actors' quantized behaviour
 policy with truncated importance sampling on the log-probabilities they ship.
 
+The learners are entries of a registry (``learners()``, ``LearnerEntry``): the loop and
+``autoquant actorq run``'s ``--learner`` and learner options are read from it. A new
+learner is its own module defining its entry, plus one line in ``_learners.BUILTIN`` (or
+``register_learner(entry)`` from outside the package).
+
 Rooms: ``_bundle`` (the bundle format), ``_quantizer`` (per-broadcast quantization),
 ``_rebuild`` (sessions per broadcast: a graph optimized once, checked), ``_actors``
-(actor builders and the actor), ``_learner`` (the DQN learner and its presets), ``_ppo``
-(the PPO learner, its presets and the correction), ``_loop`` (the Ray loop and its report). The numpy recipe that rebuilds a
-layer's initializers lives with the graph it fills, in ``autoquant.compress``.
+(actor builders and the actor), ``_learners`` (the learner registry, and which learner a
+bundle trains with), ``_learner`` (the DQN learner, its presets and entry), ``_ppo`` (the
+PPO learner, its presets, the correction and its entry), ``_loop`` (the Ray loop and its
+report). The numpy recipe that rebuilds a layer's initializers lives with the graph it
+fills, in ``autoquant.compress``.
 """
 
 from __future__ import annotations
 
 from autoquant.actorq._actors import ActorWorker, Fp32ActorBuilder, hidden_activation, sample_logits
 from autoquant.actorq._bundle import BUNDLE_FORMAT, BUNDLE_VERSION, ActorBundle, load_bundle, target_entry, write_bundle
-from autoquant.actorq._learner import DQN_PRESETS, DQNConfig, DQNLearner, dqn_preset, learner_algo
+from autoquant.actorq._learner import DQN_LEARNER, DQN_PRESETS, DQNConfig, DQNLearner, dqn_preset
+from autoquant.actorq._learners import (
+    LearnerEntry,
+    LearnerOption,
+    learner_algo,
+    learner_entry,
+    learners,
+    register_learner,
+)
 from autoquant.actorq._loop import ActorRunConfig, run_actorq
-from autoquant.actorq._ppo import CORRECTIONS, PPO_PRESETS, PPOConfig, PPOLearner, ppo_preset
+from autoquant.actorq._ppo import CORRECTIONS, PPO_LEARNER, PPO_PRESETS, PPOConfig, PPOLearner, ppo_preset
 from autoquant.actorq._quantizer import ActorPolicy, ActorQuantizer
 from autoquant.actorq._rebuild import REBUILD_PATHS, Rebuilder
 from autoquant.compress import LayerRecipe, SlotSpec, encode_layer
@@ -46,7 +61,9 @@ __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_VERSION",
     "CORRECTIONS",
+    "DQN_LEARNER",
     "DQN_PRESETS",
+    "PPO_LEARNER",
     "PPO_PRESETS",
     "REBUILD_PATHS",
     "ActorBundle",
@@ -60,6 +77,8 @@ __all__ = [
     "DQNLearner",
     "Fp32ActorBuilder",
     "LayerRecipe",
+    "LearnerEntry",
+    "LearnerOption",
     "NetworkMismatchError",
     "PPOConfig",
     "PPOLearner",
@@ -69,8 +88,11 @@ __all__ = [
     "encode_layer",
     "hidden_activation",
     "learner_algo",
+    "learner_entry",
+    "learners",
     "load_bundle",
     "ppo_preset",
+    "register_learner",
     "run_actorq",
     "sample_logits",
     "target_entry",

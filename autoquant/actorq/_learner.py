@@ -7,6 +7,9 @@ unless ``init_from_policy`` names a policy file. ``DQNLearner.ingest`` does what
 ``num_timesteps``, progress remaining, ``_on_step`` (target network, exploration
 schedule), and ``train(gradient_steps, batch_size)`` every ``train_freq`` steps past
 ``learning_starts``. Hyperparameters come from rl-zoo3's presets (``dqn_preset``).
+
+``DQN_LEARNER`` is its entry in the learner registry (``_learners``): the loop drives it
+asynchronously, ingesting each actor's chunk as it arrives.
 """
 
 from __future__ import annotations
@@ -21,24 +24,20 @@ import numpy as np
 
 from autoquant._limits import MAX_BATCH_SIZE, MAX_BUFFER_SIZE, MAX_STEPS, check_integer
 from autoquant.actorq._bundle import ActorBundle, conv_strides
-from autoquant.errors import ActorQError, EnvMismatchError, NetworkMismatchError, UsageError
+from autoquant.actorq._learners import NON_RELU_ACTIVATIONS, LearnerEntry, LearnerOption
+from autoquant.errors import EnvMismatchError, NetworkMismatchError, UsageError
 
 __all__ = [
+    "DQN_LEARNER",
     "DQN_PRESETS",
     "DQNConfig",
     "DQNLearner",
-    "learner_algo",
-    "check_env",
     "dqn_preset",
     "init_from_policy",
     "learner_policy",
     "learner_weights",
     "make_learner",
 ]
-
-# Activations in an exported graph that an SB3 DQN learner (ReLU) would not reproduce.
-_OTHER_ACTIVATIONS = {"Tanh", "Sigmoid", "LeakyRelu", "Elu", "Selu", "Gelu", "Softplus", "HardSigmoid",
-                      "HardSwish", "Mish", "Celu", "PRelu"}
 
 
 @dataclass(frozen=True)
@@ -100,49 +99,6 @@ def dqn_preset(env_id: str) -> tuple[str, DQNConfig]:
     if is_atari(env_id):
         return "rl-zoo3 dqn.yml atari", DQN_PRESETS["atari"]
     return "stable-baselines3 DQN defaults", DQNConfig()
-
-
-def check_env(bundle: ActorBundle, env_id: str) -> str:
-    """The canonical env id, or EnvMismatchError when it is not the bundle's."""
-    from autoquant.policy import canonical_env_id
-
-    wanted = canonical_env_id(env_id)
-    made_for = bundle.manifest["policy"].get("env_id")
-    if made_for is not None and canonical_env_id(str(made_for)) != wanted:
-        raise EnvMismatchError(f"the bundle {bundle.folder} was made for {made_for}, not {env_id}: actors would "
-                               f"run its calibrated quantizers on another env's observations; pass --env {made_for} "
-                               "or export a bundle from a run on this env")
-    return wanted
-
-
-def learner_algo(bundle: ActorBundle, asked: str | None) -> str:
-    """The learner a bundle's policy trains with ("dqn" or "ppo"), checked against ``asked``."""
-    natural = {"dqn": "dqn", "torch": "dqn", "torchscript": "dqn", "ppo": "ppo", "a2c": "ppo"}.get(bundle.algo)
-    algo = asked or natural
-    if algo is None:
-        raise ActorQError(f"actorq run trains DQN (Q-value networks) or PPO (discrete policies); the bundle is for "
-                          f"a {bundle.algo} policy: export a bundle from a DQN or PPO policy")
-    if algo not in ("dqn", "ppo"):
-        raise UsageError(f"--learner {algo!r} is not one of dqn, ppo")
-    if bundle.manifest["policy"]["action"]["kind"] != "argmax":
-        raise ActorQError(f"actorq run's {algo.upper()} learner needs discrete actions; the bundle's network "
-                          "does not output one value per discrete action")
-    if natural is not None and algo != natural:
-        kind = "Q-values" if natural == "dqn" else "policy logits"
-        raise UsageError(f"--learner {algo}: the bundle's {bundle.algo} network outputs {kind}, which a "
-                         f"{algo.upper()} learner does not train; drop --learner or pass --learner {natural}")
-    import onnx
-
-    ops = {node.op_type for node in onnx.load_from_string(bundle.graph).graph.node}
-    other = sorted(ops & _OTHER_ACTIVATIONS)
-    if algo == "dqn" and other:
-        raise NetworkMismatchError(f"the bundle's network uses {other}; SB3's DQN learner uses ReLU: "
-                                   "export a bundle of a ReLU network")
-    other = [op for op in other if op != "Tanh"]
-    if algo == "ppo" and other:
-        raise NetworkMismatchError(f"the bundle's network uses {other}; the PPO learner builds ReLU or Tanh "
-                                   "networks: export a bundle of one")
-    return algo
 
 
 def _learner_layers(model: Any) -> list[Any]:
@@ -241,10 +197,11 @@ def init_from_policy(model: Any, path: str, env_id: str) -> dict[str, Any]:
 class DQNLearner:
     """What ``DQN.learn`` does per env step, for transitions that actors collected."""
 
-    def __init__(self, model: Any, hyper: DQNConfig, total_steps: int) -> None:
+    def __init__(self, model: Any, hyper: DQNConfig, total_steps: int, *, init: dict[str, Any] | None = None) -> None:
         self.model = model
         self.hyper = hyper
         self.total = total_steps
+        self.init = init  # what init_from_policy copied in, or None: from scratch
         self.since_train = 0
         self.updates = 0
         self.train_s = 0.0
@@ -256,6 +213,15 @@ class DQNLearner:
         if self.model.num_timesteps < self.hyper.learning_starts:
             return 1.0
         return float(self.model.exploration_rate)
+
+    def recent_states(self, n: int = 1000) -> np.ndarray | None:
+        """The last ``n`` states of the replay buffer, newest first (None while it is empty)."""
+        buffer = self.model.replay_buffer
+        size = buffer.buffer_size if buffer.full else buffer.pos
+        if size == 0:
+            return None
+        index = (buffer.pos - 1 - np.arange(min(n, size))) % buffer.buffer_size
+        return buffer.observations[index, 0]
 
     def ingest(self, r: Mapping[str, Any]) -> None:
         """An actor's chunk, (rounds, envs) arrays, one transition at a time in step order."""
@@ -287,3 +253,68 @@ class DQNLearner:
         self.updates += self.hyper.gradient_steps
 
 
+
+# --- its entry in the learner registry ---------------------------------------------------
+
+
+def _make(bundle: ActorBundle, env_id: str, hyper: DQNConfig, run: Any) -> DQNLearner:
+    """The DQN learner of an ``actorq run`` (``run``: its ActorRunConfig), from
+    ``run.init_from_policy``'s weights when it names a policy."""
+    model = make_learner(bundle, env_id, hyper, seed=run.seed)
+    init = init_from_policy(model, run.init_from_policy, env_id) if run.init_from_policy else None
+    return DQNLearner(model, hyper, run.steps, init=init)
+
+
+def _drive(loop: Any) -> dict[str, Any]:
+    return loop.run_async()  # type: ignore[no-any-return]
+
+
+def _weights(learner: DQNLearner, bundle: ActorBundle) -> dict[str, np.ndarray]:
+    return learner_weights(learner.model, bundle)
+
+
+def _facts(learner: DQNLearner, bundle: ActorBundle, run: Any) -> dict[str, Any]:
+    policy, kwargs = learner_policy(bundle)
+    return {"algo": "DQN", "policy": policy, "policy_kwargs": kwargs}
+
+
+def _check_network(bundle: ActorBundle, ops: set[str]) -> None:
+    other = sorted(ops & NON_RELU_ACTIVATIONS)
+    if other:
+        raise NetworkMismatchError(f"the bundle's network uses {other}; SB3's DQN learner uses ReLU: "
+                                   "export a bundle of a ReLU network")
+
+
+DQN_LEARNER = LearnerEntry(
+    name="dqn",
+    help="SB3 DQN, for Q-value networks: each actor's chunk is ingested as it arrives",
+    config=DQNConfig,
+    preset=dqn_preset,
+    make=_make,
+    drive=_drive,
+    weights=_weights,
+    facts=_facts,
+    behaviour="epsilon-greedy with the learner's exploration rate",
+    trains="Q-value networks",
+    outputs="Q-values",
+    natural=("dqn", "torch", "torchscript"),
+    check_network=_check_network,
+    options=(
+        LearnerOption("--learning-rate", "learning_rate", float, "Adam learning rate"),
+        LearnerOption("--batch-size", "batch_size", int, f"gradient step size, at most {MAX_BATCH_SIZE:,}",
+                      1, MAX_BATCH_SIZE),
+        LearnerOption("--gamma", "gamma", float, "discount"),
+        LearnerOption("--buffer-size", "buffer_size", int, f"replay buffer transitions, at most {MAX_BUFFER_SIZE:,}",
+                      1, MAX_BUFFER_SIZE),
+        LearnerOption("--learning-starts", "learning_starts", int, "env steps of random actions before training",
+                      0, MAX_STEPS),
+        LearnerOption("--train-freq", "train_freq", int, "env steps between training rounds", 1, MAX_STEPS),
+        LearnerOption("--gradient-steps", "gradient_steps", int,
+                      "gradient steps per training round, at most 100,000", 1, 100_000),
+        LearnerOption("--target-update-interval", "target_update_interval", int,
+                      "env steps between target network updates", 1, MAX_STEPS),
+        LearnerOption("--exploration-fraction", "exploration_fraction", float,
+                      "share of the steps over which epsilon decays"),
+        LearnerOption("--exploration-final-eps", "exploration_final_eps", float, "final epsilon"),
+    ),
+)

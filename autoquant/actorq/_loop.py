@@ -12,7 +12,10 @@ log-probabilities, and the learner trains on them with truncated importance samp
 (``_ppo.py``) or without correction.
 
 The learners (``_learner.py``, ``_ppo.py``) and the actors (``_actors.py``) have rooms of
-their own; this one starts Ray, places the actors, broadcasts, evaluates and reports.
+their own; this one starts Ray, places the actors, broadcasts, evaluates and reports. It
+knows a learner only by its registry entry (``_learners.py``): the entry makes it, says
+which of the two loops above drives it (``_Loop.run_async``, ``_Loop.run_sync``), what
+each broadcast sends and what the report says of it.
 
 A bundle's activation quantizers are fixed (calibrated on the states it was made with).
 A learner that starts from scratch sends its actors to states a trained policy never
@@ -42,19 +45,8 @@ from autoquant._limits import MAX_ACTORS, MAX_ENVS, MAX_EPISODES, MAX_SEED, MAX_
 from autoquant._version import __version__
 from autoquant.actorq._actors import ActorWorker, Fp32ActorBuilder
 from autoquant.actorq._bundle import ActorBundle, load_bundle
-from autoquant.actorq._actors import hidden_activation
-from autoquant.actorq._learner import (
-    DQNConfig,
-    DQNLearner,
-    check_env,
-    dqn_preset,
-    init_from_policy,
-    learner_algo,
-    learner_policy,
-    learner_weights,
-    make_learner,
-)
-from autoquant.actorq._ppo import CORRECTIONS, PPOConfig, PPOLearner, make_ppo_learner, ppo_preset
+from autoquant.actorq._learners import check_env, learner_algo, learner_entry
+from autoquant.actorq._ppo import CORRECTIONS
 from autoquant.actorq._quantizer import ActorQuantizer
 from autoquant.actorq._rebuild import REBUILD_PATHS
 from autoquant.errors import Interrupted, UsageError, first_line
@@ -82,11 +74,11 @@ class ActorRunConfig:
     seed: int = 0
     init_from_policy: str | None = None
     ray_address: str | None = None
-    learner: DQNConfig | PPOConfig | None = None  # None: the env's preset for the learner
+    learner: Any = None  # the learner's hyperparameters (its entry's config); None: the env's preset
     learner_source: str | None = None  # where ``learner``'s values come from (default "given")
     learner_threads: int = 1
     actor_threads: int = 1
-    learner_algo: str | None = None  # "dqn" | "ppo"; None: the bundle's policy's own
+    learner_algo: str | None = None  # a learner's name (learners()); None: the bundle's policy's own
     envs_per_actor: int = 1  # envs an actor steps in lockstep, one batched policy call per step
     correction: str = "tis"  # PPO: "tis" (truncated importance sampling) | "none"
     is_truncation: float = 2.0  # PPO: the largest importance weight
@@ -116,8 +108,6 @@ class ActorRunConfig:
         out = dataclasses.asdict(self)
         out["learner"] = self.learner.to_json() if self.learner is not None else None
         return out
-
-
 
 
 def _stats_ms(values: Sequence[float]) -> dict[str, Any] | None:
@@ -207,15 +197,6 @@ def _actor_agreement(states: np.ndarray | None, builder: Any, weights: Mapping[s
         return None
     actor = builder.build(weights)
     return float(np.mean(actor.predict(states)[0] == _greedy_learner(model)(states)))
-
-
-def _replay_states(model: Any, n: int = 1000) -> np.ndarray | None:
-    buffer = model.replay_buffer
-    size = buffer.buffer_size if buffer.full else buffer.pos
-    if size == 0:
-        return None
-    index = (buffer.pos - 1 - np.arange(min(n, size))) % buffer.buffer_size
-    return buffer.observations[index, 0]
 
 
 def _probe(address: str) -> None:
@@ -309,32 +290,24 @@ def run_actorq(config: ActorRunConfig, *, log: Callable[[str], None] | None = No
     say = log or (lambda s: None)
     bundle = load_bundle(config.bundle)
     env_id = check_env(bundle, config.env_id)
-    algo = learner_algo(bundle, config.learner_algo)
-    if config.learner is not None and not isinstance(config.learner, PPOConfig if algo == "ppo" else DQNConfig):
-        raise UsageError(f"actorq run: a {algo.upper()} learner was given {type(config.learner).__name__} "
+    entry = learner_entry(learner_algo(bundle, config.learner_algo))
+    if config.learner is not None and not isinstance(config.learner, entry.config):
+        raise UsageError(f"actorq run: a {entry.name.upper()} learner was given {type(config.learner).__name__} "
                          "hyperparameters")
     ray = _import_ray()
     if config.ray_address and not ray.is_initialized():
         _probe(config.ray_address)
-    preset_source, preset = (ppo_preset if algo == "ppo" else dqn_preset)(env_id)
+    preset_source, preset = entry.preset(env_id)
     hyper: Any = config.learner or preset
     threads = torch.get_num_threads()
     torch.set_num_threads(config.learner_threads)
     try:
-        if algo == "ppo":
-            if config.init_from_policy:
-                raise UsageError("actorq run: --init-from-policy starts a DQN learner; the PPO learner starts "
-                                 "from scratch")
-            model = make_ppo_learner(bundle, env_id, hyper, activation=hidden_activation(bundle), seed=config.seed)
-            learner: Any = PPOLearner(model, hyper, bundle, config.steps, n_envs=config.actors * config.envs_per_actor,
-                                      correction=config.correction, truncation=config.is_truncation)
-            init = None
-            weights_of: Callable[[], dict[str, np.ndarray]] = learner.state_dict
-        else:
-            model = make_learner(bundle, env_id, hyper, seed=config.seed)
-            init = init_from_policy(model, config.init_from_policy, env_id) if config.init_from_policy else None
-            learner = DQNLearner(model, hyper, config.steps)
-            weights_of = lambda: learner_weights(model, bundle)  # noqa: E731
+        learner = entry.make(bundle, env_id, hyper, config)
+        model, init = learner.model, learner.init
+
+        def weights_of() -> dict[str, np.ndarray]:
+            return entry.weights(learner, bundle)
+
         if config.fp32_actors:
             builder: Any = Fp32ActorBuilder(bundle, threads=config.actor_threads, rebuild=config.rebuild)
         else:
@@ -352,10 +325,10 @@ def run_actorq(config: ActorRunConfig, *, log: Callable[[str], None] | None = No
             kind = "fp32" if config.fp32_actors else "quantized"
             say(f"ray {ray_facts['version']} ({ray_facts['address']}, {ray_facts['nodes']} nodes, "
                 f"{ray_facts['cpus']:.0f} CPUs); {config.actors} {kind} actors x {config.envs_per_actor} envs, "
-                f"{algo.upper()} learner, {config.steps} env steps")
+                f"{entry.name.upper()} learner, {config.steps} env steps")
             try:
                 loop = _Loop(ray, config, bundle, env_id, model, learner, builder, weights_of, seeds, say, signals)
-                result = loop.run_ppo() if algo == "ppo" else loop.run_dqn()
+                result = entry.drive(loop)
             finally:
                 if started:
                     ray.shutdown()
@@ -370,15 +343,7 @@ def run_actorq(config: ActorRunConfig, *, log: Callable[[str], None] | None = No
         final["actor"] = play_episodes(lambda obs: actor.predict(obs)[0], env_id, seeds).to_json()
         final["learner_fp32"] = result["curve"]["eval"][-1]["stats"]
         final["random"] = random_stats.to_json() if random_stats is not None else None
-    if algo == "ppo":
-        policy_kwargs = {k: (v.__name__ if isinstance(v, type) else v) for k, v in model.policy_kwargs.items()}
-        learner_facts: dict[str, Any] = {
-            "algo": "PPO", "policy": "MlpPolicy", "policy_kwargs": policy_kwargs,
-            "correction": config.correction if not config.fp32_actors else "none (fp32 actors)",
-            "is_truncation": config.is_truncation, "iterations": learner.iterations,
-            "importance_weights": _weight_summary(learner.weights)}
-    else:
-        learner_facts = {"algo": "DQN", "policy": learner_policy(bundle)[0], "policy_kwargs": learner_policy(bundle)[1]}
+    learner_facts = entry.facts(learner, bundle, config)
     return {
         "format": RUN_FORMAT, "version": RUN_VERSION, "autoquant_version": __version__,
         "config": config.to_json(), "env_id": env_id,
@@ -386,8 +351,7 @@ def run_actorq(config: ActorRunConfig, *, log: Callable[[str], None] | None = No
                    "fingerprint": bundle.fingerprint_id, "made_for": bundle.manifest["policy"].get("env_id"),
                    "payload_bytes": bundle.payload_bytes},
         "actors": {"count": config.actors, "kind": kind, "envs_per_actor": config.envs_per_actor,
-                   "behaviour": ("softmax samples with log-probs" if algo == "ppo"
-                                 else "epsilon-greedy with the learner's exploration rate"),
+                   "behaviour": entry.behaviour,
                    "network": ("fp32 ONNX of the bundle's network (onnxruntime, weights per broadcast)"
                                if config.fp32_actors else f"the bundle's plan: {bundle.manifest.get('summary')}"),
                    "quantizes": None if config.fp32_actors else ("learner" if config.central else "actor"),
@@ -409,21 +373,9 @@ def run_actorq(config: ActorRunConfig, *, log: Callable[[str], None] | None = No
     }
 
 
-def _weight_summary(weights: Sequence[Mapping[str, float]]) -> dict[str, Any] | None:
-    """Importance weights pi_old / mu over the run: mean of the per-iteration means, extremes,
-    the share above the truncation, and the mean log-ratio (KL of the actors' policy from the learner's)."""
-    if not weights:
-        return None
-    return {"rho_mean": float(np.mean([w["rho_mean"] for w in weights])),
-            "rho_min": float(min(w["rho_min"] for w in weights)),
-            "rho_max": float(max(w["rho_max"] for w in weights)),
-            "truncated_share": float(np.mean([w["truncated"] for w in weights])),
-            "kl_behaviour": float(np.mean([w["kl_behaviour"] for w in weights])),
-            "iterations": len(weights)}
-
-
 class _Loop:
-    """Ray actors placed, broadcasts, requests, evaluations: what both learners share."""
+    """Ray actors placed, broadcasts, requests, evaluations: what every learner shares. A learner's
+    entry drives it with ``run_async`` or ``run_sync``, or with a loop of its own made of these parts."""
 
     def __init__(self, ray: Any, config: ActorRunConfig, bundle: ActorBundle, env_id: str, model: Any,
                  learner: Any, builder: Any, weights_of: Callable[[], dict[str, np.ndarray]], seeds: list[int],
@@ -478,7 +430,9 @@ class _Loop:
         self.say(f"step {step}: greedy learner {stats.mean:.1f} over {len(self.seeds)} episodes, "
                  f"{self.learner.updates} updates{say_eps}{text}")
 
-    def run_dqn(self) -> dict[str, Any]:
+    def run_async(self) -> dict[str, Any]:
+        """Actors collect chunks on their own; the learner ingests each as it arrives
+        (``learner.ingest``) and broadcasts every ``broadcast_every`` env steps once it trained."""
         config, learner, ray, actors = self.config, self.learner, self.ray, self.actors
         envs = config.envs_per_actor
         eval_every = config.eval_every or max(config.steps // 10, 1)
@@ -512,20 +466,22 @@ class _Loop:
                     ref = self.broadcast()
                     last_broadcast, updates_at_broadcast = received, learner.updates
                 if received >= next_eval and received < config.steps:
-                    self.evaluate(received, _replay_states(self.model))
+                    self.evaluate(received, learner.recent_states())
                     while next_eval <= received:
                         next_eval += eval_every
                 submit(i)
             loop_s = time.perf_counter() - loop_start
-            self.evaluate(received, _replay_states(self.model))
+            self.evaluate(received, learner.recent_states())
         finally:
             for actor in actors:
                 ray.kill(actor)
         return self.report(received, loop_s, "every", config.broadcast_every)
 
-    def run_ppo(self) -> dict[str, Any]:
+    def run_sync(self, cadence: str) -> dict[str, Any]:
+        """Every broadcast, every actor steps its envs ``learner.rounds`` times, and the learner
+        trains on all of it (``learner.iterate``); ``cadence`` says so in the report."""
         config, learner, ray, actors = self.config, self.learner, self.ray, self.actors
-        rounds = learner.hyper.n_steps
+        rounds = learner.rounds
         per_iteration = rounds * config.envs_per_actor * len(actors)
         eval_every = config.eval_every or max(config.steps // 10, 1)
         try:
@@ -551,7 +507,7 @@ class _Loop:
         finally:
             for actor in actors:
                 ray.kill(actor)
-        return self.report(received, loop_s, "every PPO iteration", per_iteration)
+        return self.report(received, loop_s, cadence, per_iteration)
 
     def report(self, received: int, loop_s: float, cadence: str, every: int) -> dict[str, Any]:
         totals = self.totals

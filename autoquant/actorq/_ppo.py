@@ -13,6 +13,9 @@ advantage, normalized over the rollout, is multiplied by ``min(pi_old / mu, C)``
 is exactly the clipped surrogate loss weighted per sample; ``"none"`` trusts the actors.
 ``PPO.train`` is used as it is, with its per-minibatch normalization off (the weights
 would be undone by it); returns for the value loss are GAE's, unweighted.
+
+``PPO_LEARNER`` is its entry in the learner registry (``_learners``): the loop drives it
+synchronously, one iteration per broadcast.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from typing import Any
 import numpy as np
 
 from autoquant._limits import MAX_ACTORS, MAX_BATCH_SIZE, MAX_ENVS, MAX_STEPS, check_integer
+from autoquant.actorq._actors import hidden_activation
 from autoquant.actorq._bundle import ActorBundle
+from autoquant.actorq._learners import NON_RELU_ACTIVATIONS, LearnerEntry, LearnerOption
 from autoquant.errors import EnvMismatchError, NetworkMismatchError, UsageError
 
-__all__ = ["CORRECTIONS", "PPO_PRESETS", "PPOConfig", "PPOLearner", "make_ppo_learner", "ppo_preset",
+__all__ = ["CORRECTIONS", "PPO_LEARNER", "PPO_PRESETS", "PPOConfig", "PPOLearner", "make_ppo_learner", "ppo_preset",
            "ppo_policy_kwargs"]
 
 CORRECTIONS = ("tis", "none")
@@ -171,6 +176,12 @@ class PPOLearner:
         self.weights: list[dict[str, float]] = []  # per iteration: importance-weight statistics
 
     epsilon = None  # actors sample from their policy (ActorWorker.collect's on-policy behaviour)
+    init = None  # it starts from scratch
+
+    @property
+    def rounds(self) -> int:
+        """Steps each env of each actor takes per iteration."""
+        return self.hyper.n_steps
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The policy network's weights under the bundle's keys (what each broadcast sends)."""
@@ -232,3 +243,81 @@ class PPOLearner:
         batches = -(-steps * envs // hyper.batch_size)
         self.updates += hyper.n_epochs * batches
         self.iterations += 1
+
+
+# --- its entry in the learner registry ---------------------------------------------------
+
+
+def _make(bundle: ActorBundle, env_id: str, hyper: PPOConfig, run: Any) -> PPOLearner:
+    """The PPO learner of an ``actorq run`` (``run``: its ActorRunConfig): one rollout buffer
+    column per env of every actor."""
+    if run.init_from_policy:
+        raise UsageError("actorq run: --init-from-policy starts a DQN learner; the PPO learner starts "
+                         "from scratch")
+    model = make_ppo_learner(bundle, env_id, hyper, activation=hidden_activation(bundle), seed=run.seed)
+    return PPOLearner(model, hyper, bundle, run.steps, n_envs=run.actors * run.envs_per_actor,
+                      correction=run.correction, truncation=run.is_truncation)
+
+
+def _drive(loop: Any) -> dict[str, Any]:
+    return loop.run_sync("every PPO iteration")  # type: ignore[no-any-return]
+
+
+def _weights(learner: PPOLearner, bundle: ActorBundle) -> dict[str, np.ndarray]:
+    return learner.state_dict()
+
+
+def _facts(learner: PPOLearner, bundle: ActorBundle, run: Any) -> dict[str, Any]:
+    policy_kwargs = {k: (v.__name__ if isinstance(v, type) else v) for k, v in learner.model.policy_kwargs.items()}
+    return {"algo": "PPO", "policy": "MlpPolicy", "policy_kwargs": policy_kwargs,
+            "correction": run.correction if not run.fp32_actors else "none (fp32 actors)",
+            "is_truncation": run.is_truncation, "iterations": learner.iterations,
+            "importance_weights": _weight_summary(learner.weights)}
+
+
+def _weight_summary(weights: Sequence[Mapping[str, float]]) -> dict[str, Any] | None:
+    """Importance weights pi_old / mu over the run: mean of the per-iteration means, extremes,
+    the share above the truncation, and the mean log-ratio (KL of the actors' policy from the learner's)."""
+    if not weights:
+        return None
+    return {"rho_mean": float(np.mean([w["rho_mean"] for w in weights])),
+            "rho_min": float(min(w["rho_min"] for w in weights)),
+            "rho_max": float(max(w["rho_max"] for w in weights)),
+            "truncated_share": float(np.mean([w["truncated"] for w in weights])),
+            "kl_behaviour": float(np.mean([w["kl_behaviour"] for w in weights])),
+            "iterations": len(weights)}
+
+
+def _check_network(bundle: ActorBundle, ops: set[str]) -> None:
+    other = sorted(op for op in ops & NON_RELU_ACTIVATIONS if op != "Tanh")
+    if other:
+        raise NetworkMismatchError(f"the bundle's network uses {other}; the PPO learner builds ReLU or Tanh "
+                                   "networks: export a bundle of one")
+
+
+PPO_LEARNER = LearnerEntry(
+    name="ppo",
+    help="SB3 PPO, for discrete policies: one iteration per broadcast, corrected for quantized actors (--correction)",
+    config=PPOConfig,
+    preset=ppo_preset,
+    make=_make,
+    drive=_drive,
+    weights=_weights,
+    facts=_facts,
+    behaviour="softmax samples with log-probs",
+    trains="discrete policies",
+    outputs="policy logits",
+    natural=("ppo", "a2c"),
+    check_network=_check_network,
+    options=(
+        LearnerOption("--learning-rate", "learning_rate", float, "Adam learning rate"),
+        LearnerOption("--batch-size", "batch_size", int, f"minibatch size, at most {MAX_BATCH_SIZE:,}",
+                      1, MAX_BATCH_SIZE),
+        LearnerOption("--gamma", "gamma", float, "discount"),
+        LearnerOption("--n-steps", "n_steps", int, "steps per env per iteration", 1, MAX_STEPS),
+        LearnerOption("--n-epochs", "n_epochs", int, "epochs over each rollout, at most 1000", 1, 1000),
+        LearnerOption("--gae-lambda", "gae_lambda", float, "GAE lambda"),
+        LearnerOption("--clip-range", "clip_range", float, "clip range"),
+        LearnerOption("--ent-coef", "ent_coef", float, "entropy coefficient"),
+    ),
+)

@@ -1,60 +1,52 @@
-"""ActorQ commands: ``actorq run`` (quantized Ray actors feeding an fp32 SB3 DQN or PPO learner)."""
+"""ActorQ commands: ``actorq run`` (quantized Ray actors feeding an fp32 SB3 learner).
+
+``--learner``'s choices and the learner options come from the learner registry
+(``autoquant.actorq.learners()``): each learner's options are declared once per flag, and a
+flag the run's learner does not take is refused in one line."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from autoquant._io import check_output_folder
 from autoquant.cli import Command
-from autoquant._limits import (
-    MAX_ACTORS,
-    MAX_BATCH_SIZE,
-    MAX_BUFFER_SIZE,
-    MAX_ENVS,
-    MAX_EPISODES,
-    MAX_SEED,
-    MAX_STEPS,
-    MAX_THREADS,
-)
+from autoquant._limits import MAX_ACTORS, MAX_ENVS, MAX_EPISODES, MAX_SEED, MAX_STEPS, MAX_THREADS
 from autoquant.cli._options import integer
 
 __all__ = ["ActorQCommand"]
 
-# Learner options: (flag, config field, type, help, learners). Unset ones keep the env's preset.
-_BOTH, _DQN, _PPO = ("dqn", "ppo"), ("dqn",), ("ppo",)
-_LEARNER_OPTIONS = (
-    ("--learning-rate", "learning_rate", float, "Adam learning rate", _BOTH),
-    ("--batch-size", "batch_size", integer(1, MAX_BATCH_SIZE),
-     f"gradient step (PPO: minibatch) size, at most {MAX_BATCH_SIZE:,}", _BOTH),
-    ("--gamma", "gamma", float, "discount", _BOTH),
-    ("--n-steps", "n_steps", integer(1, MAX_STEPS), "PPO: steps per env per iteration", _PPO),
-    ("--n-epochs", "n_epochs", integer(1, 1000), "PPO: epochs over each rollout, at most 1000", _PPO),
-    ("--gae-lambda", "gae_lambda", float, "PPO: GAE lambda", _PPO),
-    ("--clip-range", "clip_range", float, "PPO: clip range", _PPO),
-    ("--ent-coef", "ent_coef", float, "PPO: entropy coefficient", _PPO),
-    ("--buffer-size", "buffer_size", integer(1, MAX_BUFFER_SIZE),
-     f"DQN: replay buffer transitions, at most {MAX_BUFFER_SIZE:,}", _DQN),
-    ("--learning-starts", "learning_starts", integer(0, MAX_STEPS),
-     "DQN: env steps of random actions before training", _DQN),
-    ("--train-freq", "train_freq", integer(1, MAX_STEPS), "DQN: env steps between training rounds", _DQN),
-    ("--gradient-steps", "gradient_steps", integer(1, 100_000),
-     "DQN: gradient steps per training round, at most 100,000", _DQN),
-    ("--target-update-interval", "target_update_interval", integer(1, MAX_STEPS),
-     "DQN: env steps between target network updates", _DQN),
-    ("--exploration-fraction", "exploration_fraction", float, "DQN: share of the steps over which epsilon decays",
-     _DQN),
-    ("--exploration-final-eps", "exploration_final_eps", float, "DQN: final epsilon", _DQN),
-)
+
+def _learner_options(entries: Iterable[Any]) -> list[tuple[Any, list[Any]]]:
+    """Each learner flag once, with the learners that take it: (the first one's option, learners)."""
+    by_flag: dict[str, tuple[Any, list[Any]]] = {}
+    for entry in entries:
+        for option in entry.options:
+            by_flag.setdefault(option.flag, (option, []))[1].append(entry)
+    return list(by_flag.values())
+
+
+def _option_help(flag: str, takers: Sequence[Any], everyone: int) -> str:
+    """An option's help: its text, named after the learners that take it unless all do."""
+    texts = [next(o.help for o in entry.options if o.flag == flag) for entry in takers]
+    if len(takers) == everyone and len(set(texts)) == 1:
+        text = texts[0]
+    else:
+        text = "; ".join(f"{entry.name.upper()}: {t}" for entry, t in zip(takers, texts))
+    return f"learner: {text} (default: the env's rl-zoo3 preset)".replace("%", "%%")
 
 
 class ActorQCommand(Command):
     name = "actorq"
-    help = "'autoquant actorq run': Ray actors with the bundle's quantized policy feed an fp32 DQN or PPO learner"
+    help = "'autoquant actorq run': Ray actors with the bundle's quantized policy feed an fp32 SB3 learner"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from autoquant.actorq import learners
+
+        entries = learners()
         parser.add_argument("action", choices=("run",))
         parser.add_argument("--bundle", required=True, type=Path,
                             help="ActorQ bundle folder (autoquant export RUN --format actorq --out DIR)")
@@ -64,9 +56,9 @@ class ActorQCommand(Command):
         parser.add_argument("--envs-per-actor", type=integer(1, MAX_ENVS), default=1,
                             help="envs each actor steps in lockstep with one batched policy call (default 1, at "
                                  f"most {MAX_ENVS})")
-        parser.add_argument("--learner", choices=("dqn", "ppo"),
-                            help="the learner (default: the bundle's own algorithm: DQN for Q-networks, PPO for "
-                                 "PPO policies)")
+        parser.add_argument("--learner", choices=tuple(entries),
+                            help=("the learner: " + "; ".join(f"{e.name}: {e.help}" for e in entries.values())
+                                  + " (default: the one the bundle's policy was trained with)").replace("%", "%%"))
         parser.add_argument("--correction", choices=("tis", "none"), default="tis",
                             help="PPO: off-policy correction for quantized actors: truncated importance sampling "
                                  "(default) or none")
@@ -100,8 +92,10 @@ class ActorQCommand(Command):
                             help=f"onnxruntime threads (default 1, at most {MAX_THREADS})")
         parser.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
                             help=f"seed of the learner, actors and evaluations (default 0, at most {MAX_SEED:,})")
-        for flag, _, kind, text, _ in _LEARNER_OPTIONS:
-            parser.add_argument(flag, type=kind, help=f"learner: {text} (default: the env's rl-zoo3 preset)")
+        for option, takers in _learner_options(entries.values()):
+            kind = integer(option.low, option.high) if option.type is int and option.low is not None else option.type
+            parser.add_argument(option.flag, type=kind, dest=option.dest,
+                                help=_option_help(option.flag, takers, len(entries)))
         parser.add_argument("--out", type=Path, help="write actorq_run.json and curve.png here")
         parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -109,7 +103,7 @@ class ActorQCommand(Command):
         import dataclasses
 
         from autoquant._io import write_json
-        from autoquant.actorq import ActorRunConfig, dqn_preset, learner_algo, load_bundle, ppo_preset, run_actorq
+        from autoquant.actorq import ActorRunConfig, learner_algo, learner_entry, learners, load_bundle, run_actorq
         from autoquant.errors import UsageError
         from autoquant.report import plot_learning_curves
 
@@ -119,14 +113,18 @@ class ActorQCommand(Command):
             raise UsageError(f"--bundle {args.bundle} is not a folder: pass an ActorQ bundle "
                              "(autoquant export RUN --format actorq --out DIR)")
         algo = learner_algo(load_bundle(args.bundle), args.learner)
-        given = [(flag, name, learners) for flag, name, _, _, learners in _LEARNER_OPTIONS
-                 if getattr(args, name) is not None]
-        for flag, _, learners in given:
-            if algo not in learners:
-                raise UsageError(f"{flag} sets a {learners[0].upper()} learner's option; this run's learner is "
-                                 f"{algo.upper()}: drop {flag}")
-        overrides = {name: getattr(args, name) for _, name, _ in given}
-        source, preset = (ppo_preset if algo == "ppo" else dqn_preset)(args.env)
+        entry = learner_entry(algo)
+        mine = {option.flag: option for option in entry.options}
+        overrides: dict[str, Any] = {}
+        for option, takers in _learner_options(learners().values()):
+            if getattr(args, option.dest, None) is None:
+                continue
+            if option.flag not in mine:
+                names = " or ".join(taker.name.upper() for taker in takers)
+                raise UsageError(f"{option.flag} sets a {names} learner's option; this run's learner is "
+                                 f"{algo.upper()}: drop {option.flag}")
+            overrides[mine[option.flag].field] = getattr(args, option.dest)
+        source, preset = entry.preset(args.env)
         learner = dataclasses.replace(preset, **overrides) if overrides else None
         config = ActorRunConfig(
             bundle=str(args.bundle), env_id=args.env, actors=args.actors, steps=args.steps,
