@@ -200,24 +200,16 @@ class PretrainResult:
 
 
 def pretrain(algo: str, corpus: Sequence[CorpusEntry], *, episodes: int, seed: int = 0) -> PretrainResult:
-    """Train ``algo`` (as the agent builds it) on surrogate episodes over ``corpus``."""
-    from stable_baselines3 import DDPG, SAC, TD3
-
-    from autoquant.agents._rl import WARMUP_EPISODES, DecayingNormalNoise
+    """Train ``algo`` (as the agent builds it, ``sb3_model``) on surrogate episodes over
+    ``corpus``: its warm-up as long as the longest network's, a 200,000-transition replay
+    buffer, and exploration noise that decays slowly over the many episodes."""
+    from autoquant.agents._rl import OFF_POLICY, sb3_model
 
     env = PretrainEnv(corpus, seed=seed)
     steps = max(e.steps_per_episode for e in env.envs)
-    common: dict[str, Any] = {"seed": seed, "device": "cpu", "verbose": 0, "gamma": 1.0,
-                              "policy_kwargs": {"net_arch": [64, 64]}, "learning_starts": steps * WARMUP_EPISODES,
-                              "train_freq": (1, "step"), "gradient_steps": 1, "batch_size": 64,
-                              "buffer_size": 200_000}
-    if algo == "sac":
-        model = SAC("MlpPolicy", env, **common)
-    elif algo in ("ddpg", "td3"):
-        cls = DDPG if algo == "ddpg" else TD3
-        model = cls("MlpPolicy", env, action_noise=DecayingNormalNoise(2, decay=0.999), **common)
-    else:
+    if algo not in OFF_POLICY:
         raise ValueError(f"pretraining supports ddpg, td3 and sac, not {algo!r}")
+    model = sb3_model(algo, env, seed=seed, steps=steps, buffer_size=200_000, noise_decay=0.999)
     start = time.perf_counter()
     mean_steps = float(np.mean([e.steps_per_episode for e in env.envs]))
     model.learn(total_timesteps=int(episodes * mean_steps), progress_bar=False)

@@ -49,7 +49,7 @@ resumed their replay buffer is first filled with the study's finished trials.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -78,6 +78,7 @@ __all__ = [
     "bin_index",
     "layer_features",
     "relative_to_bound",
+    "sb3_model",
     "surrogate_reward",
     "trial_reward",
     "warm_start",
@@ -471,23 +472,40 @@ def warm_start(model: Any, env: CompressionEnv, study: Any) -> int:
 # --- agents ----------------------------------------------------------------------------
 
 
-def _build(algo: str, env: CompressionEnv, runner: SearchRunner, seed: int) -> Any:
+def sb3_model(algo: str, env: gym.Env, *, seed: int, steps: int, buffer_size: Callable[[], int] | int,
+              noise_decay: float = 0.97) -> Any:
+    """The stable-baselines3 model of a meta-RL agent (``ddpg``, ``td3``, ``sac``, ``ppo``) on
+    ``env``, as the search and pretraining both build it: a 64-64 MLP, undiscounted episodes.
+
+    ``steps`` is an episode's length: PPO's rollout is 4 episodes, off-policy agents act
+    randomly for ``WARMUP_EPISODES`` episodes before they learn. ``buffer_size`` (a number,
+    or a function asked only for off-policy agents) sizes their replay buffer; DDPG and TD3
+    explore with ``DecayingNormalNoise`` decaying by ``noise_decay`` per episode."""
     from stable_baselines3 import DDPG, PPO, SAC, TD3
 
-    steps = env.steps_per_episode
     common: dict[str, Any] = {"seed": seed, "device": "cpu", "verbose": 0, "gamma": 1.0,
                               "policy_kwargs": {"net_arch": [64, 64]}}
     if algo == "ppo":
         return PPO("MlpPolicy", env, n_steps=steps * 4, batch_size=steps * 4, **common)
-    history = len(runner.study.get_trials(deepcopy=False))
-    off = {"learning_starts": steps * WARMUP_EPISODES, "train_freq": (1, "step"),
-           "gradient_steps": 1, "batch_size": 64,
-           "buffer_size": min(200_000, max(10_000, steps * (INNER_FIRST + (INNER_EACH + 1) * runner.n_trials
-                                                            + history + 2)))}
+    if algo not in OFF_POLICY:
+        raise ValueError(f"the meta-RL agents are {', '.join((*OFF_POLICY, 'ppo'))}, not {algo!r}")
+    off = {"learning_starts": steps * WARMUP_EPISODES, "train_freq": (1, "step"), "gradient_steps": 1,
+           "batch_size": 64, "buffer_size": buffer_size() if callable(buffer_size) else buffer_size}
     if algo == "sac":
         return SAC("MlpPolicy", env, **off, **common)
     cls = DDPG if algo == "ddpg" else TD3
-    return cls("MlpPolicy", env, action_noise=DecayingNormalNoise(2), **off, **common)
+    return cls("MlpPolicy", env, action_noise=DecayingNormalNoise(2, decay=noise_decay), **off, **common)
+
+
+def _build(algo: str, env: CompressionEnv, runner: SearchRunner, seed: int) -> Any:
+    """The search's model: its replay buffer holds the warm start, the inner episodes and the real trials."""
+    steps = env.steps_per_episode
+
+    def buffer_size() -> int:
+        history = len(runner.study.get_trials(deepcopy=False))
+        return min(200_000, max(10_000, steps * (INNER_FIRST + (INNER_EACH + 1) * runner.n_trials + history + 2)))
+
+    return sb3_model(algo, env, seed=seed, steps=steps, buffer_size=buffer_size)
 
 
 WARMUP_EPISODES = 50  # random surrogate episodes before an off-policy agent learns
