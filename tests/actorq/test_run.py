@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import EXAMPLES, ROOT, run_cli
+from tests.conftest import EXAMPLES, ROOT, cli_main, run_cli
+
+# Ray on this machine, one test at a time: every Ray test runs on the same pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 @pytest.fixture(scope="module")
@@ -121,28 +124,29 @@ def _assert_one_line(proc: subprocess.CompletedProcess[str], *words: str) -> Non
 
 @pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_2(cartpole_bundle: Path, tmp_path: Path) -> None:
-    # A bundle made for CartPole-v1 refuses another env before Ray starts.
-    proc = run_cli("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "LunarLander-v3", "--steps", "100")
+    # Each is refused before Ray starts, so these run in this process. A bundle made for CartPole-v1
+    # refuses another env.
+    proc = cli_main("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "LunarLander-v3", "--steps", "100")
     _assert_one_line(proc, "made for CartPole-v1", "LunarLander-v3", "--env CartPole-v1")
-    proc = run_cli("actorq", "run", "--bundle", str(tmp_path / "missing"), "--env", "CartPole-v1")
+    proc = cli_main("actorq", "run", "--bundle", str(tmp_path / "missing"), "--env", "CartPole-v1")
     _assert_one_line(proc, "not a folder")
-    proc = run_cli("actorq", "run", "--bundle", str(tmp_path), "--env", "CartPole-v1")
+    proc = cli_main("actorq", "run", "--bundle", str(tmp_path), "--env", "CartPole-v1")
     _assert_one_line(proc, "not an ActorQ bundle")
-    proc = run_cli("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--fp32-actors",
-                   "--central")
+    proc = cli_main("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--fp32-actors",
+                    "--central")
     _assert_one_line(proc, "--central")
     with socket.socket() as free:  # a port nothing listens on
         free.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{free.getsockname()[1]}"
-    proc = run_cli("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--ray-address", address)
+    proc = cli_main("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--ray-address", address)
     _assert_one_line(proc, "nothing answers at --ray-address", address)
     # Learner options that do not fit the bundle's learner.
-    proc = run_cli("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--learner", "ppo")
+    proc = cli_main("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--learner", "ppo")
     _assert_one_line(proc, "--learner ppo", "Q-values", "--learner dqn")
-    proc = run_cli("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--n-steps", "64")
+    proc = cli_main("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--n-steps", "64")
     _assert_one_line(proc, "--n-steps", "PPO", "DQN")
-    proc = run_cli("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--is-truncation",
-                   "0.5")
+    proc = cli_main("actorq", "run", "--bundle", str(cartpole_bundle), "--env", "CartPole-v1", "--is-truncation",
+                    "0.5")
     _assert_one_line(proc, "--is-truncation must be >= 1")
     # Without ray: what to install.
     code = ("import sys; sys.modules['ray'] = None; from autoquant.cli import main; "
