@@ -15,6 +15,7 @@ and fidelity are measured again on the fine-tuned graph, which is kept in the ru
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -35,6 +36,7 @@ from autoquant._limits import (
     MAX_STATES,
     check_integer,
 )
+from autoquant._untrusted import short_repr
 from autoquant.compress import ActivationCache, CompressedPolicy, CompressionPlan, compress, weight_bytes
 from autoquant.errors import UsageError
 from autoquant.evaluate import (EpisodeStats, RetentionTest, dagger_visitor, fidelity, onnx_actor, paired_comparison,
@@ -56,10 +58,12 @@ def plan_key(plan: CompressionPlan, target_fingerprint: str) -> str:
 
 @dataclass(frozen=True)
 class ProblemSettings:
-    """How trials are scored and how much each one costs."""
+    """How trials are scored and how much each one costs. Validated when made: the one
+    place these settings are checked (the command line passes them through, and a
+    ``RunConfig`` holds one of these instead of copies of its fields)."""
 
     mode: str = "single"
-    min_retention: float = 0.98
+    min_retention: float = 0.98  # reward retention vs fp32 a plan must keep (--min-retention)
     episodes: int = 10
     fidelity_floor: float = 0.5
     n_envs: int = 8
@@ -73,21 +77,34 @@ class ProblemSettings:
     def __post_init__(self) -> None:
         check_integer(self.finetune_epochs, "--finetune (epochs)", 0, MAX_FINETUNE_EPOCHS)
         check_integer(self.finetune_rounds, "--finetune-rounds", 0, MAX_FINETUNE_ROUNDS)
-        if not 0.0 <= self.finetune_below <= 1.0:
-            raise UsageError(f"--finetune-below must be in [0, 1], got {self.finetune_below}")
+        _check_number(self.finetune_below, "--finetune-below", "[0, 1]", lambda v: 0.0 <= v <= 1.0)
         if self.proxy_states is not None:
             check_integer(self.proxy_states, "--proxy-states", 1, MAX_STATES)
-        if not 0.5 <= self.confidence < 1.0:
-            raise UsageError(f"--confidence must be in [0.5, 1), got {self.confidence}")
-        if self.mode not in MODES:
-            raise UsageError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if not 0.0 < self.min_retention <= 1.5:
-            raise UsageError(f"--min-retention must be in (0, 1.5], got {self.min_retention}")
+        _check_number(self.confidence, "--confidence", "[0.5, 1)", lambda v: 0.5 <= v < 1.0)
+        if not isinstance(self.mode, str) or self.mode not in MODES:
+            raise UsageError(f"mode must be one of {MODES}, got {short_repr(self.mode)}")
+        _check_number(self.min_retention, "--min-retention", "(0, 1.5]", lambda v: 0.0 < v <= 1.5)
         check_integer(self.episodes, "--episodes", 1, MAX_EPISODES)
-        if not 0.0 <= self.fidelity_floor <= 1.0:
-            raise UsageError(f"--fidelity-floor must be in [0, 1], got {self.fidelity_floor}")
+        _check_number(self.fidelity_floor, "--fidelity-floor", "[0, 1]", lambda v: 0.0 <= v <= 1.0)
         check_integer(self.n_envs, "--envs", 1, MAX_ENVS)
         check_integer(self.seed, "--seed", 0, MAX_SEED)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> ProblemSettings:
+        """Read ``to_json``'s object (run.json's ``config.settings``); unknown keys are dropped."""
+        if not isinstance(data, dict):
+            raise UsageError(f"the settings must be a JSON object, got {short_repr(data)}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _check_number(value: Any, what: str, interval: str, inside: Callable[[float], bool]) -> None:
+    """``value`` is a number (not a bool) in ``interval``, else one line naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not inside(value):
+        raise UsageError(f"{what} must be in {interval}, got {short_repr(value)}")
 
 
 def _ratio(latency: Any) -> float:
