@@ -77,7 +77,7 @@ def search(target: str, folder: Path, policy: Path, args: argparse.Namespace) ->
 
 def candidates(run: Any) -> list[dict[str, Any]]:
     """The run's fastest feasible plans faster than fp32, one per plan, fastest first."""
-    records = [r for r in run.records() if r.result is not None and r.feasible(run.config.min_retention)
+    records = [r for r in run.records() if r.result is not None and r.feasible(run.config.settings.min_retention)
                and r.result.latency_ratio < 1.0 and not r.repeat]
     records.sort(key=lambda r: (r.result.latency_ratio, -(r.result.retention or 0.0)))
     out, seen = [], set()
@@ -237,7 +237,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                          "search_floor": SEARCH_FLOOR},
             "references": refs,
             "int8": int8_claim, "targets": stages, "window": timed, "reused": reused,
-            "facts": host.info["target"]["facts"]}
+            "facts": host.info.target.facts}
 
 
 # --- writing -----------------------------------------------------------------------------------

@@ -185,33 +185,39 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def base_config(network: Network, policies: Path, budget: Budget, seed: int, argv: list[str]) -> Any:
-    from autoquant.search import RunConfig
+    from autoquant.search import ProblemSettings, RunConfig
 
     return RunConfig(
-        policy=str((policies / network.path).resolve()), env_id=network.env_id, method="joint", agent="ddpg",
-        n_trials=budget.trials, time_budget_s=budget.seconds, min_retention=budget.min_retention, episodes=budget.episodes,
-        confirm_episodes=budget.confirm_episodes, n_states=budget.states, n_envs=budget.envs, seed=seed,
-        argv=tuple(argv),
+        policy=(policies / network.path).resolve(), env_id=network.env_id, method="joint", agent="ddpg",
+        n_trials=budget.trials, time_budget_s=budget.seconds, confirm_episodes=budget.confirm_episodes,
+        n_states=budget.states, argv=tuple(argv),
+        settings=ProblemSettings(min_retention=budget.min_retention, episodes=budget.episodes, n_envs=budget.envs,
+                                 seed=seed),
     )
 
 
-_CHECKED = ("policy", "target", "mode", "min_retention", "episodes", "confirm_episodes", "fidelity_floor",
-            "n_states", "n_envs", "seed")
+def _checked(config: Any) -> dict[str, Any]:
+    """What a run folder's results depend on, budget aside."""
+    s = config.settings
+    return {"policy": config.policy, "target": config.target, "mode": s.mode, "min_retention": s.min_retention,
+            "episodes": s.episodes, "confirm_episodes": config.confirm_episodes, "fidelity_floor": s.fidelity_floor,
+            "n_states": config.n_states, "n_envs": s.n_envs, "seed": s.seed, "method": config.method,
+            "agent": config.agent}
 
 
 def check_existing(folder: Path, config: Any, method: str, agent: str) -> None:
     """A run folder left by an earlier invocation must have been asked the same (budget aside)."""
     from autoquant.errors import UsageError
+    from autoquant.search import read_run_info
 
-    path = folder / "run.json"
-    if not path.is_file():
+    if not (folder / "run.json").is_file():
         return
-    stored = json.loads(path.read_text())["config"]
-    wanted = {**dataclasses.asdict(config), "method": method, "agent": agent}
-    if config.env_id is not None and stored.get("env_id") not in (config.env_id, None):
-        raise UsageError(f"{rel(folder)} was run on {stored.get('env_id')}, not {config.env_id}; "
+    stored = read_run_info(folder).config
+    if config.env_id is not None and stored.env_id not in (config.env_id, None):
+        raise UsageError(f"{rel(folder)} was run on {stored.env_id}, not {config.env_id}; "
                          "pass --fresh or another --out")
-    differs = {k: (stored.get(k), wanted[k]) for k in (*_CHECKED, "method", "agent") if stored.get(k) != wanted[k]}
+    old, new = _checked(stored), _checked(dataclasses.replace(config, method=method, agent=agent))
+    differs = {k: (old[k], new[k]) for k in old if old[k] != new[k]}
     if differs:
         text = ", ".join(f"{k}={old!r} there, {new!r} asked" for k, (old, new) in differs.items())
         raise UsageError(f"{rel(folder)} was made with other settings ({text}); "
@@ -324,23 +330,19 @@ def _counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     }
 
 
-def _confirmed(folder: Path) -> dict[str, Any] | None:
-    path = folder / "best" / "confirm.json"
-    if not path.is_file():
-        failed = folder / "confirm_failed.json"
-        if failed.is_file():
-            attempts = json.loads(failed.read_text()).get("attempts", [])
-            return {"confirmed": False, "attempts": [{"trial": a["trial"], "summary": a["summary"],
-                                                      "retention": a["retention"]} for a in attempts]}
+def _confirmed(run: Any) -> dict[str, Any] | None:
+    found = run.confirmation()
+    if found is None:
         return None
-    data = json.loads(path.read_text())
-    return {"confirmed": True, "trial": data["trial"], "summary": data["summary"],
-            "latency_ratio": data["search"]["latency_ratio"], "search_retention": data["search"]["retention"],
-            "retention": data["confirm"]["retention"], "episodes": data["confirm"]["episodes"],
-            "reward": data["confirm"]["reward"]["mean"], "fp32_reward": data["confirm"]["fp32_reward"]["mean"],
-            "random_reward": data["confirm"]["random_reward"]["mean"],
-            "attempts": [{"trial": a["trial"], "summary": a["summary"], "retention": a["retention"]}
-                         for a in data.get("attempts", [])]}
+    attempts = [{"trial": a.trial, "summary": a.summary, "retention": a.retention} for a in found.attempts]
+    best = found.best
+    if best is None:
+        return {"confirmed": False, "attempts": attempts}
+    return {"confirmed": True, "trial": best.trial, "summary": best.summary,
+            "latency_ratio": best.search.latency_ratio, "search_retention": best.search.retention,
+            "retention": best.confirm.retention, "episodes": best.confirm.episodes,
+            "reward": best.confirm.reward.mean, "fp32_reward": best.confirm.fp32_reward.mean,
+            "random_reward": best.confirm.random_reward.mean, "attempts": attempts}
 
 
 def _agent_first(folder: Path, records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -396,8 +398,8 @@ def run_network(network: Network, policies: Path, out: Path, budget: Budget, see
         times = [r["wall_s"] for r in records if r.get("wall_s") is not None]
         results[label] = {"records": records, "wall_s": max(times) if times else None}
     first = runs[f"{COMBOS[0][0]}/{COMBOS[0][1]}"]
-    ref = first.info["reference"]
-    ort = ref.get("onnxruntime_int8") or {}
+    ref = first.info.references
+    ort = ref.onnxruntime_int8 or {}
     references: dict[str, Any] = {"fp32": {"latency_ratio": 1.0, "retention": 1.0, "size_ratio": 1.0}}
     if "latency_ratio" in ort:
         references["onnxruntime int8"] = {k: ort.get(k) for k in ("latency_ratio", "retention", "size_ratio")}
@@ -408,7 +410,7 @@ def run_network(network: Network, policies: Path, out: Path, budget: Budget, see
         best = next((r for r in records if r["number"] == row["best_trial"]), None)
         row["best_plan"] = best["summary"] if best else None
         row["counts"] = _counts(records)
-        row["confirm"] = _confirmed(runs[label].folder)
+        row["confirm"] = _confirmed(runs[label])
         row["total_s"] = combo_totals.get(label)
         row["search_s"] = runs[label].study().user_attrs.get(SEARCH_SECONDS)
         row["code"] = combo_code.get(label)
@@ -423,17 +425,17 @@ def run_network(network: Network, policies: Path, out: Path, budget: Budget, see
         "title": network.title,
         "policy": rel(policies / network.path),
         "env_id": first.problem.bundle.env_id,
-        "settings": {**dataclasses.asdict(budget), "seed": seed, "fidelity_floor": base.fidelity_floor,
+        "settings": {**dataclasses.asdict(budget), "seed": seed, "fidelity_floor": base.settings.fidelity_floor,
                      "target": base.target},
         "reference": {
-            "seeds": ref["seeds"],
-            "fp32_reward": ref["fp32"]["mean"], "fp32_rewards": ref["fp32"]["rewards"],
-            "fp32_lengths": ref["fp32"]["lengths"],
-            "random_reward": ref["random"]["mean"],
+            "seeds": list(ref.seeds),
+            "fp32_reward": ref.fp32.mean, "fp32_rewards": list(ref.fp32.rewards),
+            "fp32_lengths": list(ref.fp32.lengths),
+            "random_reward": ref.random.mean,
             "onnxruntime_int8": {k: v for k, v in ort.items() if k != "reward"}
             | ({"reward": ort["reward"]["mean"], "rewards": ort["reward"]["rewards"]} if "reward" in ort else {}),
         },
-        "target_facts": first.info["target"]["facts"],
+        "target_facts": first.info.target.facts,
         "rows": rows,
         "headline": head,
         "one_window": window,
@@ -479,7 +481,7 @@ def window_check(runs: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], hea
     from autoquant.compress import CompressionPlan, onnxruntime_uniform_int8
 
     first = next(iter(runs.values()))
-    threads = int(first.info["target"]["facts"].get("threads") or 1)
+    threads = int(first.info.target.facts.get("threads") or 1)
     models: list[tuple[str, str, bytes]] = [("fp32", "fp32 ONNX export", first.problem.reference_onnx)]
     try:
         models.append(("onnxruntime int8", "quantize_static QDQ, per-channel int8",

@@ -106,16 +106,17 @@ def _skips(reasons: list[str]) -> dict[str, int]:
 
 def run_network(name: str, spec: dict[str, Any], policies: Path, work: Path, fresh: bool, trials: int | None,
                 log: Any) -> dict[str, Any]:
-    from autoquant.search import RunConfig, load_run, start_run
+    from autoquant.search import ProblemSettings, RunConfig, load_run, start_run
 
     folder = work / name
     if fresh and folder.exists():
         shutil.rmtree(folder)
     n_trials = trials or spec["trials"]
-    config = RunConfig(policy=str(policies.joinpath(*spec["path"]).resolve()), env_id=spec["env"], method="joint",
-                       agent="tpe", n_trials=n_trials, min_retention=spec["floor"], episodes=spec["episodes"],
-                       confirm_episodes=spec["confirm"], n_states=spec["states"], n_envs=spec["envs"], seed=0,
-                       argv=tuple(sys.argv))
+    config = RunConfig(policy=policies.joinpath(*spec["path"]).resolve(), env_id=spec["env"], method="joint",
+                       agent="tpe", n_trials=n_trials, confirm_episodes=spec["confirm"], n_states=spec["states"],
+                       argv=tuple(sys.argv),
+                       settings=ProblemSettings(min_retention=spec["floor"], episodes=spec["episodes"],
+                                                n_envs=spec["envs"], seed=0))
     t0 = time.perf_counter()
     if (folder / "run.json").is_file():
         run = load_run(folder, n_trials=n_trials)
@@ -142,26 +143,26 @@ def run_network(name: str, spec: dict[str, Any], policies: Path, work: Path, fre
     records = run.records()
     starts = [r.started_at for r in records if r.started_at is not None]
     ends = [r.finished_at for r in records if r.finished_at is not None]
-    ref = run.info["reference"]
-    ort = ref.get("onnxruntime_int8") or {}
+    ref = run.info.references
+    ort = ref.onnxruntime_int8 or {}
     return {
         "network": name, "policy": rel(Path(config.policy)), "env_id": run.bundle.env_id, "trials": n_trials,
         "settings": {k: spec[k] for k in ("episodes", "confirm", "envs", "states", "floor")},
-        "fp32_reward": ref["fp32"]["mean"], "fp32_rewards": ref["fp32"]["rewards"],
-        "random_reward": ref["random"]["mean"],
+        "fp32_reward": ref.fp32.mean, "fp32_rewards": list(ref.fp32.rewards),
+        "random_reward": ref.random.mean,
         "ort_int8": {k: ort.get(k) for k in ("latency_ratio", "retention")},
         "stopped": runner.stopped,
         "search_wall_s": (max(ends) - min(starts)) if starts and ends else None,
         "this_invocation_search_s": search_s, "confirm_s": confirm_s, "setup_s": setup_s,
         "summary": summarise(records, spec["floor"]),
         "best": None if confirmed is None else {
-            "trial": confirmed["trial"], "summary": confirmed["summary"],
-            "latency_ratio": confirmed["search"]["latency_ratio"],
-            "search_retention": confirmed["search"]["retention"],
-            "confirm_retention": confirmed["confirm"]["retention"],
-            "confirm_episodes": confirmed["confirm"]["episodes"],
-            "confirm_reward": confirmed["confirm"]["reward"]["mean"],
-            "confirm_fp32_reward": confirmed["confirm"]["fp32_reward"]["mean"]},
+            "trial": confirmed.trial, "summary": confirmed.summary,
+            "latency_ratio": confirmed.search.latency_ratio,
+            "search_retention": confirmed.search.retention,
+            "confirm_retention": confirmed.confirm.retention,
+            "confirm_episodes": confirmed.confirm.episodes,
+            "confirm_reward": confirmed.confirm.reward.mean,
+            "confirm_fp32_reward": confirmed.confirm.fp32_reward.mean},
         "report": rel(folder / "report.md"),
     }
 

@@ -52,8 +52,12 @@ class _Progress:
         self.bar.close()
 
 
-def summary_json(run: Any, confirmed: dict[str, Any] | None, wall_s: float) -> dict[str, Any]:
+def summary_json(run: Any, confirmed: Any, wall_s: float) -> dict[str, Any]:
+    """What ``search --json`` prints: the run, its trial counts, and the confirmed plan
+    (``confirmed``: the ``ConfirmedPlan`` that ``Run.confirm`` returned, or None)."""
     records = run.records()
+    fp32 = run.problem.fp32_episodes
+    ort = run.info.references.onnxruntime_int8
     out: dict[str, Any] = {
         "run": str(run.folder), "agent": run.config.agent, "method": run.config.method,
         "target": run.config.target,
@@ -63,30 +67,27 @@ def summary_json(run: Any, confirmed: dict[str, Any] | None, wall_s: float) -> d
         "repeats": sum(1 for r in records if r.repeat),  # plans proposed again: recorded, not counted
         "wall_s": round(wall_s, 1), "best": None,
         "protocol": run.protocol.to_json(), "sticky_actions": run.protocol.sticky_actions,
-        "fp32_episodes": {"episodes": len(run.problem.fp32_episodes.seeds),
-                          "distinct_games": run.problem.fp32_episodes.distinct_games,
-                          "mean": run.problem.fp32_episodes.mean, "exact": run.problem.fp32_episodes.exact},
-        "reference": {k: v for k, v in run.info["reference"].items() if k in ("onnxruntime_int8",)},
+        "fp32_episodes": {"episodes": len(fp32.seeds), "distinct_games": fp32.distinct_games,
+                          "mean": fp32.mean, "exact": fp32.exact},
+        "reference": {"onnxruntime_int8": ort} if ort is not None else {},
         "confirmation": None,
     }
     found = run.confirmation()
     if found is not None:
         out["confirmation"] = {"passed": confirmed is not None,
-                               "attempts": [{k: a.get(k) for k in ("trial", "summary", "retention", "passed")}
-                                            for a in found.get("attempts", [])]}
+                               "attempts": [{"trial": a.trial, "summary": a.summary, "retention": a.retention,
+                                             "passed": a.passed} for a in found.attempts]}
     if confirmed is not None:
-        record = next((r for r in records if r.number == confirmed["trial"]), None)
+        record = next((r for r in records if r.number == confirmed.trial), None)
+        search, confirm = confirmed.search, confirmed.confirm
         out["best"] = {
-            "trial": confirmed["trial"], "plan": confirmed["plan"], "summary": confirmed["summary"],
-            "latency_ratio": confirmed["search"]["latency_ratio"], "retention": confirmed["confirm"]["retention"],
-            "search_retention": confirmed["search"]["retention"], "size_ratio": confirmed["search"]["size_ratio"],
-            "retention_low": confirmed["confirm"].get("retention_low"),
-            "retention_high": confirmed["confirm"].get("retention_high"),
-            "exact": confirmed["confirm"].get("exact"), "distinct_pairs": confirmed["confirm"].get("distinct_pairs"),
-            "distinct_games": confirmed["confirm"].get("distinct_games"),
-            "confirm_episodes": confirmed["confirm"]["episodes"],
-            "size_bytes": confirmed["size_bytes"], "reward": confirmed["confirm"]["reward"]["mean"],
-            "fp32_reward": confirmed["confirm"]["fp32_reward"]["mean"],
+            "trial": confirmed.trial, "plan": confirmed.plan.to_json(), "summary": confirmed.summary,
+            "latency_ratio": search.latency_ratio, "retention": confirm.retention,
+            "search_retention": search.retention, "size_ratio": search.size_ratio,
+            "retention_low": confirm.retention_low, "retention_high": confirm.retention_high,
+            "exact": confirm.exact, "distinct_pairs": confirm.distinct_pairs, "distinct_games": confirm.distinct_games,
+            "confirm_episodes": confirm.episodes, "size_bytes": confirmed.size_bytes, "reward": confirm.reward.mean,
+            "fp32_reward": confirm.fp32_reward.mean,
             "latency": record.result.latency if record is not None and record.result is not None else None,
         }
     return out
@@ -157,20 +158,22 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace, *, method: str, agent: str) -> Any:
-    from autoquant.search import RunConfig
+    """The options as a RunConfig, passed through (the config checks them); an option left
+    out keeps the config's default."""
+    from autoquant.search import ProblemSettings, RunConfig
 
-    return RunConfig(
-        policy=str(args.policy), env_id=args.env, activation=args.activation,
-        conv_strides=tuple(args.conv_strides) if args.conv_strides else None, target=args.target or "host",
-        device=args.device, secret_file=args.secret_file,
-        method=method, agent=agent, n_trials=args.trials, time_budget_s=args.time_budget,
+    settings = ProblemSettings(
         mode="pareto" if args.pareto else "single", min_retention=args.min_retention, episodes=args.episodes,
-        confirm_episodes=args.confirm_episodes, fidelity_floor=args.fidelity_floor, n_states=args.states,
-        n_envs=args.envs, seed=args.seed, confidence=args.confidence, sticky_actions=args.sticky_actions,
+        fidelity_floor=args.fidelity_floor, n_envs=args.envs, seed=args.seed, confidence=args.confidence,
         proxy_states=args.proxy_states, finetune_epochs=args.finetune, finetune_rounds=args.finetune_rounds,
-        finetune_below=args.finetune_below, storage=getattr(args, "storage", None) or "study.db",
-        study_name=getattr(args, "study", None), argv=tuple(sys.argv),
-    )
+        finetune_below=args.finetune_below)
+    unset = {"target": args.target, "storage": getattr(args, "storage", None)}  # None: the config's default
+    return RunConfig(
+        policy=args.policy, env_id=args.env, activation=args.activation, conv_strides=args.conv_strides,
+        device=args.device, secret_file=args.secret_file, method=method, agent=agent, n_trials=args.trials,
+        time_budget_s=args.time_budget, confirm_episodes=args.confirm_episodes, n_states=args.states,
+        sticky_actions=args.sticky_actions, study_name=getattr(args, "study", None), argv=tuple(sys.argv),
+        settings=settings, **{k: v for k, v in unset.items() if v is not None})
 
 
 def _disk_full(exc: Exception, run: Any) -> None:
@@ -248,8 +251,8 @@ class SearchCommand(Command):
             _disk_full(exc, run)
             raise
         if confirmed is None:
-            log(f"no plan both kept retention >= {run.config.min_retention} and ran faster than fp32: keep the "
-                f"uncompressed policy; see {run.folder / 'report.md'}")
+            log(f"no plan both kept retention >= {run.config.settings.min_retention} and ran faster than fp32: keep "
+                f"the uncompressed policy; see {run.folder / 'report.md'}")
         return summary_json(run, confirmed, time.perf_counter() - start)
 
     def render(self, result: dict[str, Any]) -> str:

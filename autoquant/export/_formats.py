@@ -53,8 +53,8 @@ def _describe(run: Run, number: int, plan: Any, compressed: Any, model_format: s
     return {
         "format": "autoquant.export", "version": 1, "autoquant_version": __version__,
         "run": str(run.folder), "trial": number, "summary": plan.describe(), "model_format": model_format,
-        "policy": run.info["policy"]["path"], "env_id": bundle.env_id, "action": bundle.action.to_json(),
-        "obs_scale": bundle.obs_scale, "input_shape": list(bundle.input_shape), "target": run.info["target"],
+        "policy": str(run.info.policy.path), "env_id": bundle.env_id, "action": bundle.action.to_json(),
+        "obs_scale": bundle.obs_scale, "input_shape": list(bundle.input_shape), "target": run.info.target.to_json(),
         "kernels": compressed.kernels.to_json() if compressed.kernels else None,
         "size_bytes": compressed.size_bytes, "fine_tuned": run.fine_tuned(plan) is not None,
     }
@@ -104,12 +104,12 @@ def _measured(run: Run, number: int) -> dict[str, Any]:
             for key in ("latency_ratio", "latency", "retention", "reward", "played", "skip_reason", "fidelity",
                         "size_bytes", "size_ratio", "macs_ratio"):
                 out[key] = result.get(key)
-    reference = run.info.get("reference", {})
-    out["fp32_reward"] = reference.get("fp32")
-    out["random_reward"] = reference.get("random")
+    reference = run.info.references
+    out["fp32_reward"] = reference.fp32.to_json()
+    out["random_reward"] = reference.random.to_json()
     best = run.best()
-    if best is not None and int(best.get("trial", -1)) == number:
-        out["confirm"] = best.get("confirm")
+    if best is not None and best.trial == number:
+        out["confirm"] = best.confirm.to_json()
     return out
 
 
@@ -124,9 +124,9 @@ def export_actorq(run: Run, number: int, plan: Any, out: Path) -> dict[str, Any]
                          "weights, which fine-tuning does not see; pick a trial that was not fine-tuned for a bundle")
     compressed = run.compress(plan, rounding="nearest")
     fid = fidelity(run.problem.reference_outputs, OrtRunner(compressed.onnx)(run.held_out), run.bundle.action)
-    target = target_entry(run.config.target, facts=run.info["target"].get("facts"))
-    target["fingerprint"] = run.info["target"].get("fingerprint")
-    origin = {"run": str(run.folder), "trial": number, "policy_sha256": run.info["policy"]["sha256"]}
+    target = target_entry(run.config.target, facts=run.info.target.facts)
+    target["fingerprint"] = run.info.target.fingerprint
+    origin = {"run": str(run.folder), "trial": number, "policy_sha256": run.info.policy.sha256}
     written = write_bundle(compressed, out, target=target, measured=_measured(run, number), origin=origin,
                            template_fidelity={**fid, "against": "fp32 on the run's held-out states"})
     return {"files": [str(f) for f in written.files()], "payload_bytes": written.payload_bytes,

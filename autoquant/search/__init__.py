@@ -4,22 +4,43 @@ themselves live in ``autoquant.agents``, which imports this package, never the r
 
 The public run API::
 
-    config = RunConfig(policy="dqn_pong.pt", env_id="PongNoFrameskip-v4", agent="tpe", n_trials=50)
+    config = RunConfig(policy=Path("dqn_pong.pt"), env_id="PongNoFrameskip-v4", agent="tpe", n_trials=50,
+                       settings=ProblemSettings(min_retention=0.95))
     run = start_run(Path("runs/pong"), config)        # or load_run(Path("runs/pong")) to resume
     run.search()
-    best = run.confirm()
+    best = run.confirm()                               # a ConfirmedPlan, or None: fp32 stays the best
     run.write_report()
     compare(Path("runs/cmp"), config, methods=["prune", "joint"], agents=["tpe", "random"])
+
+What a run folder holds is read through its types: ``run.info`` (a ``RunInfo``: run.json),
+``run.confirmation()`` / ``read_confirm`` (a ``Confirmation``: best/confirm.json).
 """
 
 from __future__ import annotations
 
 from autoquant.search._agent import Agent, AgentContext
 from autoquant.search._agents import AGENTS, AgentEntry, agent_help, agent_names, make_agent, register_agent
+from autoquant.search._artifacts import (
+    CONFIRM_FORMAT,
+    RUN_FORMAT,
+    RUN_VERSION,
+    Attempt,
+    ConfirmedPlan,
+    ConfirmFigures,
+    Confirmation,
+    PolicyInfo,
+    References,
+    RunConfig,
+    RunInfo,
+    SearchFigures,
+    TargetInfo,
+    read_confirm,
+    read_run_info,
+)
 from autoquant.search._compare import compare
 from autoquant.search._problem import ProblemSettings, SearchProblem, fidelity_score, plan_key
 from autoquant.search._record import TrialRecord, TrialResult
-from autoquant.search._run import CONFIRM_FORMAT, RUN_FORMAT, Run, RunConfig, load_run, read_confirm, start_run
+from autoquant.search._run import Run, load_run, start_run
 from autoquant.search._space import LayerChoices, SearchSpace, available_spaces, load_space
 from autoquant.search._study import (
     SEARCH_SECONDS,
@@ -35,18 +56,28 @@ __all__ = [
     "AGENTS",
     "CONFIRM_FORMAT",
     "RUN_FORMAT",
+    "RUN_VERSION",
     "SEARCH_SECONDS",
     "Agent",
     "AgentEntry",
     "AgentContext",
+    "Attempt",
+    "ConfirmFigures",
+    "Confirmation",
+    "ConfirmedPlan",
     "LayerChoices",
+    "PolicyInfo",
     "ProblemSettings",
     "ProposalSampler",
+    "References",
     "Run",
     "RunConfig",
+    "RunInfo",
+    "SearchFigures",
     "SearchProblem",
     "SearchRunner",
     "SearchSpace",
+    "TargetInfo",
     "TrialOutcome",
     "TrialRecord",
     "TrialResult",
@@ -58,6 +89,7 @@ __all__ = [
     "fidelity_score",
     "load_run",
     "read_confirm",
+    "read_run_info",
     "load_space",
     "make_agent",
     "open_study",

@@ -8,7 +8,8 @@ from typing import Any
 
 from autoquant._io import check_output_folder
 from autoquant.errors import UsageError
-from autoquant.search._run import DEFAULT_STORAGE, Run, RunConfig, load_run, start_run
+from autoquant.search._artifacts import DEFAULT_STORAGE, RunConfig
+from autoquant.search._run import Run, load_run, start_run
 from autoquant.search._study import SEARCH_SECONDS
 
 __all__ = ["compare"]
@@ -61,12 +62,15 @@ def compare(out: Path, base: RunConfig, *, methods: Sequence[str], agents: Seque
     fp32 = some.problem.fp32_episodes
     episodes = {"protocol": some.protocol.to_json(), "sticky_actions": some.protocol.sticky_actions,
                 "fp32_episodes": len(fp32.seeds), "fp32_distinct_games": fp32.distinct_games}
-    rows = write_compare(out, results, floor=base.min_retention, references=references, episodes=episodes)
+    rows = write_compare(out, results, floor=base.settings.min_retention, references=references,
+                         episodes=episodes)
     for row in rows:  # what confirmation found, with the games behind it
-        found = runs[row["combo"]].confirmation() or {}
-        confirm = found.get("confirm") or {}
-        row["confirmed"] = {"trial": found.get("trial"), "retention": confirm.get("retention"),
-                            "exact": confirm.get("exact"), "distinct_pairs": confirm.get("distinct_pairs"),
-                            "failed": [a.get("trial") for a in found.get("attempts", []) if a.get("passed") is False]}
+        found = runs[row["combo"]].confirmation()
+        best = found.best if found is not None else None
+        row["confirmed"] = {"trial": best.trial if best else None,
+                            "retention": best.confirm.retention if best else None,
+                            "exact": best.confirm.exact if best else None,
+                            "distinct_pairs": best.confirm.distinct_pairs if best else None,
+                            "failed": [a.trial for a in (found.attempts if found else ()) if not a.passed]}
     return {"out": str(out), "rows": rows, **episodes,
             "runs": {label: str(run.folder) for label, run in runs.items()}}
