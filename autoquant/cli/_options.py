@@ -1,4 +1,6 @@
-"""Options and checks shared by the commands."""
+"""Options shared by the commands, and the argparse types that convert them. A type also
+caps the numbers that size work (said in --help, refused before anything starts); the
+checks of a run's settings are the RunConfig's, made from the options as given."""
 
 from __future__ import annotations
 
@@ -6,8 +8,6 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-
 
 __all__ = [
     "integer",
@@ -20,7 +20,6 @@ __all__ = [
     "names",
     "non_negative",
     "positive",
-    "retention",
     "strides",
 ]
 
@@ -118,16 +117,6 @@ def load_from_args(args: argparse.Namespace) -> Any:
 
     return load_policy(args.policy, env_id=args.env, trust_pickle=args.trust_pickle,
                        activation=args.activation, conv_strides=args.conv_strides)
-
-
-def retention(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number such as 0.98, got {text!r}") from None
-    if not 0.0 < value <= 1.5:
-        raise argparse.ArgumentTypeError(f"expected a retention in (0, 1.5], got {text!r}")
-    return value
 
 
 def names(text: str) -> list[str]:

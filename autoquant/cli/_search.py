@@ -25,7 +25,6 @@ from autoquant.cli._options import (
     add_target_arguments,
     integer,
     names,
-    retention,
     seconds,
 )
 from autoquant.errors import DeviceUnreachable, UsageError
@@ -104,9 +103,11 @@ def _measured(latency: dict[str, Any] | None) -> str:
     return f" ({latency['candidate'][stat]:,.0f} vs {latency['reference'][stat]:,.0f} {unit})"
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by search and compare: the policy, target, budget and scoring."""
-    add_policy_arguments(parser, required=False)
+def _add_run_arguments(parser: argparse.ArgumentParser, *, policy_required: bool) -> None:
+    """Options shared by search and compare: the policy, target, budget and scoring. argparse
+    converts them (capping the numbers that size work, as --help says); the RunConfig they
+    make checks their values (see ``_config``)."""
+    add_policy_arguments(parser, required=policy_required)
     add_target_arguments(parser)
     parser.add_argument("--trials", type=integer(1, MAX_TRIALS), default=200,
                         help=f"trial budget (default 200, at most {MAX_TRIALS:,})")
@@ -115,7 +116,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                              "sensitivities); it ends at whichever of --trials and this comes first, never mid-trial "
                              "(default: none)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--min-retention", type=retention, default=0.98,
+    group.add_argument("--min-retention", type=float, default=0.98,
                        help="reward retention floor vs fp32 on the same seeds (default 0.98)")
     group.add_argument("--pareto", action="store_true", help="search a Pareto front (latency, reward, size)")
     parser.add_argument("--episodes", type=integer(1, MAX_EPISODES), default=10,
@@ -158,8 +159,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace, *, method: str, agent: str) -> Any:
-    """The options as a RunConfig, passed through (the config checks them); an option left
-    out keeps the config's default."""
+    """The options as a RunConfig, passed through: the config checks them (argparse only
+    converted them), and an option left out keeps the config's default."""
     from autoquant.search import ProblemSettings, RunConfig
 
     settings = ProblemSettings(
@@ -190,7 +191,7 @@ class SearchCommand(Command):
     help = "search per-layer bit widths and pruning ratios, measured on the target and played"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        _add_run_arguments(parser)
+        _add_run_arguments(parser, policy_required=False)  # not with --resume
         parser.add_argument("--method", default="joint",
                             help="search space: joint, prune, quant, or a .toml path (default joint)")
         from autoquant.search import agent_help, agent_names
@@ -336,7 +337,7 @@ class CompareCommand(Command):
     help = "run several methods and agents on the same budget and seeds, and tabulate them"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        _add_run_arguments(parser)
+        _add_run_arguments(parser, policy_required=True)
         parser.add_argument("--methods", type=names, default=["prune", "quant", "joint"],
                             help="comma-separated search spaces (default prune,quant,joint)")
         from autoquant.search import agent_names
@@ -349,8 +350,6 @@ class CompareCommand(Command):
     def run(self, args: argparse.Namespace) -> dict[str, Any]:
         from autoquant.search import compare
 
-        if args.policy is None:
-            raise UsageError("compare needs --policy")
         log = (lambda s: None) if args.quiet else (lambda s: print(f"autoquant: {s}", file=sys.stderr))
         bars: list[_Progress] = []
 
