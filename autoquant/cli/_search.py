@@ -109,8 +109,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, policy_required: bool
     make checks their values (see ``_config``)."""
     add_policy_arguments(parser, required=policy_required)
     add_target_arguments(parser)
-    parser.add_argument("--trials", type=integer(1, MAX_TRIALS), default=200,
-                        help=f"trial budget (default 200, at most {MAX_TRIALS:,})")
+    parser.add_argument("--trials", type=integer(1, MAX_TRIALS), default=None,  # None: 200, or a resumed run's own
+                        help=f"trial budget (default 200, at most {MAX_TRIALS:,}; a resumed run keeps its own unless "
+                             "given)")
     parser.add_argument("--time-budget", type=seconds, default=None, metavar="SECONDS",
                         help="wall-clock budget of the search, the agent's set-up included (its latency model and "
                              "sensitivities); it ends at whichever of --trials and this comes first, never mid-trial "
@@ -168,13 +169,13 @@ def _config(args: argparse.Namespace, *, method: str, agent: str) -> Any:
         fidelity_floor=args.fidelity_floor, n_envs=args.envs, seed=args.seed, confidence=args.confidence,
         proxy_states=args.proxy_states, finetune_epochs=args.finetune, finetune_rounds=args.finetune_rounds,
         finetune_below=args.finetune_below)
-    unset = {"target": args.target, "storage": getattr(args, "storage", None)}  # None: the config's default
+    given = {"target": args.target, "storage": getattr(args, "storage", None), "n_trials": args.trials}
     return RunConfig(
         policy=args.policy, env_id=args.env, activation=args.activation, conv_strides=args.conv_strides,
-        device=args.device, secret_file=args.secret_file, method=method, agent=agent, n_trials=args.trials,
+        device=args.device, secret_file=args.secret_file, method=method, agent=agent,
         time_budget_s=args.time_budget, confirm_episodes=args.confirm_episodes, n_states=args.states,
         sticky_actions=args.sticky_actions, study_name=getattr(args, "study", None), argv=tuple(sys.argv),
-        settings=settings, **{k: v for k, v in unset.items() if v is not None})
+        settings=settings, **{k: v for k, v in given.items() if v is not None})  # left out: the config's default
 
 
 def _disk_full(exc: Exception, run: Any) -> None:
@@ -213,7 +214,7 @@ class SearchCommand(Command):
             if args.out is None:
                 raise UsageError("--resume needs --out, the run folder to continue")
             run = load_run(args.out, trust_pickle=args.trust_pickle,
-                           n_trials=args.trials if "--trials" in sys.argv else None,
+                           n_trials=args.trials,
                            time_budget_s=args.time_budget, sticky_actions=args.sticky_actions,
                            storage=args.storage, target=args.target,
                            device=args.device, secret_file=args.secret_file)
