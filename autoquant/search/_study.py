@@ -478,13 +478,21 @@ class SearchRunner:
                             "exhausted or the agent has converged")
         feasible = result.feasible(self.settings.min_retention)
         violation = self._violation(result)
-        record_result(trial, result, cached=cached, feasible=feasible, violation=violation, finished_at=time.time())
-        trial.set_constraint("retention_floor", violation)  # read by TPE / NSGA-II
         if self.settings.mode == "single":
             values = [result.latency_ratio]
         else:
             values = [result.latency_ratio, result.retention if result.played else 0.0, result.size_ratio]
-        self.study.tell(trial, values)
+        try:
+            record_result(trial, result, cached=cached, feasible=feasible, violation=violation,
+                          finished_at=time.time())
+            trial.set_constraint("retention_floor", violation)  # read by TPE / NSGA-II
+            self.study.tell(trial, values)
+        except Exception as exc:  # the study could not take the result (a full disk): the trial is not left RUNNING
+            with contextlib.suppress(Exception):
+                record_interrupted(trial, "no space left on the device" if disk_full(exc)
+                                   else f"its result could not be recorded: {describe_exception(exc)}")
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
         outcome = TrialOutcome(trial.number, chosen, result, None, cached, feasible)
         if self.progress:
             self.progress(outcome, self)
