@@ -105,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     command: Command = args._command
+    args.argv = ("autoquant", *argv)  # the command line as typed, for the records a command keeps
     try:
         with _stdout_to_stderr():
             result = command.run(args)

@@ -174,7 +174,7 @@ def _config(args: argparse.Namespace, *, method: str, agent: str) -> Any:
         policy=args.policy, env_id=args.env, activation=args.activation, conv_strides=args.conv_strides,
         device=args.device, secret_file=args.secret_file, method=method, agent=agent,
         time_budget_s=args.time_budget, confirm_episodes=args.confirm_episodes, n_states=args.states,
-        sticky_actions=args.sticky_actions, study_name=getattr(args, "study", None), argv=tuple(sys.argv),
+        sticky_actions=args.sticky_actions, study_name=getattr(args, "study", None), argv=args.argv,
         settings=settings, **{k: v for k, v in given.items() if v is not None})  # left out: the config's default
 
 
