@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import policy_path, run_cli
+from tests.conftest import cli_main, policy_path
 
 
 def _state_dict_of_zip(path: Path) -> dict[str, torch.Tensor]:
@@ -53,9 +53,9 @@ def cartpole_export(cartpole_dqn_path: Path, tmp_path_factory: pytest.TempPathFa
 
     root = tmp_path_factory.mktemp("actorq_cartpole")
     run = root / "run"
-    proc = run_cli("search", "--policy", str(cartpole_dqn_path), "--method", "joint", "--agent", "random",
-                   "--trials", "6", "--out", str(run), "--quiet", "--episodes", "3", "--confirm-episodes", "3",
-                   "--states", "256", "--json")
+    proc = cli_main("search", "--policy", str(cartpole_dqn_path), "--method", "joint", "--agent", "random",
+                    "--trials", "6", "--out", str(run), "--quiet", "--episodes", "3", "--confirm-episodes", "3",
+                    "--states", "256", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = json.loads((run / "run.json").read_text())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -71,8 +71,8 @@ def cartpole_export(cartpole_dqn_path: Path, tmp_path_factory: pytest.TempPathFa
             break
     assert chosen is not None, "no complete trial both quantizes and prunes"
     out = root / "actor"
-    proc = run_cli("export", str(run), "--trial", str(chosen.number), "--format", "actorq", "--out", str(out),
-                   "--json")
+    proc = cli_main("export", str(run), "--trial", str(chosen.number), "--format", "actorq", "--out", str(out),
+                    "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return {"run": run, "out": out, "trial": chosen, "cli": json.loads(proc.stdout), "info": info}
 

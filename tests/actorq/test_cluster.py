@@ -73,7 +73,9 @@ def _stop(nodes: list[subprocess.Popen[bytes]]) -> None:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A head node (0 CPUs) and a worker node (2 CPUs) on 127.0.0.1; stopped afterwards."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
+    # No drain on SIGTERM (Ray waits up to 30 s per node for Serve replicas to quiesce; there are none).
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0",
+               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
     address = f"127.0.0.1:{_free_port()}"
     ray = _ray_cli()
     common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]

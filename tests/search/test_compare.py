@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import cli_main
 
 
 @pytest.mark.slow
@@ -16,7 +16,7 @@ def test_compare_writes_table_and_plot(cartpole_dqn_path: Path, tmp_path: Path) 
     args = ["compare", "--policy", str(cartpole_dqn_path), "--methods", "prune,joint", "--agents", "tpe,random",
             "--trials", "5", "--episodes", "3", "--confirm-episodes", "3", "--states", "256", "--out", str(out),
             "--quiet", "--json"]
-    proc = run_cli(*args)
+    proc = cli_main(*args)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert sorted(row["combo"] for row in result["rows"]) == ["joint/random", "joint/tpe", "prune/random",
@@ -36,6 +36,6 @@ def test_compare_writes_table_and_plot(cartpole_dqn_path: Path, tmp_path: Path) 
     states = {(out / f"{c}" / "states.npz").read_bytes() for c in ("prune-tpe", "prune-random", "joint-tpe")}
     assert len(states) == 1
     # running it again resumes: the studies are complete, nothing is measured again
-    again = run_cli(*args)
+    again = cli_main(*args)
     assert again.returncode == 0, again.stderr
     assert [r["trials"] for r in json.loads(again.stdout)["rows"]] == [5, 5, 5, 5]

@@ -21,8 +21,8 @@ from tests.targets.device import hold_a_trial, start_device, study_records, wait
 @pytest.fixture(scope="module")
 def thirty_trials(tmp_path_factory, cartpole_dqn_path: Path) -> tuple[Path, dict]:  # type: ignore[no-untyped-def]
     out = tmp_path_factory.mktemp("runs") / "cartpole"
-    proc = run_cli("search", "--policy", str(cartpole_dqn_path), "--method", "prune", "--agent", "tpe",
-                   "--trials", "30", "--out", str(out), "--json", "--quiet")
+    proc = cli_main("search", "--policy", str(cartpole_dqn_path), "--method", "prune", "--agent", "tpe",
+                    "--trials", "30", "--out", str(out), "--json", "--quiet")
     assert proc.returncode == 0, proc.stderr
     return out, json.loads(proc.stdout)
 
@@ -54,6 +54,12 @@ def test_thirty_trials_find_a_faster_plan_that_keeps_the_reward(thirty_trials) -
     assert "**protocol**: seeded starts; 10 episodes, 10 distinct games" in report
     assert f"**Best plan (confirmed):** trial {best['trial']}" in report and "distinct games" in report
     assert result["confirmation"]["passed"] is True
+
+
+def test_run_json_records_the_command_main_was_given(finished_run: Path) -> None:
+    """main(argv) in-process (as the session's run was made) records its argv, not the host's."""
+    argv = json.loads((finished_run / "run.json").read_text())["config"]["argv"]
+    assert argv[:4] == ["autoquant", "search", "--policy", argv[3]] and argv[3].endswith("CartPole-v1.zip")
 
 
 def test_a_resumed_run_never_mixes_protocols(finished_run: Path) -> None:
@@ -122,7 +128,7 @@ def test_resume_after_kill_keeps_every_completed_trial(cartpole_dqn_path: Path, 
     out = tmp_path / "killed"
     target = ["--target", "arm", "--device", device.address, "--secret-file", str(device.secret_file)]
     cmd = [sys.executable, "-m", "autoquant", "search", "--policy", str(cartpole_dqn_path), "--method", "quant",
-           "--agent", "random", "--trials", "16", "--episodes", "3", *target, "--out", str(out), "--quiet"]
+           "--agent", "random", "--trials", "8", "--episodes", "3", *target, "--out", str(out), "--quiet"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         hold_a_trial(device, proc, out / "study.db", "killed", completed=4)
@@ -142,7 +148,7 @@ def test_resume_after_kill_keeps_every_completed_trial(cartpole_dqn_path: Path, 
     after = _completed(out / "study.db", "killed")
     assert all(after[n] == before[n] for n in before)  # nothing completed was lost or redone
     records = _records(out / "study.db", "killed")
-    assert len([r for r in records if r.counted]) == 16
+    assert len([r for r in records if r.counted]) == 8
     assert all(r.state != "RUNNING" for r in records)
     keys = [r.result.key for r in records if r.state == "COMPLETE" and r.result is not None and not r.cached]
     assert len(keys) == len(set(keys))  # no plan measured twice, across the restart

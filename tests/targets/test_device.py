@@ -23,7 +23,7 @@ from autoquant.policy import analyse
 from autoquant.targets import MeasureProtocol, OrtRunner, get_target
 from autoquant.targets._remote import RemoteTarget
 from autoquant.targets._wire import pack, read_secret, sign_request
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, cli_main, run_cli
 from tests.targets.device import hold_a_trial, start_device
 
 
@@ -124,7 +124,7 @@ def test_arm_without_a_device_names_the_ways(monkeypatch) -> None:  # type: igno
     monkeypatch.delenv("AUTOQUANT_DEVICE", raising=False)
     with pytest.raises(TargetError, match=r"--device.*AUTOQUANT_DEVICE.*emulated"):
         get_target("arm")
-    proc = run_cli("targets", "--check", "arm")
+    proc = cli_main("targets", "--check", "arm")
     assert proc.returncode == 2 and "--device" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -149,7 +149,7 @@ def test_search_on_the_device_survives_its_death(cartpole_dqn_path: Path, tmp_pa
     device = start_device(tmp_path, max_model_mb=8)
     out = tmp_path / "remote"
     cmd = [sys.executable, "-m", "autoquant", "search", "--policy", str(cartpole_dqn_path), "--method", "quant",
-           "--agent", "random", "--trials", "10", "--target", "arm", "--device", device.address,
+           "--agent", "random", "--trials", "6", "--target", "arm", "--device", device.address,
            "--secret-file", str(device.secret_file), "--out", str(out), "--quiet", "--episodes", "3"]
     try:
         search = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -164,14 +164,14 @@ def test_search_on_the_device_survives_its_death(cartpole_dqn_path: Path, tmp_pa
         assert info["target"]["facts"]["device"] == device.address
         assert info["target"]["facts"]["onnxruntime"]
         device.restart()
-        resumed = run_cli("search", "--out", str(out), "--resume", "--quiet", "--json", "--device", device.address,
-                          "--secret-file", str(device.secret_file))
+        resumed = cli_main("search", "--out", str(out), "--resume", "--quiet", "--json", "--device", device.address,
+                           "--secret-file", str(device.secret_file))
         assert resumed.returncode == 0, resumed.stderr
         after = _completed(out / "study.db", "remote")
         assert all(after[n] == before[n] for n in before)
         study = optuna.load_study(study_name="remote", storage=f"sqlite:///{out / 'study.db'}")
         counted = [t for t in study.get_trials() if "interrupted" not in t.user_attrs]
-        assert len(counted) == 10
+        assert len(counted) == 6
         assert all(json.loads(t.user_attrs["result"])["latency"]["facts"]["where"].startswith("remote device")
                    for t in counted if t.state == optuna.trial.TrialState.COMPLETE)
     finally:
@@ -215,7 +215,7 @@ def test_every_limit_of_the_server_is_a_flag(tmp_path: Path, cartpole_dqn, cartp
         dev.stop()
     secret = tmp_path / "secret"
     for flag, value in (("--read-timeout", "0"), ("--max-connections", "0"), ("--queue-wait", "inf")):
-        proc = run_cli("device", "serve", "--secret-file", str(secret), flag, value)
+        proc = cli_main("device", "serve", "--secret-file", str(secret), flag, value)
         assert proc.returncode == 2
         assert len(proc.stderr.strip().splitlines()) == 1 and flag in proc.stderr
 
@@ -224,7 +224,6 @@ def test_every_limit_of_the_server_is_a_flag(tmp_path: Path, cartpole_dqn, cartp
 def test_a_port_outside_0_to_65535_is_one_line(tmp_path: Path, port: int) -> None:
     """--port 99999 crashed in bind() (OverflowError, exit 1)."""
     from autoquant.targets import serve
-    from tests.conftest import cli_main
 
     secret = tmp_path / "secret"
     secret.write_text("s" * 32)
