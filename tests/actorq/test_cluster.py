@@ -24,9 +24,6 @@ from tests.conftest import ROOT
 
 pytest.importorskip("ray")
 
-# Ray on this machine, one test at a time: every Ray test runs on the same pytest-xdist worker.
-pytestmark = pytest.mark.xdist_group("ray")
-
 
 def _ray_cli() -> list[str]:
     found = Path(sys.executable).with_name("ray")

@@ -16,9 +16,6 @@ import pytest
 
 from tests.conftest import EXAMPLES, ROOT, cli_main, run_cli
 
-# Ray on this machine, one test at a time: every Ray test runs on the same pytest-xdist worker.
-pytestmark = pytest.mark.xdist_group("ray")
-
 
 @pytest.fixture(scope="module")
 def cartpole_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
