@@ -143,11 +143,11 @@ def test_resume_warm_starts_the_replay_buffer(space, cartpole_problem, tmp_path:
     done = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE and "result" in t.user_attrs]
     assert done
 
-    second = make_agent("ddpg", AgentContext(space, "single", 1, 5))
+    second = make_agent("ddpg", AgentContext(space, "single", 1, 4))
     study = open_study(storage, "s", "single", second.sampler())
-    runner = SearchRunner(study, space, cartpole_problem, n_trials=5, agent="ddpg")
+    runner = SearchRunner(study, space, cartpole_problem, n_trials=4, agent="ddpg")
     second.run(runner)
-    assert sum(r.counted for r in trial_records(study)) == 5 and runner.remaining() == 0
+    assert sum(r.counted for r in trial_records(study)) == 4 and runner.remaining() == 0
     assert second.warm_started == len(done)
     steps = 3
     buffer = second.model.replay_buffer

@@ -160,7 +160,7 @@ def test_two_workers_share_one_study_on_postgres(postgres_url: str, cartpole_dqn
     def worker(name: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "autoquant", "search", "--policy", str(cartpole_dqn_path), "--method", "prune",
-             "--agent", "tpe", "--trials", "16", "--seed", name[-1], "--storage", postgres_url, "--study", "shared",
+             "--agent", "tpe", "--trials", "10", "--seed", name[-1], "--storage", postgres_url, "--study", "shared",
              "--out", str(tmp_path / name), "--quiet"],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -186,7 +186,7 @@ def test_two_workers_share_one_study_on_postgres(postgres_url: str, cartpole_dqn
     assert [w.returncode for w in workers] == [0, 0], errors
     records = trial_records(optuna.load_study(study_name="shared", storage=postgres_url))
     counted = [r for r in records if r.counted]
-    assert len(counted) == 16
+    assert len(counted) == 10
     assert sorted(r.number for r in records) == list(range(len(records)))
     assert {str(r.worker).rsplit(":", 1)[1] for r in records} == {str(w.pid) for w in workers}
     keys = [r.result.key for r in counted if r.state == "COMPLETE" and r.result is not None and not r.cached]

@@ -56,8 +56,8 @@ def test_facts_measure_and_infer(device, cartpole_dqn, cartpole_states) -> None:
     assert result.facts["kernels"]["layers"] == {"fc1": "int8", "fc2": "int8", "fc3": "int8"}
     x = cartpole_states.states[:300]
     np.testing.assert_allclose(target.infer(compressed.onnx, x), OrtRunner(compressed.onnx)(x), atol=1e-6)
-    proc = run_cli("targets", "--check", "arm", "--device", device.address, "--secret-file",
-                   str(device.secret_file), "--json")
+    proc = cli_main("targets", "--check", "arm", "--device", device.address, "--secret-file",
+                    str(device.secret_file), "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["facts"]["cpu"] == facts["cpu"]
 
