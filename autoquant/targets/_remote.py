@@ -7,6 +7,7 @@ read, and no more than that length is read."""
 from __future__ import annotations
 
 import http.client
+import select
 import time
 from typing import Any
 
@@ -129,6 +130,7 @@ class RemoteTarget:
             conn.request("POST", path, body=body, headers={**sent, "Content-Type": "application/octet-stream",
                                                            "Connection": "close"})
             sock = conn.sock
+            _wait_for_answer(sock, deadline)
             response = conn.getresponse()
             return self._answer(_Answer(response, sock, deadline), sent)
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, cut short
@@ -242,3 +244,20 @@ def _one_line(text: Any) -> str:
     """An untrusted message, as one short line of printable characters."""
     line = " ".join("".join(ch if ch.isprintable() else " " for ch in str(text)[:2000]).split())
     return line if len(line) <= 300 else line[:300] + "..."
+
+
+_SLICE_S = 0.5
+
+
+def _wait_for_answer(sock: Any, deadline: float) -> None:
+    """Wait until the device starts answering, in slices of half a second. A Ctrl-C that the
+    kernel hands to another thread of this process (onnxruntime's, torch's) only marks the
+    signal; the main thread notices when its wait returns, so a wait of the whole timeout
+    would hold Ctrl-C for minutes while a job runs on the device."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("timed out waiting for the device's answer")
+        readable, _, _ = select.select([sock], [], [], min(_SLICE_S, remaining))
+        if readable:
+            return
