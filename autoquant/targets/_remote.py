@@ -7,7 +7,6 @@ read, and no more than that length is read."""
 from __future__ import annotations
 
 import http.client
-import select
 import time
 from typing import Any
 
@@ -127,14 +126,9 @@ class RemoteTarget:
         deadline = time.monotonic() + self.timeout_s
         conn = http.client.HTTPConnection(self.address, timeout=self.timeout_s)
         try:
-            conn.putrequest("POST", path, skip_accept_encoding=True)
-            for name, value in {**sent, "Content-Type": "application/octet-stream", "Connection": "close",
-                                "Content-Length": str(len(body))}.items():
-                conn.putheader(name, value)
-            conn.endheaders()
+            conn.request("POST", path, body=body, headers={**sent, "Content-Type": "application/octet-stream",
+                                                           "Connection": "close"})
             sock = conn.sock
-            _send_in_slices(sock, body, deadline)
-            _wait_for_answer(sock, deadline)
             response = conn.getresponse()
             return self._answer(_Answer(response, sock, deadline), sent)
         except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, cut short
@@ -248,34 +242,3 @@ def _one_line(text: Any) -> str:
     """An untrusted message, as one short line of printable characters."""
     line = " ".join("".join(ch if ch.isprintable() else " " for ch in str(text)[:2000]).split())
     return line if len(line) <= 300 else line[:300] + "..."
-
-
-_SLICE_S = 0.5
-
-
-def _send_in_slices(sock: Any, body: bytes, deadline: float) -> None:
-    """Send the request's body, waiting for the device to take more in slices of half a
-    second (a device that stopped reading fills the socket's buffers long before a model is
-    sent). Why slices: see ``_wait_for_answer``."""
-    view = memoryview(body)
-    while view:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("timed out sending the request to the device")
-        _, writable, _ = select.select([], [sock], [], min(_SLICE_S, remaining))
-        if writable:
-            view = view[sock.send(view[:1 << 16]):]
-
-
-def _wait_for_answer(sock: Any, deadline: float) -> None:
-    """Wait until the device starts answering, in slices of half a second. A Ctrl-C that the
-    kernel hands to another thread of this process (onnxruntime's, torch's) only marks the
-    signal; the main thread notices when its wait returns, so a wait of the whole timeout
-    would hold Ctrl-C for minutes while a job runs on the device or takes its request."""
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("timed out waiting for the device's answer")
-        readable, _, _ = select.select([sock], [], [], min(_SLICE_S, remaining))
-        if readable:
-            return
