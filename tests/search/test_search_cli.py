@@ -197,6 +197,13 @@ def _records(db: Path, name: str) -> list[TrialRecord]:
     return study_records(db, name)
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """The search starts with SIGINT at its default, as in a terminal: a test suite launched in
+    the background of a script inherits SIGINT ignored (POSIX), and Python then never turns
+    Ctrl-C into KeyboardInterrupt (the test hung in such fresh-clone runs)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_records_the_trial_and_prints_the_resume_command(cartpole_dqn_path: Path, tmp_path: Path) -> None:
     """The interrupted trial is held in flight, not caught by luck: the search measures on
@@ -210,7 +217,7 @@ def test_ctrl_c_records_the_trial_and_prints_the_resume_command(cartpole_dqn_pat
         [sys.executable, "-m", "autoquant", "search", "--policy", str(cartpole_dqn_path), "--method", "quant",
          "--agent", "random", "--trials", "40", "--episodes", "3", "--target", "arm", "--device", device.address,
          "--secret-file", str(device.secret_file), "--out", str(out), "--quiet"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_ctrl_c_as_in_a_terminal)
     try:
         held = hold_a_trial(device, proc, out / "study.db", "interrupted")
         proc.send_signal(signal.SIGINT)
