@@ -154,7 +154,8 @@ def play_episodes(
                 if max_steps is not None and slot["len"] >= max_steps:
                     truncated = True
                 if terminated or truncated:
-                    finished[slot["seed"]] = (slot["ret"], Trace(tuple(slot["events"]), slot["len"]))
+                    finished[slot["seed"]] = (slot["ret"], Trace(tuple(slot["events"]), slot["len"],
+                                                               truncated=bool(truncated and not terminated)))
                     if stop is not None and stop(stats(time.perf_counter() - start)):
                         queue.clear()
                         slots = [None] * len(slots)

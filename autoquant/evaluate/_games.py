@@ -10,8 +10,11 @@ What counts as one game:
 - Under a protocol with finite starts (``Protocol.starts``), two episodes are the same game
   when they score the same sequence of rewards at the same times, up to one shift of at most
   ``MAX_SHIFT`` steps (the most a difference in no-ops can move a game) and ``TOLERANCE``
-  steps of jitter, and end at the same shifted step. Merging errs towards fewer games, which
-  only widens an interval.
+  steps of jitter, and end at the same shifted step. An episode cut short (a step limit, the
+  env's time limit) says nothing past its cut: it is the same game as another when the two
+  agree, under one such shift, over the steps both played, and neither ended inside the
+  other's play (a stalemate cut at 1,200 steps from two starts a few frames apart is one game,
+  not two). Merging errs towards fewer games, which only widens an interval.
 - Otherwise (sticky actions, or seeded continuous starts) every seed plays a game of its own.
 
 The statistics (``estimate``): the mean is over the episodes played (under finite starts,
@@ -40,20 +43,42 @@ TOLERANCE = 1  # steps of jitter between two copies of one game (frame-skip phas
 
 @dataclass(frozen=True)
 class Trace:
-    """What identifies a game: its rewards with the step each came at, and its length."""
+    """What identifies a game: its rewards with the step each came at, its length, and
+    whether it was cut short (truncated) rather than played to its end."""
 
     events: tuple[tuple[int, float], ...]
     length: int
+    truncated: bool = False
 
 
 def same_game(a: Trace, b: Trace) -> bool:
     """Whether ``b`` is ``a`` shifted by at most ``MAX_SHIFT`` steps (see the module doc)."""
-    if len(a.events) != len(b.events) or any(ra != rb for (_, ra), (_, rb) in zip(a.events, b.events)):
-        return False
-    offset = b.length - a.length
-    if abs(offset) > MAX_SHIFT + TOLERANCE:
-        return False
-    return all(abs((tb - ta) - offset) <= TOLERANCE for (ta, _), (tb, _) in zip(a.events, b.events))
+    if not a.truncated and not b.truncated:
+        offset = b.length - a.length
+        return abs(offset) <= MAX_SHIFT + TOLERANCE and _agree(a, b, offset, horizon=None)
+    return any(_agree(a, b, offset, horizon=min(a.length, b.length - offset))
+               for offset in range(-MAX_SHIFT - TOLERANCE, MAX_SHIFT + TOLERANCE + 1)
+               if (a.truncated or a.length + offset >= b.length - TOLERANCE)
+               and (b.truncated or b.length - offset >= a.length - TOLERANCE))
+
+
+def _agree(a: Trace, b: Trace, offset: int, *, horizon: int | None) -> bool:
+    """``b``'s rewards are ``a``'s, ``offset`` steps later (give or take ``TOLERANCE``), up to
+    step ``horizon`` of ``a`` (the last both played; None: to their ends). An event within
+    ``TOLERANCE`` of that horizon may have its copy past the other's cut, so only events
+    before it must pair up."""
+    i = j = 0
+    while i < len(a.events) or j < len(b.events):
+        if (i < len(a.events) and j < len(b.events) and a.events[i][1] == b.events[j][1]
+                and abs((b.events[j][0] - offset) - a.events[i][0]) <= TOLERANCE):
+            i, j = i + 1, j + 1
+            continue
+        if horizon is None:
+            return False
+        first = min(a.events[i][0] if i < len(a.events) else math.inf,
+                    b.events[j][0] - offset if j < len(b.events) else math.inf)
+        return first > horizon - TOLERANCE  # the first unpaired event, and all after it, lie at the cut
+    return True
 
 
 def label_games(traces: Sequence[Trace], *, finite_starts: bool) -> tuple[int, ...]:

@@ -30,6 +30,35 @@ def test_a_game_shifted_by_a_few_steps_is_the_same_game() -> None:
     assert label_games([game, game], finite_starts=False) == (0, 1)
 
 
+def test_games_cut_short_are_compared_over_the_steps_both_played() -> None:
+    """A step limit cuts copies of one game at the same step, whatever their shift: they are
+    one game when they agree up to the cut; a game that ended inside the other's play is not."""
+    full = Trace(POINTS, 1000)
+    shifted = Trace(tuple((t + 6, r) for t, r in POINTS), 1006)
+    cut, cut_shifted = Trace(POINTS[:2], 600, truncated=True), Trace(tuple((t + 6, r) for t, r in POINTS[:2]), 600,
+                                                                      truncated=True)
+    assert not same_game(full, Trace(tuple((t + 6, r) for t, r in POINTS), 1000))  # played to the end: lengths
+    assert same_game(cut, cut_shifted) and same_game(full, cut_shifted) and same_game(cut, shifted)
+    # a point scored just before one cut whose copy falls just after the other's
+    assert same_game(Trace(((100, -1.0), (599, 1.0)), 600, truncated=True), Trace(((105, -1.0),), 600, truncated=True))
+    assert not same_game(cut, Trace(((100, -1.0), (300, 1.0)), 600, truncated=True))  # another rally
+    assert not same_game(cut, Trace(((100, -1.0), (400, 1.0)), 500))  # ended at 500, inside the cut game's play
+    assert not same_game(Trace(POINTS, 2000, truncated=True), full)  # the full game ended where the other played on
+    assert label_games([cut, cut_shifted, full], finite_starts=True) == (0, 0, 0)
+
+
+def test_a_step_limit_does_not_split_one_deterministic_pong_game(pong) -> None:  # type: ignore[no-untyped-def]
+    """Starts 1, 9, 17 and 25 no-ops are one game shifted by up to 6 steps; cut at 600 steps
+    (a few points in) they are still one game, not four."""
+    act = onnx_actor(pong, export_reference(pong))
+    protocol = resolve_protocol("PongNoFrameskip-v4")
+    seeds = [0, 8, 16, 24]
+    assert [protocol.start_of(s) for s in seeds] == [1, 9, 17, 25]
+    stats = play_episodes(act, "PongNoFrameskip-v4", seeds, protocol=protocol, n_envs=4, max_steps=600)
+    assert stats.lengths == (600,) * 4 and any(stats.rewards)
+    assert stats.distinct_games <= 2  # counted as 4 when a cut game was compared by its length
+
+
 def test_estimate_counts_each_game_once_and_is_exact_over_every_start() -> None:
     copies = estimate([5.0] * 9 + [1.0], [0] * 9 + [1])
     assert copies.distinct == 2 and copies.episodes == 10
