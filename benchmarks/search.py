@@ -22,8 +22,11 @@ stopped by the sequential test once retention is clearly above or below the floo
 Each search's best plans are confirmed on fresh seeds. ``benchmarks/throughput.py``
 runs the long (200-trial) joint TPE search and times it phase by phase.
 
-For each network it writes the comparison table (best latency ratio at the
-retention floor and its retention, hypervolume of (latency ratio, retention),
+For each network it writes the episode protocol every search played under (deterministic
+with N no-op starts, sticky actions p, or seeded starts), fp32's reference episodes and the
+distinct games behind them, the comparison table (best latency ratio at the
+retention floor and its retention with its distinct pairs of games, distinct pairs per played
+trial, hypervolume of (latency ratio, retention),
 trials to reach 95 % of the best speed-up, wall time), the confirmed plan of each
 search, onnxruntime's own uniform static int8 as a reference point (measured once
 per network at set-up, like a trial) and the headline: the fastest autoquant plan
@@ -53,6 +56,7 @@ same command again after an interruption, finished trials are kept):
     python benchmarks/search.py                       # full run, writes benchmarks/results/
     python benchmarks/search.py --quick               # tiny budgets, prints only
     python benchmarks/search.py --networks lunarlander --lunarlander-trials 60
+    python benchmarks/search.py --render              # only search.md again, from search.json
 
 Run folders go to ``benchmarks/scratch/search/<network>/<method>-<agent>/`` (git
 ignored; ``--out DIR`` for another place, ``--fresh`` to start over). Policies are
@@ -66,6 +70,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shlex
 import shutil
@@ -179,6 +184,26 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _finite(value: Any) -> float | None:
+    """A float, or None where it is missing or not finite (an interval that is not defined)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value) else None
+
+
+def _median(values: Sequence[float]) -> float | None:
+    ordered = sorted(values)
+    n = len(ordered)
+    if not n:
+        return None
+    return float(ordered[n // 2]) if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2.0
+
+
+def _spread(values: Sequence[int]) -> dict[str, Any]:
+    """Median, range and count of a per-trial figure."""
+    return {"median": _median([float(v) for v in values]), "min": min(values, default=None),
+            "max": max(values, default=None), "trials": len(values)}
 
 
 # --- running one network ---------------------------------------------------------------------
@@ -334,15 +359,33 @@ def _confirmed(run: Any) -> dict[str, Any] | None:
     found = run.confirmation()
     if found is None:
         return None
-    attempts = [{"trial": a.trial, "summary": a.summary, "retention": a.retention} for a in found.attempts]
+    attempts = [{"trial": a.trial, "summary": a.summary, "retention": a.retention, "episodes": len(a.reward.seeds),
+                 "distinct_pairs": a.paired.get("distinct_pairs"), "exact": a.paired.get("exact")}
+                for a in found.attempts]
+    protocol = found.protocol or {}
     best = found.best
     if best is None:
-        return {"confirmed": False, "attempts": attempts}
+        return {"confirmed": False, "attempts": attempts, "protocol": protocol.get("name"),
+                "sticky_actions": protocol.get("sticky_actions"), "starts": protocol.get("starts")}
+    c = best.confirm
     return {"confirmed": True, "trial": best.trial, "summary": best.summary,
             "latency_ratio": best.search.latency_ratio, "search_retention": best.search.retention,
-            "retention": best.confirm.retention, "episodes": best.confirm.episodes,
-            "reward": best.confirm.reward.mean, "fp32_reward": best.confirm.fp32_reward.mean,
-            "random_reward": best.confirm.random_reward.mean, "attempts": attempts}
+            "retention": c.retention, "retention_low": _finite(c.retention_low),
+            "retention_high": _finite(c.retention_high), "exact": c.exact, "episodes": c.episodes,
+            "distinct_pairs": c.distinct_pairs, "distinct_games": c.distinct_games,
+            "protocol": c.protocol.get("name"), "sticky_actions": c.sticky_actions, "starts": c.protocol.get("starts"),
+            "reward": c.reward.mean, "fp32_reward": c.fp32_reward.mean,
+            "random_reward": c.random_reward.mean, "attempts": attempts}
+
+
+def _played(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Episodes and distinct pairs of games behind each played trial's retention (repeats
+    played nothing and are left out)."""
+    played = [r for r in records if r.get("played") and not r.get("cached")]
+    return {"episodes": _spread([int(r["episodes"]) for r in played if r.get("episodes") is not None]),
+            "distinct_pairs": _spread([int(r["distinct_pairs"]) for r in played
+                                       if r.get("distinct_pairs") is not None]),
+            "exact": sum(1 for r in played if r.get("exact"))}
 
 
 def _agent_first(folder: Path, records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -364,6 +407,7 @@ def _agent_first(folder: Path, records: Sequence[Mapping[str, Any]]) -> dict[str
 def run_network(network: Network, policies: Path, out: Path, budget: Budget, seed: int,
                 argv: list[str], calls: int, code: Mapping[str, Any]) -> dict[str, Any]:
     """The six searches on one network, their combined comparison, and the headline."""
+    from autoquant.evaluate import describe_episodes
     from autoquant.report import write_compare
     from autoquant.search import compare
     from autoquant.search import load_run
@@ -400,6 +444,8 @@ def run_network(network: Network, policies: Path, out: Path, budget: Budget, see
     first = runs[f"{COMBOS[0][0]}/{COMBOS[0][1]}"]
     ref = first.info.references
     ort = ref.onnxruntime_int8 or {}
+    protocol = first.info.protocol or ref.fp32.protocol.to_json()
+    progress.log(f"episodes: fp32 {describe_episodes(ref.fp32)}")
     references: dict[str, Any] = {"fp32": {"latency_ratio": 1.0, "retention": 1.0, "size_ratio": 1.0}}
     if "latency_ratio" in ort:
         references["onnxruntime int8"] = {k: ort.get(k) for k in ("latency_ratio", "retention", "size_ratio")}
@@ -409,12 +455,19 @@ def run_network(network: Network, policies: Path, out: Path, budget: Budget, see
         records = results[label]["records"]
         best = next((r for r in records if r["number"] == row["best_trial"]), None)
         row["best_plan"] = best["summary"] if best else None
+        row["best_distinct_pairs"] = best.get("distinct_pairs") if best else None  # behind its retention
+        row["best_exact"] = best.get("exact") if best else None
+        row["played_trials"] = _played(records)
+        row_protocol = runs[label].info.protocol or {}  # every episode of this search is played under it
+        row["protocol"] = row_protocol.get("name")
+        row["sticky_actions"] = row_protocol.get("sticky_actions")
+        row["starts"] = row_protocol.get("starts")
         row["counts"] = _counts(records)
         row["confirm"] = _confirmed(runs[label])
         row["total_s"] = combo_totals.get(label)
         row["search_s"] = runs[label].study().user_attrs.get(SEARCH_SECONDS)
         row["code"] = combo_code.get(label)
-    head = headline(rows, ort, budget.min_retention)
+    head = headline(rows, ort, budget.min_retention, starts=protocol.get("starts"))
     progress.log("timing fp32, onnxruntime int8 and the best plans in one window")
     t_window = time.perf_counter()
     window = window_check(runs, rows, head, calls=calls)
@@ -429,9 +482,13 @@ def run_network(network: Network, policies: Path, out: Path, budget: Budget, see
                      "target": base.target},
         "reference": {
             "seeds": list(ref.seeds),
+            "protocol": protocol.get("name"), "sticky_actions": protocol.get("sticky_actions"),
+            "starts": protocol.get("starts"),
             "fp32_reward": ref.fp32.mean, "fp32_rewards": list(ref.fp32.rewards),
             "fp32_lengths": list(ref.fp32.lengths),
-            "random_reward": ref.random.mean,
+            "fp32_episodes": len(ref.fp32.seeds), "fp32_distinct_games": ref.fp32.distinct_games,
+            "fp32_exact": ref.fp32.exact, "fp32_summary": describe_episodes(ref.fp32),
+            "random_reward": ref.random.mean, "random_distinct_games": ref.random.distinct_games,
             "onnxruntime_int8": {k: v for k, v in ort.items() if k != "reward"}
             | ({"reward": ort["reward"]["mean"], "rewards": ort["reward"]["rewards"]} if "reward" in ort else {}),
         },
@@ -448,24 +505,37 @@ def run_network(network: Network, policies: Path, out: Path, budget: Budget, see
     }
 
 
-def headline(rows: Sequence[Mapping[str, Any]], ort: Mapping[str, Any], floor: float) -> dict[str, Any]:
-    """The fastest plan at the floor (search-time and confirmed) against onnxruntime int8."""
-    out: dict[str, Any] = {"floor": floor, "onnxruntime_int8_latency_ratio": ort.get("latency_ratio"),
+def headline(rows: Sequence[Mapping[str, Any]], ort: Mapping[str, Any], floor: float, *,
+             starts: int | None = None) -> dict[str, Any]:
+    """The fastest plan at the floor (search-time and confirmed) against onnxruntime int8
+    (``starts``: the protocol's number of starts where finite, for "exact over the N starts")."""
+    out: dict[str, Any] = {"floor": floor, "starts": starts,
+                           "onnxruntime_int8_latency_ratio": ort.get("latency_ratio"),
                            "onnxruntime_int8_retention": ort.get("retention"),
+                           "onnxruntime_int8_retention_low": _finite(ort.get("retention_low")),
+                           "onnxruntime_int8_retention_high": _finite(ort.get("retention_high")),
+                           "onnxruntime_int8_exact": ort.get("exact"),
+                           "onnxruntime_int8_distinct_pairs": ort.get("distinct_pairs"),
                            "onnxruntime_int8_meets_floor": (ort["retention"] >= floor
                                                             if ort.get("retention") is not None else None)}
     searched = [r for r in rows if r.get("best_latency_ratio") is not None]
     if searched:
         best = min(searched, key=lambda r: r["best_latency_ratio"])
         out["search_best"] = {"combo": best["combo"], "trial": best["best_trial"], "plan": best["best_plan"],
-                              "latency_ratio": best["best_latency_ratio"], "retention": best["best_retention"]}
+                              "latency_ratio": best["best_latency_ratio"], "retention": best["best_retention"],
+                              "distinct_pairs": best.get("best_distinct_pairs"), "exact": best.get("best_exact"),
+                              "protocol": best.get("protocol"), "sticky_actions": best.get("sticky_actions"),
+                              "starts": best.get("starts")}
     confirmed = [r for r in rows if (r.get("confirm") or {}).get("confirmed")]
     if confirmed:
         best = min(confirmed, key=lambda r: r["confirm"]["latency_ratio"])
         c = best["confirm"]
         out["confirmed_best"] = {"combo": best["combo"], "trial": c["trial"], "plan": c["summary"],
                                  "latency_ratio": c["latency_ratio"], "retention": c["retention"],
-                                 "episodes": c["episodes"]}
+                                 "retention_low": c["retention_low"], "retention_high": c["retention_high"],
+                                 "exact": c["exact"], "episodes": c["episodes"], "distinct_pairs": c["distinct_pairs"],
+                                 "protocol": c["protocol"], "sticky_actions": c["sticky_actions"],
+                                 "starts": c["starts"]}
     ratio = ort.get("latency_ratio")
     for key in ("search_best", "confirmed_best"):
         if key in out and ratio:
@@ -521,6 +591,87 @@ def window_headline(window: Sequence[Mapping[str, Any]]) -> dict[str, Any] | Non
 
 
 # --- writing ---------------------------------------------------------------------------------------
+# Results measured before the protocol and distinct games were recorded lack their keys: "n/a".
+
+
+def _protocol_text(data: Mapping[str, Any]) -> str:
+    """An episode protocol as ``Protocol.name`` words it (no sticky actions said outright), or n/a."""
+    name = data.get("protocol")
+    if name is None:
+        return "n/a"
+    return name + (", no sticky actions" if data.get("starts") is not None and not data.get("sticky_actions")
+                   else "")
+
+
+def _starts(starts: Any) -> str:
+    return f"exact over the {starts} starts" if starts is not None else "exact over the protocol's starts"
+
+
+def _pairs(pairs: Any) -> str:
+    return f"{pairs} distinct pairs" if pairs is not None else "distinct pairs n/a"
+
+
+def _retention_text(value: Any, low: Any, high: Any, exact: Any, starts: Any, *, recorded: bool) -> str:
+    """A retention with its 95 % interval, or "exact over the N starts" where every start was played."""
+    if value is None:
+        return "-"
+    if exact:
+        return f"{value:.3f} {_starts(starts)}"
+    low, high = _finite(low), _finite(high)
+    if low is not None and high is not None:
+        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+    return f"{value:.3f}, " + ("no interval" if recorded else "interval n/a")
+
+
+def _confirm_text(c: Mapping[str, Any]) -> str:
+    """The confirmed retention: interval or exact, then its episodes and distinct pairs of games."""
+    return (_retention_text(c.get("retention"), c.get("retention_low"), c.get("retention_high"), c.get("exact"),
+                            c.get("starts"), recorded="retention_low" in c)
+            + f" ({c.get('episodes')} episodes, {_pairs(c.get('distinct_pairs'))})")
+
+
+def _attempt_text(a: Mapping[str, Any], starts: Any) -> str:
+    return (f"#{a['trial']} {a['retention']:.2f}, "
+            + (_starts(starts) if a.get("exact") else _pairs(a.get("distinct_pairs"))))
+
+
+def _best_retention(row: Mapping[str, Any]) -> str:
+    """The best played trial's retention (search seeds) with the distinct pairs of games behind it."""
+    if row.get("best_retention") is None:
+        return "-"
+    if row.get("best_exact"):
+        return f"{row['best_retention']:.3f} {_starts(row.get('starts'))}"
+    return f"{row['best_retention']:.3f} ({_pairs(row.get('best_distinct_pairs'))})"
+
+
+def _spread_text(stats: Mapping[str, Any] | None) -> str:
+    if not stats or stats.get("median") is None:
+        return "n/a"
+    return f"{stats['median']:g} ({stats['min']}-{stats['max']})"
+
+
+def _played_text(row: Mapping[str, Any]) -> str:
+    """Episodes / distinct pairs of games per played trial, median (range)."""
+    played = row.get("played_trials")
+    if played is None:
+        return "n/a"
+    return f"{_spread_text(played.get('episodes'))} / {_spread_text(played.get('distinct_pairs'))}"
+
+
+def _reference_episodes(ref: Mapping[str, Any]) -> str:
+    """fp32's reference episodes: how many, the distinct games behind them, exact where so."""
+    games = ref.get("fp32_distinct_games")
+    text = (f"{ref.get('fp32_episodes', len(ref['fp32_rewards']))} episodes, "
+            f"{games if games is not None else 'n/a'} distinct games")
+    return text + (f", {_starts(ref.get('starts'))}" if ref.get("fp32_exact") else "")
+
+
+def _protocols_line(data: Mapping[str, Any]) -> str:
+    """The episode protocol of each search (one sentence when they all share one)."""
+    texts = {row["combo"]: _protocol_text(row) for row in data["rows"]}
+    if len(set(texts.values())) == 1:
+        return f"Episode protocol of every search: {next(iter(texts.values()))}."
+    return "Episode protocol of each search: " + "; ".join(f"{k}: {v}" for k, v in texts.items()) + "."
 
 
 def network_markdown(key: str, data: Mapping[str, Any], png: str | None) -> str:
@@ -534,39 +685,44 @@ def network_markdown(key: str, data: Mapping[str, Any], png: str | None) -> str:
                 f"{s['min_retention']}, initial proxy screen {s['fidelity_floor']}, seed {s['seed']}, target "
                 f"{s['target']}.")
     rewards = ", ".join(_fmt(float(x), 1) for x in ref["fp32_rewards"])
-    episodes = (f"Reference episodes (seeds {ref['seeds'][0]}..{ref['seeds'][-1]}): fp32 reward "
-                f"{ref['fp32_reward']:.2f} ({rewards}), acting at random {ref['random_reward']:.2f}.")
+    episodes = (f"Reference episodes (seeds {ref['seeds'][0]}..{ref['seeds'][-1]}; episode protocol: "
+                f"{_protocol_text(ref)}): fp32 "
+                f"reward {ref['fp32_reward']:.2f} ({rewards}) over {_reference_episodes(ref)}; acting at random "
+                f"{ref['random_reward']:.2f}.")
     lines = [f"### {data['title']}", "", settings, "", episodes, ""]
     if "latency_ratio" in ort:
         agreement = (ort.get("fidelity") or {}).get("action_agreement")
-        point = (f"onnxruntime uniform static int8 (reference point, measured at set-up): latency ratio "
-                 f"{ort['latency_ratio']:.3f}, retention {ort['retention']:.3f} (reward {_fmt(ort.get('reward'), 2)}), "
-                 f"size ratio {ort['size_ratio']:.3f}, action agreement {_fmt(agreement)}.")
+        retention = _retention_text(ort["retention"], ort.get("retention_low"), ort.get("retention_high"),
+                                    ort.get("exact"), ref.get("starts"), recorded="retention_low" in ort)
+        point = (f"onnxruntime uniform static int8 (reference point, measured at set-up on the reference seeds): "
+                 f"latency ratio {ort['latency_ratio']:.3f}, retention {retention} "
+                 f"({_pairs(ort.get('distinct_pairs'))}; reward {_fmt(ort.get('reward'), 2)}), size ratio "
+                 f"{ort['size_ratio']:.3f}, action agreement {_fmt(agreement)}.")
         lines += [point, ""]
     else:
         lines += [f"onnxruntime uniform int8 could not be built: {ort.get('error')}", ""]
     headers = ["combo", "best latency ratio", "its retention", "hypervolume", "trials to 95 %", "best at 10",
                "trials", "search s", "total s", "speed-up vs ort int8", "played / feasible / failed",
-               "confirmed (fresh seeds)"]
-    lines += ["| " + " | ".join(headers) + " |", "|:---|" + "---:|" * 10 + ":---|"]
+               "per played trial: episodes / distinct pairs (median, range)", "confirmed (fresh seeds)"]
+    lines += ["| " + " | ".join(headers) + " |", "|:---|" + "---:|" * 11 + ":---|"]
     for row in data["rows"]:
         c = row.get("confirm")
         if c is None:
             confirm = "none faster than fp32 kept the floor"
         elif c["confirmed"]:
-            confirm = f"#{c['trial']} ratio {c['latency_ratio']:.3f}, retention {c['retention']:.3f}"
+            confirm = f"#{c['trial']} ratio {c['latency_ratio']:.3f}, retention {_confirm_text(c)}"
         else:
-            confirm = "none kept the floor (" + ", ".join(f"#{a['trial']} {a['retention']:.2f}"
+            confirm = "none kept the floor (" + "; ".join(_attempt_text(a, c.get("starts"))
                                                           for a in c["attempts"]) + ")"
         counts = row["counts"]
         speedup = (row.get("speedup_vs") or {}).get("onnxruntime int8")
         lines.append("| " + " | ".join([
-            row["combo"], _fmt(row["best_latency_ratio"]), _fmt(row["best_retention"]),
+            row["combo"], _fmt(row["best_latency_ratio"]), _best_retention(row),
             _fmt(row["hypervolume"], 4), _fmt(row["trials_to_95"]), _fmt(row.get("best_at_10")),
             str(counts["complete"] - counts["cached"] + counts["failed"]), _fmt(row.get("search_s", row["wall_s"]), 0),
             _fmt(row.get("total_s"), 0), _fmt(speedup, 2) + ("x" if speedup is not None else ""),
-            f"{counts['played']} / {counts['feasible']} / {counts['failed']}", confirm]) + " |")
-    lines.append("")
+            f"{counts['played']} / {counts['feasible']} / {counts['failed']}", _played_text(row), confirm]) + " |")
+    lines += ["", _protocols_line(data), ""]
     setup = f"{data['setup_s']:.0f} s" if data.get("setup_s") is not None else "not recorded"
     model = data.get("latency_model")
     if model:
@@ -608,7 +764,9 @@ def network_markdown(key: str, data: Mapping[str, Any], png: str | None) -> str:
 
 def headline_text(head: Mapping[str, Any]) -> str:
     ort_ratio, ort_ret = head.get("onnxruntime_int8_latency_ratio"), head.get("onnxruntime_int8_retention")
-    ort_text = (f"onnxruntime uniform int8 {ort_ratio:.3f} (retention {ort_ret:.3f}, "
+    ort_games = (_starts(head.get("starts")) if head.get("onnxruntime_int8_exact")
+                 else _pairs(head.get("onnxruntime_int8_distinct_pairs")))
+    ort_text = (f"onnxruntime uniform int8 {ort_ratio:.3f} (retention {ort_ret:.3f}, {ort_games}, "
                 + ("meets" if head.get("onnxruntime_int8_meets_floor") else "misses") + f" the floor {head['floor']})"
                 if ort_ratio is not None else "onnxruntime uniform int8 unavailable")
     parts = []
@@ -617,8 +775,13 @@ def headline_text(head: Mapping[str, Any]) -> str:
         if not best:
             continue
         factor = best.get("speedup_vs_onnxruntime_int8")
+        if key == "confirmed_best":
+            retention = _confirm_text(best)
+        else:
+            retention = (f"{best['retention']:.3f} {_starts(best.get('starts'))}" if best.get("exact")
+                         else f"{best['retention']:.3f} ({_pairs(best.get('distinct_pairs'))})")
         parts.append(f"fastest plan {what}: {best['combo']} trial {best['trial']} ({best['plan']}), latency "
-                     f"ratio {best['latency_ratio']:.3f} at retention {best['retention']:.3f}"
+                     f"ratio {best['latency_ratio']:.3f} at retention {retention}"
                      + (f" = {factor:.2f}x the speed of onnxruntime int8" if factor else ""))
     if not parts:
         return f"no autoquant plan met the floor {head['floor']}; {ort_text}."
@@ -643,8 +806,9 @@ def _noise_note(results: Mapping[str, Any]) -> str:
         gap = float(ref["fp32_reward"]) - float(ref["random_reward"])
         spread = float(max(rewards) - min(rewards))
         parts.append(f"{key}: floor {settings.get('min_retention')}, at most {settings.get('episodes')} episodes a "
-                     "trial; "
-                     f"fp32's rewards spread over {spread:.1f} between seeds against an fp32-minus-random gap of "
+                     f"trial (episode protocol: {_protocol_text(ref)}); "
+                     f"fp32's rewards spread over {spread:.1f} between seeds ({_reference_episodes(ref)}) against an "
+                     "fp32-minus-random gap of "
                      f"{gap:.1f}" + (f", so one episode can move retention by up to {spread / gap:.2f}"
                                      if gap > 0 else ""))
     return ("Measured noise: " + "; ".join(parts) + ".") if parts else ""
@@ -667,16 +831,25 @@ def document(results: Mapping[str, Any], sections: Sequence[str], facts_md: str)
         "itself; learnt from the run's played trials once there are five), and stops playing when the "
         "sequential test (95 %) puts its retention clearly above or below the floor. Feasible: its interval "
         "lies above the floor, or it stayed undecided with its mean at or above it.\n\n"
+        "Every reward and retention names the episode protocol it was played under and the distinct games "
+        "behind it (README, \"Episodes, protocols and distinct games\"): copies of one game count once, so on a "
+        "deterministic game the episodes can be fewer distinct games, and a retention is paired over distinct "
+        "pairs of games (fp32's game, the plan's game on the same seed). Where every start of a deterministic "
+        "game was played a retention is exact for the protocol and has no interval; elsewhere intervals are 95 %. "
+        "\"n/a\": not recorded by the run that wrote these results.\n\n"
         "Columns: **best latency ratio** / **its retention**: the fastest played trial at or above the "
-        "floor (search seeds); **hypervolume**: area dominated in (latency ratio, retention) from "
-        "(1.5, floor - 0.1); **trials to 95 %**: trials until a search is within 95 % of the best speed-up "
+        "floor (search seeds), with the distinct pairs of games behind its retention; **hypervolume**: area "
+        "dominated in (latency ratio, retention) from (1.5, floor - 0.1); **trials to 95 %**: trials until a "
+        "search is within 95 % of the best speed-up "
         "any search on the network found; **best at 10**: the best feasible latency ratio after the first 10 trials; "
         "**trials**: trials measured (repeats of a measured plan not "
         "counted); **search s**: what the wall-clock budget counts, the agent's set-up (sensitivities) and "
         "every trial; "
         "**total s**: the search plus its confirmation and report, timed by the invocation that ran it; **speed-up vs ort int8**: "
-        "onnxruntime int8's latency ratio / the best latency ratio; **confirmed**: the best feasible plans "
-        "replayed on fresh seeds, the first that keeps the floor.\n\n"
+        "onnxruntime int8's latency ratio / the best latency ratio; **per played trial**: the episodes each "
+        "played trial played and the distinct pairs of games behind its retention, median (range); "
+        "**confirmed**: the best feasible plans replayed on fresh seeds, the first that keeps the floor, with "
+        "its retention's 95 % interval (or exact over the starts), its episodes and distinct pairs of games.\n\n"
         "Notes: the target's latency model is measured once per network at set-up (reported with it) and "
         "read by joint/ddpg and joint/ilp, as a user's later searches on the same target read it. "
         + _noise_note(results) +

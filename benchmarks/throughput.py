@@ -11,12 +11,16 @@ trials, and played trials stopped by the sequential test. Printed and written:
 - per-phase medians over the trials that were not played: all of them, and those
   whose proxy was measured (build = ``compress``, ``measure`` = latency on the target,
   ``fidelity`` = held-out states, ``proxy`` = the plan's own rollout);
-- episodes per played trial, and how the sequential test decided;
+- the episode protocol of the run (deterministic with N no-op starts, sticky actions p, or
+  seeded starts), fp32's reference episodes and the distinct games behind them;
+- episodes and distinct pairs of games per played trial, and how the sequential test decided;
 - Spearman's rank correlation of the proxy with measured retention over the played trials;
-- the best plan, confirmed on fresh seeds, against fp32 and onnxruntime's uniform int8.
+- the best plan, confirmed on fresh seeds (its episodes, distinct pairs of games and
+  retention interval, or "exact over the N starts"), against fp32 and onnxruntime's uniform int8.
 
     python benchmarks/throughput.py                    # Pong 200 trials, LunarLander 100
     python benchmarks/throughput.py --networks pong --pong-trials 50
+    python benchmarks/throughput.py --render           # only the .md again, from the .json
 
 Run folders go to ``benchmarks/scratch/throughput/<network>/`` (``--fresh`` to start over;
 an interrupted search resumes). Nothing else should run meanwhile: it is timed.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -59,6 +64,31 @@ def _median(values: list[float]) -> float | None:
     return float(np.median(values)) if values else None
 
 
+def _finite(value: Any) -> float | None:
+    """A float for the JSON, None where it is missing or not finite (an interval that is not defined)."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _played_figure(res: Any, key: str) -> Any:
+    """``key`` of the sequential test behind a played trial's retention (its paired comparison
+    where the test did not record it)."""
+    reward = res.reward or {}
+    value = (reward.get("test") or {}).get(key)
+    return value if value is not None else (reward.get("paired") or {}).get(key)
+
+
+def _distinct_pairs(res: Any) -> int | None:
+    """Distinct pairs of games (fp32's, the plan's) behind a played trial's retention."""
+    value = _played_figure(res, "distinct_pairs") if res is not None and res.played else None
+    return None if value is None else int(value)
+
+
+def _exact(res: Any) -> bool | None:
+    """Whether a played trial played every start of a finite protocol (its retention exact)."""
+    value = _played_figure(res, "exact") if res is not None and res.played else None
+    return None if value is None else bool(value)
+
+
 def summarise(records: list[Any], floor: float) -> dict[str, Any]:
     """Phase medians, episodes, decisions and the proxy's rank correlation, from TrialRecords."""
     from autoquant.report import spearman
@@ -80,6 +110,7 @@ def summarise(records: list[Any], floor: float) -> dict[str, Any]:
         decisions[decision] = decisions.get(decision, 0) + 1
     pairs = [(res.proxy, res.retention) for res in played if res.proxy is not None and res.retention is not None]
     episodes = [res.episodes for res in played]
+    distinct = [d for d in (_distinct_pairs(res) for res in played) if d is not None]
     return {
         "trials": len(records), "measured": len(measured), "repeats": sum(1 for r in records if r.repeat),
         "failed": sum(1 for r in records if r.state == "FAIL"),
@@ -87,6 +118,9 @@ def summarise(records: list[Any], floor: float) -> dict[str, Any]:
         "played": len(played), "feasible": sum(1 for res in played if res.feasible(floor)),
         "episodes": {"median": _median([float(e) for e in episodes]), "min": min(episodes, default=None),
                      "max": max(episodes, default=None), "total": int(sum(episodes))},
+        "distinct_pairs": {"median": _median([float(d) for d in distinct]), "min": min(distinct, default=None),
+                           "max": max(distinct, default=None), "trials": len(distinct)},
+        "exact_played": sum(1 for res in played if _exact(res)),
         "play_s": {"median": _median([res.seconds.get("play", 0.0) for res in played]),
                    "total": float(sum(res.seconds.get("play", 0.0) for res in played))},
         "decisions": decisions,
@@ -106,6 +140,7 @@ def _skips(reasons: list[str]) -> dict[str, int]:
 
 def run_network(name: str, spec: dict[str, Any], policies: Path, work: Path, fresh: bool, trials: int | None,
                 log: Any) -> dict[str, Any]:
+    from autoquant.evaluate import describe_episodes
     from autoquant.search import ProblemSettings, RunConfig, load_run, start_run
 
     folder = work / name
@@ -145,12 +180,22 @@ def run_network(name: str, spec: dict[str, Any], policies: Path, work: Path, fre
     ends = [r.finished_at for r in records if r.finished_at is not None]
     ref = run.info.references
     ort = ref.onnxruntime_int8 or {}
-    return {
+    protocol = run.info.protocol or ref.fp32.protocol.to_json()  # every episode of the run is played under it
+    search_record = None if confirmed is None else next((r for r in records if r.number == confirmed.trial), None)
+    search_result = search_record.result if search_record is not None else None
+    data = {
         "network": name, "policy": rel(Path(config.policy)), "env_id": run.bundle.env_id, "trials": n_trials,
         "settings": {k: spec[k] for k in ("episodes", "confirm", "envs", "states", "floor")},
+        "protocol": protocol.get("name"), "sticky_actions": protocol.get("sticky_actions"),
+        "starts": protocol.get("starts"),
         "fp32_reward": ref.fp32.mean, "fp32_rewards": list(ref.fp32.rewards),
-        "random_reward": ref.random.mean,
-        "ort_int8": {k: ort.get(k) for k in ("latency_ratio", "retention")},
+        "fp32_episodes": len(ref.fp32.seeds), "fp32_distinct_games": ref.fp32.distinct_games,
+        "fp32_exact": ref.fp32.exact, "fp32_summary": describe_episodes(ref.fp32),
+        "random_reward": ref.random.mean, "random_distinct_games": ref.random.distinct_games,
+        "ort_int8": {"latency_ratio": ort.get("latency_ratio"), "retention": ort.get("retention"),
+                     "retention_low": _finite(ort.get("retention_low")),
+                     "retention_high": _finite(ort.get("retention_high")),
+                     "exact": ort.get("exact"), "distinct_pairs": ort.get("distinct_pairs")},
         "stopped": runner.stopped,
         "search_wall_s": (max(ends) - min(starts)) if starts and ends else None,
         "this_invocation_search_s": search_s, "confirm_s": confirm_s, "setup_s": setup_s,
@@ -159,16 +204,86 @@ def run_network(name: str, spec: dict[str, Any], policies: Path, work: Path, fre
             "trial": confirmed.trial, "summary": confirmed.summary,
             "latency_ratio": confirmed.search.latency_ratio,
             "search_retention": confirmed.search.retention,
+            "search_distinct_pairs": _distinct_pairs(search_result), "search_exact": _exact(search_result),
             "confirm_retention": confirmed.confirm.retention,
+            "confirm_retention_low": _finite(confirmed.confirm.retention_low),
+            "confirm_retention_high": _finite(confirmed.confirm.retention_high),
+            "confirm_exact": confirmed.confirm.exact,
             "confirm_episodes": confirmed.confirm.episodes,
+            "confirm_distinct_pairs": confirmed.confirm.distinct_pairs,
+            "confirm_distinct_games": confirmed.confirm.distinct_games,
+            "confirm_protocol": confirmed.confirm.protocol.get("name"),
+            "confirm_sticky_actions": confirmed.confirm.sticky_actions,
+            "confirm_starts": confirmed.confirm.protocol.get("starts"),
             "confirm_reward": confirmed.confirm.reward.mean,
             "confirm_fp32_reward": confirmed.confirm.fp32_reward.mean},
         "report": rel(folder / "report.md"),
     }
+    log(f"{name}: fp32 {data['fp32_summary']}")
+    s = data["summary"]
+    log(f"{name}: {s['played']} played trials, distinct pairs of games per played trial "
+        f"{_spread(s['distinct_pairs'])}" + (f", {s['exact_played']} exact" if s["exact_played"] else ""))
+    if data["best"] is not None:
+        best = data["best"]
+        log(f"{name}: best plan, trial {best['trial']}: retention {_confirm_retention(best)} on "
+            f"{best['confirm_episodes']} fresh seeds ({_pairs(best['confirm_distinct_pairs'])}, "
+            f"{best['confirm_protocol']})")
+    return data
 
 
 def _f(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+# Results written before the protocol and distinct games were recorded lack their keys: "n/a".
+
+
+def _spread(stats: dict[str, Any] | None) -> str:
+    """Median (range) of a per-trial count, "n/a" where not recorded."""
+    if not stats or stats.get("median") is None:
+        return "n/a"
+    return f"{stats['median']:g} ({stats['min']}-{stats['max']})"
+
+
+def _pairs(pairs: Any) -> str:
+    return f"{pairs} distinct pairs" if pairs is not None else "distinct pairs n/a"
+
+
+def _protocol(net: dict[str, Any]) -> str:
+    """The run's episode protocol, as ``Protocol.name`` words it (no sticky actions said outright)."""
+    name = net.get("protocol")
+    if name is None:
+        return "n/a"
+    return name + (", no sticky actions" if net.get("starts") is not None and not net.get("sticky_actions") else "")
+
+
+def _starts(starts: Any) -> str:
+    return f"exact over the {starts} starts" if starts is not None else "exact over the protocol's starts"
+
+
+def _retention(value: Any, low: Any, high: Any, exact: Any, starts: Any, *, recorded: bool) -> str:
+    """A retention with its 95 % interval, or "exact over the N starts" where every start was played."""
+    if value is None:
+        return "n/a"
+    if exact:
+        return f"{value:.3f} {_starts(starts)}"
+    if low is not None and high is not None:
+        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+    return f"{value:.3f} " + ("(no interval)" if recorded else "(interval n/a)")
+
+
+def _confirm_retention(best: dict[str, Any]) -> str:
+    return _retention(best["confirm_retention"], best.get("confirm_retention_low"),
+                      best.get("confirm_retention_high"), best.get("confirm_exact"), best.get("confirm_starts"),
+                      recorded="confirm_retention_low" in best)
+
+
+def _fp32_episodes(net: dict[str, Any]) -> str:
+    """fp32's reference episodes: how many, the distinct games behind them, exact where so."""
+    games = net.get("fp32_distinct_games")
+    text = (f"{net.get('fp32_episodes', len(net['fp32_rewards']))} episodes, "
+            f"{games if games is not None else 'n/a'} distinct games")
+    return text + (f", {_starts(net.get('starts'))}" if net.get("fp32_exact") else "")
 
 
 def write_markdown(data: dict[str, Any], out: Path) -> None:
@@ -177,28 +292,38 @@ def write_markdown(data: dict[str, Any], out: Path) -> None:
              "graph builder, timed on the host against the fp32 export in one window, and scored on held-out "
              "states; the proxy (agreement with fp32 on 128 or 512 states the plan visits itself) is measured only "
              "when the trial could still beat the best feasible latency; the screen is learnt from the run's "
-             "played trials; played trials stop when the sequential test (95 %) decides.", ""]
-    lines += ["| network | trials | search wall | unplayed trial, median s (all / with proxy) | build | measure | "
-              "fidelity | proxy | played | episodes per played trial (median, range) | proxy vs retention "
-              "(Spearman) |", "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "played trials; played trials stop when the sequential test (95 %) decides.", "",
+             "Every reward and retention names the episode protocol it was played under and the distinct games "
+             "behind it (README, \"Episodes, protocols and distinct games\"): copies of one game count once, so on "
+             "a deterministic game the episodes can be fewer distinct games, and a retention is paired over "
+             "distinct pairs of games (fp32's game, the plan's game on the same seed). Where every start of a "
+             "deterministic game was played a retention is exact for the protocol and has no interval; elsewhere "
+             "the interval is 95 %. \"n/a\": not recorded by the run that wrote these results.", ""]
+    lines += ["| network | episode protocol | trials | search wall | unplayed trial, median s (all / with proxy) | "
+              "build | measure | fidelity | proxy | played | episodes per played trial (median, range) | "
+              "distinct pairs per played trial (median, range) | proxy vs retention (Spearman) |",
+              "|:---|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for net in data["networks"]:
         s = net["summary"]
         u, w = s["unplayed_phases"], s["unplayed_with_proxy_phases"]
         wall = net["search_wall_s"]
         lines.append(
-            f"| {net['network']} | {s['trials']} | {wall / 60:.1f} min | {_f(u['total'])} / {_f(w['total'])} | "
-            f"{_f(u['compress'])} | {_f(u['measure'])} | {_f(u['fidelity'])} | {_f(w['proxy'])} | {s['played']} | "
-            f"{_f(s['episodes']['median'], 0)} ({s['episodes']['min']}-{s['episodes']['max']}) | "
-            f"{_f(s['spearman'], 2)} (n = {s['spearman_n']}) |")
+            f"| {net['network']} | {_protocol(net)} | {s['trials']} | {wall / 60:.1f} min | {_f(u['total'])} / "
+            f"{_f(w['total'])} | {_f(u['compress'])} | {_f(u['measure'])} | {_f(u['fidelity'])} | {_f(w['proxy'])} | "
+            f"{s['played']} | {_f(s['episodes']['median'], 0)} ({s['episodes']['min']}-{s['episodes']['max']}) | "
+            f"{_spread(s.get('distinct_pairs'))} | {_f(s['spearman'], 2)} (n = {s['spearman_n']}) |")
     for net in data["networks"]:
         s = net["summary"]
         best = net["best"]
+        ort = net["ort_int8"]
+        exact_played = s.get("exact_played")
         lines += ["", f"## {net['network']}", "",
                   f"`{net['policy']}` on {net['env_id']}, {net['trials']} trials, retention floor "
                   f"{net['settings']['floor']}, at most {net['settings']['episodes']} paired episodes a played trial "
                   f"({net['settings']['envs']} envs in lockstep), {net['settings']['states']} calibration states. "
-                  f"fp32 reward {net['fp32_reward']:.2f} on the run's seeds "
-                  f"({', '.join(f'{r:g}' for r in net['fp32_rewards'])}), random {net['random_reward']:.2f}.", "",
+                  f"Episode protocol: {_protocol(net)}. fp32 reward {net['fp32_reward']:.2f} on the run's seeds "
+                  f"({', '.join(f'{r:g}' for r in net['fp32_rewards'])}): {_fp32_episodes(net)}; random "
+                  f"{net['random_reward']:.2f}.", "",
                   f"- search wall time: {net['search_wall_s']:.0f} s ({net['search_wall_s'] / 60:.1f} min); set-up "
                   f"{_f(net['setup_s'], 0)} s; confirmation and report {net['confirm_s']:.0f} s"
                   + (f"; stopped early: {net['stopped']}" if net["stopped"] else ""),
@@ -207,15 +332,22 @@ def write_markdown(data: dict[str, Any], out: Path) -> None:
                   f"{s['unplayed_with_proxy_phases']['trials']}; skipped by: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(s["skips"].items())),
                   f"- played {s['played']} (feasible {s['feasible']}): {s['episodes']['total']} episodes in all, "
-                  f"{_f(s['play_s']['total'], 0)} s of play; decisions: "
+                  f"{_f(s['play_s']['total'], 0)} s of play; distinct pairs of games behind a played trial's "
+                  f"retention: median (range) {_spread(s.get('distinct_pairs'))}"
+                  + (f", {exact_played} exact over the starts" if exact_played else "") + "; decisions: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(s["decisions"].items())),
-                  f"- onnxruntime uniform int8: latency ratio {_f(net['ort_int8']['latency_ratio'])}, retention "
-                  f"{_f(net['ort_int8']['retention'])}",
+                  f"- onnxruntime uniform int8: latency ratio {_f(ort['latency_ratio'])}, retention "
+                  + _retention(ort.get("retention"), ort.get("retention_low"), ort.get("retention_high"),
+                               ort.get("exact"), net.get("starts"), recorded="retention_low" in ort)
+                  + f" on the run's seeds ({_pairs(ort.get('distinct_pairs'))})",
                   ("- best plan: none faster than fp32 kept the floor" if best is None else
                    f"- best plan: trial {best['trial']} (`{best['summary']}`), latency ratio "
-                   f"{best['latency_ratio']:.3f}; retention {best['search_retention']:.3f} in the search, "
-                   f"{best['confirm_retention']:.3f} on {best['confirm_episodes']} fresh seeds (reward "
-                   f"{best['confirm_reward']:.2f} vs fp32 {best['confirm_fp32_reward']:.2f})"),
+                   f"{best['latency_ratio']:.3f}; retention {best['search_retention']:.3f} in the search "
+                   f"({_pairs(best.get('search_distinct_pairs'))}"
+                   + (f", {_starts(net.get('starts'))}" if best.get("search_exact") else "") + "), "
+                   f"{_confirm_retention(best)} on {best['confirm_episodes']} fresh seeds "
+                   f"({_pairs(best.get('confirm_distinct_pairs'))}; reward {best['confirm_reward']:.2f} vs fp32 "
+                   f"{best['confirm_fp32_reward']:.2f})"),
                   "", "Per-phase medians, seconds:", "", "| trials | n | build | measure | fidelity | proxy | total |",
                   "|:---|---:|---:|---:|---:|---:|---:|"]
         for label, key in (("not played", "unplayed_phases"), ("not played, proxy measured",
@@ -236,7 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK)
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "throughput.json")
     parser.add_argument("--fresh", action="store_true", help="start the searches over")
+    parser.add_argument("--render", action="store_true", help="only write the .md again from the .json")
     args = parser.parse_args(argv)
+    if args.render:
+        write_markdown(json.loads(args.out.read_text()), args.out.with_suffix(".md"))
+        return 0
     quiet()
     from autoquant.targets import host_facts
 
