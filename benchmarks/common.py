@@ -4,6 +4,7 @@ the results are, quiet libraries, and paths written as from the repository root.
 from __future__ import annotations
 
 import json
+import math
 import logging
 import shlex
 import os
@@ -15,8 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_POLICIES", "DEFAULT_RESULTS", "REPO", "Record", "code_state", "command_line", "header", "quiet",
-           "rel", "time_window", "write_results"]
+__all__ = ["DEFAULT_POLICIES", "DEFAULT_RESULTS", "REPO", "Record", "code_state", "command_line", "exact_words", "finite", "header",
+           "pairs_words", "protocol_words", "quiet", "rel", "retention_words", "spread_words", "time_window",
+           "write_results"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POLICIES = REPO / ".." / "shared" / "policies"
@@ -108,3 +110,50 @@ def time_window(models: Sequence[tuple[str, bytes]], x: Any, *, calls: int, thre
                     "ratio_median": median / ref_median, "protocol": {**protocol.to_json(), "threads": threads},
                     "session": session_options(threads)})
     return out
+
+
+# --- how reward figures are worded on every page (protocol, distinct games, exact or interval) ---
+
+
+def finite(value: Any) -> float | None:
+    """A float, or None where it is missing or not finite (an interval that is not defined)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value) else None
+
+
+def protocol_words(data: Any) -> str:
+    """An episode protocol (``protocol``, ``starts``, ``sticky_actions`` keys) as ``Protocol.name``
+    words it, no sticky actions said outright; "n/a" where a page's JSON predates it."""
+    name = data.get("protocol")
+    if name is None:
+        return "n/a"
+    return name + (", no sticky actions" if data.get("starts") is not None and not data.get("sticky_actions") else "")
+
+
+def exact_words(starts: Any) -> str:
+    return "exact over " + (f"the {starts}" if starts is not None else "the protocol's") + " starts"
+
+
+def pairs_words(pairs: Any) -> str:
+    return f"{pairs} distinct pairs" if pairs is not None else "distinct pairs n/a"
+
+
+def retention_words(value: Any, low: Any, high: Any, exact: Any, starts: Any, *, recorded: bool,
+                    missing: str = "n/a") -> str:
+    """A retention with its 95 % interval, or "exact over the N starts" where every start was
+    played; ``recorded``: whether the page's JSON records intervals at all."""
+    if value is None:
+        return missing
+    if exact:
+        return f"{value:.3f} {exact_words(starts)}"
+    low, high = finite(low), finite(high)
+    if low is not None and high is not None:
+        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+    return f"{value:.3f} " + ("(no interval)" if recorded else "(interval n/a)")
+
+
+def spread_words(stats: Any) -> str:
+    """Median (range) of a per-trial count, "n/a" where not recorded."""
+    if not stats or stats.get("median") is None:
+        return "n/a"
+    return f"{stats['median']:g} ({stats['min']}-{stats['max']})"

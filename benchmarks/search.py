@@ -83,6 +83,8 @@ from pathlib import Path
 from typing import Any
 
 from common import DEFAULT_POLICIES, DEFAULT_RESULTS, REPO, quiet, rel, time_window  # benchmarks/common.py
+from common import exact_words as _starts, finite as _finite, pairs_words as _pairs  # noqa: E402
+from common import protocol_words as _protocol_text, retention_words, spread_words as _spread_text  # noqa: E402
 
 DEFAULT_WORK = REPO / "benchmarks" / "scratch" / "search"
 
@@ -184,12 +186,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
-
-
-def _finite(value: Any) -> float | None:
-    """A float, or None where it is missing or not finite (an interval that is not defined)."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value) else None
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -594,39 +590,10 @@ def window_headline(window: Sequence[Mapping[str, Any]]) -> dict[str, Any] | Non
 # Results measured before the protocol and distinct games were recorded lack their keys: "n/a".
 
 
-def _protocol_text(data: Mapping[str, Any]) -> str:
-    """An episode protocol as ``Protocol.name`` words it (no sticky actions said outright), or n/a."""
-    name = data.get("protocol")
-    if name is None:
-        return "n/a"
-    return name + (", no sticky actions" if data.get("starts") is not None and not data.get("sticky_actions")
-                   else "")
-
-
-def _starts(starts: Any) -> str:
-    return f"exact over the {starts} starts" if starts is not None else "exact over the protocol's starts"
-
-
-def _pairs(pairs: Any) -> str:
-    return f"{pairs} distinct pairs" if pairs is not None else "distinct pairs n/a"
-
-
-def _retention_text(value: Any, low: Any, high: Any, exact: Any, starts: Any, *, recorded: bool) -> str:
-    """A retention with its 95 % interval, or "exact over the N starts" where every start was played."""
-    if value is None:
-        return "-"
-    if exact:
-        return f"{value:.3f} {_starts(starts)}"
-    low, high = _finite(low), _finite(high)
-    if low is not None and high is not None:
-        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
-    return f"{value:.3f}, " + ("no interval" if recorded else "interval n/a")
-
-
 def _confirm_text(c: Mapping[str, Any]) -> str:
     """The confirmed retention: interval or exact, then its episodes and distinct pairs of games."""
-    return (_retention_text(c.get("retention"), c.get("retention_low"), c.get("retention_high"), c.get("exact"),
-                            c.get("starts"), recorded="retention_low" in c)
+    return (retention_words(c.get("retention"), c.get("retention_low"), c.get("retention_high"), c.get("exact"),
+                            c.get("starts"), recorded="retention_low" in c, missing="-")
             + f" ({c.get('episodes')} episodes, {_pairs(c.get('distinct_pairs'))})")
 
 
@@ -642,12 +609,6 @@ def _best_retention(row: Mapping[str, Any]) -> str:
     if row.get("best_exact"):
         return f"{row['best_retention']:.3f} {_starts(row.get('starts'))}"
     return f"{row['best_retention']:.3f} ({_pairs(row.get('best_distinct_pairs'))})"
-
-
-def _spread_text(stats: Mapping[str, Any] | None) -> str:
-    if not stats or stats.get("median") is None:
-        return "n/a"
-    return f"{stats['median']:g} ({stats['min']}-{stats['max']})"
 
 
 def _played_text(row: Mapping[str, Any]) -> str:
@@ -692,8 +653,8 @@ def network_markdown(key: str, data: Mapping[str, Any], png: str | None) -> str:
     lines = [f"### {data['title']}", "", settings, "", episodes, ""]
     if "latency_ratio" in ort:
         agreement = (ort.get("fidelity") or {}).get("action_agreement")
-        retention = _retention_text(ort["retention"], ort.get("retention_low"), ort.get("retention_high"),
-                                    ort.get("exact"), ref.get("starts"), recorded="retention_low" in ort)
+        retention = retention_words(ort["retention"], ort.get("retention_low"), ort.get("retention_high"),
+                                    ort.get("exact"), ref.get("starts"), recorded="retention_low" in ort, missing="-")
         point = (f"onnxruntime uniform static int8 (reference point, measured at set-up on the reference seeds): "
                  f"latency ratio {ort['latency_ratio']:.3f}, retention {retention} "
                  f"({_pairs(ort.get('distinct_pairs'))}; reward {_fmt(ort.get('reward'), 2)}), size ratio "

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import time
@@ -49,6 +48,8 @@ from common import (  # noqa: E402
     quiet,
     rel,
 )
+from common import exact_words as _starts, finite as _finite, pairs_words as _pairs  # noqa: E402
+from common import protocol_words as _protocol, retention_words as _retention, spread_words as _spread  # noqa: E402
 
 DEFAULT_WORK = REPO / "benchmarks" / "scratch" / "throughput"
 NETWORKS: dict[str, dict[str, Any]] = {
@@ -62,11 +63,6 @@ PHASES = ("compress", "measure", "fidelity", "proxy")
 
 def _median(values: list[float]) -> float | None:
     return float(np.median(values)) if values else None
-
-
-def _finite(value: Any) -> float | None:
-    """A float for the JSON, None where it is missing or not finite (an interval that is not defined)."""
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def _played_figure(res: Any, key: str) -> Any:
@@ -236,40 +232,6 @@ def _f(value: Any, digits: int = 3) -> str:
 
 
 # Results written before the protocol and distinct games were recorded lack their keys: "n/a".
-
-
-def _spread(stats: dict[str, Any] | None) -> str:
-    """Median (range) of a per-trial count, "n/a" where not recorded."""
-    if not stats or stats.get("median") is None:
-        return "n/a"
-    return f"{stats['median']:g} ({stats['min']}-{stats['max']})"
-
-
-def _pairs(pairs: Any) -> str:
-    return f"{pairs} distinct pairs" if pairs is not None else "distinct pairs n/a"
-
-
-def _protocol(net: dict[str, Any]) -> str:
-    """The run's episode protocol, as ``Protocol.name`` words it (no sticky actions said outright)."""
-    name = net.get("protocol")
-    if name is None:
-        return "n/a"
-    return name + (", no sticky actions" if net.get("starts") is not None and not net.get("sticky_actions") else "")
-
-
-def _starts(starts: Any) -> str:
-    return f"exact over the {starts} starts" if starts is not None else "exact over the protocol's starts"
-
-
-def _retention(value: Any, low: Any, high: Any, exact: Any, starts: Any, *, recorded: bool) -> str:
-    """A retention with its 95 % interval, or "exact over the N starts" where every start was played."""
-    if value is None:
-        return "n/a"
-    if exact:
-        return f"{value:.3f} {_starts(starts)}"
-    if low is not None and high is not None:
-        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
-    return f"{value:.3f} " + ("(no interval)" if recorded else "(interval n/a)")
 
 
 def _confirm_retention(best: dict[str, Any]) -> str:
