@@ -138,6 +138,10 @@ def test_a_cluster_that_refuses_the_driver_is_one_line(cluster: dict[str, str], 
     """A live cluster without this machine's token: one line that says what to check, exit 2."""
     env = {k: v for k, v in cluster.items() if k not in ("address", "RAY_AUTH_TOKEN")}
     env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # the wrong token
+    # ray.init tries the GCS RAY_NUM_REDIS_GET_RETRIES times (default 20), a second apart, and a
+    # wrong token is refused the same way each time: one try gives the same error, 19 s sooner
+    # (Ray's own tests lower it for the same reason).
+    env["RAY_NUM_REDIS_GET_RETRIES"] = "1"
     proc = subprocess.run(
         [sys.executable, "-m", "autoquant", "actorq", "run", "--bundle", str(ppo_bundle), "--env", "CartPole-v1",
          "--steps", "256", "--ray-address", cluster["address"]],
