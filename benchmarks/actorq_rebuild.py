@@ -161,7 +161,7 @@ class PlanClock:
 def open_plan(bundle_dir: Path, learner: dict[str, Any], states: np.ndarray) -> PlanClock:
     """A quantizer for the bundle, its first build, and that build checked against the template."""
     from autoquant.actorq import ActorQuantizer, load_bundle
-    from autoquant.targets import OrtRunner
+    from autoquant.runtimes import OrtRunner
 
     quantizer = ActorQuantizer(load_bundle(bundle_dir))
     start = time.perf_counter()

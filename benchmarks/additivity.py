@@ -48,7 +48,7 @@ def measure(name: str, spec: dict[str, Any], policies: Path, n_plans: int | None
     from autoquant.report import spearman
     from autoquant.agents import layer_choices
     from autoquant.search import load_space
-    from autoquant.targets import OrtRunner
+    from autoquant.runtimes import OrtRunner
 
     bundle = load_policy(policies.joinpath(*spec["path"]), env_id=spec["env"])
     table = analyse(bundle)

@@ -31,9 +31,9 @@ def quiet() -> None:
     logging.getLogger().setLevel(logging.ERROR)
     for name in ("onnxruntime", "brevitas", "torch", "root", "optuna"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    import onnxruntime as ort
+    from autoquant.runtimes import quiet_logs
 
-    ort.set_default_logger_severity(3)
+    quiet_logs()
 
 
 def rel(path: Path) -> str:
@@ -91,24 +91,28 @@ def header(data: dict[str, Any], title: str) -> list[str]:
             + f". Reproduce from the repository root{took}:", "", f"    {data['command']}", ""]
 
 
-def time_window(models: Sequence[tuple[str, bytes]], x: Any, *, calls: int, threads: int = 1) -> list[dict[str, Any]]:
+def time_window(models: Sequence[tuple[str, bytes] | tuple[str, bytes, str]], x: Any, *, calls: int,
+                threads: int = 1) -> list[dict[str, Any]]:
     """Every model timed interleaved in ONE window on the host (50 warm-up calls, ``calls``
     timed in blocks of 20, batch ``x``): p10 and median, and their ratios to the first model,
-    with the protocol and the onnxruntime session options they ran with."""
+    with the protocol and the session options they ran with. A model is (label, ONNX) for
+    onnxruntime, or (label, ONNX, runtime name)."""
     import numpy as np
 
-    from autoquant.targets import MeasureProtocol, make_session, session_options, time_interleaved
+    from autoquant.runtimes import get_runtime
+    from autoquant.targets import MeasureProtocol, time_interleaved
 
     protocol = MeasureProtocol(warmup=50, calls=calls, block=20, statistic="p10")
-    sessions = [make_session(onnx, threads=threads) for _, onnx in models]
-    times = time_interleaved(sessions, x, protocol)
+    runtimes = [get_runtime(m[2] if len(m) > 2 else "onnxruntime") for m in models]  # type: ignore[misc]
+    sessions = [rt.session(rt.compile(m[1]), threads=threads) for rt, m in zip(runtimes, models)]
+    times = time_interleaved([s.bind(x) for s in sessions], protocol)
     ref_p10, ref_median = float(np.percentile(times[0], 10)), float(np.median(times[0]))
     out = []
-    for (label, _), t in zip(models, times):
+    for model, rt, t in zip(models, runtimes, times):
         p10, median = float(np.percentile(t, 10)), float(np.median(t))
-        out.append({"label": label, "p10_ms": p10 * 1e3, "median_ms": median * 1e3, "ratio_p10": p10 / ref_p10,
-                    "ratio_median": median / ref_median, "protocol": {**protocol.to_json(), "threads": threads},
-                    "session": session_options(threads)})
+        out.append({"label": model[0], "runtime": rt.name, "p10_ms": p10 * 1e3, "median_ms": median * 1e3,
+                    "ratio_p10": p10 / ref_p10, "ratio_median": median / ref_median,
+                    "protocol": {**protocol.to_json(), "threads": threads}, "session": rt.session_options(threads)})
     return out
 
 

@@ -194,7 +194,8 @@ def target_stage(target: str, run: Any, refs: Mapping[str, Any], int8: bytes, wo
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
-    from autoquant.compress import CompressionPlan, onnxruntime_uniform_int8
+    from autoquant.compress import CompressionPlan
+    from autoquant.runtimes import onnxruntime_uniform_int8
     from autoquant.search import load_run
 
     work = args.work

@@ -168,7 +168,7 @@ def build_variants(network: Network, policies: Path, n_states: int) -> tuple[lis
     from autoquant.errors import KernelMismatchError
     from autoquant.evaluate import record_states
     from autoquant.policy import analyse, load_policy
-    from autoquant.targets import OrtRunner, kernel_report, make_session
+    from autoquant.runtimes import OrtRunner, kernel_report, make_session
 
     bundle = load_policy(policies / network.path, env_id=network.env_id)
     table = analyse(bundle)
@@ -218,7 +218,7 @@ def build_variants(network: Network, policies: Path, n_states: int) -> tuple[lis
         ort_int8.error = "no fp32 export to quantize"
     else:
         try:
-            from autoquant.compress import onnxruntime_uniform_int8
+            from autoquant.runtimes import onnxruntime_uniform_int8
 
             model = onnxruntime_uniform_int8(reference, calib)
             ort_int8.notes.append("quant_pre_process applied (autoquant.compress.onnxruntime_uniform_int8)")
@@ -256,7 +256,11 @@ def time_variants(variants: list[Variant], x: np.ndarray, protocol: Any) -> None
 
     runnable = [v for v in variants if v.error is None and v.session is not None]
     with torch.inference_mode():
-        times = time_interleaved([v.session for v in runnable], x, protocol)
+        calls = []
+        for v in runnable:
+            feed = {v.session.get_inputs()[0].name: np.ascontiguousarray(x[:1], dtype=np.float32)}
+            calls.append(lambda run=v.session.run, feed=feed: run(None, feed))
+        times = time_interleaved(calls, protocol)
     for variant, t in zip(runnable, times):
         variant.times = t
 

@@ -114,7 +114,7 @@ def measure(name: str, spec: dict[str, Any], policies: Path, n_plans: int | None
     )
     from autoquant.policy import analyse, is_atari, load_policy, make_env, resolve_protocol
     from autoquant.search import load_space
-    from autoquant.targets import OrtRunner
+    from autoquant.runtimes import OrtRunner
 
     path = policies.joinpath(*spec["path"])
     bundle = load_policy(path, env_id=spec["env"])

@@ -544,7 +544,8 @@ def window_check(runs: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], hea
     """fp32, onnxruntime's uniform int8 and every search's best plan (confirmed one, else the
     search-time best) timed interleaved in ONE window on the target's thread count: the only
     latency ratios here that were all measured at the same time."""
-    from autoquant.compress import CompressionPlan, onnxruntime_uniform_int8
+    from autoquant.compress import CompressionPlan
+    from autoquant.runtimes import onnxruntime_uniform_int8
 
     first = next(iter(runs.values()))
     threads = int(first.info.target.facts.get("threads") or 1)

@@ -79,6 +79,17 @@ def pong_states(pong):  # type: ignore[no-untyped-def]
     return record_states(pong, n=128, seed=0, n_envs=2)
 
 
+@pytest.fixture(scope="session")
+def emulation() -> None:
+    """Prepared once (cached): CI runs as root and installs qemu-user; elsewhere it
+    must be installed already, or these tests skip saying so."""
+    proc = cli_main("targets", "--setup-emulation")
+    if proc.returncode != 0:
+        if "not root" in proc.stderr and os.geteuid() != 0:
+            pytest.skip("qemu-user is not installed and this is not root: " + proc.stderr.strip())
+        pytest.fail(proc.stderr)
+
+
 # A real search problem on the zoo's CartPole DQN, shared by the search and agent tests.
 @pytest.fixture(scope="session")
 def cartpole_problem(cartpole_dqn):  # type: ignore[no-untyped-def]

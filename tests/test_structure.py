@@ -12,16 +12,20 @@ PACKAGE = ROOT / "autoquant"
 # Rooms and the rooms each may import (besides the top-level helpers: errors, _io, _version, ...).
 ALLOWED = {
     "policy": set(),
-    "targets": set(),
+    "runtimes": set(),
+    "targets": {"runtimes"},
     "report": set(),
-    "compress": {"policy", "targets"},
-    "evaluate": {"compress", "policy", "targets"},
-    "search": {"evaluate", "compress", "policy", "targets", "report"},
-    "agents": {"search", "evaluate", "compress", "policy", "targets"},
-    "actorq": {"evaluate", "compress", "policy", "targets"},
-    "export": {"search", "actorq", "evaluate", "compress", "policy", "targets"},
-    "cli": {"export", "agents", "search", "actorq", "evaluate", "compress", "policy", "targets", "report"},
+    "compress": {"policy", "targets", "runtimes"},
+    "evaluate": {"compress", "policy", "targets", "runtimes"},
+    "search": {"evaluate", "compress", "policy", "targets", "report", "runtimes"},
+    "agents": {"search", "evaluate", "compress", "policy", "targets", "runtimes"},
+    "actorq": {"evaluate", "compress", "policy", "targets", "runtimes"},
+    "export": {"search", "actorq", "evaluate", "compress", "policy", "targets", "runtimes"},
+    "cli": {"export", "agents", "search", "actorq", "evaluate", "compress", "policy", "targets", "report",
+            "runtimes"},
 }
+# The libraries of the execution engines: imported by the runtimes' room alone.
+RUNTIME_LIBRARIES = ("onnxruntime", "ai_edge_litert", "tflite_runtime")
 
 
 def _module_name(path: Path) -> str:
@@ -122,3 +126,18 @@ def test_nobody_imports_another_packages_private_modules() -> None:
             if not (name == owner or name.startswith((owner + ".", mirror + "."))):
                 wrong.append(f"{path.relative_to(ROOT)} -> {module}")
     assert not wrong, f"private modules reached from outside their package: {wrong}"
+
+
+def test_only_the_runtimes_room_imports_an_execution_engine() -> None:
+    """onnxruntime and LiteRT sit behind ``autoquant.runtimes``: targets, the search, the
+    evaluation and ActorQ reach them through its sessions, never by importing them."""
+    wrong = []
+    for name, path in _package_modules().items():
+        if name.startswith("autoquant.runtimes"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            wrong += [f"{name} imports {m}" for m in modules if m.split(".")[0] in RUNTIME_LIBRARIES]
+    assert not wrong, wrong

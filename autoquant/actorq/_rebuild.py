@@ -95,12 +95,12 @@ class Rebuilder:
     # --- the two paths ----------------------------------------------------------------------
 
     def _plain_session(self, arrays: Mapping[str, np.ndarray]) -> Any:
-        from autoquant.targets import make_session
+        from autoquant.runtimes import make_session
 
         return make_session(self.graph, threads=self.threads, initializers=arrays)
 
     def _preoptimized_session(self, arrays: Mapping[str, np.ndarray]) -> Any:
-        from autoquant.targets import make_session
+        from autoquant.runtimes import make_session
 
         assert self._optimized is not None
         return make_session(self._optimized, threads=self.threads, optimize=False,
@@ -141,7 +141,7 @@ class Rebuilder:
         """Make the pre-optimized graph and check it; None when it can be used, else why not."""
         import onnx
 
-        from autoquant.targets import make_session
+        from autoquant.runtimes import make_session
 
         with tempfile.TemporaryDirectory(prefix="autoquant-rebuild-") as tmp:
             path = Path(tmp) / "optimized.onnx"

@@ -72,7 +72,7 @@ def surrogate_of(name: str, family: str, bundle: Any, states: np.ndarray, held: 
     from autoquant.agents._latency import LatencyModel
     from autoquant.search import load_space
     from autoquant.agents._surrogate import sensitivities
-    from autoquant.targets import OrtRunner
+    from autoquant.runtimes import OrtRunner
 
     start = time.perf_counter()
     table = analyse(bundle)

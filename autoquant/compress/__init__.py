@@ -8,7 +8,6 @@ from autoquant.compress._build import ActivationCache, BuiltGraph, QuantizedLaye
 from autoquant.compress._compress import CompressedPolicy, compress, export_reference, weight_bytes
 from autoquant.compress._to_onnx import export_onnx, onnx_metadata
 from autoquant.compress._finetune import FinetuneResult, distill
-from autoquant.compress._ort_static import onnxruntime_uniform_int8
 from autoquant.compress._plan import ACT_BITS, FLOAT, INT_ACT_BITS, WEIGHT_BITS, CompressionPlan, LayerSpec
 from autoquant.compress._prune import kept_count, prune
 from autoquant.compress._recipe import (
@@ -46,7 +45,6 @@ __all__ = [
     "export_reference",
     "kept_count",
     "onnx_metadata",
-    "onnxruntime_uniform_int8",
     "prune",
     "recipe_graph",
     "weight_bytes",

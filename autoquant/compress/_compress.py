@@ -214,7 +214,7 @@ def _onnx_metadata(bundle: PolicyBundle, plan: CompressionPlan | None) -> dict[s
 
 
 def _verify_kernels(compressed: CompressedPolicy, plan: CompressionPlan, states: np.ndarray) -> None:
-    from autoquant.targets import kernel_report
+    from autoquant.runtimes import kernel_report
 
     compressed.kernels = kernel_report(compressed.onnx, states[:1], compressed.table.names)
     wanted = [name for name, spec in plan.layers.items() if spec.integer]

@@ -13,7 +13,7 @@ from autoquant.evaluate._states import StateSet, dagger_visitor, record_states
 from autoquant.policy import PolicyBundle, Protocol, resolve_protocol
 from autoquant.policy import analyse
 from autoquant.targets import Target
-from autoquant.targets import KernelReport, OrtRunner, kernel_report
+from autoquant.runtimes import KernelReport, OrtRunner, kernel_report
 
 __all__ = ["Evaluation", "episode_seeds", "evaluate", "onnx_actor"]
 

@@ -16,7 +16,7 @@ import numpy as np
 from autoquant.errors import AutoquantError
 from autoquant.policy import PolicyBundle
 from autoquant.policy import make_env
-from autoquant.targets import OrtRunner
+from autoquant.runtimes import OrtRunner
 
 __all__ = ["StateSet", "dagger_visitor", "record_states"]
 

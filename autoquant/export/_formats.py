@@ -117,7 +117,7 @@ def export_actorq(run: Run, number: int, plan: Any, out: Path) -> dict[str, Any]
     """An ActorQ bundle: the recipe quantized actors apply to each broadcast of learner weights."""
     from autoquant.actorq import target_entry, write_bundle
     from autoquant.evaluate import fidelity
-    from autoquant.targets import OrtRunner
+    from autoquant.runtimes import OrtRunner
 
     if run.fine_tuned(plan) is not None:
         raise UsageError(f"trial {number} was fine-tuned: ActorQ actors rebuild each broadcast from the learner's "

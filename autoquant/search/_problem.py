@@ -43,7 +43,8 @@ from autoquant.evaluate import (EpisodeStats, RetentionTest, dagger_visitor, fid
                                 play_episodes, visited_states)
 from autoquant.policy import LayerTable, PolicyBundle, make_env
 from autoquant.search._record import TrialResult
-from autoquant.targets import OrtRunner, Target
+from autoquant.targets import Target
+from autoquant.runtimes import OrtRunner
 
 __all__ = ["MODES", "ProblemSettings", "SearchProblem", "fidelity_score", "plan_key"]
 

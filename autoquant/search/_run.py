@@ -34,7 +34,8 @@ import numpy as np
 from autoquant._io import atomic_write, check_output_folder, sha256_file, write_json
 from autoquant._untrusted import read_file_in, short_repr
 from autoquant._version import __version__
-from autoquant.compress import CompressionPlan, compress, export_reference, onnxruntime_uniform_int8, weight_bytes
+from autoquant.compress import CompressionPlan, compress, export_reference, weight_bytes
+from autoquant.runtimes import onnxruntime_uniform_int8
 from autoquant.errors import DeviceUnreachable, UsageError, describe_exception
 from autoquant.evaluate import (
     HELD_OUT_SEED_OFFSET,
@@ -82,7 +83,8 @@ from autoquant.search._study import (
     open_study,
     trial_records,
 )
-from autoquant.targets import OrtRunner, Target, get_target, target_fingerprint
+from autoquant.targets import Target, get_target, target_fingerprint
+from autoquant.runtimes import OrtRunner
 
 __all__ = ["Run", "load_run", "start_run"]
 

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 from autoquant.targets._base import LatencyResult, MeasureProtocol, Target, host_facts, target_fingerprint
 from autoquant.targets._host import HostTarget, time_interleaved
-from autoquant.targets._ort import KernelReport, OrtRunner, kernel_report, make_session, session_options
 from autoquant.targets._registry import TargetSpec, available_targets, find_target_spec, get_target, load_target_spec
 
 if TYPE_CHECKING:
@@ -28,10 +27,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DeviceLimits",
     "HostTarget",
-    "KernelReport",
     "LatencyResult",
     "MeasureProtocol",
-    "OrtRunner",
     "Target",
     "TargetSpec",
     "available_targets",
@@ -39,11 +36,8 @@ __all__ = [
     "get_target",
     "host_facts",
     "target_fingerprint",
-    "kernel_report",
     "load_target_spec",
-    "make_session",
     "serve",
-    "session_options",
     "setup_emulation",
     "time_interleaved",
 ]

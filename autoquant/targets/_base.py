@@ -101,7 +101,9 @@ def target_fingerprint(target: Target) -> str:
     """What makes two targets' latencies comparable: name, CPU, runtime version, threads (the
     key of a latency model measured on it)."""
     facts = target.facts()
-    return f"{target.name}|{facts.get('cpu')}|{facts.get('onnxruntime')}|{facts.get('threads')}"
+    runtime = facts.get("runtime", "onnxruntime")
+    engine = facts.get("onnxruntime") if runtime == "onnxruntime" else f"{runtime} {facts.get(runtime)}"
+    return f"{target.name}|{facts.get('cpu')}|{engine}|{facts.get('threads')}"
 
 
 def _cpu_model() -> str:
@@ -115,14 +117,16 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def host_facts(threads: int) -> dict[str, Any]:
-    import onnxruntime as ort
+def host_facts(threads: int, runtime: str = "onnxruntime") -> dict[str, Any]:
+    """This machine, and the version of the runtime that measures on it."""
+    from autoquant.runtimes import get_runtime
 
     return {
         "cpu": _cpu_model(),
         "machine": platform.machine(),
         "cores": os.cpu_count(),
         "threads": threads,
-        "onnxruntime": ort.__version__,
+        "runtime": runtime,
+        runtime: get_runtime(runtime).version(),
         "python": platform.python_version(),
     }

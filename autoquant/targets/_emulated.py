@@ -1,5 +1,5 @@
-"""Emulated Arm: the aarch64 build of onnxruntime under qemu user-mode emulation on
-this x86 machine, for a board one does not have.
+"""Emulated Arm: the aarch64 build of a runtime (onnxruntime, or LiteRT with XNNPACK)
+under qemu user-mode emulation on this x86 machine, for a board one does not have.
 
 Wall time under emulation means nothing (100-250x slower), so the cost figure is the
 number of guest instructions per inference, counted by a TCG plugin: deterministic
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from autoquant.errors import TargetError
+from autoquant.runtimes import guest_script
 from autoquant.targets._base import LatencyResult
-from autoquant.targets._ort import session_options
 
 __all__ = ["EmulatedTarget", "emulation_dir", "setup_emulation"]
 
@@ -57,13 +57,17 @@ def setup_emulation(cpus: list[str], *, log: Any = None) -> Path:
 
 
 class EmulatedTarget:
-    """onnxruntime (aarch64) under qemu-aarch64 ``-cpu CPU``; cost = instructions."""
+    """A runtime's aarch64 build under qemu-aarch64 ``-cpu CPU``; cost = instructions."""
 
     emulated = True  # its numerics cost seconds a batch: the search's sensitivities use the host's
 
-    def __init__(self, name: str, cpu: str, *, runs: int = 20, warmup: int = 3) -> None:
+    def __init__(self, name: str, cpu: str, *, runs: int = 20, warmup: int = 3,
+                 runtime: str = "onnxruntime") -> None:
+        from autoquant.runtimes import get_runtime
+
         self.name = name
         self.cpu = cpu
+        self.runtime = get_runtime(runtime)  # compiles on the host; the guest runs its aarch64 build
         self.runs = runs
         self.warmup = warmup
         self.root = emulation_dir()
@@ -74,6 +78,10 @@ class EmulatedTarget:
                 f"target {name!r} emulates a {cpu} and its root filesystem is not prepared: run "
                 f"'autoquant targets --setup-emulation' (about a minute; installs qemu-user as root)")
         self.plugin = plugin
+        if self.runtime.name != "onnxruntime" and not self._guest_package():
+            raise TargetError(
+                f"target {name!r} runs {self.runtime.name} and the emulated root filesystem lacks it: with "
+                f"{self.runtime.name} installed on this machine, run 'autoquant targets --setup-emulation' again")
         self._counts: dict[str, float] = {}
         self._facts: dict[str, Any] | None = None
 
@@ -85,21 +93,23 @@ class EmulatedTarget:
                 cmd += ["-E", f"{key}={value}"]
             if count:
                 cmd += ["-plugin", str(self.plugin), "-d", "plugin", "-D", log]
-            cmd += [str(self.machine / "usr" / "bin" / "python3.11"), str(HERE / "guest.py"), *args]
+            cmd += [str(self.machine / "usr" / "bin" / "python3.11"), guest_script(), *args,
+                    "--runtime", self.runtime.name]
             proc = subprocess.run(cmd, capture_output=True, text=True, env={"PATH": os.environ.get("PATH", "")},
                                   timeout=1800)
             if proc.returncode != 0:
                 tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-                raise TargetError(f"emulated onnxruntime on {self.cpu} failed: {tail}")
+                raise TargetError(f"emulated {self.runtime.name} on {self.cpu} failed: {tail}")
             return Path(log).read_text() if count else ""
 
     def instructions(self, model: bytes, x: np.ndarray) -> float:
-        """Guest instructions per inference of ``model`` at batch 1 (cached by model)."""
+        """Guest instructions per inference of ``model`` (ONNX) at batch 1 (cached by model)."""
         key = hashlib.sha256(model).hexdigest()
         if key not in self._counts:
+            compiled = self.runtime.compile(model)
             with tempfile.TemporaryDirectory() as tmp:
-                path, inputs = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "x.npy")
-                Path(path).write_bytes(model)
+                path, inputs = os.path.join(tmp, "model" + self.runtime.suffix), os.path.join(tmp, "x.npy")
+                Path(path).write_bytes(compiled)
                 np.save(inputs, np.ascontiguousarray(x[:1], dtype=np.float32))
                 log = self._guest([path, "--input", inputs, "--runs", str(self.runs), "--warmup",
                                    str(self.warmup), "--mark"], count=True)
@@ -120,28 +130,43 @@ class EmulatedTarget:
             target=self.name, unit="instructions", candidate={"instructions": cand},
             reference=None if ref is None else {"instructions": ref}, statistic="instructions",
             calls=self.runs, facts={**self.facts(), "where": f"emulated {self.cpu} (qemu user mode)",
-                                     "session": {**session_options(1), "allow_spinning": 0}})
+                                     "session": self._session_options()})
+
+    def _session_options(self) -> dict[str, Any]:
+        options = self.runtime.session_options(1)
+        return {**options, "allow_spinning": 0} if self.runtime.name == "onnxruntime" else options
 
     def infer(self, model: bytes, x: np.ndarray) -> np.ndarray:
-        """Outputs computed by the aarch64 onnxruntime (Arm numerics)."""
+        """Outputs computed by the runtime's aarch64 build (Arm numerics) for ``model`` (ONNX)."""
         with tempfile.TemporaryDirectory() as tmp:
-            path, inputs, out = (os.path.join(tmp, f) for f in ("model.onnx", "x.npy", "out.npy"))
-            Path(path).write_bytes(model)
+            path, inputs, out = (os.path.join(tmp, f) for f in ("model" + self.runtime.suffix, "x.npy", "out.npy"))
+            Path(path).write_bytes(self.runtime.compile(model))
             np.save(inputs, np.ascontiguousarray(x, dtype=np.float32))
             self._guest([path, "--input", inputs, "--warmup", "0", "--save", out], count=False)
             return np.load(out, allow_pickle=False)
+
+    def _site(self) -> Path:
+        return self.root / "rootfs" / "usr" / "lib" / "python3" / "dist-packages"
+
+    def _guest_package(self, runtime: str | None = None) -> str | None:
+        """The version of a runtime's wheel in the emulated root filesystem (default: this
+        target's runtime)."""
+        name = runtime or self.runtime.name
+        prefix = {"onnxruntime": "onnxruntime", "litert": "ai_edge_litert"}.get(name, name)
+        found = sorted(p.name for p in self._site().glob(f"{prefix}-*.dist-info"))
+        return found[0][len(prefix) + 1:].removesuffix(".dist-info") if found else None
 
     def facts(self) -> dict[str, Any]:
         if self._facts is None:
             cpuinfo = (self.machine / "proc" / "cpuinfo").read_text()
             features = re.search(r"^Features\s*:\s*(.*)$", cpuinfo, re.M)
-            site = self.root / "rootfs" / "usr" / "lib" / "python3" / "dist-packages"
-            ort = sorted(p.name for p in site.glob("onnxruntime-*.dist-info"))
             qemu = subprocess.run(["qemu-aarch64", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
             self._facts = {
                 "cpu": f"{self.cpu} (emulated)", "features": features.group(1) if features else "",
                 "machine": "aarch64", "cores": 1, "threads": 1, "emulated": True,
-                "onnxruntime": ort[0].split("-")[1] if ort else None, "qemu": qemu,
+                "onnxruntime": self._guest_package("onnxruntime"), "qemu": qemu,
+                **({"runtime": self.runtime.name, self.runtime.name: self._guest_package()}
+                   if self.runtime.name != "onnxruntime" else {}),
                 "cost": "guest instructions per inference (batch 1)",
             }
         return self._facts

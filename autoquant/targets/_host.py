@@ -1,38 +1,38 @@
-"""The local target: onnxruntime on this machine's CPU."""
+"""The local target: one runtime (onnxruntime or LiteRT) on this machine's CPU."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from autoquant.targets._base import LatencyResult, MeasureProtocol, host_facts
-from autoquant.targets._ort import make_session, session_options
 
 __all__ = ["HostTarget", "time_interleaved"]
 
 
-def time_interleaved(sessions: list[Any], x: np.ndarray, protocol: MeasureProtocol) -> list[np.ndarray]:
-    """Per-call seconds of each session, run in alternating blocks in one window.
+def time_interleaved(calls: list[Callable[[], object]], protocol: MeasureProtocol) -> list[np.ndarray]:
+    """Per-call seconds of each bound inference (a runtime session's ``bind``), run in
+    alternating blocks in one window.
 
     Blocks rotate (A B, then B A, ...) so no model always runs right after the other.
     """
-    feeds = [{s.get_inputs()[0].name: np.ascontiguousarray(x[:1], dtype=np.float32)} for s in sessions]
-    for session, feed in zip(sessions, feeds):
+    for call in calls:
         for _ in range(protocol.warmup):
-            session.run(None, feed)
-    times = [np.empty(protocol.calls) for _ in sessions]
+            call()
+    times = [np.empty(protocol.calls) for _ in calls]
     done = 0
-    order = list(range(len(sessions)))
+    order = list(range(len(calls)))
     clock = time.perf_counter
     while done < protocol.calls:
         n = min(protocol.block, protocol.calls - done)
         for k in order:
-            run, feed, out = sessions[k].run, feeds[k], times[k]
+            run, out = calls[k], times[k]
             for i in range(done, done + n):
                 start = clock()
-                run(None, feed)
+                run()
                 out[i] = clock() - start
         order.reverse()
         done += n
@@ -40,24 +40,27 @@ def time_interleaved(sessions: list[Any], x: np.ndarray, protocol: MeasureProtoc
 
 
 class HostTarget:
-    """onnxruntime on this machine's CPU, with a fixed thread count."""
+    """A runtime on this machine's CPU, with a fixed thread count."""
 
-    def __init__(self, name: str = "host", *, threads: int = 1,
-                 protocol: MeasureProtocol | None = None) -> None:
+    def __init__(self, name: str = "host", *, threads: int = 1, protocol: MeasureProtocol | None = None,
+                 runtime: str = "onnxruntime") -> None:
+        from autoquant.runtimes import get_runtime
+
         self.name = name
         self.threads = threads
         self.protocol = protocol or MeasureProtocol()
+        self.runtime = get_runtime(runtime)
 
     def facts(self) -> dict[str, Any]:
-        return host_facts(self.threads)
+        return host_facts(self.threads, self.runtime.name)
 
     def measure(self, candidate: bytes, reference: bytes | None, x: np.ndarray) -> LatencyResult:
-        sessions = [make_session(candidate, threads=self.threads)]
-        if reference is not None:
-            sessions.append(make_session(reference, threads=self.threads))
-        times = time_interleaved(sessions, x, self.protocol)
+        rt = self.runtime
+        models = [candidate] if reference is None else [candidate, reference]
+        sessions = [rt.session(rt.compile(m), threads=self.threads) for m in models]
+        times = time_interleaved([s.bind(x) for s in sessions], self.protocol)
         return LatencyResult.from_times(
             target=self.name, candidate=times[0], reference=times[1] if reference is not None else None,
             statistic=self.protocol.statistic,
-            facts={**self.facts(), "protocol": self.protocol.to_json(), "session": session_options(self.threads)},
+            facts={**self.facts(), "protocol": self.protocol.to_json(), "session": rt.session_options(self.threads)},
         )

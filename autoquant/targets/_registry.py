@@ -55,7 +55,7 @@ def register_reach(reach: str) -> Callable[[Callable[[TargetSpec], Target]], Cal
 def _local(spec: TargetSpec) -> Target:
     from autoquant.targets._host import HostTarget
 
-    return HostTarget(spec.name, threads=spec.threads, protocol=spec.protocol)
+    return HostTarget(spec.name, threads=spec.threads, protocol=spec.protocol, runtime=spec.runtime)
 
 
 @register_reach("remote")
@@ -80,7 +80,8 @@ def _emulated(spec: TargetSpec) -> Target:
 
     if not spec.emulated_cpu:
         raise TargetError(f"target {spec.name!r} is emulated but names no emulated_cpu (e.g. \"cortex-a72\")")
-    return EmulatedTarget(spec.name, spec.emulated_cpu, runs=spec.protocol.calls, warmup=spec.protocol.warmup)
+    return EmulatedTarget(spec.name, spec.emulated_cpu, runs=spec.protocol.calls, warmup=spec.protocol.warmup,
+                          runtime=spec.runtime)
 
 
 _KEYS = {"name", "description", "reach", "runtime", "threads", "accelerated_precisions", "cost_unit", "protocol",

@@ -103,7 +103,7 @@ def _read(path: str) -> str | None:
 
 def device_facts() -> dict[str, Any]:
     """CPU model and features, cores, frequency governor, onnxruntime version."""
-    import onnxruntime as ort
+    from autoquant.runtimes import get_runtime
 
     cpu, features = platform.processor() or platform.machine(), ""
     info = _read("/proc/cpuinfo") or ""
@@ -117,7 +117,7 @@ def device_facts() -> dict[str, Any]:
     return {
         "cpu": cpu, "features": features, "machine": platform.machine(), "cores": os.cpu_count(),
         "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-        "onnxruntime": ort.__version__, "python": platform.python_version(), "system": platform.system(),
+        "onnxruntime": get_runtime("onnxruntime").version(), "python": platform.python_version(), "system": platform.system(),
     }
 
 
@@ -166,28 +166,27 @@ def _job(kind: str, header: dict[str, Any], blobs: dict[str, Any], conn: Any, ca
                    "there): send a smaller batch or model")
     out: dict[str, Any] = {}
     try:
-        import onnxruntime  # noqa: F401 - mapped before the cap, which counts only the job
-
+        from autoquant.runtimes import get_runtime, kernel_report
         from autoquant.targets._base import MeasureProtocol
         from autoquant.targets._host import time_interleaved
-        from autoquant.targets._ort import kernel_report, make_session
+
+        runtime = get_runtime("onnxruntime")  # its library mapped before the cap, which counts only the job
 
         if caps.get("mechanism"):
             _cap_memory(max_job)
         threads = int(header.get("threads", 1))
         x = blobs["x"]
         if kind == "infer":
-            session = make_session(blobs["model"], threads=threads)
-            name = session.get_inputs()[0].name
-            outs = [session.run(None, {name: x[i:i + 256]})[0] for i in range(0, len(x), 256)]
+            session = runtime.session(blobs["model"], threads=threads)
+            outs = [session.run(x[i:i + 256]) for i in range(0, len(x), 256)]
             result: dict[str, Any] = {}
             out = {"out": np.concatenate(outs).astype(np.float32)}
         else:
             protocol = MeasureProtocol(**header["protocol"])
-            sessions = [make_session(blobs["model"], threads=threads)]
+            sessions = [runtime.session(blobs["model"], threads=threads)]
             if "reference" in blobs:
-                sessions.append(make_session(blobs["reference"], threads=threads))
-            times = time_interleaved(sessions, x, protocol)
+                sessions.append(runtime.session(blobs["reference"], threads=threads))
+            times = time_interleaved([s.bind(x) for s in sessions], protocol)
 
             def stats(t: np.ndarray) -> dict[str, float]:
                 ms = t * 1e3

@@ -131,7 +131,7 @@ def test_cartpole_rebuild_reproduces_the_exported_plan(cartpole_export: dict[str
                                                        cartpole_dqn_path: Path) -> None:
     from autoquant.actorq import ActorQuantizer
     from autoquant.evaluate import StateSet
-    from autoquant.targets import OrtRunner
+    from autoquant.runtimes import OrtRunner
 
     quantizer = ActorQuantizer(cartpole_export["out"])
     learner = _state_dict_of_zip(cartpole_dqn_path)  # the SB3 DQN policy.state_dict(), q_net_target too
@@ -239,7 +239,7 @@ def pong_bundle(pong, pong_states, tmp_path_factory: pytest.TempPathFactory):  #
 @pytest.mark.slow
 def test_pong_rebuild_reproduces_the_plan_across_flatten(pong_bundle, pong_states, pong_pt_path: Path) -> None:  # type: ignore[no-untyped-def]
     from autoquant.actorq import ActorQuantizer
-    from autoquant.targets import OrtRunner
+    from autoquant.runtimes import OrtRunner
 
     compressed, bundle = pong_bundle
     fc1 = next(r for r in bundle.layers if r.name == "fc1")
@@ -291,7 +291,7 @@ def test_pong_rebuild_follows_new_learner_weights(pong_bundle, pong, pong_states
     kept channels and activation ranges."""
     from autoquant.actorq import ActorQuantizer
     from autoquant.compress import build_graph
-    from autoquant.targets import OrtRunner
+    from autoquant.runtimes import OrtRunner
 
     compressed, bundle = pong_bundle
     learner = torch.load(pong_pt_path, weights_only=True)
@@ -411,7 +411,7 @@ def test_every_kind_of_layer_rebuilds_bit_exactly(layers, cartpole_dqn, cartpole
                                                   cartpole_states, tmp_path: Path) -> None:
     from autoquant.actorq import ActorQuantizer, write_bundle
     from autoquant.compress import CompressionPlan, LayerSpec, compress
-    from autoquant.targets import OrtRunner
+    from autoquant.runtimes import OrtRunner
 
     plan = CompressionPlan({name: LayerSpec(*spec) for name, spec in layers.items()})
     compressed = compress(cartpole_dqn, plan, cartpole_states.states, rounding="nearest")

@@ -16,7 +16,7 @@ from onnx import numpy_helper
 from autoquant.compress import CompressionPlan, LayerSpec, compress
 from autoquant.compress._compress import _compress_brevitas
 from autoquant.compress._build import build_graph, placement
-from autoquant.targets import OrtRunner
+from autoquant.runtimes import OrtRunner
 
 PONG_PLANS = [
     {"conv1": LayerSpec(8, 8, 0.5), "conv2": LayerSpec(6, 8, 0.25), "conv3": LayerSpec(6, 8),

@@ -8,7 +8,8 @@ import pytest
 from autoquant.compress import CompressionPlan, LayerSpec, compress, export_reference, onnx_metadata
 from autoquant.errors import KernelMismatchError
 from autoquant.policy import analyse
-from autoquant.targets import HostTarget, MeasureProtocol, OrtRunner, kernel_report
+from autoquant.targets import HostTarget, MeasureProtocol
+from autoquant.runtimes import OrtRunner, kernel_report
 
 
 def test_nature_cnn_pruned_int8_runs_int8_and_is_faster(pong, pong_states) -> None:  # type: ignore[no-untyped-def]

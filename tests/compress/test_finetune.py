@@ -10,7 +10,7 @@ from autoquant.compress import CompressionPlan, LayerSpec, compress
 from autoquant.evaluate import (dagger_visitor, episode_seeds, fidelity, onnx_actor, paired_comparison, play_episodes,
                                 random_actor, record_states)
 from autoquant.policy import analyse, load_policy
-from autoquant.targets import OrtRunner
+from autoquant.runtimes import OrtRunner
 from tests.conftest import policy_path
 
 

@@ -20,7 +20,8 @@ import pytest
 from autoquant.compress import CompressionPlan, compress, export_reference
 from autoquant.errors import DeviceUnreachable, TargetError
 from autoquant.policy import analyse
-from autoquant.targets import MeasureProtocol, OrtRunner, get_target
+from autoquant.targets import MeasureProtocol, get_target
+from autoquant.runtimes import OrtRunner
 from autoquant.targets._remote import RemoteTarget
 from autoquant.targets._wire import pack, read_secret, sign_request
 from tests.conftest import ROOT, cli_main, run_cli

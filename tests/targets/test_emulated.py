@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 from autoquant.compress import CompressionPlan, compress, export_reference
 from autoquant.evaluate import fidelity
 from autoquant.policy import analyse
-from autoquant.targets import OrtRunner, get_target
+from autoquant.targets import get_target
+from autoquant.runtimes import OrtRunner
 from tests.conftest import cli_main
-
-
-@pytest.fixture(scope="session")
-def emulation() -> None:
-    """Prepared once (cached): CI runs as root and installs qemu-user; elsewhere it
-    must be installed already, or these tests skip saying so."""
-    proc = cli_main("targets", "--setup-emulation")
-    if proc.returncode != 0:
-        if "not root" in proc.stderr and os.geteuid() != 0:
-            pytest.skip("qemu-user is not installed and this is not root: " + proc.stderr.strip())
-        pytest.fail(proc.stderr)
 
 
 @pytest.fixture(scope="module")

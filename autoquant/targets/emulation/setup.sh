@@ -13,7 +13,7 @@
 # apt-get install qemu-user (and optionally libglib2.0-dev for upstream insn.c).
 #
 # Environment: EMU_DIR (default ~/.cache/autoquant/emulation), ORT_VERSION /
-# NUMPY_VERSION (default: the host's installed versions), CPUS (default below),
+# NUMPY_VERSION / LITERT_VERSION (default: the host's installed versions), CPUS (default below),
 # MIRROR and SECURITY_MIRROR (default: the Debian mirrors this host's apt uses).
 set -euo pipefail
 
@@ -40,6 +40,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 host_py() { python3 "$@"; }
 ORT_VERSION=${ORT_VERSION:-$(host_py -c 'import importlib.metadata as m; print(m.version("onnxruntime"))')}
 NUMPY_VERSION=${NUMPY_VERSION:-$(host_py -c 'import importlib.metadata as m; print(m.version("numpy"))')}
+# LiteRT goes in when the host has it (the litert runtime); empty: onnxruntime only.
+LITERT_VERSION=${LITERT_VERSION-$(host_py -c 'import importlib.metadata as m; print(m.version("ai-edge-litert"))' 2>/dev/null || true)}
 
 t0=$(date +%s)
 step() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
@@ -94,11 +96,11 @@ fi
 
 # --- 3. aarch64 wheels -----------------------------------------------------
 SITE=$ROOT/usr/lib/python3/dist-packages   # on the emulated python's sys.path
+PLAT=(--platform manylinux_2_36_aarch64 --platform manylinux_2_28_aarch64
+      --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64
+      --platform manylinux2014_aarch64)
 if [ ! -e "$SITE/.done-ort-$ORT_VERSION-np-$NUMPY_VERSION" ]; then
     step "wheels onnxruntime==$ORT_VERSION numpy==$NUMPY_VERSION"
-    PLAT=(--platform manylinux_2_36_aarch64 --platform manylinux_2_28_aarch64
-          --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64
-          --platform manylinux2014_aarch64)
     mkdir -p "$EMU_DIR/wheels"
     host_py -m pip download -q -d "$EMU_DIR/wheels" --only-binary=:all: "${PLAT[@]}" \
         --python-version $PYVER --implementation cp --abi cp311 \
@@ -115,6 +117,23 @@ if [ ! -e "$SITE/.done-ort-$ORT_VERSION-np-$NUMPY_VERSION" ]; then
     qemu-aarch64 -L "$ROOT" -cpu cortex-a72 -E PYTHONHASHSEED=0 "$ROOT/usr/bin/python$PYVER" \
         -m compileall -q -j 1 "$ROOT/usr/lib/python$PYVER" "$SITE" >/dev/null
     touch "$SITE/.done-ort-$ORT_VERSION-np-$NUMPY_VERSION"
+fi
+
+# --- 3b. LiteRT (XNNPACK) for the litert runtime, when the host has it ------
+if [ -n "$LITERT_VERSION" ] && [ ! -e "$SITE/.done-litert-$LITERT_VERSION" ]; then
+    step "wheel ai-edge-litert==$LITERT_VERSION"
+    mkdir -p "$EMU_DIR/wheels"
+    host_py -m pip download -q -d "$EMU_DIR/wheels" --only-binary=:all: "${PLAT[@]}" \
+        --python-version $PYVER --implementation cp --abi cp311 \
+        "ai-edge-litert==$LITERT_VERSION" "numpy==$NUMPY_VERSION"
+    host_py -m pip install -q --no-index --find-links "$EMU_DIR/wheels" --target "$SITE" --upgrade \
+        --only-binary=:all: "${PLAT[@]}" --python-version $PYVER --implementation cp \
+        --abi cp311 --no-compile "ai-edge-litert==$LITERT_VERSION" "numpy==$NUMPY_VERSION" \
+        2>&1 | grep -v -E "Running pip as the 'root' user|is ignored" || true
+    rm -rf "$SITE/bin" "$EMU_DIR/wheels"
+    qemu-aarch64 -L "$ROOT" -cpu cortex-a72 -E PYTHONHASHSEED=0 "$ROOT/usr/bin/python$PYVER" \
+        -m compileall -q -j 1 "$SITE" >/dev/null
+    touch "$SITE/.done-litert-$LITERT_VERSION"
 fi
 
 # --- 4. instruction-count plugins -----------------------------------------

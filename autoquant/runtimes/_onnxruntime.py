@@ -1,4 +1,5 @@
-"""onnxruntime sessions: inference, and which kernels actually ran (from the profile)."""
+"""onnxruntime: sessions, which kernels actually ran (from the profile), and its own
+uniform int8 quantization (the reference a user would otherwise pick)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FLOAT_OPS", "INTEGER_OPS", "KernelReport", "OrtRunner", "kernel_report", "make_session"]
+from autoquant.runtimes._base import Runner, register_runtime
+
+__all__ = ["FLOAT_OPS", "INTEGER_OPS", "KernelReport", "OnnxRuntime", "OrtRunner", "OrtSession", "kernel_report",
+           "make_session", "quiet_logs", "session_options"]
 
 # Kernels that compute in integers; with the float ones, the kernels that hold a layer.
 INTEGER_OPS = frozenset({
@@ -66,18 +70,64 @@ def make_session(model: bytes, *, threads: int = 1, profile_prefix: str | None =
     return session
 
 
-class OrtRunner:
-    """Runs an ONNX policy network on batches of prepared observations."""
+def quiet_logs() -> None:
+    """onnxruntime's default logger at errors only (benchmarks print their own tables)."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
+
+
+class OrtSession:
+    """An onnxruntime session behind the runtime boundary's Session."""
 
     def __init__(self, model: bytes, *, threads: int = 1) -> None:
         self.session = make_session(model, threads=threads)
         self.input_name = self.session.get_inputs()[0].name
 
-    def __call__(self, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        outs = [self.session.run(None, {self.input_name: x[i:i + batch_size]})[0]
-                for i in range(0, len(x), batch_size)]
-        return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    def bind(self, x: np.ndarray) -> Any:
+        run, feed = self.session.run, {self.input_name: np.ascontiguousarray(x[:1], dtype=np.float32)}
+
+        def call() -> object:
+            return run(None, feed)[0]
+
+        return call
+
+
+@register_runtime("onnxruntime")
+class OnnxRuntime:
+    name = "onnxruntime"
+    suffix = ".onnx"
+
+    def missing(self) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "pip install onnxruntime"
+        return None
+
+    def version(self) -> str:
+        import onnxruntime as ort
+
+        return str(ort.__version__)
+
+    def compile(self, onnx: bytes) -> bytes:
+        return onnx
+
+    def session(self, model: bytes, *, threads: int = 1) -> OrtSession:
+        return OrtSession(model, threads=threads)
+
+    def session_options(self, threads: int) -> dict[str, Any]:
+        return session_options(threads)
+
+
+class OrtRunner(Runner):
+    """Runs an ONNX policy network on batches of prepared observations with onnxruntime."""
+
+    def __init__(self, model: bytes, *, threads: int = 1) -> None:
+        super().__init__(model, runtime="onnxruntime", threads=threads)
 
 
 @dataclass(frozen=True)
