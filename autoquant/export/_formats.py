@@ -11,7 +11,7 @@ from autoquant._version import __version__
 from autoquant.errors import UsageError
 from autoquant.search import Run
 
-__all__ = ["export_actorq", "export_onnx", "export_torch", "torch_model"]
+__all__ = ["export_actorq", "export_onnx", "export_tflite", "export_torch", "torch_model"]
 
 
 def torch_model(compressed: Any) -> Any:
@@ -62,12 +62,15 @@ def _describe(run: Run, number: int, plan: Any, compressed: Any, model_format: s
 
 def _model_files(run: Run, number: int, plan: Any, out: Path, model_format: str) -> dict[str, Any]:
     tuned = run.fine_tuned(plan)
-    if tuned is not None and model_format != "onnx":
+    if tuned is not None and model_format not in ("onnx", "tflite"):
         raise UsageError(f"trial {number} was fine-tuned and its weights are kept as the ONNX graph it was judged "
-                         "with: export it with --format onnx")
+                         "with: export it with --format onnx or --format tflite")
     compressed = run.compress(plan)
+    extra: dict[str, Any] = {}
     if model_format == "onnx":
         path = atomic_write(out / "policy.onnx", tuned or compressed.onnx, inside=out)
+    elif model_format == "tflite":
+        path, extra = _tflite_file(run, tuned or compressed.onnx, out)
     else:
         import torch
 
@@ -77,13 +80,39 @@ def _model_files(run: Run, number: int, plan: Any, out: Path, model_format: str)
         torch.jit.save(torch.jit.script(torch_model(compressed)), buffer)
         path = atomic_write(out / "policy.pt", buffer.getvalue(), inside=out)
     plan_path = write_json(out / "plan.json", plan.to_json(), inside=out)
-    meta_path = write_json(out / "export.json", _describe(run, number, plan, compressed, model_format), inside=out)
+    meta_path = write_json(out / "export.json", {**_describe(run, number, plan, compressed, model_format), **extra},
+                           inside=out)
     return {"files": [str(path), str(plan_path), str(meta_path)]}
+
+
+def _tflite_file(run: Run, onnx: bytes, out: Path) -> tuple[Path, dict[str, Any]]:
+    """The LiteRT model of the graph, written only after it was run on the run's held-out
+    states and compared with the ONNX graph (the figures go into export.json)."""
+    from autoquant.evaluate import fidelity
+    from autoquant.runtimes import Runner, get_runtime
+
+    try:
+        litert = get_runtime("litert")
+    except Exception as exc:  # noqa: BLE001 - the runtime's own one-line reason
+        raise UsageError(f"--format tflite: {exc}") from None
+    model = litert.compile(onnx)
+    held = run.held_out
+    ours, theirs = Runner(onnx)(held), litert.session(model).run(held)
+    check = {**fidelity(ours, theirs, run.bundle.action),
+             "against": "the same plan's ONNX graph under onnxruntime, on the run's held-out states"}
+    path = atomic_write(out / "policy.tflite", model, inside=out)
+    return path, {"runtime": {"name": litert.name, "version": litert.version(), **litert.session_options(1)},
+                  "tflite_vs_onnx": check}
 
 
 def export_onnx(run: Run, number: int, plan: Any, out: Path) -> dict[str, Any]:
     """The ONNX graph that the search timed and played."""
     return _model_files(run, number, plan, out, "onnx")
+
+
+def export_tflite(run: Run, number: int, plan: Any, out: Path) -> dict[str, Any]:
+    """The plan's graph as a LiteRT model (NHWC input), for LiteRT with XNNPACK."""
+    return _model_files(run, number, plan, out, "tflite")
 
 
 def export_torch(run: Run, number: int, plan: Any, out: Path) -> dict[str, Any]:

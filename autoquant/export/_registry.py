@@ -10,7 +10,7 @@ from typing import Any
 
 from autoquant._io import check_output_folder
 from autoquant.errors import UsageError
-from autoquant.export._formats import export_actorq, export_onnx, export_torch
+from autoquant.export._formats import export_actorq, export_onnx, export_tflite, export_torch
 from autoquant.search import Run
 
 __all__ = ["EXPORTERS", "Exporter", "export_formats", "export_plan", "exporter_help", "register_exporter"]
@@ -36,6 +36,8 @@ def register_exporter(name: str, *, help: str = "") -> Callable[[Exporter], Expo
 
 
 register_exporter("onnx", help="the ONNX model that was timed and played (the default)")(export_onnx)
+register_exporter("tflite", help="the same graph as a LiteRT model (NHWC input) for LiteRT + XNNPACK, checked "
+                             "against the ONNX graph on the run's held-out states")(export_tflite)
 register_exporter("torch", help="a TorchScript network with the plan's pruning and fake quantization")(export_torch)
 register_exporter("actorq", help="a mixed-precision bundle for ActorQ's quantized actors")(export_actorq)
 
