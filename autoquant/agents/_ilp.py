@@ -116,21 +116,37 @@ def solve(space: SearchSpace, table: Any, model: LatencyModel, sens: Sequence[Ma
     return [max(x_index[i], key=lambda c: result.x[x_index[i][c]]) for i in range(n)]
 
 
-def front(space: SearchSpace, table: Any, model: LatencyModel, sens: Sequence[Mapping[Choice, float]],
-          bounds: int = FRONT_BOUNDS) -> list[tuple[float, list[Choice]]]:
+def front(space: SearchSpace, table: Any, model: LatencyModel | Mapping[str | None, LatencyModel],
+          sens: Sequence[Mapping[Choice, float]], bounds: int = FRONT_BOUNDS) -> list[tuple[float, list[Choice]]]:
     """Distinct optimal plans over sensitivity bounds from 0 to the largest sum (spaced
     geometrically: sensitivities span decades), each with the smallest bound that gives
-    it; in order of that bound (safest first)."""
+    it; in order of that bound (safest first).
+
+    With one latency model per runtime (``{runtime: model}``), each bound is solved on every
+    runtime and the runtime whose plan the models predict fastest wins: entries are then
+    ``(bound, picks, runtime)``. Sensitivities are the same on every runtime (their numerics
+    agree to a quantization step: the runtimes' conformance suite)."""
+    models = model if isinstance(model, Mapping) else {None: model}
     top = _top(sens)
     positive = [v for s in sens for v in s.values() if 0.0 < v < math.inf]
     grid = [0.0] if not positive else [0.0, *np.geomspace(min(positive), max(top, min(positive)), bounds - 1)]
-    seen: set[tuple[Choice, ...]] = set()
-    out = []
+    seen: set[tuple[Any, ...]] = set()
+    out: list[Any] = []
     for bound in grid:
-        picks = solve(space, table, model, sens, float(bound))
-        if picks is not None and tuple(picks) not in seen:
-            seen.add(tuple(picks))
-            out.append((float(bound), picks))
+        best: tuple[float, list[Choice], str | None] | None = None
+        for runtime, m in models.items():
+            picks = solve(space, table, m, sens, float(bound))
+            if picks is None:
+                continue
+            predicted = m.predict(table, plan_of(space, picks))
+            if best is None or predicted < best[0]:
+                best = (predicted, picks, runtime)
+        if best is None:
+            continue
+        key = (*best[1], best[2])
+        if key not in seen:
+            seen.add(key)
+            out.append((float(bound), best[1]) if not isinstance(model, Mapping) else (float(bound), best[1], best[2]))
     return out
 
 
@@ -149,29 +165,34 @@ class ILPAgent:
 
     def run(self, runner: SearchRunner) -> None:
         space, table = self.ctx.space, runner.problem.table
-        model = latency_model(runner.problem, space)
+        runtimes: tuple[str | None, ...] = space.runtimes or (None,)
+        models = {r: latency_model(runner.problem, space, r) for r in runtimes}  # one per (target, runtime)
         sens = sensitivities(runner.problem.output_loss_of, space, folder=self.ctx.folder)
-        plans = front(space, table, model, sens)
-        plans = [(b, p) for b, p in plans if not plan_of(space, p).is_identity]
-        tried: set[tuple[Choice, ...]] = set()
+        plans = [(b, p, r) for b, p, r in front(space, table, models, sens)
+                 if not plan_of(space, p).is_identity]
+        tried: set[tuple[Any, ...]] = set()
         try:
-            self._search(runner, model, sens, plans, tried)
+            self._search(runner, models, sens, plans, tried)
         finally:
-            if self.ctx.folder is not None and model.errors:
-                write_json(self.ctx.folder / "latency_model.json",
-                           {**model.to_json(), "observations": model.observations, "errors": model.errors,
-                            "median_error": float(np.median(model.errors))})
+            for runtime, model in models.items():
+                if self.ctx.folder is not None and model.errors:
+                    name = "latency_model.json" if runtime in (None, runtimes[0]) else f"latency_model-{runtime}.json"
+                    write_json(self.ctx.folder / name,
+                               {**model.to_json(), "runtime": runtime, "observations": model.observations,
+                                "errors": model.errors, "median_error": float(np.median(model.errors))})
 
-    def _search(self, runner: SearchRunner, model: LatencyModel, sens: Sequence[Mapping[Choice, float]],
-                plans: list[tuple[float, list[Choice]]], tried: set[tuple[Choice, ...]]) -> None:
+    def _search(self, runner: SearchRunner, models: Mapping[str | None, LatencyModel],
+                sens: Sequence[Mapping[Choice, float]], plans: list[tuple[float, list[Choice], str | None]],
+                tried: set[tuple[Any, ...]]) -> None:
         space, table = self.ctx.space, runner.problem.table
+        runtimes = list(models)
 
-        def attempt(picks: Sequence[Choice]) -> TrialOutcome | None:
-            tried.add(tuple(picks))
-            plan = plan_of(space, picks)
+        def attempt(picks: Sequence[Choice], runtime: str | None) -> TrialOutcome | None:
+            tried.add((*picks, runtime))
+            plan = plan_of(space, picks).on(runtime)
             outcome = runner.run_trial(space.params(plan))
             if outcome is not None and outcome.result is not None and not outcome.cached:
-                model.observe(table, plan, outcome.result.latency_ratio)
+                models[runtime].observe(table, plan, outcome.result.latency_ratio)
             return outcome
 
         # Bisection for the loosest bound whose plan keeps the floor.
@@ -179,7 +200,7 @@ class ILPAgent:
         best: int | None = None
         while low <= high and runner.remaining() > 0:
             mid = (low + high) // 2
-            outcome = attempt(plans[mid][1])
+            outcome = attempt(plans[mid][1], plans[mid][2])
             if outcome is None:
                 return
             result = outcome.result
@@ -193,14 +214,15 @@ class ILPAgent:
         # Then the front around the boundary, nearest first, then random plans of the space.
         centre = best if best is not None else 0
         order = sorted(range(len(plans)), key=lambda k: (abs(k - centre), -k))
-        queue = [plans[k][1] for k in order if tuple(plans[k][1]) not in tried]
+        queue = [(plans[k][1], plans[k][2]) for k in order if (*plans[k][1], plans[k][2]) not in tried]
         choices = layer_choices(space)
         while runner.remaining() > 0:
             if queue:
-                picks = queue.pop(0)
+                picks, runtime = queue.pop(0)
             else:
                 picks = [layer[int(self.rng.integers(len(layer)))] for layer in choices]
-                if tuple(picks) in tried and len(tried) < space.size:
+                runtime = runtimes[int(self.rng.integers(len(runtimes)))]
+                if (*picks, runtime) in tried and len(tried) < space.size:
                     continue
-            if attempt(picks) is None:
+            if attempt(picks, runtime) is None:
                 return

@@ -123,11 +123,21 @@ def sensitivities(loss_of: Callable[[CompressionPlan], float], space: SearchSpac
     return out
 
 
-def latency_model(problem: SearchProblem, space: SearchSpace) -> LatencyModel:
-    """The target's stored latency model of this network and space, measured now if none is."""
+def latency_model(problem: SearchProblem, space: SearchSpace, runtime: str | None = None) -> LatencyModel:
+    """The target's stored latency model of this network and space on ``runtime`` (default:
+    the target's first), measured now if none is. Models are kept per (target, runtime)."""
+    if runtime is None or runtime == problem.runtime:
+        return LatencyModel.load_or_measure(
+            problem.table, space, problem.latency_ratio,
+            policy_sha256=hashlib.sha256(problem.reference_onnx).hexdigest(),
+            target_fingerprint=problem.target_fingerprint)
+    from autoquant.targets import target_fingerprint
+
+    target = problem.target_of(CompressionPlan(runtime=runtime))
     return LatencyModel.load_or_measure(
-        problem.table, space, problem.latency_ratio, policy_sha256=hashlib.sha256(problem.reference_onnx).hexdigest(),
-        target_fingerprint=problem.target_fingerprint)
+        problem.table, space, lambda plan: problem.latency_ratio(plan.on(runtime)),
+        policy_sha256=hashlib.sha256(problem.reference_onnx).hexdigest(),
+        target_fingerprint=target_fingerprint(target))
 
 
 @dataclass

@@ -107,7 +107,8 @@ class EvaluateCommand(Command):
             check_output_file(args.save_onnx, "--save-onnx")
         plan = CompressionPlan.load(args.plan) if args.plan else None
         target = None if args.no_latency else get_target(args.target or "host", device=args.device,
-                                                          secret_file=args.secret_file)
+                                                          secret_file=args.secret_file,
+                                                          runtime=plan.runtime if plan is not None else None)
         bundle = load_from_args(args)
         if bundle.env_id is None:
             raise UsageError(f"{args.policy}: the environment is unknown; pass --env (a gymnasium id)")

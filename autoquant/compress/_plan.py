@@ -19,7 +19,7 @@ WEIGHT_BITS = (2, 3, 4, 5, 6, 7, 8)
 INT_ACT_BITS = 8  # activations of integer layers: what the int8 kernels take
 ACT_BITS = (INT_ACT_BITS,)  # activation bit widths a plan may name
 FLOAT = "float"  # a plan's word for "not quantized"
-_PLAN_KEYS = frozenset({"format", "version", "channel_multiple", "layers"})
+_PLAN_KEYS = frozenset({"format", "version", "channel_multiple", "layers", "runtime"})
 _MAX_PLAN_BYTES = 16 << 20
 
 
@@ -89,10 +89,12 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class CompressionPlan:
-    """Layer name -> LayerSpec. Layers not named stay fp32 and unpruned."""
+    """Layer name -> LayerSpec. Layers not named stay fp32 and unpruned. ``runtime``: the
+    runtime the plan is deployed with, where a target offers several (None: the target's)."""
 
     layers: Mapping[str, LayerSpec] = field(default_factory=dict)
     channel_multiple: int = 8
+    runtime: str | None = None
 
     def __post_init__(self) -> None:
         if self.channel_multiple < 1:
@@ -113,7 +115,11 @@ class CompressionPlan:
     def without_pruning(self) -> CompressionPlan:
         """The same bit widths with every prune ratio 0 (for a network already cut)."""
         return CompressionPlan({name: LayerSpec(s.weight_bits, s.act_bits, 0.0) for name, s in self.layers.items()},
-                               channel_multiple=self.channel_multiple)
+                               channel_multiple=self.channel_multiple, runtime=self.runtime)
+
+    def on(self, runtime: str | None) -> CompressionPlan:
+        """The same layers deployed with ``runtime``."""
+        return CompressionPlan(self.layers, channel_multiple=self.channel_multiple, runtime=runtime)
 
     def validate(self, table: Any) -> CompressionPlan:
         """Check the plan against a LayerTable: known names, no pruned action head."""
@@ -143,6 +149,7 @@ class CompressionPlan:
             "version": PLAN_VERSION,
             "channel_multiple": self.channel_multiple,
             "layers": {name: spec.to_json() for name, spec in self.layers.items()},
+            **({"runtime": self.runtime} if self.runtime is not None else {}),
         }
 
     @classmethod
@@ -169,7 +176,10 @@ class CompressionPlan:
         multiple = data.get("channel_multiple", 8)
         if isinstance(multiple, bool) or not isinstance(multiple, int):
             raise PlanError(f"channel_multiple must be an integer, got {short_repr(multiple)}")
-        return cls(specs, channel_multiple=multiple)
+        runtime = data.get("runtime")
+        if runtime is not None and (not isinstance(runtime, str) or not runtime.isidentifier() or len(runtime) > 40):
+            raise PlanError(f"runtime must be a runtime's name such as \"litert\", got {short_repr(runtime)}")
+        return cls(specs, channel_multiple=multiple, runtime=runtime)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
@@ -200,4 +210,4 @@ class CompressionPlan:
             if s.prune_ratio:
                 text += f" p{s.prune_ratio:.2f}"
             parts.append(text)
-        return ", ".join(parts) or "fp32"
+        return (", ".join(parts) or "fp32") + (f" on {self.runtime}" if self.runtime else "")

@@ -13,7 +13,7 @@ from autoquant.evaluate._states import StateSet, dagger_visitor, record_states
 from autoquant.policy import PolicyBundle, Protocol, resolve_protocol
 from autoquant.policy import analyse
 from autoquant.targets import Target
-from autoquant.runtimes import KernelReport, OrtRunner, kernel_report
+from autoquant.runtimes import KernelReport, OrtRunner, Runner, kernel_report
 
 __all__ = ["Evaluation", "episode_seeds", "evaluate", "onnx_actor"]
 
@@ -31,9 +31,9 @@ def episode_seeds(seed: int, episodes: int, protocol: Protocol | None = None) ->
     return [100_000 + 1_000 * seed + i for i in range(episodes)]
 
 
-def onnx_actor(bundle: PolicyBundle, model: bytes):  # type: ignore[no-untyped-def]
-    """Observations -> actions through an onnxruntime session of ``model``."""
-    runner = OrtRunner(model)
+def onnx_actor(bundle: PolicyBundle, model: bytes, runtime: str = "onnxruntime"):  # type: ignore[no-untyped-def]
+    """Observations -> actions through a session of ``model`` (ONNX) on ``runtime``."""
+    runner = Runner(model, runtime=runtime)
     return lambda obs: bundle.action.actions(runner(bundle.prepare(obs)))
 
 
@@ -114,7 +114,9 @@ def evaluate(
                           visit=dagger_visitor(bundle, seed=seed), seed=seed)
     # Fidelity on states the compression never saw (other episodes than calibration's).
     held_out = record_states(bundle, n=max(256, len(states) // 4), seed=seed + HELD_OUT_SEED_OFFSET).states
-    cand_out = OrtRunner(compressed.onnx)(held_out)
+    # The plan's numerics are its runtime's: the plan's own, else the target's.
+    runtime = plan.runtime or str(getattr(getattr(target, "runtime", None), "name", "onnxruntime"))
+    cand_out = Runner(compressed.onnx, runtime=runtime)(held_out)
     ref_out = OrtRunner(reference)(held_out)
     result.extra["states"]["held_out"] = len(held_out)
     plan_json: dict[str, Any] = {
@@ -127,9 +129,10 @@ def evaluate(
         "kernels": _kernels_json(compressed.kernels),
         "fidelity": fidelity(ref_out, cand_out, bundle.action),
         "finetune": compressed.finetune.to_json() if compressed.finetune else None,
+        "runtime": runtime,
     }
     if episodes:
-        eps = play_episodes(onnx_actor(bundle, compressed.onnx), bundle.env_id, seeds,  # type: ignore[arg-type]
+        eps = play_episodes(onnx_actor(bundle, compressed.onnx, runtime), bundle.env_id, seeds,  # type: ignore[arg-type]
                             protocol=protocol, n_envs=n_envs)
         plan_json["reward"] = eps.to_json()
         plan_json["paired"] = paired_comparison(eps, ref_eps, floor)  # type: ignore[arg-type]

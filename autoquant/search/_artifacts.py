@@ -214,10 +214,13 @@ class References:
     random: EpisodeStats  # acting at random: retention 0
     fp32_size_bytes: int | None = None
     onnxruntime_int8: dict[str, Any] | None = None  # its point (latency_ratio, retention, ...), or {"error": ...}
+    # The uniform int8 of each other runtime of the target (the builder's uniform plan on it), as a point
+    runtime_int8: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"seeds": list(self.seeds), "fp32": self.fp32.to_json(), "random": self.random.to_json(),
-                "fp32_size_bytes": self.fp32_size_bytes, "onnxruntime_int8": self.onnxruntime_int8}
+                "fp32_size_bytes": self.fp32_size_bytes, "onnxruntime_int8": self.onnxruntime_int8,
+                **({"runtime_int8": self.runtime_int8} if self.runtime_int8 else {})}
 
 
 @dataclass(frozen=True)
@@ -276,7 +279,8 @@ class RunInfo:
                 fp32=_parse(what, "reference.fp32", lambda: _episodes(ref["fp32"])),
                 random=_parse(what, "reference.random", lambda: _episodes(ref["random"])),
                 fp32_size_bytes=_optional(ref, "fp32_size_bytes", int, what, "reference"),
-                onnxruntime_int8=_optional(ref, "onnxruntime_int8", dict, what, "reference")),
+                onnxruntime_int8=_optional(ref, "onnxruntime_int8", dict, what, "reference"),
+                runtime_int8=_optional(ref, "runtime_int8", dict, what, "reference")),
             study_name=data["study_name"],
             space=_optional(data, "space", dict, what) or {},
             protocol=_optional(data, "protocol", dict, what) or {},

@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,8 @@ from autoquant.evaluate import (EpisodeStats, RetentionTest, dagger_visitor, fid
                                 play_episodes, visited_states)
 from autoquant.policy import LayerTable, PolicyBundle, make_env
 from autoquant.search._record import TrialResult
+from autoquant.runtimes import Runner
 from autoquant.targets import Target
-from autoquant.runtimes import OrtRunner
 
 __all__ = ["MODES", "ProblemSettings", "SearchProblem", "fidelity_score", "plan_key"]
 
@@ -138,10 +138,15 @@ class SearchProblem:
         random_episodes: EpisodeStats,
         target_fingerprint: str,
         models_dir: Path | None = None,
+        targets: Mapping[str, Target] | None = None,
     ) -> None:
         self.bundle = bundle
         self.table = table
         self.target = target
+        # A target with several runtimes: one Target per runtime (fp32 on the first is every
+        # ratio's denominator); a plan's ``runtime`` picks its own. Else the one target.
+        self.targets: dict[str, Target] = dict(targets or {})
+        self.runtime = str(getattr(getattr(target, "runtime", None), "name", "onnxruntime"))
         self.states = np.asarray(states, dtype=np.float32)  # the one array the activation cache knows
         self.held_out = held_out
         self.reference_onnx = reference_onnx
@@ -155,7 +160,7 @@ class SearchProblem:
         # Fidelity uses the target's own numerics when it can run models (a device); on the
         # host one fp32 session answers for every trial.
         self._device_infer = getattr(target, "infer", None)
-        self._reference_runner = OrtRunner(reference_onnx) if self._device_infer is None else None
+        self._reference_runner = Runner(reference_onnx) if self._device_infer is None else None
         self.reference_outputs = self._reference(held_out)  # fp32 on held-out states
         self._cache = ActivationCache(bundle.net, self.states)  # calibration reuses earlier plans' activations
         self._proxy_env: Any = None  # one env for the proxy's rollouts, made on first use
@@ -168,16 +173,37 @@ class SearchProblem:
             return self._reference_runner(x)
         return self._device_infer(self.reference_onnx, x)  # type: ignore[misc]
 
-    def _candidate(self, model: bytes, runner: OrtRunner) -> Callable[[np.ndarray], np.ndarray]:
+    def target_of(self, plan: CompressionPlan) -> Target:
+        """The target (with its runtime) that ``plan`` is measured and deployed on."""
+        if plan.runtime is None or plan.runtime == self.runtime or not self.targets:
+            if plan.runtime not in (None, self.runtime):
+                raise UsageError(f"plan runs on {plan.runtime!r}, and this run's target offers {self.runtime!r} "
+                                 "only")
+            return self.target
+        found = self.targets.get(plan.runtime)
+        if found is None:
+            raise UsageError(f"plan runs on {plan.runtime!r}, and this run's target offers {sorted(self.targets)}")
+        return found
+
+    def runtime_of(self, plan: CompressionPlan) -> str:
+        return plan.runtime or self.runtime
+
+    def runner(self, plan: CompressionPlan, model: bytes) -> Runner:
+        """The plan's session on this machine, on the runtime it is deployed with."""
+        return Runner(model, runtime=self.runtime_of(plan))
+
+    def _candidate(self, model: bytes, runner: Runner, plan: CompressionPlan | None = None
+                   ) -> Callable[[np.ndarray], np.ndarray]:
         """The plan's outputs on a batch, with the target's numerics (``runner`` on the host)."""
         if self._device_infer is None:
             return runner
-        return lambda x: self._device_infer(model, x)  # type: ignore[misc]
+        infer = getattr(self.target_of(plan), "infer") if plan is not None else self._device_infer
+        return lambda x: infer(model, x)  # type: ignore[no-any-return]
 
-    def _proxy_fidelity(self, model: bytes, runner: OrtRunner) -> dict[str, Any]:
+    def _proxy_fidelity(self, model: bytes, runner: Runner, plan: CompressionPlan | None = None) -> dict[str, Any]:
         """Fidelity on the states the plan visits itself; its ``fidelity_score`` is the proxy."""
         own = self.visited_states(runner)
-        return fidelity(self._reference(own), self._candidate(model, runner)(own), self.bundle.action)
+        return fidelity(self._reference(own), self._candidate(model, runner, plan)(own), self.bundle.action)
 
     def key(self, plan: CompressionPlan) -> str:
         return plan_key(plan, self.target_fingerprint)
@@ -195,10 +221,11 @@ class SearchProblem:
         t0 = time.perf_counter()
         compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed, cache=self._cache)
         t1 = time.perf_counter()
-        latency = self.target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
+        target = self.target_of(plan)
+        latency = target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
         t2 = time.perf_counter()
-        runner = OrtRunner(compressed.onnx)  # the host's session of the plan: rollouts, and fidelity on the host
-        fid = fidelity(self.reference_outputs, self._candidate(compressed.onnx, runner)(self.held_out),
+        runner = self.runner(plan, compressed.onnx)  # the host's session of the plan: rollouts, host fidelity
+        fid = fidelity(self.reference_outputs, self._candidate(compressed.onnx, runner, plan)(self.held_out),
                        self.bundle.action)
         t_fid = time.perf_counter()
         measured: dict[str, Any] = {}
@@ -213,8 +240,8 @@ class SearchProblem:
                     measured["finetune"], better = self.try_finetune(plan, fid, deadline=deadline)
                     if better is not None:  # judged on the fine-tuned graph, its latency measured again
                         compressed, runner, fid = better
-                        latency = self.target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
-                measured["fidelity"] = self._proxy_fidelity(compressed.onnx, runner)
+                        latency = target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
+                measured["fidelity"] = self._proxy_fidelity(compressed.onnx, runner, plan)
                 measured["score"] = fidelity_score(measured["fidelity"])
             return float(measured["score"])
 
@@ -252,15 +279,15 @@ class SearchProblem:
                                        "play": round(t4 - t3, 3)})
 
     def try_finetune(self, plan: CompressionPlan, fid: dict[str, Any], *, deadline: float | None = None
-                     ) -> tuple[dict[str, Any], tuple[CompressedPolicy, OrtRunner, dict[str, Any]] | None]:
+                     ) -> tuple[dict[str, Any], tuple[CompressedPolicy, Runner, dict[str, Any]] | None]:
         """Fine-tune ``plan`` (held-out fidelity ``fid`` as built), until ``deadline`` at most
         (see ``finetune``): the record of the attempt, and the tuned graph with its session and
         held-out fidelity where tuning raised that fidelity (the graph then kept in the run
         folder), else None: judge the plan as built."""
         start = time.perf_counter()
         tuned = self.finetune(plan, deadline=deadline)
-        runner = OrtRunner(tuned.onnx)
-        tuned_fid = fidelity(self.reference_outputs, self._candidate(tuned.onnx, runner)(self.held_out),
+        runner = self.runner(plan, tuned.onnx)
+        tuned_fid = fidelity(self.reference_outputs, self._candidate(tuned.onnx, runner, plan)(self.held_out),
                              self.bundle.action)
         kept = fidelity_score(tuned_fid) > fidelity_score(fid)
         if kept:
@@ -293,13 +320,13 @@ class SearchProblem:
         (rounded to nearest: how weights round changes no kernel and no latency)."""
         compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed, cache=self._cache,
                               rounding="nearest")
-        return _ratio(self.target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1]))
+        return _ratio(self.target_of(plan).measure(compressed.onnx, self.reference_onnx, self.held_out[:1]))
 
     def proxy_of(self, plan: CompressionPlan) -> float:
         """The plan's proxy, measured as a trial measures it (no latency, no episodes)."""
         compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed, cache=self._cache,
                               verify_kernels=False)
-        return fidelity_score(self._proxy_fidelity(compressed.onnx, OrtRunner(compressed.onnx)))
+        return fidelity_score(self._proxy_fidelity(compressed.onnx, self.runner(plan, compressed.onnx), plan))
 
     def output_loss_of(self, plan: CompressionPlan) -> float:
         """The plan's relative squared output error against fp32 on the held-out states
@@ -310,13 +337,13 @@ class SearchProblem:
         and sensitivities only rank choices; trials still judge fidelity in the target's numerics."""
         compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed, cache=self._cache,
                               verify_kernels=False)
-        runner = OrtRunner(compressed.onnx)
+        runner = self.runner(plan, compressed.onnx)
         if getattr(self.target, "emulated", False):
             if self._host_reference is None:
-                self._host_reference = OrtRunner(self.reference_onnx)(self.held_out)
+                self._host_reference = Runner(self.reference_onnx)(self.held_out)
             reference, outputs = self._host_reference, runner(self.held_out)
         else:
-            reference, outputs = self.reference_outputs, self._candidate(compressed.onnx, runner)(self.held_out)
+            reference, outputs = self.reference_outputs, self._candidate(compressed.onnx, runner, plan)(self.held_out)
         return float(fidelity(reference, outputs, self.bundle.action)["output_mse"])
 
     def _env(self) -> Any:
@@ -325,7 +352,7 @@ class SearchProblem:
             self._proxy_env = make_env(self.bundle.env_id, protocol=self.protocol)  # type: ignore[arg-type]
         return self._proxy_env
 
-    def visited_states(self, runner: OrtRunner) -> np.ndarray:
+    def visited_states(self, runner: Runner) -> np.ndarray:
         """States the plan (``runner``) visits itself: see ``evaluate.visited_states``."""
         return visited_states(self.bundle, lambda obs: self.bundle.action.actions(runner(self.bundle.prepare(obs))),
                               seed=self.settings.seed, n=self.settings.proxy_states, env=self._env())
@@ -344,6 +371,7 @@ class SearchProblem:
         return RetentionTest(self.fp32_episodes, self.random_episodes, self.settings.min_retention,
                              confidence=self.settings.confidence)
 
-    def play(self, model: bytes, seeds: list[int]) -> EpisodeStats:
-        return play_episodes(onnx_actor(self.bundle, model), self.bundle.env_id, seeds,  # type: ignore[arg-type]
-                             protocol=self.protocol, n_envs=self.settings.n_envs)
+    def play(self, model: bytes, seeds: list[int], *, runtime: str | None = None) -> EpisodeStats:
+        """``model`` (ONNX) played on ``seeds`` in the numerics of ``runtime`` (default the target's)."""
+        return play_episodes(onnx_actor(self.bundle, model, runtime or self.runtime), self.bundle.env_id,
+                             seeds, protocol=self.protocol, n_envs=self.settings.n_envs)  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ import hashlib
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,7 @@ from autoquant.search._study import (
     trial_records,
 )
 from autoquant.targets import Target, get_target, target_fingerprint
-from autoquant.runtimes import OrtRunner
+from autoquant.runtimes import OrtRunner, Runner
 
 __all__ = ["Run", "load_run", "start_run"]
 
@@ -201,6 +201,9 @@ class Run:
         ort = self.info.references.onnxruntime_int8 or {}
         if "latency_ratio" in ort:
             points["onnxruntime int8"] = {k: ort.get(k) for k in ("latency_ratio", "retention", "size_ratio")}
+        for runtime, point in (self.info.references.runtime_int8 or {}).items():
+            if isinstance(point, dict) and "latency_ratio" in point:
+                points[f"{runtime} int8"] = {k: point.get(k) for k in ("latency_ratio", "retention", "size_ratio")}
         return points
 
     # --- results ---------------------------------------------------------------------------
@@ -280,7 +283,7 @@ class Run:
             plan = CompressionPlan.from_json(record.plan)
             compressed = self.compress(plan)
             model = self.fine_tuned(plan) or compressed.onnx
-            episodes = self.problem.play(model, seeds)
+            episodes = self.problem.play(model, seeds, runtime=plan.runtime)
             paired = paired_comparison(episodes, fp32, random_play)
             passed = paired["retention"] >= settings.min_retention
             attempts.append(Attempt(trial=record.number, summary=record.summary, retention=paired["retention"],
@@ -349,6 +352,7 @@ class _Loaded:
     space: SearchSpace
     target: Target
     reference_onnx: bytes
+    targets: dict[str, Target] = field(default_factory=dict)  # per runtime, where several
 
 
 def _load(config: RunConfig, *, trust_pickle: bool) -> _Loaded:
@@ -356,9 +360,14 @@ def _load(config: RunConfig, *, trust_pickle: bool) -> _Loaded:
     bundle = load_policy(config.policy, env_id=config.env_id, trust_pickle=trust_pickle,
                          activation=config.activation, conv_strides=config.conv_strides)
     table = analyse(bundle)
+    runtimes = config.spec.runtimes
     space = load_space(config.method, table, accelerated_precisions=config.spec.accelerated_precisions)
+    space = space.with_runtimes(runtimes)
     target = get_target(config.target, device=config.device, secret_file=config.secret_file)
-    return _Loaded(bundle, table, space, target, export_reference(bundle))
+    targets = {r: target if r == runtimes[0] else get_target(config.target, device=config.device,
+                                                             secret_file=config.secret_file, runtime=r)
+               for r in runtimes} if len(runtimes) > 1 else {}
+    return _Loaded(bundle, table, space, target, export_reference(bundle), targets)
 
 
 def _build(folder: Path, info: RunInfo, config: RunConfig, loaded: _Loaded) -> Run:
@@ -373,7 +382,7 @@ def _build(folder: Path, info: RunInfo, config: RunConfig, loaded: _Loaded) -> R
         loaded.bundle, loaded.table, loaded.target, states=states.states, held_out=held_out,
         reference_onnx=loaded.reference_onnx, settings=config.settings, episode_seeds=list(ref.seeds),
         fp32_episodes=ref.fp32, random_episodes=ref.random, target_fingerprint=info.target.fingerprint,
-        models_dir=folder / "models",
+        models_dir=folder / "models", targets=loaded.targets,
     )
     return Run(folder=folder, info=info, config=config, problem=problem, space=loaded.space, states=states,
                held_out=held_out)
@@ -449,13 +458,20 @@ def _measure_references(staging: Path, folder: Path, config: RunConfig, loaded: 
     log(f"fp32: {describe_episodes(fp32)}")
     log("measuring onnxruntime's uniform int8 as a reference point")
     ort_point = _ort_reference(loaded, states.states, held.states, seeds, fp32, random_play, settings.n_envs)
+    runtime_points = {}
+    for runtime in loaded.targets:
+        if runtime != "onnxruntime":
+            log(f"measuring uniform int8 on {runtime} as a reference point")
+            runtime_points[runtime] = _runtime_reference(loaded, runtime, states.states, held.states, seeds, fp32,
+                                                         random_play, settings.n_envs)
     return RunInfo(
         config=config,
         policy=PolicyInfo(path=config.policy, sha256=sha256_file(config.policy), algo=bundle.algo, env_id=env_id,
                           layers=table.to_json()),
         target=TargetInfo(name=target.name, facts=target.facts(), fingerprint=target_fingerprint(target)),
         references=References(seeds=tuple(seeds), fp32=fp32, random=random_play,
-                              fp32_size_bytes=weight_bytes(table, CompressionPlan()), onnxruntime_int8=ort_point),
+                              fp32_size_bytes=weight_bytes(table, CompressionPlan()), onnxruntime_int8=ort_point,
+                              runtime_int8=runtime_points or None),
         study_name=config.study_name or folder.resolve().name, space=loaded.space.to_json(),
         protocol=protocol.to_json(), autoquant_version=__version__,
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -500,6 +516,32 @@ def _ort_reference(loaded: _Loaded, states: np.ndarray, held: np.ndarray, seeds:
             "exact": paired["exact"], "distinct_pairs": paired["distinct_pairs"],
             "size_ratio": size / weight_bytes(table, CompressionPlan()),
             "fidelity": fidelity(OrtRunner(reference)(held), OrtRunner(model)(held), bundle.action),
+            "reward": episodes.to_json()}
+
+
+def _runtime_reference(loaded: _Loaded, runtime: str, states: np.ndarray, held: np.ndarray, seeds: list[int],
+                       fp32: EpisodeStats, random_play: EpisodeStats, n_envs: int) -> dict[str, Any]:
+    """Uniform int8 on another runtime of the target: the builder's uniform plan (per-channel
+    int8 weights, int8 activations, calibrated on the run's states, as that runtime's own
+    converter quantizes), measured and played like a trial on that runtime."""
+    bundle, table, reference = loaded.bundle, loaded.table, loaded.reference_onnx
+    plan = CompressionPlan.uniform(table).on(runtime)
+    try:
+        model = compress(bundle, plan, states, verify_kernels=False).onnx
+        latency = loaded.targets[runtime].measure(model, reference, held[:1])
+    except Exception as exc:  # noqa: BLE001 - a reference point that cannot be had is reported, not fatal
+        if isinstance(exc, DeviceUnreachable):
+            raise
+        return {"error": describe_exception(exc)}
+    episodes = play_episodes(onnx_actor(bundle, model, runtime), bundle.env_id, seeds,  # type: ignore[arg-type]
+                             protocol=fp32.protocol, n_envs=n_envs)
+    paired = paired_comparison(episodes, fp32, random_play)
+    size = weight_bytes(table, CompressionPlan.uniform(table))
+    return {"latency_ratio": latency.ratio, "retention": paired["retention"],
+            "retention_low": paired["retention_low"], "retention_high": paired["retention_high"],
+            "exact": paired["exact"], "distinct_pairs": paired["distinct_pairs"],
+            "size_ratio": size / weight_bytes(table, CompressionPlan()), "plan": plan.describe(),
+            "fidelity": fidelity(OrtRunner(reference)(held), Runner(model, runtime=runtime)(held), bundle.action),
             "reward": episodes.to_json()}
 
 

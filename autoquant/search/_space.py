@@ -58,6 +58,15 @@ class SearchSpace:
     description: str = ""
     max_size_ratio: float | None = None  # budget: weight bytes / fp32 weight bytes
     max_macs_ratio: float | None = None  # budget: MACs / fp32 MACs
+    runtimes: tuple[str, ...] = ()  # where the target offers several: the runtime is a choice too
+
+    RUNTIME_PARAM = "runtime"
+
+    def with_runtimes(self, runtimes: Sequence[str]) -> SearchSpace:
+        """This space on a target with these runtimes (one runtime: no choice to make)."""
+        import dataclasses
+
+        return dataclasses.replace(self, runtimes=tuple(runtimes) if len(runtimes) > 1 else ())
 
     @property
     def method(self) -> str:
@@ -73,6 +82,8 @@ class SearchSpace:
                 out[layer.bits_param] = CategoricalDistribution(layer.bits_choices())
             if len(layer.prune_ratios) > 1:
                 out[layer.prune_param] = CategoricalDistribution(layer.prune_ratios)
+        if self.runtimes:
+            out[self.RUNTIME_PARAM] = CategoricalDistribution(self.runtimes)
         return out
 
     def plan(self, params: Mapping[str, Any]) -> CompressionPlan:
@@ -83,7 +94,8 @@ class SearchSpace:
             bits = None if bits_text == FLOAT else int(bits_text)
             ratio = float(params.get(layer.prune_param, layer.prune_ratios[0]))
             specs[layer.name] = LayerSpec(bits, None if bits is None else INT_ACT_BITS, ratio)
-        return CompressionPlan(specs, channel_multiple=self.channel_multiple)
+        runtime = str(params.get(self.RUNTIME_PARAM, self.runtimes[0])) if self.runtimes else None
+        return CompressionPlan(specs, channel_multiple=self.channel_multiple, runtime=runtime)
 
     def params(self, plan: CompressionPlan) -> dict[str, Any]:
         """Trial parameters of a plan (the inverse of ``plan``)."""
@@ -95,6 +107,8 @@ class SearchSpace:
                 out[layer.bits_param] = FLOAT if spec.weight_bits is None else str(spec.weight_bits)
             if layer.prune_param in dists:
                 out[layer.prune_param] = spec.prune_ratio
+        if self.runtimes:
+            out[self.RUNTIME_PARAM] = plan.runtime or self.runtimes[0]
         return out
 
     @property
@@ -102,7 +116,7 @@ class SearchSpace:
         n = 1
         for layer in self.layers:
             n *= len(layer.weight_bits) * len(layer.prune_ratios)
-        return n
+        return n * max(1, len(self.runtimes))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +124,7 @@ class SearchSpace:
             "layers": {layer.name: {"weight_bits": list(layer.bits_choices()),
                                     "prune_ratios": list(layer.prune_ratios)} for layer in self.layers},
             "budget": {"max_size_ratio": self.max_size_ratio, "max_macs_ratio": self.max_macs_ratio},
+            **({"runtimes": list(self.runtimes)} if self.runtimes else {}),
         }
 
 

@@ -103,6 +103,8 @@ def target_fingerprint(target: Target) -> str:
     facts = target.facts()
     runtime = facts.get("runtime", "onnxruntime")
     engine = facts.get("onnxruntime") if runtime == "onnxruntime" else f"{runtime} {facts.get(runtime)}"
+    if facts.get("reference_runtime"):  # ratios to fp32 on another runtime
+        engine += f" vs {facts['reference_runtime']} {facts.get(facts['reference_runtime'])}"
     return f"{target.name}|{facts.get('cpu')}|{engine}|{facts.get('threads')}"
 
 

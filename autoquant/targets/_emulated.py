@@ -62,12 +62,13 @@ class EmulatedTarget:
     emulated = True  # its numerics cost seconds a batch: the search's sensitivities use the host's
 
     def __init__(self, name: str, cpu: str, *, runs: int = 20, warmup: int = 3,
-                 runtime: str = "onnxruntime") -> None:
+                 runtime: str = "onnxruntime", reference_runtime: str | None = None) -> None:
         from autoquant.runtimes import get_runtime
 
         self.name = name
         self.cpu = cpu
         self.runtime = get_runtime(runtime)  # compiles on the host; the guest runs its aarch64 build
+        self.reference_runtime = get_runtime(reference_runtime or runtime)  # fp32's, the ratios' denominator
         self.runs = runs
         self.warmup = warmup
         self.root = emulation_dir()
@@ -78,14 +79,16 @@ class EmulatedTarget:
                 f"target {name!r} emulates a {cpu} and its root filesystem is not prepared: run "
                 f"'autoquant targets --setup-emulation' (about a minute; installs qemu-user as root)")
         self.plugin = plugin
-        if self.runtime.name != "onnxruntime" and not self._guest_package():
-            raise TargetError(
-                f"target {name!r} runs {self.runtime.name} and the emulated root filesystem lacks it: with "
-                f"{self.runtime.name} installed on this machine, run 'autoquant targets --setup-emulation' again")
+        for rt in {self.runtime.name, self.reference_runtime.name} - {"onnxruntime"}:
+            if not self._guest_package(rt):
+                raise TargetError(
+                    f"target {name!r} runs {rt} and the emulated root filesystem lacks it: with {rt} installed on "
+                    f"this machine, run 'autoquant targets --setup-emulation' again")
         self._counts: dict[str, float] = {}
         self._facts: dict[str, Any] | None = None
 
-    def _guest(self, args: list[str], *, count: bool) -> str:
+    def _guest(self, args: list[str], *, count: bool, runtime: Any = None) -> str:
+        runtime = runtime or self.runtime
         with tempfile.TemporaryDirectory() as tmp:
             log = os.path.join(tmp, "plugin.log")
             cmd = ["qemu-aarch64", "-L", str(self.machine), "-cpu", self.cpu]
@@ -94,25 +97,27 @@ class EmulatedTarget:
             if count:
                 cmd += ["-plugin", str(self.plugin), "-d", "plugin", "-D", log]
             cmd += [str(self.machine / "usr" / "bin" / "python3.11"), guest_script(), *args,
-                    "--runtime", self.runtime.name]
+                    "--runtime", runtime.name]
             proc = subprocess.run(cmd, capture_output=True, text=True, env={"PATH": os.environ.get("PATH", "")},
                                   timeout=1800)
             if proc.returncode != 0:
                 tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-                raise TargetError(f"emulated {self.runtime.name} on {self.cpu} failed: {tail}")
+                raise TargetError(f"emulated {runtime.name} on {self.cpu} failed: {tail}")
             return Path(log).read_text() if count else ""
 
-    def instructions(self, model: bytes, x: np.ndarray) -> float:
-        """Guest instructions per inference of ``model`` (ONNX) at batch 1 (cached by model)."""
-        key = hashlib.sha256(model).hexdigest()
+    def instructions(self, model: bytes, x: np.ndarray, *, runtime: Any = None) -> float:
+        """Guest instructions per inference of ``model`` (ONNX) at batch 1 on ``runtime`` (a
+        runtime object; default this target's), cached by model and runtime."""
+        runtime = runtime or self.runtime
+        key = runtime.name + ":" + hashlib.sha256(model).hexdigest()
         if key not in self._counts:
-            compiled = self.runtime.compile(model)
+            compiled = runtime.compile(model)
             with tempfile.TemporaryDirectory() as tmp:
-                path, inputs = os.path.join(tmp, "model" + self.runtime.suffix), os.path.join(tmp, "x.npy")
+                path, inputs = os.path.join(tmp, "model" + runtime.suffix), os.path.join(tmp, "x.npy")
                 Path(path).write_bytes(compiled)
                 np.save(inputs, np.ascontiguousarray(x[:1], dtype=np.float32))
                 log = self._guest([path, "--input", inputs, "--runs", str(self.runs), "--warmup",
-                                   str(self.warmup), "--mark"], count=True)
+                                   str(self.warmup), "--mark"], count=True, runtime=runtime)
             marks = [(int(a), int(b)) for a, b in re.findall(r"^mark (\d+) (\d+)$", log, re.M)]
             counts = [c for _, c in marks]
             loop = [c for tag, c in marks if tag in (3, 4)]
@@ -125,7 +130,7 @@ class EmulatedTarget:
 
     def measure(self, candidate: bytes, reference: bytes | None, x: np.ndarray) -> LatencyResult:
         cand = self.instructions(candidate, x)
-        ref = self.instructions(reference, x) if reference is not None else None
+        ref = self.instructions(reference, x, runtime=self.reference_runtime) if reference is not None else None
         return LatencyResult(
             target=self.name, unit="instructions", candidate={"instructions": cand},
             reference=None if ref is None else {"instructions": ref}, statistic="instructions",
@@ -167,6 +172,8 @@ class EmulatedTarget:
                 "onnxruntime": self._guest_package("onnxruntime"), "qemu": qemu,
                 **({"runtime": self.runtime.name, self.runtime.name: self._guest_package()}
                    if self.runtime.name != "onnxruntime" else {}),
+                **({"reference_runtime": self.reference_runtime.name}
+                   if self.reference_runtime is not self.runtime else {}),
                 "cost": "guest instructions per inference (batch 1)",
             }
         return self._facts

@@ -43,21 +43,28 @@ class HostTarget:
     """A runtime on this machine's CPU, with a fixed thread count."""
 
     def __init__(self, name: str = "host", *, threads: int = 1, protocol: MeasureProtocol | None = None,
-                 runtime: str = "onnxruntime") -> None:
+                 runtime: str = "onnxruntime", reference_runtime: str | None = None) -> None:
         from autoquant.runtimes import get_runtime
 
         self.name = name
         self.threads = threads
         self.protocol = protocol or MeasureProtocol()
         self.runtime = get_runtime(runtime)
+        # the reference (fp32) runs on this one: ratios on a target's several runtimes share it
+        self.reference_runtime = get_runtime(reference_runtime or runtime)
 
     def facts(self) -> dict[str, Any]:
-        return host_facts(self.threads, self.runtime.name)
+        facts = host_facts(self.threads, self.runtime.name)
+        if self.reference_runtime is not self.runtime:
+            facts["reference_runtime"] = self.reference_runtime.name
+            facts[self.reference_runtime.name] = self.reference_runtime.version()
+        return facts
 
     def measure(self, candidate: bytes, reference: bytes | None, x: np.ndarray) -> LatencyResult:
-        rt = self.runtime
-        models = [candidate] if reference is None else [candidate, reference]
-        sessions = [rt.session(rt.compile(m), threads=self.threads) for m in models]
+        rt, ref_rt = self.runtime, self.reference_runtime
+        sessions = [rt.session(rt.compile(candidate), threads=self.threads)]
+        if reference is not None:
+            sessions.append(ref_rt.session(ref_rt.compile(reference), threads=self.threads))
         times = time_interleaved([s.bind(x) for s in sessions], self.protocol)
         return LatencyResult.from_times(
             target=self.name, candidate=times[0], reference=times[1] if reference is not None else None,

@@ -30,7 +30,7 @@ class TargetSpec:
     name: str
     description: str
     reach: str
-    runtime: str = "onnxruntime"
+    runtime: str = "onnxruntime"  # the runtime this target measures with (the first of ``runtimes``)
     threads: int = 1
     accelerated_precisions: tuple[str, ...] = ("fp32", "int8")
     cost_unit: str = "ms"
@@ -38,6 +38,17 @@ class TargetSpec:
     device: str | None = None  # remote: HOST:PORT
     secret_file: str | None = None  # remote: the shared secret
     emulated_cpu: str | None = None  # emulated: qemu -cpu name
+    runtimes: tuple[str, ...] = ()  # every runtime a search may deploy with here; the first is the reference's
+
+    def __post_init__(self) -> None:
+        if not self.runtimes:
+            object.__setattr__(self, "runtimes", (self.runtime,))
+
+    @property
+    def reference_runtime(self) -> str:
+        """fp32 on this runtime is the denominator of every latency ratio on the target, so
+        that ratios on its runtimes compare."""
+        return self.runtimes[0]
 
 
 _BUILDERS: dict[str, Callable[[TargetSpec], Target]] = {}
@@ -55,7 +66,8 @@ def register_reach(reach: str) -> Callable[[Callable[[TargetSpec], Target]], Cal
 def _local(spec: TargetSpec) -> Target:
     from autoquant.targets._host import HostTarget
 
-    return HostTarget(spec.name, threads=spec.threads, protocol=spec.protocol, runtime=spec.runtime)
+    return HostTarget(spec.name, threads=spec.threads, protocol=spec.protocol, runtime=spec.runtime,
+                      reference_runtime=spec.reference_runtime)
 
 
 @register_reach("remote")
@@ -71,7 +83,7 @@ def _remote(spec: TargetSpec) -> Target:
         )
     secret_file = os.path.expanduser(spec.secret_file or DEFAULT_SECRET_FILE)
     return RemoteTarget(spec.name, spec.device, read_secret(secret_file), threads=spec.threads,
-                        protocol=spec.protocol)
+                        protocol=spec.protocol, runtime=spec.runtime, reference_runtime=spec.reference_runtime)
 
 
 @register_reach("emulated")
@@ -81,7 +93,7 @@ def _emulated(spec: TargetSpec) -> Target:
     if not spec.emulated_cpu:
         raise TargetError(f"target {spec.name!r} is emulated but names no emulated_cpu (e.g. \"cortex-a72\")")
     return EmulatedTarget(spec.name, spec.emulated_cpu, runs=spec.protocol.calls, warmup=spec.protocol.warmup,
-                          runtime=spec.runtime)
+                          runtime=spec.runtime, reference_runtime=spec.reference_runtime)
 
 
 _KEYS = {"name", "description", "reach", "runtime", "threads", "accelerated_precisions", "cost_unit", "protocol",
@@ -106,14 +118,29 @@ def load_target_spec(path: Path) -> TargetSpec:
     for key in ("warmup", "calls", "block"):  # a measurement of hours is a typo, not a protocol
         check_integer(getattr(proto, key), f"{path}: [protocol] {key}", 0, MAX_CALLS, error=TargetError)
     threads = check_integer(data.get("threads", 1), f"{path}: threads", 1, MAX_THREADS, error=TargetError)
+    runtimes = _runtimes(data.get("runtime", "onnxruntime"), path)
     return TargetSpec(
         name=str(data.get("name", path.stem)), description=str(data.get("description", "")),
-        reach=str(data.get("reach", "local")), runtime=str(data.get("runtime", "onnxruntime")),
+        reach=str(data.get("reach", "local")), runtime=runtimes[0], runtimes=runtimes,
         threads=threads, accelerated_precisions=tuple(data.get("accelerated_precisions", ("fp32", "int8"))),
         cost_unit=str(data.get("cost_unit", "ms")), protocol=proto,
         device=data.get("device") or None, secret_file=data.get("secret_file") or None,
         emulated_cpu=data.get("emulated_cpu") or None,
     )
+
+
+def _runtimes(value: Any, path: Path) -> tuple[str, ...]:
+    """``runtime = "NAME"`` or ``runtime = ["NAME", ...]`` (a search then also picks the runtime)."""
+    from autoquant.runtimes import available_runtimes
+
+    names = [value] if isinstance(value, str) else value
+    known = available_runtimes()
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise TargetError(f"{path}: runtime must be a name or a list of names from {known}")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise TargetError(f"{path}: unknown runtime {unknown[0]!r}; autoquant runs {known}")
+    return tuple(dict.fromkeys(names))
 
 
 def available_targets() -> dict[str, Path]:
@@ -129,17 +156,23 @@ def find_target_spec(name_or_path: str) -> TargetSpec:
     return load_target_spec(path)
 
 
-def get_target(name_or_path: str, *, device: str | None = None, secret_file: str | None = None) -> Target:
-    """A target by name (``hw_targets/NAME.toml``) or by the path of a TOML file.
+def get_target(name_or_path: str, *, device: str | None = None, secret_file: str | None = None,
+               runtime: str | None = None) -> Target:
+    """A target by name (``hw_targets/NAME.toml``) or by the path of a TOML file, measuring
+    with ``runtime`` (one of its TOML's runtimes; default the first).
 
     For remote targets the device address comes from ``device``, else the
     ``AUTOQUANT_DEVICE`` environment variable, else the TOML; the secret file
     likewise (``AUTOQUANT_SECRET_FILE``, default ~/.autoquant-secret).
     """
     spec = find_target_spec(name_or_path)
+    if runtime is not None and runtime not in spec.runtimes:
+        raise TargetError(f"target {spec.name!r} runs {list(spec.runtimes)}, not {runtime!r}: add it to the "
+                          "target's runtime list")
     spec = dataclasses.replace(
         spec, device=device or os.environ.get("AUTOQUANT_DEVICE") or spec.device,
-        secret_file=secret_file or os.environ.get("AUTOQUANT_SECRET_FILE") or spec.secret_file)
+        secret_file=secret_file or os.environ.get("AUTOQUANT_SECRET_FILE") or spec.secret_file,
+        runtime=runtime or spec.runtime)
     builder = _BUILDERS.get(spec.reach)
     if builder is None:
         raise TargetError(

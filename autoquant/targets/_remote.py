@@ -82,7 +82,10 @@ class RemoteTarget:
 
     def __init__(self, name: str, address: str, secret: bytes, *, threads: int = 1,
                  protocol: MeasureProtocol | None = None, retries: int = 4, timeout_s: float = 300.0,
-                 max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
+                 max_answer_bytes: int = MAX_ANSWER_BYTES, runtime: str = "onnxruntime",
+                 reference_runtime: str | None = None) -> None:
+        from autoquant.runtimes import get_runtime
+
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise TargetError(f"device address {address!r} must be HOST:PORT, e.g. pi.local:7878")
@@ -94,6 +97,9 @@ class RemoteTarget:
         self.retries = retries
         self.timeout_s = timeout_s
         self.max_answer_bytes = max_answer_bytes
+        # Models are compiled here for the runtime the device runs them on (no compiler there).
+        self.runtime = get_runtime(runtime)
+        self.reference_runtime = get_runtime(reference_runtime or runtime)
         self._facts: dict[str, Any] | None = None
 
     # --- transport ----------------------------------------------------------------
@@ -188,18 +194,41 @@ class RemoteTarget:
     def facts(self) -> dict[str, Any]:
         if self._facts is None:
             header, _ = self._call("facts")
-            self._facts = {**header["facts"], "device": self.address, "threads": self.threads}
+            facts = {**header["facts"], "device": self.address, "threads": self.threads}
+            runtimes = facts.get("runtimes") if isinstance(facts.get("runtimes"), dict) else {}
+            for rt in {self.runtime.name, self.reference_runtime.name} - {"onnxruntime"}:
+                if rt not in runtimes:
+                    raise TargetError(f"device {self.address} has no {rt} runtime: install autoquant[device] there "
+                                      "(it brings LiteRT) and restart 'autoquant device serve'")
+            if self.runtime.name != "onnxruntime":
+                facts.update(runtime=self.runtime.name, **{self.runtime.name: runtimes.get(self.runtime.name)})
+            if self.reference_runtime is not self.runtime:
+                facts["reference_runtime"] = self.reference_runtime.name
+            self._facts = facts
         return self._facts
+
+    def _runtimes(self) -> dict[str, str]:
+        out = {}
+        if self.runtime.name != "onnxruntime":
+            out["runtime"] = self.runtime.name
+        if self.reference_runtime is not self.runtime or out:
+            out["reference_runtime"] = self.reference_runtime.name
+        return out
 
     def measure(self, candidate: bytes, reference: bytes | None, x: np.ndarray,
                 layers: list[str] | None = None) -> LatencyResult:
+        self.facts()  # the device runs this target's runtimes: refused here in one line, not per job
+        candidate = self.runtime.compile(candidate)
+        reference = self.reference_runtime.compile(reference) if reference is not None else None
         blobs: dict[str, Any] = {"model": candidate, "x": np.ascontiguousarray(x[:1], dtype=np.float32)}
         if reference is not None:
             blobs["reference"] = reference
         self._check_size(sum(len(m) for m in (candidate, reference) if m is not None))
         header, _ = self._call("measure", {"protocol": self.protocol.to_json(), "threads": self.threads,
-                                           "layers": layers or []}, blobs)
-        facts = {**header.get("facts", {}), "device": self.address, "threads": self.threads,
+                                           "layers": layers or [], **self._runtimes()}, blobs)
+        facts = {**header.get("facts", {}), **{k: v for k, v in self.facts().items()
+                                               if k in ("runtime", "reference_runtime", self.runtime.name)},
+                 "device": self.address, "threads": self.threads,
                  "protocol": self.protocol.to_json(), "where": f"remote device {self.address}"}
         if "kernels" in header:
             facts["kernels"] = header["kernels"]
@@ -214,13 +243,15 @@ class RemoteTarget:
                               f"{self.address}: raise it there with --max-model-mb")
 
     def infer(self, model: bytes, x: np.ndarray) -> np.ndarray:
-        """Outputs computed on the device (its numerics), for fidelity."""
+        """Outputs computed on the device (its numerics, its runtime), for fidelity."""
+        self.facts()
+        model = self.runtime.compile(model)
         self._check_size(len(model) + x.nbytes)
-        _, blobs = self._call("infer", {"threads": self.threads},
+        _, blobs = self._call("infer", {"threads": self.threads, **self._runtimes()},
                               {"model": model, "x": np.ascontiguousarray(x, dtype=np.float32)})
         out = blobs["out"]
         assert isinstance(out, np.ndarray)
-        return out
+        return out  # the device's session answers in the graph's layout (LiteRT's NHWC moved back)
 
 
 def _error_of(payload: bytes) -> Any:

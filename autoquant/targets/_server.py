@@ -101,6 +101,12 @@ def _read(path: str) -> str | None:
         return None
 
 
+# What a device runs: onnxruntime always; LiteRT where the device extra installed it. A job
+# names its runtime and sends that runtime's model (ONNX, or .tflite the client compiled).
+DEVICE_RUNTIMES = ("onnxruntime", "litert")
+TFLITE_IDENTIFIER = b"TFL3"
+
+
 def device_facts() -> dict[str, Any]:
     """CPU model and features, cores, frequency governor, onnxruntime version."""
     from autoquant.runtimes import get_runtime
@@ -114,10 +120,16 @@ def device_facts() -> dict[str, Any]:
             cpu = value.strip()
         elif key in ("flags", "Features") and not features:
             features = value.strip()
+    runtimes = {}
+    for name in DEVICE_RUNTIMES:
+        runtime = get_runtime(name, require=False)
+        if runtime.missing() is None:
+            runtimes[name] = runtime.version()
     return {
         "cpu": cpu, "features": features, "machine": platform.machine(), "cores": os.cpu_count(),
         "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-        "onnxruntime": get_runtime("onnxruntime").version(), "python": platform.python_version(), "system": platform.system(),
+        "onnxruntime": runtimes.get("onnxruntime"), "runtimes": runtimes, "python": platform.python_version(),
+        "system": platform.system(),
     }
 
 
@@ -170,7 +182,9 @@ def _job(kind: str, header: dict[str, Any], blobs: dict[str, Any], conn: Any, ca
         from autoquant.targets._base import MeasureProtocol
         from autoquant.targets._host import time_interleaved
 
-        runtime = get_runtime("onnxruntime")  # its library mapped before the cap, which counts only the job
+        # the runtimes' libraries mapped before the cap, which counts only the job
+        runtime = get_runtime(str(header.get("runtime", "onnxruntime")))
+        reference_runtime = get_runtime(str(header.get("reference_runtime", runtime.name)))
 
         if caps.get("mechanism"):
             _cap_memory(max_job)
@@ -185,7 +199,7 @@ def _job(kind: str, header: dict[str, Any], blobs: dict[str, Any], conn: Any, ca
             protocol = MeasureProtocol(**header["protocol"])
             sessions = [runtime.session(blobs["model"], threads=threads)]
             if "reference" in blobs:
-                sessions.append(runtime.session(blobs["reference"], threads=threads))
+                sessions.append(reference_runtime.session(blobs["reference"], threads=threads))
             times = time_interleaved([s.bind(x) for s in sessions], protocol)
 
             def stats(t: np.ndarray) -> dict[str, float]:
@@ -195,7 +209,7 @@ def _job(kind: str, header: dict[str, Any], blobs: dict[str, Any], conn: Any, ca
             result = {"candidate": stats(times[0]), "reference": stats(times[1]) if len(times) > 1 else None,
                       "calls": protocol.calls}
             layers = header.get("layers")
-            if layers:
+            if layers and runtime.name == "onnxruntime":
                 result["kernels"] = kernel_report(blobs["model"], x, list(layers), threads=threads).to_json()
         tag = b"ok"
     except MemoryError:
@@ -261,10 +275,27 @@ def validate_request(body: bytes, kind: str, limits: DeviceLimits) -> tuple[dict
                         "'model', 'x' and optionally 'reference'")
     if not isinstance(blobs.get("model"), bytes) or not isinstance(blobs.get("x"), np.ndarray):
         raise WireError("a job needs a 'model' (ONNX bytes) and an input array 'x'")
-    models = [blobs["model"]] + ([blobs["reference"]] if "reference" in blobs else [])
-    for model in models:
+    runtime = header.get("runtime", "onnxruntime")
+    reference_runtime = header.get("reference_runtime", runtime)
+    for name in (runtime, reference_runtime):
+        if name not in DEVICE_RUNTIMES:
+            raise WireError(f"runtime {short_repr(name, 40)} is not one a device runs: {list(DEVICE_RUNTIMES)}")
+        if name != "onnxruntime":
+            from autoquant.runtimes import get_runtime
+
+            why = get_runtime(name, require=False).missing()
+            if why is not None:
+                raise WireError(f"this device has no {name} runtime: {why} there (the device extra installs it)")
+    models = [(blobs["model"], runtime)]
+    if "reference" in blobs:
+        models.append((blobs["reference"], reference_runtime))
+    for model, name in models:
         if not isinstance(model, bytes):
-            raise WireError("models must be ONNX bytes")
+            raise WireError("models must be bytes")
+        if name == "litert":
+            if len(model) < 8 or model[4:8] != TFLITE_IDENTIFIER:
+                raise WireError("not a LiteRT model (no TFL3 identifier): the client sends the .tflite it compiled")
+            continue
         try:
             scan = scan_model(model)
         except ValueError as exc:

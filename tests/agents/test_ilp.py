@@ -96,3 +96,22 @@ def test_the_integer_program_finds_the_brute_force_optimum(cartpole_space) -> No
     assert bounds == sorted(bounds) and plan_of(space, plans[0][1]).is_identity
     latencies = [ratio_of(plan_of(space, p)) for _, p in plans]
     assert all(b <= a + 1e-9 for a, b in zip(latencies, latencies[1:]))  # looser bounds, faster plans
+
+
+def test_with_a_model_per_runtime_each_bound_takes_the_faster_runtime(cartpole_space) -> None:  # type: ignore[no-untyped-def]
+    """Two runtimes with different costs: at every bound the front holds the plan of the
+    runtime whose optimum is fastest, and that is the brute-force optimum over both."""
+    table, space = cartpole_space
+    (a, ratio_a), (b, ratio_b) = _model(table, space, seed=3), _model(table, space, seed=4)
+    choices = layer_choices(space)
+    rng = np.random.default_rng(2)
+    sens = [{c: (0.0 if c.bits is None and c.ratio == 0 else float(rng.uniform(0, 0.4))) for c in layer}
+            for layer in choices]
+    everything = list(itertools.product(*choices))
+    plans = front(space, table, {"one": a, "two": b}, sens, bounds=8)
+    assert {r for _, _, r in plans} <= {"one", "two"} and len(plans) >= 2
+    ratio = {"one": ratio_a, "two": ratio_b}
+    for bound, picks, runtime in plans:
+        fits = [p for p in everything if sum(sens[i][c] for i, c in enumerate(p)) <= bound + 1e-9]
+        best = min(min(ratio_a(plan_of(space, p)), ratio_b(plan_of(space, p))) for p in fits)
+        assert ratio[runtime](plan_of(space, picks)) == pytest.approx(best, abs=1e-6)

@@ -49,3 +49,14 @@ def test_validation_names_valid_layers(cartpole_dqn) -> None:  # type: ignore[no
         CompressionPlan({"conv1": LayerSpec(8, 8)}).validate(table)
     with pytest.raises(PlanError, match="action head"):
         CompressionPlan({"fc3": LayerSpec(prune_ratio=0.5)}).validate(table)
+
+
+def test_a_plan_names_its_runtime_only_when_it_has_one() -> None:
+    plan = CompressionPlan({"fc1": LayerSpec(8, 8, 0.5)})
+    assert "runtime" not in plan.to_json() and plan.runtime is None  # keys of existing runs stay as they were
+    on = plan.on("litert")
+    assert CompressionPlan.from_json(on.to_json()) == on and on.describe() == "fc1 w8a8 p0.50 on litert"
+    assert on.without_pruning().runtime == "litert" and on.on(None) == plan
+    for bad in (3, "", "lite rt", "x" * 41):
+        with pytest.raises(PlanError, match="runtime"):
+            CompressionPlan.from_json({**plan.to_json(), "runtime": bad})

@@ -216,3 +216,33 @@ def test_emulated_arm_runs_each_runtime(runtime: str, emulation, pong_graphs, po
     assert first.unit == "instructions" and first.facts["cpu"].startswith("cortex-a76")
     assert abs(again.value / first.value - 1) < 0.01
     assert 0 < first.ratio < 1  # int8 costs fewer instructions than fp32 on an A76, in either runtime
+
+
+# --- through the device server -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory):  # type: ignore[no-untyped-def]
+    from tests.targets.device import start_device
+
+    dev = start_device(tmp_path_factory.mktemp("device"), max_model_mb=32)  # Pong fp32 is 6.7 MB
+    yield dev
+    dev.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_the_device_server_runs_each_runtime(runtime: str, device, pong_graphs, pong_states, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A board runs the runtime's model the client compiled: the same numbers as this
+    machine's session, latencies as ratios to fp32 on onnxruntime, the runtime named."""
+    spec = tmp_path / "board.toml"
+    spec.write_text(f'name = "board"\nreach = "remote"\nruntime = ["onnxruntime", "litert"]\n'
+                    f'device = "{device.address}"\nsecret_file = "{device.secret_file}"\n'
+                    '[protocol]\nwarmup = 2\ncalls = 20\nblock = 5\n')
+    target = get_target(str(spec), runtime=runtime)
+    assert set(target.facts()["runtimes"]) == {"onnxruntime", "litert"}
+    x = pong_states.states[:6]
+    np.testing.assert_array_equal(target.infer(pong_graphs["int8"], x), Runner(pong_graphs["int8"], runtime=runtime)(x))
+    result = target.measure(pong_graphs["int8"], pong_graphs["fp32"], x[:1])
+    assert result.ratio is not None and 0 < result.ratio < 10
+    assert result.facts.get("runtime", "onnxruntime") == runtime
