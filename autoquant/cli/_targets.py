@@ -23,7 +23,8 @@ class TargetsCommand(Command):
         parser.add_argument("--secret-file", help="the device's shared secret")
         parser.add_argument("--setup-emulation", action="store_true",
                             help="prepare the emulated Arm targets (qemu-user, an arm64 Python with "
-                                 "onnxruntime, the instruction-count plugin); cached, about a minute")
+                                 "onnxruntime and, where installed here, LiteRT; the instruction-count plugin); "
+                                 "cached, about a minute")
         parser.add_argument("--cpus", default="cortex-a72,cortex-a76",
                             help="CPUs to prepare for emulation (default cortex-a72,cortex-a76)")
 
@@ -43,7 +44,8 @@ class TargetsCommand(Command):
         for name, path in available_targets().items():
             spec = load_target_spec(path)
             rows.append({"name": name, "reach": spec.reach, "description": spec.description,
-                         "cost_unit": spec.cost_unit, "accelerated_precisions": list(spec.accelerated_precisions)})
+                         "cost_unit": spec.cost_unit, "accelerated_precisions": list(spec.accelerated_precisions),
+                         "runtimes": list(spec.runtimes)})
         return {"targets": rows}
 
     def render(self, result: dict[str, Any]) -> str:
@@ -52,8 +54,8 @@ class TargetsCommand(Command):
         if "facts" in result:
             return "\n".join([f"target {result['target']}: reachable"] +
                              [f"  {k}: {v}" for k, v in result["facts"].items()])
-        return "\n".join(f"{r['name']:<18} {r['reach']:<9} {r['cost_unit']:<13} {r['description']}"
-                         for r in result["targets"])
+        return "\n".join(f"{r['name']:<18} {r['reach']:<9} {r['cost_unit']:<13} "
+                         f"{','.join(r.get('runtimes', [])):<20} {r['description']}" for r in result["targets"])
 
 
 class DeviceCommand(Command):
