@@ -499,24 +499,8 @@ def _share(source: Run, staging: Path, folder: Path, config: RunConfig, space: S
 def _ort_reference(loaded: _Loaded, states: np.ndarray, held: np.ndarray, seeds: list[int], fp32: EpisodeStats,
                    random_play: EpisodeStats, n_envs: int) -> dict[str, Any]:
     """onnxruntime's own uniform int8, measured like a trial (a point on the report)."""
-    bundle, table, reference = loaded.bundle, loaded.table, loaded.reference_onnx
-    try:
-        model = onnxruntime_uniform_int8(reference, states)
-        latency = loaded.target.measure(model, reference, held[:1])
-    except Exception as exc:  # noqa: BLE001 - a reference point that cannot be had is reported, not fatal
-        if isinstance(exc, DeviceUnreachable):
-            raise
-        return {"error": describe_exception(exc)}
-    episodes = play_episodes(onnx_actor(bundle, model), bundle.env_id, seeds,  # type: ignore[arg-type]
-                             protocol=fp32.protocol, n_envs=n_envs)
-    paired = paired_comparison(episodes, fp32, random_play)
-    size = weight_bytes(table, CompressionPlan.uniform(table))
-    return {"latency_ratio": latency.ratio, "retention": paired["retention"],
-            "retention_low": paired["retention_low"], "retention_high": paired["retention_high"],
-            "exact": paired["exact"], "distinct_pairs": paired["distinct_pairs"],
-            "size_ratio": size / weight_bytes(table, CompressionPlan()),
-            "fidelity": fidelity(OrtRunner(reference)(held), OrtRunner(model)(held), bundle.action),
-            "reward": episodes.to_json()}
+    return _reference_point(loaded, "onnxruntime", lambda: onnxruntime_uniform_int8(loaded.reference_onnx, states),
+                            held, seeds, fp32, random_play, n_envs)
 
 
 def _runtime_reference(loaded: _Loaded, runtime: str, states: np.ndarray, held: np.ndarray, seeds: list[int],
@@ -524,11 +508,21 @@ def _runtime_reference(loaded: _Loaded, runtime: str, states: np.ndarray, held: 
     """Uniform int8 on another runtime of the target: the builder's uniform plan (per-channel
     int8 weights, int8 activations, calibrated on the run's states, as that runtime's own
     converter quantizes), measured and played like a trial on that runtime."""
+    plan = CompressionPlan.uniform(loaded.table).on(runtime)
+    point = _reference_point(loaded, runtime, lambda: compress(loaded.bundle, plan, states, verify_kernels=False).onnx,
+                             held, seeds, fp32, random_play, n_envs)
+    return point if "error" in point else {**point, "plan": plan.describe()}
+
+
+def _reference_point(loaded: _Loaded, runtime: str, make: Callable[[], bytes], held: np.ndarray, seeds: list[int],
+                     fp32: EpisodeStats, random_play: EpisodeStats, n_envs: int) -> dict[str, Any]:
+    """A uniform int8 model (``make()``) on ``runtime`` of the target, measured and played
+    like a trial; a point that cannot be had is reported as its error, not fatal."""
     bundle, table, reference = loaded.bundle, loaded.table, loaded.reference_onnx
-    plan = CompressionPlan.uniform(table).on(runtime)
+    target = loaded.targets.get(runtime, loaded.target)
     try:
-        model = compress(bundle, plan, states, verify_kernels=False).onnx
-        latency = loaded.targets[runtime].measure(model, reference, held[:1])
+        model = make()
+        latency = target.measure(model, reference, held[:1])
     except Exception as exc:  # noqa: BLE001 - a reference point that cannot be had is reported, not fatal
         if isinstance(exc, DeviceUnreachable):
             raise
@@ -540,7 +534,7 @@ def _runtime_reference(loaded: _Loaded, runtime: str, states: np.ndarray, held: 
     return {"latency_ratio": latency.ratio, "retention": paired["retention"],
             "retention_low": paired["retention_low"], "retention_high": paired["retention_high"],
             "exact": paired["exact"], "distinct_pairs": paired["distinct_pairs"],
-            "size_ratio": size / weight_bytes(table, CompressionPlan()), "plan": plan.describe(),
+            "size_ratio": size / weight_bytes(table, CompressionPlan()),
             "fidelity": fidelity(OrtRunner(reference)(held), Runner(model, runtime=runtime)(held), bundle.action),
             "reward": episodes.to_json()}
 
