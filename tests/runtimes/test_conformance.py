@@ -246,3 +246,18 @@ def test_the_device_server_runs_each_runtime(runtime: str, device, pong_graphs, 
     result = target.measure(pong_graphs["int8"], pong_graphs["fp32"], x[:1])
     assert result.ratio is not None and 0 < result.ratio < 10
     assert result.facts.get("runtime", "onnxruntime") == runtime
+
+
+def test_litert_refuses_what_it_cannot_express_in_one_line() -> None:
+    """An op without a mapping (here Softmax) or a branch is named, with the way out."""
+    from autoquant.runtimes import ConversionError
+
+    x = helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["b", 4])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, None)
+    softmax = helper.make_model(helper.make_graph([helper.make_node("Softmax", ["obs"], ["out"], name="sm")], "g",
+                                                  [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ConversionError) as info:
+        get_runtime("litert").compile(softmax.SerializeToString())
+    assert "Softmax" in str(info.value) and "onnxruntime" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConversionError, match="not an ONNX model"):
+        get_runtime("litert").compile(b"\x00garbage")
