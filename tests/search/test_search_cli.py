@@ -128,7 +128,10 @@ def test_resume_after_kill_keeps_every_completed_trial(cartpole_dqn_path: Path, 
     out = tmp_path / "killed"
     target = ["--target", "arm", "--device", device.address, "--secret-file", str(device.secret_file)]
     cmd = [sys.executable, "-m", "autoquant", "search", "--policy", str(cartpole_dqn_path), "--method", "quant",
-           "--agent", "random", "--trials", "8", "--episodes", "3", *target, "--out", str(out), "--quiet"]
+           "--agent", "random", "--trials", "6", "--episodes", "3", *target, "--out", str(out), "--quiet"]
+    # 6 trials (it was 8): 4 complete before the kill, the 5th is killed mid-trial, and the resumed
+    # search measures new plans to the end of the budget. What is checked (nothing completed lost
+    # or measured again, the whole budget counted once) holds for any budget past the held trial.
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         hold_a_trial(device, proc, out / "study.db", "killed", completed=4)
@@ -148,7 +151,7 @@ def test_resume_after_kill_keeps_every_completed_trial(cartpole_dqn_path: Path, 
     after = _completed(out / "study.db", "killed")
     assert all(after[n] == before[n] for n in before)  # nothing completed was lost or redone
     records = _records(out / "study.db", "killed")
-    assert len([r for r in records if r.counted]) == 8
+    assert len([r for r in records if r.counted]) == 6
     assert all(r.state != "RUNNING" for r in records)
     keys = [r.result.key for r in records if r.state == "COMPLETE" and r.result is not None and not r.cached]
     assert len(keys) == len(set(keys))  # no plan measured twice, across the restart
