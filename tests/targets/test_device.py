@@ -150,8 +150,12 @@ def test_search_on_the_device_survives_its_death(cartpole_dqn_path: Path, tmp_pa
     device = start_device(tmp_path, max_model_mb=8)
     out = tmp_path / "remote"
     cmd = [sys.executable, "-m", "autoquant", "search", "--policy", str(cartpole_dqn_path), "--method", "quant",
-           "--agent", "random", "--trials", "6", "--target", "arm", "--device", device.address,
+           "--agent", "random", "--trials", "4", "--target", "arm", "--device", device.address,
            "--secret-file", str(device.secret_file), "--out", str(out), "--quiet", "--episodes", "3"]
+    # A budget of 4 (it was 6): 3 trials complete before the board dies, the 4th dies with it, and
+    # the resumed search measures one new plan on the restarted board. What is checked (the
+    # completed trials kept, the whole budget counted, every result from the device) holds for any
+    # budget past the trial in flight.
     try:
         search = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         hold_a_trial(device, search, out / "study.db", "remote", completed=3)  # mid-trial, whatever the speed
@@ -172,7 +176,7 @@ def test_search_on_the_device_survives_its_death(cartpole_dqn_path: Path, tmp_pa
         assert all(after[n] == before[n] for n in before)
         study = optuna.load_study(study_name="remote", storage=f"sqlite:///{out / 'study.db'}")
         counted = [t for t in study.get_trials() if "interrupted" not in t.user_attrs]
-        assert len(counted) == 6
+        assert len(counted) == 4
         assert all(json.loads(t.user_attrs["result"])["latency"]["facts"]["where"].startswith("remote device")
                    for t in counted if t.state == optuna.trial.TrialState.COMPLETE)
     finally:
