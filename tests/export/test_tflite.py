@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.conftest import cli_main
 
 
+@pytest.mark.slow  # a finished search (the session's shared one)
 def test_a_trial_exports_as_a_litert_model_that_acts_as_its_onnx_graph(run_copy: Path, tmp_path: Path) -> None:
     from autoquant.policy import load_policy
     from autoquant.runtimes import Runner, get_runtime
