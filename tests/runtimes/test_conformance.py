@@ -203,19 +203,21 @@ def test_emulated_arm_runs_each_runtime(runtime: str, emulation, pong_graphs, po
                     f'runtime = "{runtime}"\ncost_unit = "instructions"\n[protocol]\nwarmup = 1\ncalls = 3\n')
     assert load_target_spec(spec).runtime == runtime
     target = get_target(str(spec))
-    x = pong_states.states[:8]
-    np.testing.assert_allclose(target.infer(pong_graphs["fp32"], x), Runner(pong_graphs["fp32"], runtime=runtime)(x),
-                               atol=1e-4)
     model, p = _layer_graph("conv", signed_in=False, relu=True, pads=1, seed=3)
     xs = _on_grid(p, 16, seed=2)
     steps = np.abs(target.infer(model, xs).astype(np.float64) - _exact(p, xs)) / np.float64(p["s_out"])
     assert steps.max() <= 1.0 + 1e-4
+    if runtime == "onnxruntime":  # its fp32 numerics and counts under emulation: tests/targets/test_emulated.py
+        return
+    x = pong_states.states[:3]
+    np.testing.assert_allclose(target.infer(pong_graphs["fp32"], x), Runner(pong_graphs["fp32"], runtime=runtime)(x),
+                               atol=1e-4)
     first = target.measure(pong_graphs["int8"], pong_graphs["fp32"], x)
+    assert first.unit == "instructions" and first.facts["cpu"].startswith("cortex-a76")
+    assert 0 < first.ratio < 1  # int8 costs fewer instructions than fp32 on an A76
     again = type(target)(target.name, target.cpu, runs=3, warmup=1, runtime=runtime).measure(
         pong_graphs["int8"], None, x)
-    assert first.unit == "instructions" and first.facts["cpu"].startswith("cortex-a76")
-    assert abs(again.value / first.value - 1) < 0.01
-    assert 0 < first.ratio < 1  # int8 costs fewer instructions than fp32 on an A76, in either runtime
+    assert abs(again.value / first.value - 1) < 0.01  # a fresh process counts the same
 
 
 # --- through the device server -----------------------------------------------------------------
