@@ -4,7 +4,7 @@ compressed graph's initializers from fp32 weights."""
 
 from __future__ import annotations
 
-from autoquant.compress._build import ActivationCache, BuiltGraph, QuantizedLayer, build_graph
+from autoquant.compress._build import ActivationCache, BuiltGraph, QuantizedLayer, build_graph, pruned_net, slice_net
 from autoquant.compress._compress import CompressedPolicy, compress, export_reference, weight_bytes
 from autoquant.compress._to_onnx import export_onnx, onnx_metadata
 from autoquant.compress._finetune import FinetuneResult, distill
@@ -46,6 +46,8 @@ __all__ = [
     "kept_count",
     "onnx_metadata",
     "prune",
+    "pruned_net",
     "recipe_graph",
+    "slice_net",
     "weight_bytes",
 ]
