@@ -33,15 +33,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_POLICIES, DEFAULT_RESULTS, Record, header, quiet, rel, retention_words  # noqa: E402
+from common import (DEFAULT_POLICIES, DEFAULT_RESULTS, EXACT_RULE, STICKY_LOW_RULE, Record,  # noqa: E402
+                    claim_both, claim_references, header, quiet, reference_summary, rel, retention_words)
 
 POLICY = Path("dqn-PongNoFrameskip-v4") / "dqn_pong.pt"
 ENV_ID = "PongNoFrameskip-v4"
 CPUS = {"arm-a72-emulated": "cortex-a72", "arm-a76-emulated": "cortex-a76"}
 RUNTIMES = ("onnxruntime", "litert")
-EXACT_RULE, STICKY_LOW_RULE = 0.98, 0.9
-STICKY = 0.25
-CLAIM_SEED = 7  # the headline's claim seeds: 107000..
 GOAL = 0.7  # issue: <= 0.7x the best uniform int8 across runtimes on that CPU
 DEAD = {"conv1": (None, 0.75), "conv2": (None, 0.25), "fc1": (None, 0.5)}
 CANDIDATES: dict[str, dict[str, tuple[int | None, float]]] = {
@@ -76,9 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     record = Record("benchmarks/arm_runtimes.py", argv)  # before any work: the library that runs is recorded
     quiet()
     from autoquant.compress import build_graph, export_reference
-    from autoquant.evaluate import (EpisodeStats, episode_seeds, onnx_actor, paired_comparison, play_episodes,
-                                    random_actor, record_states)
-    from autoquant.policy import load_policy, resolve_protocol
+    from autoquant.evaluate import record_states
+    from autoquant.policy import load_policy
     from autoquant.runtimes import Runner, get_runtime, onnxruntime_uniform_int8
     from autoquant.targets import get_target
 
@@ -117,42 +114,14 @@ def main(argv: list[str] | None = None) -> int:
                                          "max_abs_difference": float(abs(arm - here).max())}
             log(f"{target_name} {runtime}: done")
 
-    protocols = {"deterministic": resolve_protocol(ENV_ID), "sticky": resolve_protocol(ENV_ID, STICKY)}
-    refs: dict[str, Any] = {}
-    for pname, protocol in protocols.items():
-        seeds = episode_seeds(CLAIM_SEED, protocol.starts if protocol.starts is not None else args.sticky_episodes,
-                              protocol)
-        log(f"fp32 (onnxruntime) and random, {pname}, {len(seeds)} seeds")
-        refs[pname] = {"seeds": seeds,
-                       "fp32": play_episodes(onnx_actor(bundle, fp32), ENV_ID, seeds, protocol=protocol, n_envs=8),
-                       "random": play_episodes(random_actor(bundle.action_space, CLAIM_SEED), ENV_ID, seeds,
-                                               protocol=protocol, n_envs=8)}
+    refs = claim_references(bundle, fp32, sticky_episodes=args.sticky_episodes, log=log)
     for m in models:
-        m["claims"] = {}
-        for pname, protocol in protocols.items():
-            if pname == "sticky" and not m["claims"]["deterministic"]["holds"]:
-                continue  # a model must hold under both: sticky games are played only where it can
-            ref = refs[pname]
-            t0 = time.perf_counter()
-            episodes = play_episodes(onnx_actor(bundle, m["onnx"], m["runtime"]), ENV_ID, ref["seeds"],
-                                     protocol=protocol, n_envs=8)
-            paired = paired_comparison(episodes, ref["fp32"], ref["random"])
-            holds = (paired["retention"] >= EXACT_RULE if pname == "deterministic"
-                     else paired["retention_low"] >= STICKY_LOW_RULE)
-            m["claims"][pname] = {"reward": episodes.mean, "retention": paired["retention"],
-                                  "low": paired["retention_low"], "high": paired["retention_high"],
-                                  "exact": paired["exact"], "distinct_pairs": paired["distinct_pairs"],
-                                  "distinct_games": episodes.distinct_games, "episodes": len(episodes.seeds),
-                                  "starts": protocol.starts, "holds": bool(holds),
-                                  "seconds": time.perf_counter() - t0}
-        m["holds"] = len(m["claims"]) == len(protocols) and all(c["holds"] for c in m["claims"].values())
+        m.update(claim_both(bundle, m["onnx"], m["runtime"], refs))
         log(f"{m['name']} on {m['runtime']}: " + ", ".join(
             f"{k} {c['retention']:.3f}" for k, c in m["claims"].items()))
     for m in models:
         m["onnx_bytes"] = len(m.pop("onnx"))
-    references = {k: {"seeds": len(v["seeds"]), "fp32": v["fp32"].mean, "random": v["random"].mean,
-                      "fp32_distinct_games": v["fp32"].distinct_games, "sticky_actions": protocols[k].sticky_actions,
-                      "starts": protocols[k].starts} for k, v in refs.items()}
+    references = reference_summary(refs)
     facts = {"litert": get_runtime("litert").version(), "onnxruntime": get_runtime("onnxruntime").version()}
     record.save(args.out, write_markdown, policy=rel(policy), models=models, references=references, facts=facts,
                 sticky_episodes=args.sticky_episodes)

@@ -161,3 +161,61 @@ def spread_words(stats: Any) -> str:
     if not stats or stats.get("median") is None:
         return "n/a"
     return f"{stats['median']:g} ({stats['min']}-{stats['max']})"
+
+
+# --- claims under both episode protocols (as the headline claims plans) ---------------------------
+
+EXACT_RULE, STICKY_LOW_RULE = 0.98, 0.9  # deterministic retention (exact); sticky 95 % lower bound
+STICKY, CLAIM_SEED = 0.25, 7  # sticky-action probability; claims on episode_seeds(7, n): 107000..
+
+
+def claim_references(bundle: Any, reference_onnx: bytes, *, sticky_episodes: int,
+                     log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """fp32 (onnxruntime) and a random policy on each protocol's claim seeds: every no-op
+    start of the deterministic game, ``sticky_episodes`` seeds with sticky actions."""
+    from autoquant.evaluate import episode_seeds, onnx_actor, play_episodes, random_actor
+    from autoquant.policy import resolve_protocol
+
+    env_id = bundle.env_id
+    refs: dict[str, dict[str, Any]] = {}
+    for name, protocol in (("deterministic", resolve_protocol(env_id)), ("sticky", resolve_protocol(env_id, STICKY))):
+        seeds = episode_seeds(CLAIM_SEED, protocol.starts if protocol.starts is not None else sticky_episodes,
+                              protocol)
+        log(f"fp32 (onnxruntime) and random, {name}, {len(seeds)} seeds")
+        refs[name] = {"seeds": seeds, "protocol": protocol,
+                      "fp32": play_episodes(onnx_actor(bundle, reference_onnx), env_id, seeds, protocol=protocol,
+                                            n_envs=8),
+                      "random": play_episodes(random_actor(bundle.action_space, CLAIM_SEED), env_id, seeds,
+                                              protocol=protocol, n_envs=8)}
+    return refs
+
+
+def claim_both(bundle: Any, onnx: bytes, runtime: str, refs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``onnx`` played in ``runtime``'s numerics, paired with fp32 on each protocol's seeds.
+    The sticky games are played only where the deterministic rule holds (a model must hold
+    under both)."""
+    from autoquant.evaluate import onnx_actor, paired_comparison, play_episodes
+
+    claims: dict[str, Any] = {}
+    for name, ref in refs.items():
+        if name == "sticky" and not claims["deterministic"]["holds"]:
+            continue
+        t0 = time.perf_counter()
+        episodes = play_episodes(onnx_actor(bundle, onnx, runtime), bundle.env_id, ref["seeds"],
+                                 protocol=ref["protocol"], n_envs=8)
+        paired = paired_comparison(episodes, ref["fp32"], ref["random"])
+        holds = paired["retention"] >= EXACT_RULE if name == "deterministic" else \
+            paired["retention_low"] >= STICKY_LOW_RULE
+        claims[name] = {"reward": episodes.mean, "retention": paired["retention"], "low": paired["retention_low"],
+                        "high": paired["retention_high"], "exact": paired["exact"],
+                        "distinct_pairs": paired["distinct_pairs"], "distinct_games": episodes.distinct_games,
+                        "episodes": len(episodes.seeds), "starts": ref["protocol"].starts, "holds": bool(holds),
+                        "seconds": time.perf_counter() - t0}
+    return {"claims": claims, "holds": len(claims) == len(refs) and all(c["holds"] for c in claims.values())}
+
+
+def reference_summary(refs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What a results page says of the references (JSON-ready)."""
+    return {k: {"seeds": len(v["seeds"]), "fp32": v["fp32"].mean, "random": v["random"].mean,
+                "fp32_distinct_games": v["fp32"].distinct_games, "sticky_actions": v["protocol"].sticky_actions,
+                "starts": v["protocol"].starts} for k, v in refs.items()}

@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_POLICIES, DEFAULT_RESULTS, Record, header, quiet, rel, retention_words  # noqa: E402
+from common import (DEFAULT_POLICIES, DEFAULT_RESULTS, EXACT_RULE, STICKY, STICKY_LOW_RULE, Record,  # noqa: E402
+                    claim_both, claim_references, header, quiet, reference_summary, rel, retention_words)
 
 POLICY = Path("dqn-PongNoFrameskip-v4") / "dqn_pong.pt"
 ENV_ID = "PongNoFrameskip-v4"
 RUNTIME = "litert"
 PLAN = {"conv1": (8, 0.75), "conv2": (8, 0.25), "conv3": (8, 0.0), "fc1": (8, 0.5), "fc2": (8, 0.0)}
-EXACT_RULE, STICKY_LOW_RULE, STICKY, CLAIM_SEED = 0.98, 0.9, 0.25, 7
 
 
 def log(text: str) -> None:
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     record = Record("benchmarks/int8_recovery.py", argv)
     quiet()
     from autoquant.compress import CompressionPlan, LayerSpec, build_graph, export_reference
-    from autoquant.evaluate import episode_seeds, onnx_actor, paired_comparison, play_episodes, random_actor, record_states
-    from autoquant.policy import load_policy, resolve_protocol
+    from autoquant.evaluate import record_states
+    from autoquant.policy import load_policy
 
     policy = args.policies / POLICY
     bundle = load_policy(policy, env_id=ENV_ID)
@@ -100,37 +100,13 @@ def main(argv: list[str] | None = None) -> int:
                 weights=bias_corrected(bundle, plan, states, on_grid.layers)).onnx)):
         t0 = time.perf_counter()
         variants[name] = {"onnx": make(), "build_s": time.perf_counter() - t0}
-    protocols = {"deterministic": resolve_protocol(ENV_ID), "sticky": resolve_protocol(ENV_ID, STICKY)}
-    refs: dict[str, Any] = {}
-    for pname, protocol in protocols.items():
-        seeds = episode_seeds(CLAIM_SEED, protocol.starts if protocol.starts is not None else args.sticky_episodes,
-                              protocol)
-        log(f"fp32 and random, {pname}, {len(seeds)} seeds")
-        refs[pname] = {"seeds": seeds, "protocol": protocol,
-                       "fp32": play_episodes(onnx_actor(bundle, export_reference(bundle)), ENV_ID, seeds,
-                                             protocol=protocol, n_envs=8),
-                       "random": play_episodes(random_actor(bundle.action_space, CLAIM_SEED), ENV_ID, seeds,
-                                               protocol=protocol, n_envs=8)}
+    refs = claim_references(bundle, export_reference(bundle), sticky_episodes=args.sticky_episodes, log=log)
     rows = []
     for name, v in variants.items():
-        claims: dict[str, Any] = {}
-        for pname, ref in refs.items():
-            if pname == "sticky" and not claims["deterministic"]["holds"]:
-                continue
-            episodes = play_episodes(onnx_actor(bundle, v["onnx"], RUNTIME), ENV_ID, ref["seeds"],
-                                     protocol=ref["protocol"], n_envs=8)
-            paired = paired_comparison(episodes, ref["fp32"], ref["random"])
-            holds = (paired["retention"] >= EXACT_RULE if pname == "deterministic"
-                     else paired["retention_low"] >= STICKY_LOW_RULE)
-            claims[pname] = {"retention": paired["retention"], "low": paired["retention_low"],
-                             "high": paired["retention_high"], "exact": paired["exact"],
-                             "distinct_pairs": paired["distinct_pairs"], "starts": ref["protocol"].starts,
-                             "episodes": len(episodes.seeds), "reward": episodes.mean, "holds": bool(holds)}
-            log(f"{name}, {pname}: {paired['retention']:.3f}")
-        rows.append({"method": name, "build_s": v["build_s"], "claims": claims,
-                     "holds": len(claims) == 2 and all(c["holds"] for c in claims.values())})
-    references = {k: {"seeds": len(v["seeds"]), "fp32": v["fp32"].mean, "random": v["random"].mean,
-                      "fp32_distinct_games": v["fp32"].distinct_games} for k, v in refs.items()}
+        row = {"method": name, "build_s": v["build_s"], **claim_both(bundle, v["onnx"], RUNTIME, refs)}
+        rows.append(row)
+        log(f"{name}: " + ", ".join(f"{k} {c['retention']:.3f}" for k, c in row["claims"].items()))
+    references = reference_summary(refs)
     record.save(args.out, write_markdown, policy=rel(policy), plan=plan.describe(), runtime=RUNTIME, rows=rows,
                 references=references, sticky_episodes=args.sticky_episodes)
     return 0
