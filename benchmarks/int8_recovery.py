@@ -4,16 +4,17 @@ if it kept its reward (``conv1 w8a8 p0.75, conv2 w8a8 p0.25, conv3 w8a8, fc1 w8a
 fc2 w8a8``: 0.668 M instructions on emulated A76, 0.521x LiteRT's uniform int8; see
 ``arm_runtimes.md``).
 
-Methods, each a change of the builder's inputs (not yet a library option):
+Methods, each a change of the builder's inputs:
 
 - **baseline**: the builder as the search runs it (Brevitas' percentile calibration,
   round to nearest, per channel).
 - **input scale 1/255**: the observation quantizer's scale set to exactly 1/255. Frames
   are multiples of 1/255; the percentile gives a smaller scale, so every frame is
   quantized off its grid and the brightest pixels clip.
-- **bias correction** (empirical, Nagel et al. 2019): per integer layer, the mean output
-  shift its rounded weights cause on the float input of the recorded states, per output
-  channel, subtracted from the layer's bias.
+- **bias correction** (empirical, Nagel et al. 2019; the builder's ``bias_correction``,
+  which searches use by default): per integer layer, the mean output shift its rounded
+  weights cause on the float input of the recorded states, per output channel, subtracted
+  from the layer's bias.
 - both together.
 
 Each variant is played in LiteRT's numerics under both protocols as the headline claims
@@ -31,8 +32,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DEFAULT_POLICIES, DEFAULT_RESULTS, EXACT_RULE, STICKY, STICKY_LOW_RULE, Record,  # noqa: E402
                     claim_both, claim_references, header, quiet, reference_summary, rel, retention_words)
@@ -45,29 +44,6 @@ PLAN = {"conv1": (8, 0.75), "conv2": (8, 0.25), "conv3": (8, 0.0), "fc1": (8, 0.
 
 def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-def bias_corrected(bundle: Any, plan: Any, states: np.ndarray, layers: dict[str, Any]) -> dict[str, Any]:
-    """Each integer layer's bias minus the mean shift of its output that weight rounding
-    causes, on the float input the layer sees (the pruned fp32 network's, in order)."""
-    import torch
-    from torch import nn
-
-    from autoquant.compress import QuantizedLayer, pruned_net, slice_net
-
-    sliced, _ = slice_net(bundle.net, plan)
-    net, qnet = pruned_net(bundle.net, sliced), pruned_net(bundle.net, sliced, layers)
-    fixed = {}
-    with torch.no_grad():
-        h = torch.from_numpy(states)
-        for (name, m), (_, mq) in zip(net.named_children(), qnet.named_children()):
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and layers[name].weight_scale is not None:
-                shift = (mq(h) - m(h)).mean(dim=(0, 2, 3) if h.ndim == 4 else (0,)).numpy()
-                layer = layers[name]
-                fixed[name] = QuantizedLayer(weight=layer.weight, bias=(sliced[name].bias - shift).astype(np.float32),
-                                             weight_scale=layer.weight_scale, int_max=layer.int_max)
-            h = m(h)
-    return fixed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,10 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             ("baseline", lambda: base.onnx),
             ("input scale 1/255", lambda: on_grid.onnx),
             ("bias correction", lambda: build_graph(bundle.net, bundle.input_shape, plan, states,
-                                                    weights=bias_corrected(bundle, plan, states, base.layers)).onnx),
+                                                    bias_correction=True).onnx),
             ("input scale 1/255 + bias correction", lambda: build_graph(
-                bundle.net, bundle.input_shape, plan, states, scales=grid,
-                weights=bias_corrected(bundle, plan, states, on_grid.layers)).onnx)):
+                bundle.net, bundle.input_shape, plan, states, scales=grid, bias_correction=True).onnx)):
         t0 = time.perf_counter()
         variants[name] = {"onnx": make(), "build_s": time.perf_counter() - t0}
     refs = claim_references(bundle, export_reference(bundle), sticky_episodes=args.sticky_episodes, log=log)

@@ -147,6 +147,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, policy_required: bool
                              "best epoch so far when --time-budget is spent")
     parser.add_argument("--finetune-rounds", type=integer(0, MAX_FINETUNE_ROUNDS), default=2,
                         help=f"DAgger rounds after the first distillation (default 2, at most {MAX_FINETUNE_ROUNDS})")
+    parser.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=True,
+                        help="empirical bias correction of plans rounded to nearest: each quantized layer's bias "
+                             "absorbs the mean output shift its rounded weights cause on the recorded states "
+                             "(default on; fine-tuned and GPTQ plans keep their own)")
     parser.add_argument("--finetune-below", type=float, default=0.98,
                         help="held-out fidelity score (action agreement, or 1 - action error) below which a plan is "
                              "fine-tuned, in [0, 1] (default 0.98)")
@@ -168,7 +172,7 @@ def _config(args: argparse.Namespace, *, method: str, agent: str) -> Any:
         mode="pareto" if args.pareto else "single", min_retention=args.min_retention, episodes=args.episodes,
         fidelity_floor=args.fidelity_floor, n_envs=args.envs, seed=args.seed, confidence=args.confidence,
         proxy_states=args.proxy_states, finetune_epochs=args.finetune, finetune_rounds=args.finetune_rounds,
-        finetune_below=args.finetune_below)
+        finetune_below=args.finetune_below, bias_correction=args.bias_correction)
     given = {"target": args.target, "storage": getattr(args, "storage", None), "n_trials": args.trials}
     return RunConfig(
         policy=args.policy, env_id=args.env, activation=args.activation, conv_strides=args.conv_strides,

@@ -4,7 +4,8 @@ compressed graph's initializers from fp32 weights."""
 
 from __future__ import annotations
 
-from autoquant.compress._build import ActivationCache, BuiltGraph, QuantizedLayer, build_graph, pruned_net, slice_net
+from autoquant.compress._build import (ActivationCache, BuiltGraph, QuantizedLayer, build_graph, correct_bias,
+                                       pruned_net, slice_net)
 from autoquant.compress._compress import CompressedPolicy, compress, export_reference, weight_bytes
 from autoquant.compress._to_onnx import export_onnx, onnx_metadata
 from autoquant.compress._finetune import FinetuneResult, distill
@@ -39,6 +40,7 @@ __all__ = [
     "SlotSpec",
     "as_array",
     "compress",
+    "correct_bias",
     "distill",
     "encode_layer",
     "export_onnx",

@@ -88,6 +88,7 @@ def compress(
     verify_kernels: bool = True,
     seed: int = 0,
     cache: ActivationCache | None = None,
+    bias_correction: bool = False,
 ) -> CompressedPolicy:
     """Prune, quantize (calibrated on ``states``, prepared observations), optionally
     fine-tune by distillation, and emit the ONNX graph.
@@ -113,6 +114,10 @@ def compress(
     ``cache``: an ActivationCache of ``bundle.net`` and these ``states`` (the same array),
     which a search keeps so that calibration reuses the activations of earlier plans.
 
+    ``bias_correction``: empirical bias correction (``_build.correct_bias``) on ``states``
+    where the builder rounds the weights itself (round to nearest, no fine-tuning). GPTQ
+    and fine-tuning choose weights against the data already and keep their own biases.
+
     With ``verify_kernels`` the graph runs once under onnxruntime's profiler; a layer
     the plan makes integer that runs a float kernel raises KernelMismatchError.
     """
@@ -130,7 +135,8 @@ def compress(
         result = None
         if finetune_epochs == 0 and (rounding == "nearest" or not plan.quantized):
             # round to nearest: straight from the fp32 weights, sliced once by the builder
-            built = build_graph(bundle.net, bundle.input_shape, plan, states, metadata=metadata, cache=cache)
+            built = build_graph(bundle.net, bundle.input_shape, plan, states, metadata=metadata, cache=cache,
+                                bias_correction=bias_correction)
             kept = built.kept
             net = pruned_net(bundle.net, built.sliced, built.layers)
         else:  # a model to fit first (GPTQ, fine-tuning), on the network cut to the kept channels

@@ -151,7 +151,8 @@ def export_actorq(run: Run, number: int, plan: Any, out: Path) -> dict[str, Any]
     if run.fine_tuned(plan) is not None:
         raise UsageError(f"trial {number} was fine-tuned: ActorQ actors rebuild each broadcast from the learner's "
                          "weights, which fine-tuning does not see; pick a trial that was not fine-tuned for a bundle")
-    compressed = run.compress(plan, rounding="nearest")
+    # the actors apply the recipe to learner weights as they come: no data, so no bias correction
+    compressed = run.compress(plan, rounding="nearest", bias_correction=False)
     fid = fidelity(run.problem.reference_outputs, OrtRunner(compressed.onnx)(run.held_out), run.bundle.action)
     target = target_entry(run.config.target, facts=run.info.target.facts)
     target["fingerprint"] = run.info.target.fingerprint

@@ -74,6 +74,7 @@ class ProblemSettings:
     finetune_epochs: int = 0  # > 0: fine-tune plans below ``finetune_below`` before they are judged
     finetune_rounds: int = 2  # DAgger rounds on the plan's own states after the first distillation
     finetune_below: float = 0.98  # held-out fidelity score below which a plan is fine-tuned
+    bias_correction: bool = True  # round-to-nearest plans: empirical bias correction on the recorded states
 
     def __post_init__(self) -> None:
         check_integer(self.finetune_epochs, "--finetune (epochs)", 0, MAX_FINETUNE_EPOCHS)
@@ -89,6 +90,8 @@ class ProblemSettings:
         _check_number(self.fidelity_floor, "--fidelity-floor", "[0, 1]", lambda v: 0.0 <= v <= 1.0)
         check_integer(self.n_envs, "--envs", 1, MAX_ENVS)
         check_integer(self.seed, "--seed", 0, MAX_SEED)
+        if not isinstance(self.bias_correction, bool):
+            raise UsageError(f"bias_correction must be true or false, got {short_repr(self.bias_correction)}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,7 +102,8 @@ class ProblemSettings:
         if not isinstance(data, dict):
             raise UsageError(f"the settings must be a JSON object, got {short_repr(data)}")
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        # runs made before bias correction existed built their plans without it
+        return cls(**{"bias_correction": False, **{k: v for k, v in data.items() if k in names}})
 
 
 def _check_number(value: Any, what: str, interval: str, inside: Callable[[float], bool]) -> None:
@@ -219,7 +223,8 @@ class SearchProblem:
         wall-clock budget) bounds fine-tuning: no epoch starts past it.
         """
         t0 = time.perf_counter()
-        compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed, cache=self._cache)
+        compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed, cache=self._cache,
+                              bias_correction=self.settings.bias_correction)
         t1 = time.perf_counter()
         target = self.target_of(plan)
         latency = target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
@@ -319,12 +324,14 @@ class SearchProblem:
         """The plan's latency ratio to fp32 on the target, measured as a trial measures it
         (rounded to nearest: how weights round changes no kernel and no latency)."""
         compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed, cache=self._cache,
+                              bias_correction=self.settings.bias_correction,
                               rounding="nearest")
         return _ratio(self.target_of(plan).measure(compressed.onnx, self.reference_onnx, self.held_out[:1]))
 
     def proxy_of(self, plan: CompressionPlan) -> float:
         """The plan's proxy, measured as a trial measures it (no latency, no episodes)."""
         compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed, cache=self._cache,
+                              bias_correction=self.settings.bias_correction,
                               verify_kernels=False)
         return fidelity_score(self._proxy_fidelity(compressed.onnx, self.runner(plan, compressed.onnx), plan))
 
@@ -336,6 +343,7 @@ class SearchProblem:
         256 Pong states costs about 19 s, about 17 minutes for the 55 choices of the joint space,
         and sensitivities only rank choices; trials still judge fidelity in the target's numerics."""
         compressed = compress(self.bundle, plan, self.states, seed=self.settings.seed, cache=self._cache,
+                              bias_correction=self.settings.bias_correction,
                               verify_kernels=False)
         runner = self.runner(plan, compressed.onnx)
         if getattr(self.target, "emulated", False):

@@ -230,10 +230,14 @@ class Run:
             raise UsageError(f"trial {trial} has no plan in this run (trials 0..{len(records) - 1})")
         return int(trial), CompressionPlan.from_json(record.plan)
 
-    def compress(self, plan: CompressionPlan, *, rounding: str | None = None) -> Any:
-        """The plan compressed as its trials built it, before any fine-tuning (see ``model``)."""
-        options = {} if rounding is None else {"rounding": rounding}
-        return compress(self.bundle, plan, self.states.states, seed=self.config.settings.seed, **options)
+    def compress(self, plan: CompressionPlan, *, rounding: str | None = None,
+                 bias_correction: bool | None = None) -> Any:
+        """The plan compressed as its trials built it, before any fine-tuning (see ``model``);
+        ``bias_correction`` None: as the run's settings say."""
+        options: dict[str, Any] = {} if rounding is None else {"rounding": rounding}
+        correct = self.config.settings.bias_correction if bias_correction is None else bias_correction
+        return compress(self.bundle, plan, self.states.states, seed=self.config.settings.seed,
+                        bias_correction=correct, **options)
 
     def fine_tuned(self, plan: CompressionPlan) -> bytes | None:
         """The graph of the plan's fine-tuned trial, as it was judged; None where no trial of

@@ -155,3 +155,72 @@ def test_the_activation_cache_changes_nothing_but_the_time(pong, pong_states) ->
     assert build_graph(pong.net, pong.input_shape, plan, states, cache=other).onnx == \
         build_graph(pong.net, pong.input_shape, plan, states).onnx
     assert not other._stats
+
+
+def _layer_shift(net, built, states: np.ndarray) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Per layer with quantized weights, the per-channel mean of (its output as the graph
+    stores it, bias included) minus (its fp32 output), both on the fp32 network's float
+    input to that layer: what bias correction drives to zero."""
+    import torch
+    from torch import nn
+
+    from autoquant.compress import pruned_net
+
+    fp32 = pruned_net(net, built.sliced)
+    out: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        h = torch.from_numpy(states)
+        for name, m in fp32.named_children():
+            layer = built.layers.get(name)
+            if layer is not None and layer.weight_scale is not None:
+                scale = layer.weight_scale.reshape((-1,) + (1,) * (layer.weight.ndim - 1))
+                w = torch.from_numpy((layer.weight.astype(np.float64) * scale).astype(np.float32))
+                b = layer.bias.astype(np.float64) * (layer.bias_scale if layer.bias_scale is not None else 1.0)
+                b = torch.from_numpy(b.astype(np.float32))
+                y = (nn.functional.conv2d(h, w, b, stride=m.stride, padding=m.padding) if isinstance(m, nn.Conv2d)
+                     else nn.functional.linear(h, w, b))
+                out[name] = (y - m(h)).double().mean(dim=(0, 2, 3) if y.ndim == 4 else (0,)).numpy()
+            h = m(h)
+    return out
+
+
+def test_bias_correction_removes_the_mean_shift_of_rounded_weights(pong, pong_states) -> None:  # type: ignore[no-untyped-def]
+    """With bias correction every quantized layer's mean output on the recorded states is
+    fp32's to within half a step of its int32 bias; without, rounding shifts it by far more.
+    Plans without quantized weights build the same bytes either way."""
+    states = np.asarray(pong_states.states, dtype=np.float32)
+    plan = CompressionPlan({"conv1": LayerSpec(8, 8, 0.75), "conv2": LayerSpec(8, 8, 0.25), "conv3": LayerSpec(8, 8),
+                            "fc1": LayerSpec(4, 8, 0.5), "fc2": LayerSpec(8, None)})  # fc2: weights only, float bias
+    plain = build_graph(pong.net, pong.input_shape, plan, states)
+    fixed = build_graph(pong.net, pong.input_shape, plan, states, bias_correction=True)
+    before, after = _layer_shift(pong.net, plain, states), _layer_shift(pong.net, fixed, states)
+    assert set(after) == {"conv1", "conv2", "conv3", "fc1", "fc2"}
+    for name, shift in after.items():
+        layer = fixed.layers[name]
+        step = layer.bias_scale if layer.bias_scale is not None else np.zeros_like(shift)
+        assert np.all(np.abs(shift) <= step / 2 + 1e-4 + 1e-4 * np.abs(before[name])), name
+        np.testing.assert_array_equal(fixed.layers[name].weight, plain.layers[name].weight)  # weights untouched
+    assert max(np.abs(s).max() for s in before.values()) > 1e-2  # there was a shift to remove
+    for other in (CompressionPlan(), CompressionPlan({"conv1": LayerSpec(None, None, 0.5)})):
+        assert build_graph(pong.net, pong.input_shape, other, states, bias_correction=True).onnx == \
+            build_graph(pong.net, pong.input_shape, other, states).onnx
+
+
+def test_compress_corrects_biases_only_where_the_builder_rounds(pong, pong_states, cartpole_dqn,
+                                                                cartpole_states) -> None:  # type: ignore[no-untyped-def]
+    """``compress(bias_correction=True)`` is the builder's corrected graph on the
+    round-to-nearest path; GPTQ keeps its own weights and biases."""
+    states = np.asarray(pong_states.states, dtype=np.float32)
+    plan = CompressionPlan(PONG_PLANS[0])
+    got = compress(pong, plan, states, rounding="nearest", bias_correction=True, verify_kernels=False)
+    assert got.onnx == build_graph(pong.net, pong.input_shape, plan, states, bias_correction=True,
+                                   metadata=_metadata_of(got.onnx)).onnx
+    assert got.onnx != compress(pong, plan, states, rounding="nearest", verify_kernels=False).onnx
+    mlp = CompressionPlan(MLP_PLANS[0])
+    x = cartpole_states.states[:256]
+    assert compress(cartpole_dqn, mlp, x, rounding="gptq", bias_correction=True, verify_kernels=False).onnx == \
+        compress(cartpole_dqn, mlp, x, rounding="gptq", verify_kernels=False).onnx
+
+
+def _metadata_of(model: bytes) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load_from_string(model).metadata_props}

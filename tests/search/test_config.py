@@ -65,6 +65,7 @@ def test_bad_values_are_refused_when_made(changes: dict, error: type, words: str
     ({"confidence": 1.0}, "--confidence must be in [0.5, 1)"),
     ({"proxy_states": 0}, "--proxy-states must be an integer from 1 to 65,536"),
     ({"n_envs": 0}, "--envs must be an integer from 1 to 256"),
+    ({"bias_correction": "yes"}, "bias_correction must be true or false, got 'yes'"),
 ])
 def test_bad_settings_are_refused_by_the_settings(changes: dict, words: str) -> None:
     with pytest.raises(UsageError) as info:
@@ -82,3 +83,28 @@ def test_round_trip_and_no_trust_from_the_file() -> None:
     assert RunConfig.from_json({**data, "trust_pickle": True}) == config  # an older run.json's key means nothing
     with pytest.raises(UsageError, match="config.settings"):
         RunConfig.from_json({k: v for k, v in data.items() if k != "settings"})
+
+
+def test_bias_correction_is_on_for_new_runs_and_off_for_runs_made_before_it() -> None:
+    """A run.json written before the setting existed built its plans without bias correction,
+    and resuming it must build them so again."""
+    assert ProblemSettings().bias_correction is True
+    data = RunConfig(policy="p.zip").to_json()
+    assert data["settings"]["bias_correction"] is True and RunConfig.from_json(data).settings.bias_correction
+    older = {**data, "settings": {k: v for k, v in data["settings"].items() if k != "bias_correction"}}
+    assert RunConfig.from_json(older).settings.bias_correction is False
+    off = RunConfig(policy="p.zip", settings=ProblemSettings(bias_correction=False))
+    assert RunConfig.from_json(off.to_json()) == off
+
+
+def test_the_command_line_turns_bias_correction_off() -> None:
+    from autoquant.cli import _parser
+    from autoquant.cli._search import _config
+
+    def settings(*extra: str) -> ProblemSettings:
+        argv = ["search", "--policy", "p.zip", *extra]
+        args = _parser(argv).parse_args(argv)
+        args.argv = ("autoquant", *argv)
+        return _config(args, method="joint", agent="random").settings
+
+    assert settings().bias_correction is True and settings("--no-bias-correction").bias_correction is False
