@@ -169,9 +169,15 @@ class LatencyModel:
 
     @classmethod
     def measure(cls, table: LayerTable, space: Any, ratio_of: Callable[[CompressionPlan], float], *,
-                key: str = "", log: Callable[[str], None] = lambda s: None) -> LatencyModel:
+                key: str = "", log: Callable[[str], None] = lambda s: None,
+                fp32_is_reference: bool = True) -> LatencyModel:
         """Measure every single and adjacent pair of options; ``ratio_of(plan)`` builds the
-        plan and returns its latency ratio to fp32 on the target."""
+        plan and returns its latency ratio to fp32 on the target.
+
+        ``fp32_is_reference``: the unchanged network is the reference the ratios are taken
+        to, 1.0 by definition. A second runtime's ratios are to fp32 on the first, so its own
+        fp32 (LiteRT's: 0.80-0.83 of onnxruntime's instructions on emulated Arm) is measured
+        like any probe and stands for every layer left as it is."""
         start = time.perf_counter()
         options = latency_options(table, space)
         ratios = keep_ratios(table, space)
@@ -184,7 +190,7 @@ class LatencyModel:
             # options that leave a layer as fp32 is are dropped from the probe key
             real = tuple(sorted((i, o) for i, o in fixed.items()
                                 if o.integer or o.keep < layers[i].channels))
-            if not real:
+            if not real and fp32_is_reference:
                 return 1.0
             if real not in memo:
                 memo[real] = float(ratio_of(_probe_plan(table, dict(real), multiple, ratios)))
@@ -230,18 +236,25 @@ class LatencyModel:
                    measured_s=float(data.get("measured_s", 0.0)))
 
     @staticmethod
-    def cache_key(policy_sha256: str, target_fingerprint: str, options: Iterable[Iterable[LatencyOption]]) -> str:
-        text = json.dumps({"policy": policy_sha256, "target": target_fingerprint,
-                           "options": [[o.key() for o in layer] for layer in options]}, sort_keys=True)
+    def cache_key(policy_sha256: str, target_fingerprint: str, options: Iterable[Iterable[LatencyOption]], *,
+                  fp32_measured: bool = False) -> str:
+        """``fp32_measured`` (a second runtime's model) changes the key: such models stored
+        before fp32 was measured for them took it as 1.0 and are measured again."""
+        data: dict[str, Any] = {"policy": policy_sha256, "target": target_fingerprint,
+                                "options": [[o.key() for o in layer] for layer in options]}
+        if fp32_measured:
+            data["fp32"] = "measured"
+        text = json.dumps(data, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     @classmethod
     def load_or_measure(cls, table: LayerTable, space: Any, ratio_of: Callable[[CompressionPlan], float], *,
                         policy_sha256: str, target_fingerprint: str, folder: Path | None = None,
-                        log: Callable[[str], None] = lambda s: None) -> LatencyModel:
+                        log: Callable[[str], None] = lambda s: None, fp32_is_reference: bool = True) -> LatencyModel:
         """The stored model of this network, target and options, or a new one measured now
-        (and stored for the next run)."""
-        key = cls.cache_key(policy_sha256, target_fingerprint, latency_options(table, space))
+        (and stored for the next run). ``fp32_is_reference``: see ``measure``."""
+        key = cls.cache_key(policy_sha256, target_fingerprint, latency_options(table, space),
+                            fp32_measured=not fp32_is_reference)
         path = (folder or cache_dir() / "latency") / f"{key}.json"
         if path.is_file() and not path.is_symlink():
             try:
@@ -252,7 +265,7 @@ class LatencyModel:
                     return model
             except (AutoquantError, ValueError, KeyError, TypeError, AttributeError):
                 pass  # unreadable, hostile or of another version: measure again
-        model = cls.measure(table, space, ratio_of, key=key, log=log)
+        model = cls.measure(table, space, ratio_of, key=key, log=log, fp32_is_reference=fp32_is_reference)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(path, model.to_json())

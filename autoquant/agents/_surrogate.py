@@ -137,7 +137,7 @@ def latency_model(problem: SearchProblem, space: SearchSpace, runtime: str | Non
     return LatencyModel.load_or_measure(
         problem.table, space, lambda plan: problem.latency_ratio(plan.on(runtime)),
         policy_sha256=hashlib.sha256(problem.reference_onnx).hexdigest(),
-        target_fingerprint=target_fingerprint(target))
+        target_fingerprint=target_fingerprint(target), fp32_is_reference=False)
 
 
 @dataclass

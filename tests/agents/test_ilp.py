@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from autoquant.search import load_space
-from autoquant.agents._ilp import front, layer_choices, plan_of, solve
+from autoquant.agents._ilp import front, layer_choices, plan_of, proposals, solve
 from autoquant.agents._latency import LatencyModel, latency_options, option_of
 
 
@@ -30,7 +30,9 @@ def pong_space(pong):  # type: ignore[no-untyped-def]
     return table, load_space("joint", table)
 
 
-def _model(table, space, seed: int = 0):  # type: ignore[no-untyped-def]
+def _model(table, space, seed: int = 0, base: float = 1.0, fp32_is_reference: bool = True):  # type: ignore[no-untyped-def]
+    """A latency model measured on a chain-additive cost whose unchanged network costs
+    ``base`` (a second runtime's fp32, against the first runtime's)."""
     options = latency_options(table, space)
     unary, pair = _chain_cost(seed, options)
     n = len(options)
@@ -40,12 +42,12 @@ def _model(table, space, seed: int = 0):  # type: ignore[no-untyped-def]
         return (sum(unary[(i, o)] for i, o in enumerate(chosen))
                 + sum(pair[(i, chosen[i], chosen[i + 1])] for i in range(n - 1)))
 
-    base = cost(fp32)
+    fp32_cost = cost(fp32)
 
     def ratio_of(plan) -> float:  # type: ignore[no-untyped-def]
-        return 1.0 + cost([option_of(table, plan, i) for i in range(n)]) - base
+        return base + cost([option_of(table, plan, i) for i in range(n)]) - fp32_cost
 
-    return LatencyModel.measure(table, space, ratio_of), ratio_of
+    return LatencyModel.measure(table, space, ratio_of, fp32_is_reference=fp32_is_reference), ratio_of
 
 
 def test_the_model_is_exact_for_chain_additive_costs(pong_space) -> None:  # type: ignore[no-untyped-def]
@@ -115,3 +117,39 @@ def test_with_a_model_per_runtime_each_bound_takes_the_faster_runtime(cartpole_s
         fits = [p for p in everything if sum(sens[i][c] for i, c in enumerate(p)) <= bound + 1e-9]
         best = min(min(ratio_a(plan_of(space, p)), ratio_b(plan_of(space, p))) for p in fits)
         assert ratio[runtime](plan_of(space, picks)) == pytest.approx(best, abs=1e-6)
+
+
+def test_a_second_runtimes_model_measures_its_own_fp32(pong_space) -> None:  # type: ignore[no-untyped-def]
+    """A second runtime's ratios are to the first runtime's fp32. Its model is exact on every
+    plan, fp32 layers between changed ones and the unchanged network included, only when
+    its own fp32 is measured; taken as 1.0 it errs on those plans by the difference."""
+    table, space = pong_space
+    measured, ratio_of = _model(table, space, base=0.8, fp32_is_reference=False)
+    assumed, _ = _model(table, space, base=0.8)
+    choices = layer_choices(space)
+    fp32 = plan_of(space, [next(c for c in layer if c.identity) for layer in choices])
+    assert fp32.is_identity and measured.predict(table, fp32) == pytest.approx(0.8)
+    assert assumed.predict(table, fp32) == pytest.approx(1.0)  # the error the measurement removes
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        plan = plan_of(space, [layer[int(rng.integers(len(layer)))] for layer in choices])
+        assert measured.predict(table, plan) == pytest.approx(ratio_of(plan), abs=1e-9)
+    # conv2 left as it is between two changed layers: the other model is off by 1 - 0.8
+    middle = plan_of(space, [layer[-1] if i != 1 else next(c for c in layer if c.identity)
+                             for i, layer in enumerate(choices)])
+    assert not middle.is_identity
+    assert assumed.predict(table, middle) == pytest.approx(ratio_of(middle) - 0.2, abs=1e-9)
+
+
+def test_fp32_on_a_cheaper_second_runtime_is_proposed_and_the_reference_is_not(cartpole_space) -> None:  # type: ignore[no-untyped-def]
+    """At bound 0 only fp32 fits. On the first runtime that is the reference and is left out;
+    on a second runtime whose fp32 is cheaper (LiteRT's on A72) it is a plan to try."""
+    table, space = cartpole_space
+    first, _ = _model(table, space, seed=3)
+    cheaper, _ = _model(table, space, seed=3, base=0.8, fp32_is_reference=False)
+    choices = layer_choices(space)
+    sens = [{c: (0.0 if c.identity else 1.0) for c in layer} for layer in choices]
+    alone = proposals(space, table, {"first": first}, sens)
+    assert alone and not any(plan_of(space, p).is_identity for _, p, _ in alone)
+    both = proposals(space, table, {"first": first, "second": cheaper}, sens)
+    assert both[0][0] == 0.0 and plan_of(space, both[0][1]).is_identity and both[0][2] == "second"
