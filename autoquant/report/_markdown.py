@@ -155,9 +155,16 @@ def _played(records: Sequence[Mapping[str, Any]]) -> list[str]:
     pairs = [(r["proxy"], r["retention"]) for r in played if r.get("proxy") is not None
              and r.get("retention") is not None]
     rho = spearman([p for p, _ in pairs], [q for _, q in pairs])
-    episodes = sorted(int(r.get("episodes") or 0) for r in played)
-    lines.append(f"Episodes per played trial: median {episodes[len(episodes) // 2]}, "
-                 f"{min(episodes)} to {max(episodes)}, {sum(episodes)} in all over {len(played)} trials.")
+    own = [r for r in played if not r.get("episodes_shared_from")]
+    episodes = sorted(int(r.get("episodes") or 0) for r in own)
+    if episodes:
+        lines.append(f"Episodes per played trial: median {episodes[len(episodes) // 2]}, "
+                     f"{min(episodes)} to {max(episodes)}, {sum(episodes)} in all over {len(own)} trials.")
+    if len(own) < len(played):
+        n = len(played) - len(own)
+        lines.append(f"{n} trial{'s' if n != 1 else ''} took the episodes of the same plan on another runtime "
+                     "instead of playing them again: on the held-out states both runtimes chose the same action "
+                     "everywhere and their outputs were within 1 % of fp32's output range.")
     lines.append("Proxy (agreement with fp32 on states the plan visits itself) against measured retention over "
                  "these trials: "
                  + (f"Spearman rank correlation {rho:.2f} (n = {len(pairs)})." if rho is not None
@@ -171,7 +178,8 @@ def _played(records: Sequence[Mapping[str, Any]]) -> list[str]:
         return f"[{fmt(low)}, {fmt(high)}]"
 
     rows = [(r.get("number"), r.get("summary") or "(no summary)", fmt(r.get("latency_ratio")), fmt(r.get("proxy")),
-             r.get("episodes") or "-", r.get("distinct_pairs") if r.get("distinct_pairs") is not None else "-",
+             (f"{r.get('episodes')} (from {r['episodes_shared_from']})" if r.get("episodes_shared_from")
+              else r.get("episodes") or "-"), r.get("distinct_pairs") if r.get("distinct_pairs") is not None else "-",
              fmt(r.get("retention")), "exact" if r.get("exact") else interval(r), r.get("decision") or "-",
              "yes" if r.get("feasible") is True else "no") for r in played]
     return lines + table(("trial", "plan", "latency ratio", "proxy", "episodes", "distinct games", "retention",

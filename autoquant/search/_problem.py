@@ -46,7 +46,7 @@ from autoquant.search._record import TrialResult
 from autoquant.runtimes import Runner
 from autoquant.targets import Target
 
-__all__ = ["MODES", "ProblemSettings", "SearchProblem", "fidelity_score", "plan_key"]
+__all__ = ["MODES", "ProblemSettings", "SearchProblem", "fidelity_score", "numerics_agree", "plan_key"]
 
 MODES = ("single", "pareto")
 
@@ -104,6 +104,29 @@ class ProblemSettings:
         names = {f.name for f in dataclasses.fields(cls)}
         # runs made before bias correction existed built their plans without it
         return cls(**{"bias_correction": False, **{k: v for k, v in data.items() if k in names}})
+
+
+SHARE_TOLERANCE = 0.01  # of fp32's output range on the held-out states: the conformance suite's bound
+
+
+def numerics_agree(a: np.ndarray, b: np.ndarray, reference: np.ndarray, discrete: bool) -> dict[str, Any] | None:
+    """Whether one plan's outputs on two runtimes (``a``, ``b``, on the held-out states) agree
+    closely enough for its episodes to be shared: the same greedy action on every state and
+    no output further apart than ``SHARE_TOLERANCE`` of fp32's output range (the bound the
+    runtimes' conformance suite holds whole quantized networks to). None where they do not,
+    and for continuous actions (any difference moves the action itself)."""
+    if not discrete or a.shape != b.shape:
+        return None
+    span = float(np.ptp(reference)) or 1.0
+    worst = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+    if worst > SHARE_TOLERANCE * span or not np.array_equal(a.argmax(axis=1), b.argmax(axis=1)):
+        return None
+    return {"states": int(len(a)), "max_abs_difference": worst, "tolerance": SHARE_TOLERANCE * span}
+
+
+def _without_runtime(plan: CompressionPlan) -> str:
+    """The plan's identity across runtimes."""
+    return json.dumps(plan.on(None).to_json(), sort_keys=True)
 
 
 def _check_number(value: Any, what: str, interval: str, inside: Callable[[float], bool]) -> None:
@@ -170,6 +193,9 @@ class SearchProblem:
         self._proxy_env: Any = None  # one env for the proxy's rollouts, made on first use
         self.models_dir = models_dir  # where fine-tuned trials keep their graphs (None: not kept)
         self._host_reference: np.ndarray | None = None  # fp32 on held-out states in the host's numerics
+        # Played plans by their plan without its runtime: (runtime, held-out outputs, episodes),
+        # so that the same plan on a runtime whose numerics agree reuses the episodes.
+        self._played: dict[str, list[tuple[str, np.ndarray, EpisodeStats]]] = {}
 
     def _reference(self, x: np.ndarray) -> np.ndarray:
         """fp32's outputs on ``x``, with the target's numerics."""
@@ -230,21 +256,22 @@ class SearchProblem:
         latency = target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
         t2 = time.perf_counter()
         runner = self.runner(plan, compressed.onnx)  # the host's session of the plan: rollouts, host fidelity
-        fid = fidelity(self.reference_outputs, self._candidate(compressed.onnx, runner, plan)(self.held_out),
-                       self.bundle.action)
+        outputs: np.ndarray | None = self._candidate(compressed.onnx, runner, plan)(self.held_out)
+        fid = fidelity(self.reference_outputs, outputs, self.bundle.action)
         t_fid = time.perf_counter()
         measured: dict[str, Any] = {}
 
         def proxy() -> float:
             """Agreement with fp32 on states the plan visits itself; measured when first asked,
             on the fine-tuned plan where the plan is one to fine-tune."""
-            nonlocal compressed, latency, runner, fid
+            nonlocal compressed, latency, runner, fid, outputs
             if "score" not in measured:
                 if self.settings.finetune_epochs and fidelity_score(fid) < self.settings.finetune_below \
                         and (deadline is None or time.perf_counter() < deadline):
                     measured["finetune"], better = self.try_finetune(plan, fid, deadline=deadline)
                     if better is not None:  # judged on the fine-tuned graph, its latency measured again
                         compressed, runner, fid = better
+                        outputs = None  # a graph of its own: its episodes are never shared
                         latency = target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
                 measured["fidelity"] = self._proxy_fidelity(compressed.onnx, runner, plan)
                 measured["score"] = fidelity_score(measured["fidelity"])
@@ -266,22 +293,46 @@ class SearchProblem:
             test = self.retention_test()
             # Pareto searches want each plan's retention, not only its side of the floor: all episodes.
             stop = test.stop if self.settings.mode == "single" else None
-            act = lambda obs: self.bundle.action.actions(runner(self.bundle.prepare(obs)))
-            episodes = play_episodes(act, self.bundle.env_id, self.episode_seeds,  # type: ignore[arg-type]
-                                     protocol=self.protocol, n_envs=self.settings.n_envs, stop=stop)
+            shared = self._shared_episodes(plan, outputs)
+            if shared is not None:
+                episodes = shared.pop("episodes")
+            else:
+                act = lambda obs: self.bundle.action.actions(runner(self.bundle.prepare(obs)))
+                episodes = play_episodes(act, self.bundle.env_id, self.episode_seeds,  # type: ignore[arg-type]
+                                         protocol=self.protocol, n_envs=self.settings.n_envs, stop=stop)
+                if outputs is not None:
+                    self._played.setdefault(_without_runtime(plan), []).append(
+                        (self.runtime_of(plan), outputs, episodes))
             decided = test.result(episodes)
             compared = paired_comparison(episodes, self._fp32_on(episodes.seeds), self.random_episodes)
             paired = {k: compared[k] for k in ("mean_diff", "mean_diff_ci95", "distinct_pairs", "distinct_games",
                                                "exact", "protocol", "sticky_actions", "floor")}
             paired["retention"] = decided["retention"]  # against fp32 over all the run's seeds, as the test
-            result = result.replace(played=True, reward={**episodes.to_json(), "paired": paired, "test": decided},
-                                    retention=decided["retention"])
+            reward = {**episodes.to_json(), "paired": paired, "test": decided}
+            if shared is not None:
+                reward["shared_from"] = shared
+            result = result.replace(played=True, reward=reward, retention=decided["retention"])
         else:
             result = result.replace(skip_reason=reason)
         t4 = time.perf_counter()
         return result.replace(seconds={"compress": round(t1 - t0, 3), "measure": round(t2 - t1, 3),
                                        "fidelity": round(t_fid - t2, 3), "proxy": round(t3 - t_fid, 3),
                                        "play": round(t4 - t3, 3)})
+
+    def _shared_episodes(self, plan: CompressionPlan, outputs: np.ndarray | None) -> dict[str, Any] | None:
+        """The episodes this plan played on another runtime of the target, where the two
+        runtimes' numerics agree on it (``numerics_agree``), with what was compared; None
+        where there are none to share (then the plan plays its own)."""
+        if outputs is None:
+            return None
+        mine = self.runtime_of(plan)
+        for runtime, theirs, episodes in self._played.get(_without_runtime(plan), []):
+            if runtime == mine:
+                continue
+            agreement = numerics_agree(outputs, theirs, self.reference_outputs, self.bundle.action.discrete)
+            if agreement is not None:
+                return {"runtime": runtime, **agreement, "episodes": episodes}
+        return None
 
     def try_finetune(self, plan: CompressionPlan, fid: dict[str, Any], *, deadline: float | None = None
                      ) -> tuple[dict[str, Any], tuple[CompressedPolicy, Runner, dict[str, Any]] | None]:

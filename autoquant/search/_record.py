@@ -91,6 +91,13 @@ class TrialResult:
         """Episodes this trial played (0 when not played)."""
         return int((self.reward or {}).get("episodes") or 0) if self.played else 0
 
+    @property
+    def shared_from(self) -> str | None:
+        """The runtime whose episodes of the same plan this trial took (numerics agreeing),
+        None where it played its own."""
+        shared = (self.reward or {}).get("shared_from") if self.played else None
+        return str(shared.get("runtime")) if isinstance(shared, dict) and shared.get("runtime") else None
+
     def replace(self, **changes: Any) -> TrialResult:
         return dataclasses.replace(self, **changes)
 
@@ -166,7 +173,8 @@ class TrialRecord:
             "error": self.error, "cached": self.cached, "counted": self.counted,
             "skip_reason": r.skip_reason if r else None,
             "proxy": r.proxy if r else None, "finetune": r.finetune if r else None,
-            "episodes": r.episodes if r else 0, **_interval(r),
+            "episodes": r.episodes if r else 0, "episodes_shared_from": r.shared_from if r else None,
+            **_interval(r),
         }
 
 

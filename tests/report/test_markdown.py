@@ -98,3 +98,17 @@ def test_a_plan_that_failed_confirmation_is_never_the_best(tmp_path, records, re
     text = md2.read_text()
     assert "**Failed confirmation:** trial 6" in text
     assert "**Best plan:** none: no plan both kept the floor (retention >= 0.950) on confirmation" in text
+
+
+def test_trials_that_took_another_runtimes_episodes_say_so(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    records = []
+    for number, shared in enumerate((None, "onnxruntime", None)):
+        record = trial(number, 0.5 + number / 10, 0.99)
+        record.update(proxy=0.99, episodes=4, decision="above", distinct_pairs=2, episodes_shared_from=shared)
+        records.append(record)
+    md = tmp_path / "report.md"
+    write_report(md, records, {}, floor=FLOOR, run_info={"policy": "p"})
+    text = md.read_text()
+    assert "8 in all over 2 trials." in text  # the shared trial played none of its own
+    assert "1 trial took the episodes of the same plan on another runtime" in text
+    assert "| 4 (from onnxruntime) |" in text

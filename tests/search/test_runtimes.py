@@ -52,3 +52,69 @@ def test_a_search_picks_the_runtime_too(cartpole_dqn_path: Path, tmp_path: Path)
     assert "litert int8" in run.references()
     report = (out / "report.md").read_text()
     assert " on litert" in report and "litert int8" in report
+
+
+def _two_runtime_problem(bundle, states, held):  # type: ignore[no-untyped-def]
+    from autoquant.compress import export_reference
+    from autoquant.evaluate import episode_seeds, onnx_actor, play_episodes, random_actor
+    from autoquant.policy import analyse
+    from autoquant.search import ProblemSettings, SearchProblem
+    from autoquant.targets import HostTarget, MeasureProtocol
+
+    protocol = MeasureProtocol(warmup=5, calls=30)
+    targets = {r: HostTarget(protocol=protocol, runtime=r, reference_runtime="onnxruntime")
+               for r in ("onnxruntime", "litert")}
+    reference = export_reference(bundle)
+    seeds = episode_seeds(0, 3)
+    return SearchProblem(
+        bundle, analyse(bundle), targets["onnxruntime"], states=states, held_out=held, reference_onnx=reference,
+        settings=ProblemSettings(episodes=3), episode_seeds=seeds,
+        fp32_episodes=play_episodes(onnx_actor(bundle, reference), bundle.env_id, seeds),
+        random_episodes=play_episodes(random_actor(bundle.action_space, 0), bundle.env_id, seeds),
+        target_fingerprint="host-two-runtimes-test", targets=targets)
+
+
+@pytest.mark.slow
+def test_a_plan_whose_runtimes_agree_plays_its_episodes_once(cartpole_dqn, cartpole_states) -> None:  # type: ignore[no-untyped-def]
+    """The same plan on LiteRT after onnxruntime: its held-out outputs agree (same actions,
+    within the conformance bound), so it takes the episodes played on onnxruntime and says
+    so; its own latency and fidelity are still its own. Another plan plays its own."""
+    from autoquant.compress import CompressionPlan, LayerSpec
+    from autoquant.evaluate import record_states
+
+    held = record_states(cartpole_dqn, n=256, seed=7919).states
+    problem = _two_runtime_problem(cartpole_dqn, cartpole_states.states[:512], held)
+    always = lambda ratio, proxy: (True, None)  # noqa: E731 - play every plan
+    plan = CompressionPlan({"fc1": LayerSpec(8, 8), "fc2": LayerSpec(8, 8), "fc3": LayerSpec(8, 8)})
+    first = problem.evaluate(plan.on("onnxruntime"), always)
+    again = problem.evaluate(plan.on("litert"), always)
+    assert first.played and again.played and "shared_from" not in first.reward
+    shared = again.reward["shared_from"]
+    assert shared["runtime"] == "onnxruntime" and shared["states"] == 256
+    assert shared["max_abs_difference"] <= shared["tolerance"]
+    assert again.reward["rewards"] == first.reward["rewards"] and again.retention == first.retention
+    assert again.latency["facts"]["runtime"] == "litert" and again.key != first.key
+    assert again.seconds["play"] < first.seconds["play"]
+    assert again.shared_from == "onnxruntime" and first.shared_from is None
+    other = problem.evaluate(CompressionPlan({"fc2": LayerSpec(8, 8)}).on("litert"), always)
+    assert other.played and "shared_from" not in other.reward
+
+
+def test_numerics_that_differ_share_nothing() -> None:
+    import numpy as np
+
+    from autoquant.search._problem import numerics_agree
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(64, 4))
+    reference[0] = (1.0, 0.999, 0.0, -1.0)  # a near tie between the first two actions
+    span = np.ptp(reference)
+    close = reference + rng.normal(scale=1e-4, size=reference.shape).clip(-3e-4, 3e-4)
+    close[0] = reference[0]
+    found = numerics_agree(close, reference, reference, discrete=True)
+    assert found is not None and found["states"] == 64 and found["max_abs_difference"] <= 3e-4
+    assert numerics_agree(reference + 0.02 * span, reference, reference, discrete=True) is None  # too far apart
+    flipped = reference.copy()
+    flipped[0, :2] = (0.999, 1.0)  # 0.001 apart, well inside the tolerance, but another action
+    assert 0.001 < 0.01 * span and numerics_agree(flipped, reference, reference, discrete=True) is None
+    assert numerics_agree(close, reference, reference, discrete=False) is None  # continuous: never shared
