@@ -276,16 +276,53 @@ class ActivationCache:
         return found
 
 
+CALIBRATIONS = ("percentile", "mse")
+
+
+MSE_GRID = 200  # clipping ranges tried, max|x| * k / MSE_GRID for k = 1 .. MSE_GRID
+MSE_BINS = 8192  # histogram of |x| the error is computed from
+
+
+def _mse_range(batches: Sequence[torch.Tensor], *, signed: bool) -> torch.Tensor:
+    """The clipping range c (the scale is c / 128 signed, c / 255 unsigned, as the
+    percentile's) whose quantization error over all the states' activations is least,
+    among ``MSE_GRID`` fractions of max|x|. The error is computed from a histogram of |x|:
+    (|x| - c)^2 beyond the range, x^2 for values that round to zero, and s^2 / 12 (rounding
+    noise of step s) for the rest; exact zeros (ReLU's) cost nothing."""
+    a = np.abs(torch.cat([b.reshape(-1) for b in batches]).numpy().astype(np.float64))
+    top = float(a.max()) if a.size else 0.0
+    if top <= SCALE_MIN:
+        return torch.tensor(SCALE_MIN, dtype=torch.float32)
+    counts, edges = np.histogram(a[a > 0], bins=MSE_BINS, range=(0.0, top))
+    centers = (edges[:-1] + edges[1:]) / 2
+    steps = 128.0 if signed else 255.0
+    clips = top * np.arange(1, MSE_GRID + 1) / MSE_GRID
+    errors = []
+    for c in clips:
+        step = c / steps
+        beyond = centers > c
+        tiny = centers < step / 2
+        err = np.where(beyond, (centers - c) ** 2, np.where(tiny, centers ** 2, step * step / 12.0))
+        errors.append(float(np.dot(counts, err)))
+    return torch.tensor(float(clips[int(np.argmin(errors))]), dtype=torch.float32)
+
+
 def calibrate_activations(steps: Sequence[Step], sliced: Mapping[str, _Sliced], states: np.ndarray,
                           *, kept: Mapping[str, Sequence[int]] | None = None, cache: ActivationCache | None = None,
-                          batch_size: int = CALIBRATION_BATCH) -> dict[str, float]:
+                          batch_size: int = CALIBRATION_BATCH, method: str = "percentile") -> dict[str, float]:
     """Quantizer name -> scale, from the float activations of the pruned network.
 
-    Per batch the 99.999th percentile of |x|, clamped at 1e-10 and averaged over batches in
-    float32 exactly as Brevitas' calibration mode does; then divided by 128 (signed int8) or
-    255 (uint8). With a ``cache`` (made for the same unpruned network and states, and
-    ``kept`` the channels the plan keeps) activations and statistics are reused across plans.
+    ``method="percentile"`` (Brevitas'): per batch the 99.999th percentile of |x|, clamped
+    at 1e-10 and averaged over batches in float32 exactly as Brevitas' calibration mode
+    does; then divided by 128 (signed int8) or 255 (uint8). ``"mse"``: the clipping range
+    whose quantization error on all the states' activations is least (``_mse_range``).
+    With a ``cache`` (made for the same unpruned network and states, and ``kept`` the
+    channels the plan keeps) activations and percentile statistics are reused across plans.
     """
+    if method not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {method!r}")
+    if method != "percentile":
+        cache = None  # the cache keeps percentile statistics only
     wanted = [s for s in steps if s.kind == "quant" or (s.kind == "relu" and s.quantized)]
     if not wanted:
         return {}
@@ -333,6 +370,8 @@ def calibrate_activations(steps: Sequence[Step], sliced: Mapping[str, _Sliced], 
                 if i < start:  # before the resumed point: only from the cache of statistics
                     assert cache is not None
                     per_batch[step.name] = cache._stats[keys[i]]
+                elif method == "mse":
+                    per_batch[step.name] = [_mse_range(batches, signed=step.signed)]
                 elif cache is not None:
                     per_batch[step.name] = cache.stats(keys[i], batches)
                 else:
@@ -587,14 +626,15 @@ def build_graph(net: nn.Sequential, input_shape: tuple[int, ...], plan: Compress
                 *, metadata: Mapping[str, str] | None = None,
                 weights: Mapping[str, QuantizedLayer] | None = None,
                 scales: Mapping[str, float] | None = None, cache: ActivationCache | None = None,
-                bias_correction: bool = False) -> BuiltGraph:
+                bias_correction: bool = False, calibration: str = "percentile") -> BuiltGraph:
     """Plan + fp32 network + recorded (prepared) states -> the QDQ graph, without Brevitas.
 
     ``weights`` and ``scales`` replace the round-to-nearest weights and the calibrated
     activation scales where given (GPTQ or fine-tuning made them in Brevitas). A ``cache``
     made for this ``net`` and these ``states`` (the same objects) makes calibration reuse
     what earlier builds computed. ``bias_correction``: see ``correct_bias`` (applied to
-    every layer with quantized weights, after the weights are chosen).
+    every layer with quantized weights, after the weights are chosen). ``calibration``:
+    how activation ranges are chosen (``calibrate_activations``' ``method``).
     """
     import time
 
@@ -609,7 +649,7 @@ def build_graph(net: nn.Sequential, input_shape: tuple[int, ...], plan: Compress
     if cache is not None and not cache.matches(net, states):
         cache = None  # made for another network or other states: not this build's
     found = dict(scales) if scales is not None else calibrate_activations(steps, sliced, states, kept=kept,
-                                                                          cache=cache)
+                                                                          cache=cache, method=calibration)
     t2 = time.perf_counter()
     inputs = input_scales(steps, found)
     layers: dict[str, QuantizedLayer] = {}
