@@ -95,16 +95,3 @@ def test_bias_correction_is_on_for_new_runs_and_off_for_runs_made_before_it() ->
     assert RunConfig.from_json(older).settings.bias_correction is False
     off = RunConfig(policy="p.zip", settings=ProblemSettings(bias_correction=False))
     assert RunConfig.from_json(off.to_json()) == off
-
-
-def test_the_command_line_turns_bias_correction_off() -> None:
-    from autoquant.cli import _parser
-    from autoquant.cli._search import _config
-
-    def settings(*extra: str) -> ProblemSettings:
-        argv = ["search", "--policy", "p.zip", *extra]
-        args = _parser(argv).parse_args(argv)
-        args.argv = ("autoquant", *argv)
-        return _config(args, method="joint", agent="random").settings
-
-    assert settings().bias_correction is True and settings("--no-bias-correction").bias_correction is False
