@@ -89,6 +89,7 @@ def compress(
     seed: int = 0,
     cache: ActivationCache | None = None,
     bias_correction: bool = False,
+    finetune_gap_weighted: bool = False,
 ) -> CompressedPolicy:
     """Prune, quantize (calibrated on ``states``, prepared observations), optionally
     fine-tune by distillation, and emit the ONNX graph.
@@ -110,6 +111,8 @@ def compress(
     it; this module knows no environment). Calibration keeps ``states``.
     ``finetune_deadline``: a ``time.perf_counter()`` value past which no epoch or round of
     fine-tuning starts (the best epoch so far is kept): a search's wall-clock budget.
+    ``finetune_gap_weighted``: distillation weighs each state by how close fp32's top two
+    actions are there (``_finetune.gap_weights``).
 
     ``cache``: an ActivationCache of ``bundle.net`` and these ``states`` (the same array),
     which a search keeps so that calibration reuses the activations of earlier plans.
@@ -126,7 +129,8 @@ def compress(
     full = analyse(bundle)
     plan.validate(full)
     states = np.asarray(states, dtype=np.float32)
-    tune = _Tune(bundle, states, finetune_epochs, finetune_lr, seed, finetune_rounds, visit, finetune_deadline)
+    tune = _Tune(bundle, states, finetune_epochs, finetune_lr, seed, finetune_rounds, visit, finetune_deadline,
+                 finetune_gap_weighted)
     if supported(bundle.net) is not None:
         compressed = _compress_brevitas(bundle, plan, states, tune, rounding=_resolve(rounding, full, plan))
     else:
@@ -188,13 +192,15 @@ class _Tune:
     rounds: int
     visit: Callable[[bytes], np.ndarray] | None
     deadline: float | None = None  # time.perf_counter() past which no epoch or round starts
+    gap_weighted: bool = False  # distillation weighted toward states where fp32's top two actions are close
 
     def __call__(self, model: nn.Module, emit: Callable[[], bytes]) -> FinetuneResult:
         """Fine-tune ``model`` in place; ``emit()``: its graph as it now is."""
         visit = self.visit
         return dagger(model, self.bundle.net, self.states, rounds=self.rounds,
                       visit=None if visit is None else lambda: visit(emit()), deadline=self.deadline,
-                      epochs=self.epochs, lr=self.lr, seed=self.seed, discrete=self.bundle.action.discrete)
+                      epochs=self.epochs, lr=self.lr, seed=self.seed, discrete=self.bundle.action.discrete,
+                      gap_weighted=self.gap_weighted)
 
 
 def _brevitas_values(model: nn.Module, plan: CompressionPlan) -> tuple[dict[str, QuantizedLayer], dict[str, float]]:

@@ -44,6 +44,7 @@ BACKOFF = 10.0  # the learning rate's divisor after an epoch that blew the loss 
 BLOWUP = 1.5  # an epoch that leaves the loss above this multiple of the best so far blew it up
 TEMPERATURE_SHARE = 0.5  # the distillation temperature, as a share of the teacher's typical action spread
 VALUE_WEIGHT = 1e-3  # the MSE term beside the KL for discrete actions: keeps the values on scale
+GAP_FLOOR = 0.1  # gap weighting: a state with no gap weighs (1 / GAP_FLOOR) / (1 / (1 + GAP_FLOOR)) = 11x a median one
 
 
 def temperature(target: torch.Tensor) -> float:
@@ -55,29 +56,46 @@ def temperature(target: torch.Tensor) -> float:
     return max(TEMPERATURE_SHARE * spread, 1e-6)
 
 
-def _objective(out: torch.Tensor, target: torch.Tensor, tau: float | None) -> torch.Tensor:
+def _objective(out: torch.Tensor, target: torch.Tensor, tau: float | None,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
     """Discrete actions (``tau`` set): the KL divergence between the teacher's and the
     student's softmax at temperature ``tau`` (policy distillation, Rusu et al. 2016: the
-    greedy action is what must survive), plus a small MSE that keeps the values on scale.
-    Continuous actions (``tau`` None): MSE on the outputs."""
+    greedy action is what must survive), plus a small MSE that keeps the values on scale;
+    ``weights`` (one per state, mean 1) weigh each state's KL. Continuous actions (``tau``
+    None): MSE on the outputs."""
     mse = nn.functional.mse_loss(out, target)
     if tau is None:
         return mse
     kl = nn.functional.kl_div(nn.functional.log_softmax(out / tau, dim=1),
-                              nn.functional.log_softmax(target / tau, dim=1), reduction="batchmean", log_target=True)
-    return kl + VALUE_WEIGHT * mse
+                              nn.functional.log_softmax(target / tau, dim=1), reduction="none", log_target=True)
+    per_state = kl.sum(dim=1)
+    kl_mean = (per_state * weights).mean() if weights is not None else per_state.mean()
+    return kl_mean + VALUE_WEIGHT * mse
 
 
-def _loss(student: nn.Module, x: torch.Tensor, target: torch.Tensor, tau: float | None) -> float:
+def gap_weights(target: torch.Tensor) -> torch.Tensor:
+    """Per state, more weight where the teacher's top two actions are close: 1 / (gap / m +
+    GAP_FLOOR) with m the median gap, scaled to mean 1. The states where a small error flips
+    the greedy action are the ones distillation must get right (the fragile states of the
+    QBC / SQIL line of work)."""
+    top2 = target.topk(2, dim=1).values
+    gap = (top2[:, 0] - top2[:, 1]).clamp(min=0)
+    scale = float(gap.median()) or 1.0
+    w = 1.0 / (gap / scale + GAP_FLOOR)
+    return w / w.mean()
+
+
+def _loss(student: nn.Module, x: torch.Tensor, target: torch.Tensor, tau: float | None,
+          weights: torch.Tensor | None = None) -> float:
     student.eval()
     with torch.no_grad():
         out = torch.cat([student(x[i:i + 256]) for i in range(0, len(x), 256)])
-        return float(_objective(out, target, tau))
+        return float(_objective(out, target, tau, weights))
 
 
 def distill(student: nn.Module, teacher: nn.Module, states: np.ndarray, *, epochs: int = 5,
             lr: float = 1e-3, batch_size: int = 64, seed: int = 0, discrete: bool = False,
-            deadline: float | None = None) -> FinetuneResult:
+            deadline: float | None = None, gap_weighted: bool = False) -> FinetuneResult:
     """Train ``student`` in place to match ``teacher`` on ``states`` (quantization-aware
     when the student has quantizers). ``discrete``: the outputs are Q-values or logits of
     discrete actions (see ``_objective``).
@@ -87,16 +105,18 @@ def distill(student: nn.Module, teacher: nn.Module, states: np.ndarray, *, epoch
     (1e-3 on CartPole) wrecks the Pong CNN, whose held-out agreement 1e-3 took from 0.977
     to 0.637 and 1e-5 to 0.996 (10 epochs), so no fixed rate serves both. The weights of
     the epoch with the lowest loss are kept. At ``deadline`` (a ``time.perf_counter()``
-    value) no further epoch starts: the best epoch so far is kept."""
+    value) no further epoch starts: the best epoch so far is kept. ``gap_weighted``
+    (discrete actions): each state's KL weighted by ``gap_weights``."""
     x = torch.as_tensor(np.asarray(states, dtype=np.float32))
     with torch.no_grad():
         teacher.eval()
         target = torch.cat([teacher(x[i:i + 256]) for i in range(0, len(x), 256)])
     tau = temperature(target) if discrete else None
+    weights = gap_weights(target) if gap_weighted and discrete and target.shape[1] > 1 else None
     params = [p for p in student.parameters()]
     for p in params:
         p.requires_grad_(True)
-    before = best = _loss(student, x, target, tau)
+    before = best = _loss(student, x, target, tau, weights)
     best_state = copy.deepcopy(student.state_dict())
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -108,10 +128,10 @@ def distill(student: nn.Module, teacher: nn.Module, states: np.ndarray, *, epoch
         student.train()
         for idx in torch.randperm(len(x), generator=generator).split(batch_size):
             optimizer.zero_grad()
-            loss = _objective(student(x[idx]), target[idx], tau)
+            loss = _objective(student(x[idx]), target[idx], tau, None if weights is None else weights[idx])
             loss.backward()
             optimizer.step()
-        after = _loss(student, x, target, tau)
+        after = _loss(student, x, target, tau, weights)
         if not after <= BLOWUP * best:  # the steps are too large for this network: back, smaller, fresh moments
             student.load_state_dict(best_state)
             lr /= BACKOFF

@@ -58,3 +58,28 @@ def test_finetuning_raises_the_reward_of_an_aggressive_plan_and_dagger_is_what_d
     assert dagger > 0.9 and dagger > recorded_only + 0.3, (plain, recorded_only, dagger)
     assert result.rounds == 2 and result.states > len(states)  # the plan's own states were added
     assert result.loss_after < result.loss_before
+
+
+def test_gap_weights_favour_near_ties_and_change_what_distillation_fits() -> None:
+    """Weights have mean 1 and grow as fp32's top two actions close in; gap-weighted
+    distillation runs, lowers its own (weighted) loss, and fits the network differently."""
+    import numpy as np
+    import torch
+
+    from autoquant.compress._finetune import GAP_FLOOR, gap_weights
+
+    target = torch.tensor([[1.0, 0.0], [1.0, 0.5], [0.75, 1.0], [1.0, 0.9], [1.0, 1.0]])  # gaps 1, .5, .25, .1, 0
+    w = gap_weights(target)
+    assert float(w.mean()) == pytest.approx(1.0) and bool(torch.all(w[1:] > w[:-1]))
+    assert float(w[-1] / w[2]) == pytest.approx((1 / GAP_FLOOR) / (1 / (1 + GAP_FLOOR)))  # a tie vs the median gap
+
+    bundle = load_policy(policy_path("dqn-CartPole-v1", "CartPole-v1.zip"))
+    train = record_states(bundle, n=512, seed=0).states
+    plan = CompressionPlan.uniform(analyse(bundle), weight_bits=3)
+    plain = compress(bundle, plan, train, rounding="nearest", finetune_epochs=2, verify_kernels=False)
+    weighted = compress(bundle, plan, train, rounding="nearest", finetune_epochs=2, verify_kernels=False,
+                        finetune_gap_weighted=True)
+    assert weighted.finetune is not None and weighted.finetune.loss_after <= weighted.finetune.loss_before
+    assert weighted.onnx != plain.onnx
+    outputs = [OrtRunner(c.onnx)(train[:64]) for c in (plain, weighted)]
+    assert not np.array_equal(*outputs)
