@@ -296,15 +296,11 @@ def _mse_range(batches: Sequence[torch.Tensor], *, signed: bool) -> torch.Tensor
     counts, edges = np.histogram(a[a > 0], bins=MSE_BINS, range=(0.0, top))
     centers = (edges[:-1] + edges[1:]) / 2
     steps = 128.0 if signed else 255.0
-    clips = top * np.arange(1, MSE_GRID + 1) / MSE_GRID
-    errors = []
-    for c in clips:
-        step = c / steps
-        beyond = centers > c
-        tiny = centers < step / 2
-        err = np.where(beyond, (centers - c) ** 2, np.where(tiny, centers ** 2, step * step / 12.0))
-        errors.append(float(np.dot(counts, err)))
-    return torch.tensor(float(clips[int(np.argmin(errors))]), dtype=torch.float32)
+    clips = top * np.arange(1, MSE_GRID + 1)[:, None] / MSE_GRID  # one row per clipping range
+    step = clips / steps
+    err = np.where(centers > clips, (centers - clips) ** 2,
+                   np.where(centers < step / 2, centers ** 2, step * step / 12.0))
+    return torch.tensor(float(clips[int(np.argmin(err @ counts)), 0]), dtype=torch.float32)
 
 
 def calibrate_activations(steps: Sequence[Step], sliced: Mapping[str, _Sliced], states: np.ndarray,
@@ -693,12 +689,13 @@ def correct_bias(net: nn.Sequential, sliced: Mapping[str, _Sliced], layers: Mapp
         for start in range(0, len(states), CALIBRATION_BATCH):
             h = torch.from_numpy(np.ascontiguousarray(states[start:start + CALIBRATION_BATCH]))
             for (name, m), (_, mq) in zip(fp32.named_children(), rounded.named_children()):
+                y = m(h)
                 if name in counts:
-                    diff = (mq(h) - m(h)).double()
+                    diff = (mq(h) - y).double()
                     dims = (0, 2, 3) if diff.ndim == 4 else (0,)
                     sums[name] = sums.get(name, 0) + diff.sum(dim=dims)
                     counts[name] += diff.numel() // diff.shape[1]
-                h = m(h)
+                h = y
     out = dict(layers)
     for name in targets:
         layer, float_bias = layers[name], sliced[name].bias

@@ -124,10 +124,6 @@ def numerics_agree(a: np.ndarray, b: np.ndarray, reference: np.ndarray, discrete
     return {"states": int(len(a)), "max_abs_difference": worst, "tolerance": SHARE_TOLERANCE * span}
 
 
-def _without_runtime(plan: CompressionPlan) -> str:
-    """The plan's identity across runtimes."""
-    return json.dumps(plan.on(None).to_json(), sort_keys=True)
-
 
 def _check_number(value: Any, what: str, interval: str, inside: Callable[[float], bool]) -> None:
     """``value`` is a number (not a bool) in ``interval``, else one line naming ``what``."""
@@ -301,7 +297,7 @@ class SearchProblem:
                 episodes = play_episodes(act, self.bundle.env_id, self.episode_seeds,  # type: ignore[arg-type]
                                          protocol=self.protocol, n_envs=self.settings.n_envs, stop=stop)
                 if outputs is not None:
-                    self._played.setdefault(_without_runtime(plan), []).append(
+                    self._played.setdefault(self.key(plan.on(None)), []).append(
                         (self.runtime_of(plan), outputs, episodes))
             decided = test.result(episodes)
             compared = paired_comparison(episodes, self._fp32_on(episodes.seeds), self.random_episodes)
@@ -326,7 +322,7 @@ class SearchProblem:
         if outputs is None:
             return None
         mine = self.runtime_of(plan)
-        for runtime, theirs, episodes in self._played.get(_without_runtime(plan), []):
+        for runtime, theirs, episodes in self._played.get(self.key(plan.on(None)), []):
             if runtime == mine:
                 continue
             agreement = numerics_agree(outputs, theirs, self.reference_outputs, self.bundle.action.discrete)
