@@ -54,36 +54,30 @@ def test_a_search_picks_the_runtime_too(cartpole_dqn_path: Path, tmp_path: Path)
     assert " on litert" in report and "litert int8" in report
 
 
-def _two_runtime_problem(bundle, states, held):  # type: ignore[no-untyped-def]
-    from autoquant.compress import export_reference
-    from autoquant.evaluate import episode_seeds, onnx_actor, play_episodes, random_actor
-    from autoquant.policy import analyse
-    from autoquant.search import ProblemSettings, SearchProblem
+def _two_runtime_problem(base):  # type: ignore[no-untyped-def]
+    """The session's CartPole problem (its states, references and episodes) on a host target
+    with two runtimes."""
+    from autoquant.search import SearchProblem
     from autoquant.targets import HostTarget, MeasureProtocol
 
     protocol = MeasureProtocol(warmup=5, calls=30)
     targets = {r: HostTarget(protocol=protocol, runtime=r, reference_runtime="onnxruntime")
                for r in ("onnxruntime", "litert")}
-    reference = export_reference(bundle)
-    seeds = episode_seeds(0, 3)
     return SearchProblem(
-        bundle, analyse(bundle), targets["onnxruntime"], states=states, held_out=held, reference_onnx=reference,
-        settings=ProblemSettings(episodes=3), episode_seeds=seeds,
-        fp32_episodes=play_episodes(onnx_actor(bundle, reference), bundle.env_id, seeds),
-        random_episodes=play_episodes(random_actor(bundle.action_space, 0), bundle.env_id, seeds),
+        base.bundle, base.table, targets["onnxruntime"], states=base.states, held_out=base.held_out,
+        reference_onnx=base.reference_onnx, settings=base.settings, episode_seeds=base.episode_seeds,
+        fp32_episodes=base.fp32_episodes, random_episodes=base.random_episodes,
         target_fingerprint="host-two-runtimes-test", targets=targets)
 
 
 @pytest.mark.slow
-def test_a_plan_whose_runtimes_agree_plays_its_episodes_once(cartpole_dqn, cartpole_states) -> None:  # type: ignore[no-untyped-def]
+def test_a_plan_whose_runtimes_agree_plays_its_episodes_once(cartpole_problem) -> None:  # type: ignore[no-untyped-def]
     """The same plan on LiteRT after onnxruntime: its held-out outputs agree (same actions,
     within the conformance bound), so it takes the episodes played on onnxruntime and says
     so; its own latency and fidelity are still its own. Another plan plays its own."""
     from autoquant.compress import CompressionPlan, LayerSpec
-    from autoquant.evaluate import record_states
 
-    held = record_states(cartpole_dqn, n=256, seed=7919).states
-    problem = _two_runtime_problem(cartpole_dqn, cartpole_states.states[:512], held)
+    problem = _two_runtime_problem(cartpole_problem)
     always = lambda ratio, proxy: (True, None)  # noqa: E731 - play every plan
     plan = CompressionPlan({"fc1": LayerSpec(8, 8), "fc2": LayerSpec(8, 8), "fc3": LayerSpec(8, 8)})
     first = problem.evaluate(plan.on("onnxruntime"), always)
