@@ -151,6 +151,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser, *, policy_required: bool
                         help="empirical bias correction of plans rounded to nearest: each quantized layer's bias "
                              "absorbs the mean output shift its rounded weights cause on the recorded states "
                              "(default on; fine-tuned and GPTQ plans keep their own)")
+    parser.add_argument("--settle", action=argparse.BooleanOptionalAction, default=True,
+                        help="under a protocol with finitely many starts (deterministic Atari: 30 no-op starts), a "
+                             "plan the sequential test leaves undecided at or above the floor plays every start, so "
+                             "that the exact retention decides whether it is feasible, as confirmation will "
+                             "(default on)")
     parser.add_argument("--finetune-below", type=float, default=0.98,
                         help="held-out fidelity score (action agreement, or 1 - action error) below which a plan is "
                              "fine-tuned, in [0, 1] (default 0.98)")
@@ -172,7 +177,8 @@ def _config(args: argparse.Namespace, *, method: str, agent: str) -> Any:
         mode="pareto" if args.pareto else "single", min_retention=args.min_retention, episodes=args.episodes,
         fidelity_floor=args.fidelity_floor, n_envs=args.envs, seed=args.seed, confidence=args.confidence,
         proxy_states=args.proxy_states, finetune_epochs=args.finetune, finetune_rounds=args.finetune_rounds,
-        finetune_below=args.finetune_below, bias_correction=args.bias_correction)
+        finetune_below=args.finetune_below, bias_correction=args.bias_correction,
+        settle=args.settle)
     given = {"target": args.target, "storage": getattr(args, "storage", None), "n_trials": args.trials}
     return RunConfig(
         policy=args.policy, env_id=args.env, activation=args.activation, conv_strides=args.conv_strides,

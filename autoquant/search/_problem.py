@@ -39,8 +39,8 @@ from autoquant._limits import (
 from autoquant._untrusted import short_repr
 from autoquant.compress import ActivationCache, CompressedPolicy, CompressionPlan, compress, weight_bytes
 from autoquant.errors import UsageError
-from autoquant.evaluate import (EpisodeStats, RetentionTest, dagger_visitor, fidelity, onnx_actor, paired_comparison,
-                                play_episodes, visited_states)
+from autoquant.evaluate import (UNDECIDED, EpisodeStats, RetentionTest, dagger_visitor, episode_seeds, fidelity,
+                                onnx_actor, paired_comparison, play_episodes, random_actor, visited_states)
 from autoquant.policy import LayerTable, PolicyBundle, make_env
 from autoquant.search._record import TrialResult
 from autoquant.runtimes import Runner
@@ -75,6 +75,7 @@ class ProblemSettings:
     finetune_rounds: int = 2  # DAgger rounds on the plan's own states after the first distillation
     finetune_below: float = 0.98  # held-out fidelity score below which a plan is fine-tuned
     bias_correction: bool = True  # round-to-nearest plans: empirical bias correction on the recorded states
+    settle: bool = True  # finite starts: a plan left undecided at or above the floor plays every start
 
     def __post_init__(self) -> None:
         check_integer(self.finetune_epochs, "--finetune (epochs)", 0, MAX_FINETUNE_EPOCHS)
@@ -90,8 +91,9 @@ class ProblemSettings:
         _check_number(self.fidelity_floor, "--fidelity-floor", "[0, 1]", lambda v: 0.0 <= v <= 1.0)
         check_integer(self.n_envs, "--envs", 1, MAX_ENVS)
         check_integer(self.seed, "--seed", 0, MAX_SEED)
-        if not isinstance(self.bias_correction, bool):
-            raise UsageError(f"bias_correction must be true or false, got {short_repr(self.bias_correction)}")
+        for name in ("bias_correction", "settle"):
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"{name} must be true or false, got {short_repr(getattr(self, name))}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,8 +104,8 @@ class ProblemSettings:
         if not isinstance(data, dict):
             raise UsageError(f"the settings must be a JSON object, got {short_repr(data)}")
         names = {f.name for f in dataclasses.fields(cls)}
-        # runs made before bias correction existed built their plans without it
-        return cls(**{"bias_correction": False, **{k: v for k, v in data.items() if k in names}})
+        # runs made before bias correction and settling existed built and judged their plans without them
+        return cls(**{"bias_correction": False, "settle": False, **{k: v for k, v in data.items() if k in names}})
 
 
 SHARE_TOLERANCE = 0.01  # of fp32's output range on the held-out states: the conformance suite's bound
@@ -189,9 +191,11 @@ class SearchProblem:
         self._proxy_env: Any = None  # one env for the proxy's rollouts, made on first use
         self.models_dir = models_dir  # where fine-tuned trials keep their graphs (None: not kept)
         self._host_reference: np.ndarray | None = None  # fp32 on held-out states in the host's numerics
-        # Played plans by their plan without its runtime: (runtime, held-out outputs, episodes),
+        # Played plans by their plan without its runtime: (runtime, held-out outputs, episodes on
+        # the run's seeds, episodes on every start where the plan was settled),
         # so that the same plan on a runtime whose numerics agree reuses the episodes.
-        self._played: dict[str, list[tuple[str, np.ndarray, EpisodeStats]]] = {}
+        self._played: dict[str, list[tuple[str, np.ndarray, EpisodeStats, EpisodeStats | None]]] = {}
+        self._all_starts: tuple[list[int], EpisodeStats, EpisodeStats] | None = None  # see ``all_starts``
 
     def _reference(self, x: np.ndarray) -> np.ndarray:
         """fp32's outputs on ``x``, with the target's numerics."""
@@ -290,23 +294,33 @@ class SearchProblem:
             # Pareto searches want each plan's retention, not only its side of the floor: all episodes.
             stop = test.stop if self.settings.mode == "single" else None
             shared = self._shared_episodes(plan, outputs)
+            act = lambda obs: self.bundle.action.actions(runner(self.bundle.prepare(obs)))
+            known: EpisodeStats | None = None  # the other runtime's episodes on every start, where it settled
             if shared is not None:
-                episodes = shared.pop("episodes")
+                episodes, known = shared.pop("episodes"), shared.pop("settled")
             else:
-                act = lambda obs: self.bundle.action.actions(runner(self.bundle.prepare(obs)))
                 episodes = play_episodes(act, self.bundle.env_id, self.episode_seeds,  # type: ignore[arg-type]
                                          protocol=self.protocol, n_envs=self.settings.n_envs, stop=stop)
-                if outputs is not None:
-                    self._played.setdefault(self.key(plan.on(None)), []).append(
-                        (self.runtime_of(plan), outputs, episodes))
             decided = test.result(episodes)
             compared = paired_comparison(episodes, self._fp32_on(episodes.seeds), self.random_episodes)
+            searched, settled = episodes, None
+            if self._to_settle(decided):
+                # every start of the protocol: the exact retention decides, as confirmation will
+                first = {"episodes": len(episodes.seeds), "distinct_pairs": decided["distinct_pairs"],
+                         "retention": decided["retention"], "low": decided["low"], "high": decided["high"]}
+                episodes, decided, compared = self._settle(act, known)
+                settled = {"search_test": first, "episodes": len(episodes.seeds)}
+            if shared is None and outputs is not None:
+                self._played.setdefault(self.key(plan.on(None)), []).append(
+                    (self.runtime_of(plan), outputs, searched, episodes if settled is not None else None))
             paired = {k: compared[k] for k in ("mean_diff", "mean_diff_ci95", "distinct_pairs", "distinct_games",
                                                "exact", "protocol", "sticky_actions", "floor")}
-            paired["retention"] = decided["retention"]  # against fp32 over all the run's seeds, as the test
+            paired["retention"] = decided["retention"]  # against fp32 over all the seeds played, as the test
             reward = {**episodes.to_json(), "paired": paired, "test": decided}
             if shared is not None:
                 reward["shared_from"] = shared
+            if settled is not None:
+                reward["settled"] = settled
             result = result.replace(played=True, reward=reward, retention=decided["retention"])
         else:
             result = result.replace(skip_reason=reason)
@@ -315,6 +329,40 @@ class SearchProblem:
                                        "fidelity": round(t_fid - t2, 3), "proxy": round(t3 - t_fid, 3),
                                        "play": round(t4 - t3, 3)})
 
+    def _to_settle(self, decided: Mapping[str, Any]) -> bool:
+        """Whether the sequential test left the plan undecided on a mean at or above the floor
+        under a protocol with finitely many starts: its mean over a few of them would make it
+        feasible, and every start played makes the retention exact instead (as confirmation
+        will). Undecided plans below the floor are judged on their mean: that errs toward
+        rejecting, and costs no episodes."""
+        return (self.settings.settle and self.protocol.starts is not None and decided["decision"] == UNDECIDED
+                and not decided["exact"] and decided["retention"] >= self.settings.min_retention)
+
+    def all_starts(self) -> tuple[list[int], EpisodeStats, EpisodeStats]:
+        """Every start of the finite protocol (the seeds confirmation plays), with fp32's and
+        a random policy's episodes on them: played the first time they are asked for."""
+        if self._all_starts is None:
+            assert self.protocol.starts is not None
+            seeds = episode_seeds(self.settings.seed + 1, self.protocol.starts, self.protocol)
+            fp32 = self.play(self.reference_onnx, seeds)
+            random_play = play_episodes(random_actor(self.bundle.action_space, self.settings.seed + 1),
+                                        self.bundle.env_id, seeds, protocol=self.protocol,  # type: ignore[arg-type]
+                                        n_envs=self.settings.n_envs)
+            self._all_starts = (seeds, fp32, random_play)
+        return self._all_starts
+
+    def _settle(self, act: Callable[[np.ndarray], np.ndarray], known: EpisodeStats | None
+                ) -> tuple[EpisodeStats, dict[str, Any], dict[str, Any]]:
+        """The plan on every start (``known``: shared from a runtime whose numerics agree): its
+        episodes, the exact test's result, the paired comparison."""
+        seeds, fp32, random_play = self.all_starts()
+        episodes = known
+        if episodes is None:
+            episodes = play_episodes(act, self.bundle.env_id, seeds, protocol=self.protocol,  # type: ignore[arg-type]
+                                     n_envs=self.settings.n_envs)
+        test = RetentionTest(fp32, random_play, self.settings.min_retention, confidence=self.settings.confidence)
+        return episodes, test.result(episodes), paired_comparison(episodes, fp32, random_play)
+
     def _shared_episodes(self, plan: CompressionPlan, outputs: np.ndarray | None) -> dict[str, Any] | None:
         """The episodes this plan played on another runtime of the target, where the two
         runtimes' numerics agree on it (``numerics_agree``), with what was compared; None
@@ -322,12 +370,12 @@ class SearchProblem:
         if outputs is None:
             return None
         mine = self.runtime_of(plan)
-        for runtime, theirs, episodes in self._played.get(self.key(plan.on(None)), []):
+        for runtime, theirs, episodes, settled in self._played.get(self.key(plan.on(None)), []):
             if runtime == mine:
                 continue
             agreement = numerics_agree(outputs, theirs, self.reference_outputs, self.bundle.action.discrete)
             if agreement is not None:
-                return {"runtime": runtime, **agreement, "episodes": episodes}
+                return {"runtime": runtime, **agreement, "episodes": episodes, "settled": settled}
         return None
 
     def try_finetune(self, plan: CompressionPlan, fid: dict[str, Any], *, deadline: float | None = None
