@@ -129,8 +129,9 @@ RULE = ("A played trial plays paired episodes (the same seeds as fp32) until a s
         "each episode, from the second, a Student-t interval of its retention at the run's confidence (shared out "
         "over the looks, Bonferroni), in which each distinct pair of games (fp32's, the plan's) counts once and "
         "which needs at least 3 of them, either lies wholly above the floor (feasible), wholly below it (not), or "
-        "the episode budget ends first (undecided: then its mean decides). Where every start of a deterministic "
-        "game was played the retention is exact. The best plan is the fastest feasible one faster than fp32, then "
+        "the episode budget ends first (undecided: then its mean decides, except that on a deterministic game a "
+        "mean at or above the floor is settled: every start is played and the exact retention decides). Where "
+        "every start of a deterministic game was played the retention is exact. The best plan is the fastest feasible one faster than fp32, then "
         "confirmed on fresh seeds (on a deterministic game: on all its starts).")
 
 
@@ -180,7 +181,9 @@ def _played(records: Sequence[Mapping[str, Any]]) -> list[str]:
     rows = [(r.get("number"), r.get("summary") or "(no summary)", fmt(r.get("latency_ratio")), fmt(r.get("proxy")),
              (f"{r.get('episodes')} (from {r['episodes_shared_from']})" if r.get("episodes_shared_from")
               else r.get("episodes") or "-"), r.get("distinct_pairs") if r.get("distinct_pairs") is not None else "-",
-             fmt(r.get("retention")), "exact" if r.get("exact") else interval(r), r.get("decision") or "-",
+             fmt(r.get("retention")), "exact" if r.get("exact") else interval(r),
+             (f"{r.get('decision')}, settled ({fmt(r['settled_from'])} on {r.get('settled_episodes')})"
+              if r.get("settled_from") is not None else r.get("decision") or "-"),
              "yes" if r.get("feasible") is True else "no") for r in played]
     return lines + table(("trial", "plan", "latency ratio", "proxy", "episodes", "distinct games", "retention",
                           "interval", "decision", "feasible"), rows, "rlrrrrrccc")

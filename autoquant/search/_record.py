@@ -174,8 +174,19 @@ class TrialRecord:
             "skip_reason": r.skip_reason if r else None,
             "proxy": r.proxy if r else None, "finetune": r.finetune if r else None,
             "episodes": r.episodes if r else 0, "episodes_shared_from": r.shared_from if r else None,
+            **_settled(r),
             **_interval(r),
         }
+
+
+def _settled(r: TrialResult | None) -> dict[str, Any]:
+    """Where the trial was settled on every start: the retention its first test found, on how
+    many episodes (``settled_from``, ``settled_episodes``); None and 0 elsewhere."""
+    settled = (r.reward or {}).get("settled") if r is not None and r.played else None
+    first = settled.get("search_test") if isinstance(settled, dict) else None
+    if not isinstance(first, dict):
+        return {"settled_from": None, "settled_episodes": 0}
+    return {"settled_from": first.get("retention"), "settled_episodes": int(first.get("episodes") or 0)}
 
 
 def _interval(r: TrialResult | None) -> dict[str, Any]:

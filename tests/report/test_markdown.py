@@ -112,3 +112,12 @@ def test_trials_that_took_another_runtimes_episodes_say_so(tmp_path) -> None:  #
     assert "8 in all over 2 trials." in text  # the shared trial played none of its own
     assert "1 trial took the episodes of the same plan on another runtime" in text
     assert "| 4 (from onnxruntime) |" in text
+
+
+def test_a_settled_trial_shows_what_its_first_test_found(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    record = trial(0, 0.4, 0.97)
+    record.update(proxy=0.99, episodes=30, decision="below", distinct_pairs=4, exact=True, settled_from=0.98,
+                  settled_episodes=10)
+    md = tmp_path / "report.md"
+    write_report(md, [record], {}, floor=FLOOR, run_info={"policy": "p"})
+    assert "| below, settled (0.980 on 10) |" in md.read_text()

@@ -46,6 +46,9 @@ def test_an_undecided_plan_above_the_floor_is_judged_on_every_start(cartpole_pro
     assert seeds == episode_seeds(1, STARTS) and problem.all_starts()[1] is fp32  # played once
     assert result.retention == pytest.approx(test["retention"])
     assert result.feasible(problem.settings.min_retention) is (test["decision"] == "above")
+    from autoquant.search._record import _settled
+
+    assert _settled(result) == {"settled_from": settled["search_test"]["retention"], "settled_episodes": 3}
     # on the run's seeds alone it was undecided: its interval reached below the floor
     assert settled["search_test"]["low"] < problem.settings.min_retention <= settled["search_test"]["high"]
 
