@@ -8,6 +8,16 @@ bound on summed sensitivity. Swept over bounds it gives a whole front of plans i
 seconds (``scipy.optimize.milp``). Real trials then search the front by bisection for
 the loosest bound whose plan keeps the floor, and spend what budget is left on the
 front's neighbours there.
+
+A played plan that misses the floor narrowly (``NEAR_MISS``) while beating the best
+feasible latency is a near miss: the surrogate brought the search to the right region and
+the episodes turned on details it does not see. Its one-layer (and one-runtime) neighbours
+that the surrogate calls no riskier (summed sensitivity at most ``NEIGHBOUR_SLACK`` above
+its own) and the latency model predicts faster than the best feasible plan are tried next,
+fastest first. They are off the front: they cost a little latency or sensitivity that the
+integer program would not spend (on emulated A76 the near miss's neighbour with int8 on the
+last layer costs more instructions and 1.5 % more sensitivity, and kept the reward the near
+miss lost).
 """
 
 from __future__ import annotations
@@ -24,9 +34,11 @@ from autoquant.search import AgentContext, ProposalSampler, SearchRunner, Search
 from autoquant.agents._latency import LatencyModel, LatencyOption, latency_options, option_of
 from autoquant.agents._surrogate import Choice, layer_choices, latency_model, plan_of, sensitivities
 
-__all__ = ["Choice", "ILPAgent", "front", "layer_choices", "plan_of", "sensitivities", "solve"]
+__all__ = ["Choice", "ILPAgent", "front", "layer_choices", "neighbours", "plan_of", "sensitivities", "solve"]
 
 FRONT_BOUNDS = 32  # sensitivity bounds swept for the front
+NEAR_MISS = 0.05  # retention below the floor a played plan may miss by and still be a near miss
+NEIGHBOUR_SLACK = 0.05  # a near miss's neighbours: summed sensitivity at most this much above its own (relative)
 
 
 def _finite(value: float) -> float:
@@ -160,8 +172,37 @@ def proposals(space: SearchSpace, table: Any, models: Mapping[str | None, Latenc
             if not (plan_of(space, p).is_identity and r == first)]
 
 
+def neighbours(space: SearchSpace, table: Any, models: Mapping[str | None, LatencyModel],
+               sens: Sequence[Mapping[Choice, float]], picks: Sequence[Choice], runtime: str | None,
+               faster_than: float | None) -> list[tuple[list[Choice], str | None]]:
+    """The plans one layer's choice (or the runtime) away from ``picks`` on ``runtime`` whose
+    summed sensitivity is at most ``NEIGHBOUR_SLACK`` above its own and whose predicted
+    latency beats ``faster_than`` (None: any), fastest predicted first."""
+    def summed(p: Sequence[Choice]) -> float:
+        return float(sum(s[c] for s, c in zip(sens, p)))
+
+    limit = summed(picks) * (1.0 + NEIGHBOUR_SLACK)
+    out: list[tuple[float, list[Choice], str | None]] = []
+    candidates: list[tuple[list[Choice], str | None]] = [(list(picks), r) for r in models if r != runtime]
+    for i, layer in enumerate(layer_choices(space)):
+        candidates += [([*picks[:i], c, *picks[i + 1:]], runtime) for c in layer if c != picks[i]]
+    for p, r in candidates:
+        value = summed(p)
+        if not math.isfinite(value) or value > limit:
+            continue
+        plan = plan_of(space, p)
+        if plan.is_identity and r == next(iter(models)):
+            continue  # the reference itself
+        predicted = models[r].predict(table, plan)
+        if faster_than is None or predicted < faster_than:
+            out.append((predicted, p, r))
+    out.sort(key=lambda e: e[0])
+    return [(p, r) for _, p, r in out]
+
+
 class ILPAgent:
-    """Bisection over the ILP front, then the front's neighbourhood, then random plans."""
+    """Bisection over the ILP front, then near misses' neighbours and the front's
+    neighbourhood, then random plans."""
 
     name = "ilp"
 
@@ -169,6 +210,8 @@ class ILPAgent:
         self.ctx = ctx
         self.rng = np.random.default_rng(ctx.run_seed)
         self._sampler = ProposalSampler()
+        # Why each plan was tried, in order: "bisection", "near miss", "front" or "random".
+        self.proposed: list[tuple[str, list[Choice], str | None]] = []
 
     def sampler(self) -> Any:
         return self._sampler
@@ -195,21 +238,39 @@ class ILPAgent:
                 tried: set[tuple[Any, ...]]) -> None:
         space, table = self.ctx.space, runner.problem.table
         runtimes = list(models)
+        floor = runner.settings.min_retention
+        misses: list[tuple[list[Choice], str | None]] = []  # near misses whose neighbours are not queued yet
 
-        def attempt(picks: Sequence[Choice], runtime: str | None) -> TrialOutcome | None:
+        def attempt(picks: Sequence[Choice], runtime: str | None, why: str) -> TrialOutcome | None:
             tried.add((*picks, runtime))
+            self.proposed.append((why, list(picks), runtime))
             plan = plan_of(space, picks).on(runtime)
             outcome = runner.run_trial(space.params(plan))
             if outcome is not None and outcome.result is not None and not outcome.cached:
                 models[runtime].observe(table, plan, outcome.result.latency_ratio)
+            result = outcome.result if outcome is not None else None
+            if result is not None and result.played and not outcome.feasible and result.retention is not None \
+                    and result.retention >= floor - NEAR_MISS \
+                    and (runner.best_latency is None or result.latency_ratio < runner.best_latency):
+                misses.append((list(picks), runtime))
             return outcome
+
+        def near() -> list[tuple[list[Choice], str | None]]:
+            """The untried neighbours of the near misses found since last asked."""
+            found: list[tuple[list[Choice], str | None]] = []
+            while misses:
+                picks, runtime = misses.pop(0)
+                for p, r in neighbours(space, table, models, sens, picks, runtime, runner.best_latency):
+                    if (*p, r) not in tried and all((*p, r) != (*q, t) for q, t in found):
+                        found.append((p, r))
+            return found
 
         # Bisection for the loosest bound whose plan keeps the floor.
         low, high = 0, len(plans) - 1
         best: int | None = None
         while low <= high and runner.remaining() > 0:
             mid = (low + high) // 2
-            outcome = attempt(plans[mid][1], plans[mid][2])
+            outcome = attempt(plans[mid][1], plans[mid][2], "bisection")
             if outcome is None:
                 return
             result = outcome.result
@@ -223,15 +284,21 @@ class ILPAgent:
         # Then the front around the boundary, nearest first, then random plans of the space.
         centre = best if best is not None else 0
         order = sorted(range(len(plans)), key=lambda k: (abs(k - centre), -k))
-        queue = [(plans[k][1], plans[k][2]) for k in order if (*plans[k][1], plans[k][2]) not in tried]
+        queue = [(plans[k][1], plans[k][2], "front") for k in order if (*plans[k][1], plans[k][2]) not in tried]
         choices = layer_choices(space)
         while runner.remaining() > 0:
+            queue[:0] = [(p, r, "near miss") for p, r in near()]  # a near miss's neighbours before the rest
             if queue:
-                picks, runtime = queue.pop(0)
+                picks, runtime, why = queue.pop(0)
+                if (*picks, runtime) in tried:
+                    continue
             else:
                 picks = [layer[int(self.rng.integers(len(layer)))] for layer in choices]
-                runtime = runtimes[int(self.rng.integers(len(runtimes)))]
+                runtime, why = runtimes[int(self.rng.integers(len(runtimes)))], "random"
+                if plan_of(space, picks).is_identity and runtime == runtimes[0]:
+                    tried.add((*picks, runtime))  # the reference itself: fp32 on the first runtime
+                    continue
                 if (*picks, runtime) in tried and len(tried) < space.size:
                     continue
-            if attempt(picks, runtime) is None:
+            if attempt(picks, runtime, why) is None:
                 return

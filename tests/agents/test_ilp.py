@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from autoquant.search import load_space
-from autoquant.agents._ilp import front, layer_choices, plan_of, proposals, solve
+from autoquant.agents._ilp import NEIGHBOUR_SLACK, front, layer_choices, neighbours, plan_of, proposals, solve
 from autoquant.agents._latency import LatencyModel, latency_options, option_of
 
 
@@ -153,3 +153,70 @@ def test_fp32_on_a_cheaper_second_runtime_is_proposed_and_the_reference_is_not(c
     assert alone and not any(plan_of(space, p).is_identity for _, p, _ in alone)
     both = proposals(space, table, {"first": first, "second": cheaper}, sens)
     assert both[0][0] == 0.0 and plan_of(space, both[0][1]).is_identity and both[0][2] == "second"
+
+
+def test_a_near_miss_has_the_neighbours_no_riskier_and_predicted_faster(cartpole_space) -> None:  # type: ignore[no-untyped-def]
+    """Against brute force over every plan one layer (or the runtime) away: exactly those
+    whose summed sensitivity is within the slack of the near miss's and whose predicted
+    latency beats the bound, fastest first."""
+    table, space = cartpole_space
+    models = {"one": _model(table, space, seed=3)[0], "two": _model(table, space, seed=4)[0]}
+    choices = layer_choices(space)
+    rng = np.random.default_rng(5)
+    sens = [{c: (0.0 if c.identity else float(rng.uniform(0, 0.4))) for c in layer} for layer in choices]
+    picks = [layer[len(layer) // 2] for layer in choices]
+    bound = models["one"].predict(table, plan_of(space, picks)) + 0.05
+    got = neighbours(space, table, models, sens, picks, "one", bound)
+
+    def summed(p) -> float:  # type: ignore[no-untyped-def]
+        return sum(sens[i][c] for i, c in enumerate(p))
+
+    expected = set()
+    for p in itertools.product(*choices):
+        for runtime in models:
+            changes = sum(a != b for a, b in zip(p, picks)) + (runtime != "one")
+            if changes == 1 and summed(p) <= summed(picks) * (1 + NEIGHBOUR_SLACK) \
+                    and models[runtime].predict(table, plan_of(space, p)) < bound:
+                expected.add((p, runtime))
+    assert {(tuple(p), r) for p, r in got} == expected and expected
+    predicted = [models[r].predict(table, plan_of(space, p)) for p, r in got]
+    assert predicted == sorted(predicted)
+    assert neighbours(space, table, models, sens, picks, "one", 0.0) == []  # nothing beats a zero latency
+
+
+@pytest.mark.slow
+def test_after_a_near_miss_the_agent_tries_its_neighbours(cartpole_problem, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A floor no plan keeps (retention 1.02): every plan that keeps CartPole's reward misses
+    it by 0.02, a near miss. When the bisection ends, the next plans are near misses'
+    neighbours, each one change away from a plan played before it."""
+    import copy
+    import dataclasses
+
+    from autoquant.search import AgentContext, SearchRunner, load_space, make_agent, open_study, trial_records
+
+    problem = copy.copy(cartpole_problem)
+    problem.settings = dataclasses.replace(problem.settings, min_retention=1.02)
+    space = load_space("joint", problem.table)
+    agent = make_agent("ilp", AgentContext(space, "single", 0, 4))
+    study = open_study(f"sqlite:///{tmp_path / 'study.db'}", "s", "single", agent.sampler())
+    agent.run(SearchRunner(study, space, problem, n_trials=4, agent="ilp"))
+    whys = [why for why, _, _ in agent.proposed]
+    first = whys.index("near miss")
+    assert set(whys[:first]) == {"bisection"} and len(whys) == 4
+    records = trial_records(study)
+    misses = [_plan(r) for r in records[:first] if r.result is not None and r.result.played
+              and 1.02 - r.result.retention <= 0.05]  # type: ignore[operator]
+    assert misses
+    for k, (why, picks, runtime) in enumerate(agent.proposed[first:], start=first):
+        if why != "near miss":
+            continue
+        plan = plan_of(space, picks)
+        earlier = misses + [_plan(r) for r in records[first:k] if r.result is not None and r.result.played
+                            and 1.02 - r.result.retention <= 0.05]  # type: ignore[operator]
+        assert any(sum(plan.spec(n) != m.spec(n) for n in plan.layers) == 1 for m in earlier), plan.describe()
+
+
+def _plan(record):  # type: ignore[no-untyped-def]
+    from autoquant.compress import CompressionPlan
+
+    return CompressionPlan.from_json(record.plan).on(None)
