@@ -83,7 +83,22 @@ def _remote(spec: TargetSpec) -> Target:
         )
     secret_file = os.path.expanduser(spec.secret_file or DEFAULT_SECRET_FILE)
     return RemoteTarget(spec.name, spec.device, read_secret(secret_file), threads=spec.threads,
-                        protocol=spec.protocol, runtime=spec.runtime, reference_runtime=spec.reference_runtime)
+                        protocol=spec.protocol, runtime=spec.runtime, reference_runtime=spec.reference_runtime,
+                        retries=device_retries())
+
+
+DEFAULT_RETRIES = 4  # tries after the first, 0.5 s apart and doubling: about 7.5 s before a board counts as down
+
+
+def device_retries() -> int:
+    """How often a remote target tries again before its board counts as unreachable:
+    ``AUTOQUANT_DEVICE_RETRIES`` (0-10), else ``DEFAULT_RETRIES``."""
+    text = os.environ.get("AUTOQUANT_DEVICE_RETRIES")
+    if text is None or text == "":
+        return DEFAULT_RETRIES
+    if not text.strip().isdigit() or int(text) > 10:
+        raise TargetError(f"AUTOQUANT_DEVICE_RETRIES must be a whole number from 0 to 10, got {text[:40]!r}")
+    return int(text)
 
 
 @register_reach("emulated")

@@ -129,6 +129,20 @@ def test_arm_without_a_device_names_the_ways(monkeypatch) -> None:  # type: igno
     assert proc.returncode == 2 and "--device" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_device_retries_come_from_the_environment(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    secret = tmp_path / "s"
+    secret.write_text("k" * 32)
+    monkeypatch.setenv("AUTOQUANT_SECRET_FILE", str(secret))
+    monkeypatch.delenv("AUTOQUANT_DEVICE_RETRIES", raising=False)
+    assert get_target("arm", device="127.0.0.1:9").retries == 4  # type: ignore[attr-defined]
+    monkeypatch.setenv("AUTOQUANT_DEVICE_RETRIES", "0")
+    assert get_target("arm", device="127.0.0.1:9").retries == 0  # type: ignore[attr-defined]
+    for bad in ("-1", "11", "two"):
+        monkeypatch.setenv("AUTOQUANT_DEVICE_RETRIES", bad)
+        with pytest.raises(TargetError, match="AUTOQUANT_DEVICE_RETRIES must be a whole number from 0 to 10"):
+            get_target("arm", device="127.0.0.1:9")
+
+
 def test_unreachable_device_is_one_clear_error(tmp_path: Path) -> None:
     from tests.targets.device import free_port
 
@@ -156,8 +170,10 @@ def test_search_on_the_device_survives_its_death(cartpole_dqn_path: Path, tmp_pa
     # the resumed search measures one new plan on the restarted board. What is checked (the
     # completed trials kept, the whole budget counted, every result from the device) holds for any
     # budget past the trial in flight.
+    # One retry after the board dies, not four: the back-off of the default (7.5 s) tests nothing more.
+    env = {**os.environ, "AUTOQUANT_DEVICE_RETRIES": "1"}
     try:
-        search = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        search = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         hold_a_trial(device, search, out / "study.db", "remote", completed=3)  # mid-trial, whatever the speed
         before = _completed(out / "study.db", "remote")
         device.stop()  # the board dies mid-search
