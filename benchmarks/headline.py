@@ -66,7 +66,8 @@ def search(target: str, folder: Path, policy: Path, args: argparse.Namespace) ->
         return False
     cmd = [sys.executable, "-m", "autoquant", "search", "--policy", str(policy), "--env", ENV_ID,
            "--target", target, "--time-budget", str(args.budget if target == "host" else args.arm_budget),
-           "--min-retention", str(SEARCH_FLOOR), "--finetune", str(args.finetune), "--episodes", "10",
+           "--min-retention", str(SEARCH_FLOOR), "--finetune",
+           str(args.finetune if target == "host" or args.arm_finetune is None else args.arm_finetune), "--episodes", "10",
            "--states", "512", "--envs", "6", "--seed", "0", "--quiet",
            "--out", str(folder)]
     if (folder / "run.json").is_file():
@@ -171,6 +172,9 @@ def target_stage(target: str, run: Any, refs: Mapping[str, Any], int8: bytes, wo
     from autoquant.search import SEARCH_SECONDS
 
     out["search_s"] = float(run.study().user_attrs.get(SEARCH_SECONDS, 0.0))  # what its wall-clock budget counted
+    settings = run.config.settings
+    out["settings"] = {"finetune_epochs": settings.finetune_epochs, "bias_correction": settings.bias_correction,
+                       "settle": settings.settle, "created": run.info.created}
     out["latency_models"] = {}  # runtime -> seconds its model took to measure (once per target and runtime)
     for found in sorted(run.folder.glob("latency_model*.json")):
         model = json.loads(found.read_text())
@@ -337,8 +341,7 @@ def markdown(data: dict[str, Any], path: Path) -> None:
         lines += [f"## {target}", "",
                   f"Search: {stage['trials']} trials measured ({stage['played']} played) in "
                   f"{stage['search_s'] / 60:.1f} min of search (its latency model and sensitivities included), floor "
-                  f"{data['settings']['search_floor']}, fine-tuning {data['settings']['finetune_epochs']} epochs for "
-                  "plans below 0.98 held-out agreement."
+                  f"{data['settings']['search_floor']}, " + _search_settings(stage, data)
                   + (" Its latency models took " + ", ".join(f"{m / 60:.1f} min ({rt})" for rt, m in
                                                              stage["latency_models"].items())
                      + " to measure, once per target and runtime; they are kept across runs, and a search that "
@@ -414,6 +417,17 @@ def verdict(data: Mapping[str, Any], target: str, stage: Mapping[str, Any], what
             f"{int8['instructions'] / 1e6:.3f} M): it {met} the goal of <= {goal}x.")
 
 
+def _search_settings(stage: Mapping[str, Any], data: Mapping[str, Any]) -> str:
+    """The settings the target's own search ran with (its run.json), where recorded."""
+    own = stage.get("settings")
+    if own is None:  # pages made before the settings were recorded per target
+        return f"fine-tuning {data['settings']['finetune_epochs']} epochs for plans below 0.98 held-out agreement."
+    tuned = (f"fine-tuning {own['finetune_epochs']} epochs for plans below 0.98 held-out agreement"
+             if own["finetune_epochs"] else "no fine-tuning")
+    return (f"{tuned}, bias correction {'on' if own['bias_correction'] else 'off'}, settling "
+            f"{'on' if own['settle'] else 'off'} (run made {own['created']}).")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--targets", nargs="+", default=["host", "arm-a76-emulated", "arm-a72-emulated"])
@@ -422,6 +436,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="emulated search budget, s (default 900), its latency models (one per runtime, about 9 "
                         "minutes each) included where no earlier run on the target kept them")
     p.add_argument("--finetune", type=int, default=10, help="search --finetune EPOCHS (default 10)")
+    p.add_argument("--arm-finetune", type=int, default=None,
+                   help="the emulated searches' --finetune EPOCHS (default: --finetune's)")
     p.add_argument("--sticky-episodes", type=int, default=150,
                    help="claim episodes per arm under sticky actions, each a distinct game (default 150)")
     p.add_argument("--calls", type=int, default=1000, help="calls per model in the window (default 1000)")
