@@ -245,7 +245,7 @@ class ILPAgent:
             tried.add((*picks, runtime))
             self.proposed.append((why, list(picks), runtime))
             plan = plan_of(space, picks).on(runtime)
-            outcome = runner.run_trial(space.params(plan))
+            outcome = runner.run_trial(space.params(plan), proposed_as=why)
             if outcome is not None and outcome.result is not None and not outcome.cached:
                 models[runtime].observe(table, plan, outcome.result.latency_ratio)
             result = outcome.result if outcome is not None else None

@@ -185,8 +185,12 @@ def _played(records: Sequence[Mapping[str, Any]]) -> list[str]:
              (f"{r.get('decision')}, settled ({fmt(r['settled_from'])} on {r.get('settled_episodes')})"
               if r.get("settled_from") is not None else r.get("decision") or "-"),
              "yes" if r.get("feasible") is True else "no") for r in played]
-    return lines + table(("trial", "plan", "latency ratio", "proxy", "episodes", "distinct games", "retention",
-                          "interval", "decision", "feasible"), rows, "rlrrrrrccc")
+    header = ("trial", "plan", "latency ratio", "proxy", "episodes", "distinct games", "retention", "interval",
+              "decision", "feasible")
+    if any(r.get("proposed_as") for r in played):  # the agent said why it proposed each plan (the ILP does)
+        rows = [(*row, r.get("proposed_as") or "-") for row, r in zip(rows, played)]
+        return lines + table((*header, "proposed as"), rows, "rlrrrrrcccc")
+    return lines + table(header, rows, "rlrrrrrccc")
 
 
 def _fine_tuned(records: Sequence[Mapping[str, Any]]) -> list[str]:

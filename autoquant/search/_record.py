@@ -33,6 +33,7 @@ _PLAN = "plan"
 _SUMMARY = "summary"
 _KEY = "key"
 _AGENT = "agent"
+_PROPOSED_AS = "proposed_as"  # why the agent proposed the plan, where it says (the ILP: "near miss", ...)
 _WORKER = "worker"
 _CACHED = "cached"
 _FEASIBLE = "feasible"
@@ -130,6 +131,7 @@ class TrialRecord:
     repeat: bool  # the plan was measured by an earlier trial; this one took its result
     started_at: float | None
     finished_at: float | None
+    proposed_as: str | None = None
 
     @classmethod
     def from_trial(cls, trial: Any) -> TrialRecord:
@@ -151,6 +153,7 @@ class TrialRecord:
             over_budget=_OVER_BUDGET in attrs, repeat=bool(attrs.get(_REPEAT, False)),
             started_at=trial.datetime_start.timestamp() if trial.datetime_start else None,
             finished_at=attrs.get(_FINISHED_AT),
+            proposed_as=str(attrs[_PROPOSED_AS])[:40] if attrs.get(_PROPOSED_AS) else None,
         )
 
     @property
@@ -170,7 +173,7 @@ class TrialRecord:
             "size_ratio": r.size_ratio if r else None, "played": bool(r and r.played),
             "feasible": self.feasible(min_retention), "agent": self.agent,
             "wall_s": (self.finished_at - study_start) if self.finished_at and study_start else None,
-            "error": self.error, "cached": self.cached, "counted": self.counted,
+            "error": self.error, "cached": self.cached, "counted": self.counted, "proposed_as": self.proposed_as,
             "skip_reason": r.skip_reason if r else None,
             "proxy": r.proxy if r else None, "finetune": r.finetune if r else None,
             "episodes": r.episodes if r else 0, "episodes_shared_from": r.shared_from if r else None,
@@ -200,9 +203,11 @@ def _interval(r: TrialResult | None) -> dict[str, Any]:
 # --- writing: the runner's side ---------------------------------------------------------------
 
 
-def record_proposal(trial: Any, *, agent: str, worker: str) -> None:
+def record_proposal(trial: Any, *, agent: str, worker: str, proposed_as: str | None = None) -> None:
     trial.set_user_attr(_WORKER, worker)
     trial.set_user_attr(_AGENT, agent)
+    if proposed_as:
+        trial.set_user_attr(_PROPOSED_AS, proposed_as)
 
 
 def record_plan(trial: Any, *, plan: dict[str, Any], summary: str, key: str) -> None:

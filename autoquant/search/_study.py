@@ -422,9 +422,10 @@ class SearchRunner:
 
     # --- one trial ------------------------------------------------------------------------
 
-    def run_trial(self, params: Mapping[str, Any] | None = None) -> TrialOutcome | None:
-        """One trial; ``params`` when the agent proposes (its study uses ProposalSampler).
-        Returns None when the budget is used up."""
+    def run_trial(self, params: Mapping[str, Any] | None = None, *, proposed_as: str | None = None
+                  ) -> TrialOutcome | None:
+        """One trial; ``params`` when the agent proposes (its study uses ProposalSampler), and
+        ``proposed_as``, why, for the record. Returns None when the budget is used up."""
         if self.remaining() <= 0:
             return None
         sampler = self.study.sampler
@@ -433,7 +434,7 @@ class SearchRunner:
                 raise TypeError("proposed parameters need a study opened with ProposalSampler")
             sampler.pending = dict(params)
         trial = self.study.ask()
-        record_proposal(trial, agent=self.agent, worker=worker_id())
+        record_proposal(trial, agent=self.agent, worker=worker_id(), proposed_as=proposed_as)
         rank = sum(1 for t in self.study.get_trials(deepcopy=False) if is_counted(t) and t.number <= trial.number)
         if rank > self.n_trials:  # another worker took the last slot between our check and ask
             record_over_budget(trial)

@@ -204,6 +204,7 @@ def test_after_a_near_miss_the_agent_tries_its_neighbours(cartpole_problem, tmp_
     first = whys.index("near miss")
     assert set(whys[:first]) == {"bisection"} and len(whys) == 4
     records = trial_records(study)
+    assert [r.proposed_as for r in records] == whys  # the study says why each plan was tried
     misses = [_plan(r) for r in records[:first] if r.result is not None and r.result.played
               and 1.02 - r.result.retention <= 0.05]  # type: ignore[operator]
     assert misses

@@ -121,3 +121,19 @@ def test_a_settled_trial_shows_what_its_first_test_found(tmp_path) -> None:  # t
     md = tmp_path / "report.md"
     write_report(md, [record], {}, floor=FLOOR, run_info={"policy": "p"})
     assert "| below, settled (0.980 on 10) |" in md.read_text()
+
+
+def test_played_trials_say_why_the_agent_proposed_them_where_it_said(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    records = []
+    for number, why in enumerate(("bisection", "near miss")):
+        record = trial(number, 0.5, 0.99)
+        record.update(proxy=0.99, episodes=4, decision="above", distinct_pairs=3, proposed_as=why)
+        records.append(record)
+    md = tmp_path / "report.md"
+    write_report(md, records, {}, floor=FLOOR, run_info={"policy": "p"})
+    text = md.read_text()
+    assert "| proposed as |" in text and "| yes | near miss |" in text
+    for record in records:
+        record["proposed_as"] = None
+    write_report(md, records, {}, floor=FLOOR, run_info={"policy": "p"})
+    assert "proposed as" not in md.read_text()  # agents that do not say: no column
