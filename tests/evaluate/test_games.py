@@ -91,16 +91,20 @@ def test_protocols_are_resolved_from_the_env_id_and_sticky_actions_only_apply_to
 
 @pytest.mark.slow
 def test_thirty_seeds_of_deterministic_pong_are_a_few_games(pong) -> None:  # type: ignore[no-untyped-def]
-    """The reference Pong DQN on PongNoFrameskip-v4: every one of the 30 no-op starts played,
-    the mean exact for the protocol, and the 30 episodes counted as the few games they are."""
+    """The reference Pong DQN on PongNoFrameskip-v4: every one of the 30 no-op starts played
+    (its first 1,000 steps, several points: 40 % of a game, and the whole games cost this test
+    50 s), the mean exact for the protocol, and the 30 episodes counted as the few games
+    they are. Games played to the end are counted in benchmarks/results/headline.md (4)."""
     act = onnx_actor(pong, export_reference(pong))
     protocol = resolve_protocol("PongNoFrameskip-v4")
-    stats = play_episodes(act, "PongNoFrameskip-v4", episode_seeds(0, 30, protocol), protocol=protocol)
+    stats = play_episodes(act, "PongNoFrameskip-v4", episode_seeds(0, 30, protocol), protocol=protocol,
+                          max_steps=1000)
     assert len(stats.seeds) == 30 and stats.exact and stats.ci95 == 0.0
-    assert stats.distinct_games <= 8  # the reference plays 4 (one per frame-skip phase)
-    assert len(set(zip(stats.rewards, stats.lengths))) > stats.distinct_games  # shifted copies merged
-    for game in set(stats.labels):  # one game, one reward
-        assert len({r for r, g in zip(stats.rewards, stats.labels) if g == game}) == 1
+    assert stats.distinct_games <= 8 and any(stats.rewards)  # the reference plays 4 (one per frame-skip phase)
+    assert len({protocol.start_of(s) for s in stats.seeds}) == 30  # 30 starts, a few games: copies merged
+    for game in set(stats.labels):  # one game, one score, but for a point its shifted copy scored past the cut
+        rewards = [r for r, g in zip(stats.rewards, stats.labels) if g == game]
+        assert max(rewards) - min(rewards) <= 1.0
     paired = paired_comparison(stats, stats)
     assert paired["exact"] and paired["retention"] == pytest.approx(1.0)
     assert paired["distinct_pairs"] == stats.distinct_games
