@@ -178,7 +178,9 @@ def target_stage(target: str, run: Any, refs: Mapping[str, Any], int8: bytes, wo
     out["latency_models"] = {}  # runtime -> seconds its model took to measure (once per target and runtime)
     for found in sorted(run.folder.glob("latency_model*.json")):
         model = json.loads(found.read_text())
-        out["latency_models"][model.get("runtime") or "onnxruntime"] = float(model.get("measured_s", 0.0))
+        if model.get("format") != "autoquant.latency_model" or "measured_s" not in model:
+            continue  # not a model (an earlier version of this script wrote its claims over one): not counted
+        out["latency_models"][model.get("runtime") or "onnxruntime"] = float(model["measured_s"])
     out["trials"] = sum(1 for r in run.records() if r.result is not None and not r.repeat)
     out["played"] = sum(1 for r in run.records() if r.result is not None and r.result.played and not r.repeat)
     out["fine_tuned"] = [{"trial": r.number, "summary": r.summary, **(r.result.finetune or {})}
