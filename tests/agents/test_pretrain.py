@@ -27,7 +27,7 @@ def corpus(tmp_path_factory):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def trained(corpus):  # type: ignore[no-untyped-def]
-    return pretrain("ddpg", corpus[:3], episodes=1500, seed=0)
+    return pretrain("ddpg", corpus[:3], episodes=800, seed=0)
 
 
 def _greedy_score(model, env: SurrogateEnv, bound: float) -> float:  # type: ignore[no-untyped-def]
@@ -98,7 +98,7 @@ def test_weights_round_trip_and_refusals(corpus, trained, tmp_path: Path) -> Non
 
     model = fresh()
     meta = load_weights("ddpg", model, obs_version=OBS_VERSION, obs_dim=OBS_DIM, folder=tmp_path)
-    assert meta is not None and meta["used"] and meta["episodes"] == 1500
+    assert meta is not None and meta["used"] and meta["episodes"] == 800
     obs = np.random.default_rng(0).uniform(-1, 1, (16, OBS_DIM)).astype(np.float32)
     np.testing.assert_array_equal(model.predict(obs, deterministic=True)[0],
                                   trained.model.predict(obs, deterministic=True)[0])
