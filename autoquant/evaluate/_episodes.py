@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from autoquant.evaluate._games import Estimate, Trace, estimate, label_games
+from autoquant.evaluate._workers import default_workers, pool
 from autoquant.policy import Protocol, make_env, resolve_protocol
 
 __all__ = ["EpisodeStats", "ci95", "describe_episodes", "paired_comparison", "paired_difference", "play_episodes", "random_actor"]
@@ -107,6 +108,7 @@ def play_episodes(
     n_envs: int = 8,
     max_steps: int | None = None,
     stop: Callable[[EpisodeStats], bool] | None = None,
+    workers: int | None = None,
 ) -> EpisodeStats:
     """One episode per seed with ``act`` (a batch of observations -> a batch of actions),
     under ``protocol`` (default: the env id's own).
@@ -114,17 +116,37 @@ def play_episodes(
     An episode's return depends only on its seed and the policy, not on which env
     slot or batch it ran in. ``stop`` is asked after each episode ends, with the episodes
     finished so far; when it says so, the episodes still running are dropped and the result
-    holds the finished ones, in ``seeds`` order.
+    holds the finished ones, in ``seeds`` order. ``workers`` > 0 steps the envs in that many
+    worker processes (``autoquant.evaluate._workers``; default ``AUTOQUANT_ENV_WORKERS``, 0:
+    in this process); the episodes are the same.
     """
     protocol = protocol if protocol is not None else resolve_protocol(env_id)
     queue = list(seeds)
-    envs = [make_env(env_id, protocol=protocol) for _ in range(min(n_envs, len(queue)))]
+    n = min(n_envs, len(queue))
+    workers = default_workers() if workers is None else workers
+    envs: list[Any] = []
+    if workers > 0 and n > 0:
+        remote = pool(env_id, protocol, n, workers)
+        reset_all, step_all = remote.reset, remote.step
+    else:
+        envs = [make_env(env_id, protocol=protocol) for _ in range(n)]
+
+        def reset_all(items: Sequence[tuple[int, int]]) -> dict[int, Any]:
+            return {k: envs[k].reset(seed=s)[0] for k, s in items}
+
+        def step_all(items: Sequence[tuple[int, Any]]) -> dict[int, tuple[Any, float, bool, bool]]:
+            out = {}
+            for k, a in items:
+                o, r, terminated, truncated, _ = envs[k].step(a)
+                out[k] = (o, float(r), bool(terminated), bool(truncated))
+            return out
+
     finished: dict[int, tuple[float, Trace]] = {}
     slots: list[dict[str, Any] | None] = []
-    obs: list[Any] = []
-    for env in envs:
-        s = queue.pop(0)
-        obs.append(env.reset(seed=s)[0])
+    firsts = [(k, queue.pop(0)) for k in range(n)]
+    first_obs = reset_all(firsts)
+    obs: list[Any] = [first_obs[k] for k in range(n)]
+    for _, s in firsts:
         slots.append({"seed": s, "ret": 0.0, "len": 0, "events": []})
     steps = 0
     start = time.perf_counter()
@@ -142,10 +164,11 @@ def play_episodes(
         while any(slot is not None for slot in slots):
             live = [k for k, slot in enumerate(slots) if slot is not None]
             actions = act(np.stack([obs[k] for k in live]))
-            for a, k in zip(actions, live):
+            stepped = step_all(list(zip(live, actions)))
+            for k in live:
                 slot = slots[k]
                 assert slot is not None
-                o, r, terminated, truncated, _ = envs[k].step(a)
+                o, r, terminated, truncated = stepped[k]
                 slot["ret"] += float(r)
                 slot["len"] += 1
                 if r:
@@ -162,7 +185,7 @@ def play_episodes(
                         break
                     if queue:
                         s = queue.pop(0)
-                        o, _ = envs[k].reset(seed=s)
+                        o = reset_all([(k, s)])[k]
                         slots[k] = {"seed": s, "ret": 0.0, "len": 0, "events": []}
                     else:
                         slots[k] = None
