@@ -8,6 +8,8 @@ from autoquant.evaluate._games import Estimate, estimate, label_games, same_game
 from autoquant.evaluate._evaluation import HELD_OUT_SEED_OFFSET, Evaluation, episode_seeds, evaluate, onnx_actor
 from autoquant.evaluate._fidelity import fidelity, value_retention
 from autoquant.evaluate._sequential import ABOVE, BELOW, MIN_DISTINCT, UNDECIDED, RetentionTest
+from autoquant.evaluate._workers import close_pools as close_env_workers
+from autoquant.evaluate._workers import pool as env_workers
 from autoquant.evaluate._states import (PROXY_SEED_OFFSET, StateSet, dagger_visitor, proxy_state_count, record_states,
                                        visited_states)
 
@@ -30,6 +32,8 @@ __all__ = [
     "StateSet",
     "dagger_visitor",
     "ci95",
+    "close_env_workers",
+    "env_workers",
     "episode_seeds",
     "evaluate",
     "fidelity",
