@@ -64,7 +64,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         plan = CompressionPlan.from_json(record.plan)
         graphs = {"built": run.compress(plan).onnx, "tuned": run.fine_tuned(plan)}
         row: dict[str, Any] = {"trial": record.number, "summary": record.summary,
-                               "search_retention": result.retention}
+                               "search_retention": result.retention, "latency_ratio": result.latency_ratio,
+                               "built_ratio": problem.latency_ratio(plan)}
         for name, model in graphs.items():
             assert model is not None
             played = problem.play(model, seeds, runtime=plan.runtime)
@@ -91,11 +92,12 @@ def markdown(data: dict[str, Any], path: Path) -> None:
               f"played all {data['starts']} starts of the deterministic game (exact; fp32 {data['fp32_mean']:.2f}), "
               "in the plan's runtime's numerics. Agreement and output error on the run's held-out states; the "
               "proxy on states each graph visits itself.", "",
-              "| trial | plan | held-out agreement built -> tuned | proxy built -> tuned | output error built -> tuned "
-              "| retention built -> tuned |", "|---:|:---|:---|:---|:---|:---|"]
+              "| trial | plan | latency ratio built, tuned | held-out agreement built -> tuned | proxy built -> tuned "
+              "| output error built -> tuned | retention built -> tuned |", "|---:|:---|:---|:---|:---|:---|:---|"]
     for r in data["rows"]:
         b, t = r["built"], r["tuned"]
-        lines.append(f"| {r['trial']} | {r['summary']} | {b['held_out_agreement']:.3f} -> {t['held_out_agreement']:.3f} "
+        lines.append(f"| {r['trial']} | {r['summary']} | {r['built_ratio']:.3f}, {r['latency_ratio']:.3f} "
+                     f"| {b['held_out_agreement']:.3f} -> {t['held_out_agreement']:.3f} "
                      f"| {b['proxy']:.3f} -> {t['proxy']:.3f} | {b['output_error']:.3f} -> {t['output_error']:.3f} "
                      f"| {b['retention']:.3f} -> **{t['retention']:.3f}** |")
     lines += ["", f"Fine-tuning raised the exact retention on {data['tuned_better']} of {len(data['rows'])} plans and "
@@ -104,6 +106,22 @@ def markdown(data: dict[str, Any], path: Path) -> None:
               "(plans whose two graphs tie on reward left out):", ""]
     for fig, c in data["criteria"].items():
         lines.append(f"- {fig.replace('_', ' ')}: {c['right']} of {c['of']}")
+    same: dict[tuple[float, ...], list[int]] = {}
+    for r in data["rows"]:  # plans whose built graphs compute one function (the pruned channels were dead)
+        b = r["built"]
+        same.setdefault((b["held_out_agreement"], b["proxy"], b["output_error"], b["retention"]), []).append(r["trial"])
+    groups = [g for g in same.values() if len(g) > 1]
+    if groups:
+        lines += ["", "Built graphs that play and score alike, to the last state (their extra pruning removes dead "
+                  "channels): " + "; ".join(", ".join(f"#{t}" for t in g) for g in groups)
+                  + ". Their tuned graphs differ: fine-tuning starts from other trainable weights."]
+    floor = 0.98
+    keep = [(r["built_ratio"], r["trial"], "built") for r in data["rows"] if r["built"]["retention"] >= floor]
+    keep += [(r["latency_ratio"], r["trial"], "tuned") for r in data["rows"] if r["tuned"]["retention"] >= floor]
+    if keep:
+        ratio, trial, which = min(keep)
+        lines += ["", f"The fastest graph here at or above {floor} exact is #{trial} {which}, latency ratio "
+                  f"{ratio:.3f}."]
     path.write_text("\n".join(lines) + "\n")
 
 
