@@ -14,7 +14,7 @@ from tests.conftest import cli_main
 def test_compare_writes_table_and_plot(cartpole_dqn_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     args = ["compare", "--policy", str(cartpole_dqn_path), "--methods", "prune,joint", "--agents", "tpe,random",
-            "--trials", "5", "--episodes", "3", "--confirm-episodes", "3", "--states", "256", "--out", str(out),
+            "--trials", "3", "--episodes", "3", "--confirm-episodes", "3", "--states", "256", "--out", str(out),
             "--quiet", "--json"]
     proc = cli_main(*args)
     assert proc.returncode == 0, proc.stderr
@@ -22,7 +22,7 @@ def test_compare_writes_table_and_plot(cartpole_dqn_path: Path, tmp_path: Path) 
     assert sorted(row["combo"] for row in result["rows"]) == ["joint/random", "joint/tpe", "prune/random",
                                                                "prune/tpe"]
     for row in result["rows"]:
-        assert row["trials"] == 5 and row["wall_s"] is not None and row["hypervolume"] >= 0.0
+        assert row["trials"] == 3 and row["wall_s"] is not None and row["hypervolume"] >= 0.0
     data = json.loads((out / "compare.json").read_text())
     assert data["floor"] == 0.98 and len(data["rows"]) == 4
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -38,4 +38,4 @@ def test_compare_writes_table_and_plot(cartpole_dqn_path: Path, tmp_path: Path) 
     # running it again resumes: the studies are complete, nothing is measured again
     again = cli_main(*args)
     assert again.returncode == 0, again.stderr
-    assert [r["trials"] for r in json.loads(again.stdout)["rows"]] == [5, 5, 5, 5]
+    assert [r["trials"] for r in json.loads(again.stdout)["rows"]] == [3, 3, 3, 3]
