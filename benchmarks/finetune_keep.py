@@ -22,6 +22,7 @@ higher retention.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,19 +30,19 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_RESULTS, Record, header, quiet, rel  # noqa: E402
+from common import DEFAULT_RESULTS, Record, exact_words, header, protocol_words, quiet, rel  # noqa: E402
 
 FIGURES = ("held_out_agreement", "proxy", "output_error")
 
 
-def figures(run: Any, plan: Any, model: bytes) -> dict[str, float]:
+def figures(run: Any, plan: Any, model: bytes, reference: Any, held_reference: np.ndarray) -> dict[str, float]:
+    """``reference``: fp32's session on this host; ``held_reference``: its outputs on the held-out states."""
     from autoquant.evaluate import fidelity
     from autoquant.runtimes import Runner
 
     problem = run.problem
     runner = Runner(model, runtime=plan.runtime or problem.runtime)
-    reference = Runner(problem.reference_onnx)
-    held = fidelity(reference(problem.held_out), runner(problem.held_out), run.bundle.action)
+    held = fidelity(held_reference, runner(problem.held_out), run.bundle.action)
     own = problem.visited_states(runner)
     proxy = fidelity(reference(own), runner(own), run.bundle.action)
     return {"held_out_agreement": float(held["action_agreement"]), "proxy": float(proxy["action_agreement"]),
@@ -56,6 +57,10 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     run = load_run(args.run)
     problem = run.problem
     seeds, fp32, random_play = problem.all_starts()
+    from autoquant.runtimes import Runner
+
+    reference = Runner(problem.reference_onnx)  # fp32 on this host, as the graphs below run
+    held_reference = reference(problem.held_out)
     rows = []
     for record in run.records():
         result = record.result
@@ -70,7 +75,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             assert model is not None
             played = problem.play(model, seeds, runtime=plan.runtime)
             paired = paired_comparison(played, fp32, random_play)
-            row[name] = {**figures(run, plan, model), "retention": paired["retention"], "exact": paired["exact"],
+            row[name] = {**figures(run, plan, model, reference, held_reference), "retention": paired["retention"],
+                         "exact": paired["exact"],
                          "distinct_pairs": paired["distinct_pairs"], "mean_reward": played.mean}
             print(f"#{record.number} {name}: {row[name]}", flush=True)
         rows.append(row)
@@ -81,25 +87,37 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 for r in rows if r["tuned"]["retention"] != r["built"]["retention"]]
         better[fig] = {"right": int(sum(hits)), "of": len(hits)}
     return {"run": rel(args.run), "target": run.config.target, "starts": len(seeds),
-            "fp32_mean": fp32.mean, "rows": rows, "criteria": better,
+            "protocol": fp32.protocol.name, "sticky_actions": fp32.protocol.sticky_actions,
+            "fp32_mean": fp32.mean, "fp32_distinct_games": fp32.distinct_games, "rows": rows, "criteria": better,
             "tuned_better": sum(r["tuned"]["retention"] > r["built"]["retention"] for r in rows),
             "built_better": sum(r["tuned"]["retention"] < r["built"]["retention"] for r in rows)}
 
 
 def markdown(data: dict[str, Any], path: Path) -> None:
+    # Pages made before the protocol was recorded: the script plays every start of a finite
+    # protocol, which is the deterministic game's (sticky actions have no finite starts).
+    protocol = {"protocol": data.get("protocol") or f"deterministic, {data['starts']} no-op starts",
+                "starts": data["starts"], "sticky_actions": data.get("sticky_actions", 0.0)}
+    games = data.get("fp32_distinct_games")
     lines = header(data, "Keep the fine-tuned graph? Each one a search kept, against the plan as built")
-    lines += [f"Run `{data['run']}` ({data['target']}): every trial that kept a fine-tuned graph. Both graphs "
-              f"played all {data['starts']} starts of the deterministic game (exact; fp32 {data['fp32_mean']:.2f}), "
-              "in the plan's runtime's numerics. Agreement and output error on the run's held-out states; the "
-              "proxy on states each graph visits itself.", "",
+    lines += [f"Run `{data['run']}` ({data['target']}): every trial that kept a fine-tuned graph. Protocol: "
+              f"{protocol_words(protocol)}. fp32 and both graphs of each plan played every one of the "
+              f"{data['starts']} starts, so each mean and retention is {exact_words(data['starts'])} (no "
+              f"interval): fp32 {data['fp32_mean']:.2f}"
+              + (f" ({games} distinct games)" if games is not None else "")
+              + ". The starts replay a few distinct games; the distinct pairs of games (fp32's, the graph's) "
+              "behind each retention are given beside it. Runs in the plan's runtime's numerics. Agreement and "
+              "output error on the run's held-out states; the proxy on states each graph visits itself.", "",
               "| trial | plan | latency ratio built, tuned | held-out agreement built -> tuned | proxy built -> tuned "
-              "| output error built -> tuned | retention built -> tuned |", "|---:|:---|:---|:---|:---|:---|:---|"]
+              "| output error built -> tuned | retention built -> tuned (exact) | distinct pairs built, tuned |",
+              "|---:|:---|:---|:---|:---|:---|:---|:---|"]
     for r in data["rows"]:
         b, t = r["built"], r["tuned"]
         lines.append(f"| {r['trial']} | {r['summary']} | {r['built_ratio']:.3f}, {r['latency_ratio']:.3f} "
                      f"| {b['held_out_agreement']:.3f} -> {t['held_out_agreement']:.3f} "
                      f"| {b['proxy']:.3f} -> {t['proxy']:.3f} | {b['output_error']:.3f} -> {t['output_error']:.3f} "
-                     f"| {b['retention']:.3f} -> **{t['retention']:.3f}** |")
+                     f"| {b['retention']:.3f} -> **{t['retention']:.3f}** "
+                     f"| {b['distinct_pairs']}, {t['distinct_pairs']} |")
     lines += ["", f"Fine-tuning raised the exact retention on {data['tuned_better']} of {len(data['rows'])} plans and "
               f"lowered it on {data['built_better']}.", "",
               "How often keeping the tuned graph where a figure is better picks the graph that keeps more reward "
@@ -127,9 +145,15 @@ def markdown(data: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run", type=Path, required=True, help="a finished run folder whose search fine-tuned plans")
+    p.add_argument("--run", type=Path, help="a finished run folder whose search fine-tuned plans")
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "finetune_keep.json")
+    p.add_argument("--render", action="store_true", help="only write the .md again from the .json")
     args = p.parse_args(argv)
+    if args.render:
+        markdown(json.loads(args.out.read_text()), args.out.with_suffix(".md"))
+        return 0
+    if args.run is None:
+        p.error("--run is required (a finished run folder), unless --render")
     quiet()
     record = Record("benchmarks/finetune_keep.py", argv)
     record.save(args.out, markdown, **run_all(args))
