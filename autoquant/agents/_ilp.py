@@ -258,10 +258,12 @@ class ILPAgent:
         def near() -> list[tuple[list[Choice], str | None]]:
             """The untried neighbours of the near misses found since last asked."""
             found: list[tuple[list[Choice], str | None]] = []
+            queued: set[tuple[Any, ...]] = set()
             while misses:
                 picks, runtime = misses.pop(0)
                 for p, r in neighbours(space, table, models, sens, picks, runtime, runner.best_latency):
-                    if (*p, r) not in tried and all((*p, r) != (*q, t) for q, t in found):
+                    if (*p, r) not in tried and (*p, r) not in queued:
+                        queued.add((*p, r))
                         found.append((p, r))
             return found
 

@@ -276,10 +276,10 @@ class Run:
                 candidates.append(r)
         if not candidates:
             return None
-        seeds = confirm_seeds(settings.seed, self.config.confirm_episodes, self.protocol)
         if self.protocol.starts is not None:  # every start: the references a settled trial was judged against
             seeds, fp32, random_play = self.problem.all_starts()
         else:
+            seeds = confirm_seeds(settings.seed, self.config.confirm_episodes, self.protocol)
             fp32 = self.problem.play(self.problem.reference_onnx, seeds)
             random_play = play_episodes(random_actor(self.bundle.action_space, settings.seed + 1),
                                         self.bundle.env_id, seeds, protocol=self.protocol,  # type: ignore[arg-type]
