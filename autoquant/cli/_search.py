@@ -217,9 +217,12 @@ class SearchCommand(Command):
                             "(default: the run folder's name)")
 
     def run(self, args: argparse.Namespace) -> dict[str, Any]:
-        from autoquant.search import load_run, start_run
+        from autoquant.search import is_fleet, load_run, start_run
 
         log = (lambda s: None) if args.quiet else (lambda s: print(f"autoquant: {s}", file=sys.stderr))
+        if (args.resume and args.out is not None and is_fleet(args.out)) or (
+                not args.resume and args.target is not None and "," in args.target):
+            return self._fleet(args, log)
         if args.resume:
             if args.out is None:
                 raise UsageError("--resume needs --out, the run folder to continue")
@@ -267,7 +270,60 @@ class SearchCommand(Command):
                 f"the uncompressed policy; see {run.folder / 'report.md'}")
         return summary_json(run, confirmed, time.perf_counter() - start)
 
+    def _fleet(self, args: argparse.Namespace, log: Any) -> dict[str, Any]:
+        """``--target a,b,c``: one search for several targets (``autoquant.search.Fleet``)."""
+        from autoquant.search import load_fleet, parse_targets, start_fleet
+
+        targets = parse_targets(args.target) if args.target is not None else None
+        if args.resume:
+            fleet = load_fleet(args.out, targets=targets, trust_pickle=args.trust_pickle, n_trials=args.trials,
+                               sticky_actions=args.sticky_actions)
+        else:
+            if args.policy is None:
+                raise UsageError("search needs --policy (or --resume --out RUN)")
+            assert targets is not None  # a fleet is started only from a list
+            first = argparse.Namespace(**{**vars(args), "target": targets[0]})
+            out = args.out or Path("runs") / args.policy.stem
+            fleet = start_fleet(out, _config(first, method=args.method, agent=args.agent), targets,
+                                trust_pickle=args.trust_pickle, log=log)
+        start = time.perf_counter()
+        bars: list[_Progress] = []
+
+        def progress(name: str, quota: int, used: int) -> _Progress:
+            for bar in bars:
+                bar.close()
+            bars.append(_Progress(quota, min(used, quota), args.quiet))
+            bars[-1].bar.set_description(name)
+            return bars[-1]
+
+        try:
+            fleet.search(log=log, progress=progress)
+        except (KeyboardInterrupt, DeviceUnreachable) as exc:
+            for bar in bars:
+                bar.close()
+            print(f"autoquant: {'interrupted' if isinstance(exc, KeyboardInterrupt) else exc}; the trials so far are "
+                  f"in the targets' studies. Resume with:\n  {fleet.resume_command()}", file=sys.stderr)
+            raise
+        finally:
+            for bar in bars:
+                bar.close()
+        log("confirming each target's best plan on fresh seeds")
+        confirmed = fleet.confirm()
+        fleet.write_report()
+        wall = time.perf_counter() - start
+        return {"run": str(fleet.folder), "fleet": list(fleet.members), "wall_s": round(wall, 1),
+                "targets": {name: summary_json(run, confirmed[name], wall) for name, run in fleet.members.items()}}
+
     def render(self, result: dict[str, Any]) -> str:
+        if "fleet" in result:
+            lines = [f"fleet   {result['run']}  ({', '.join(result['fleet'])}; {result['wall_s']} s)"]
+            for name, one in result["targets"].items():
+                best = one["best"]
+                lines.append(f"{name:<20} " + ("fp32: no plan kept the floor and ran faster" if best is None else
+                                               f"trial {best['trial']}: {best['summary']}, latency ratio "
+                                               f"{best['latency_ratio']:.3f}, retention {best['retention']:.3f}"))
+            lines.append(f"report  {Path(result['run']) / 'report.md'}")
+            return "\n".join(lines)
         lines = [f"run     {result['run']}  ({result['method']} / {result['agent']} on {result['target']}, "
                  f"{result['complete']} complete, {result['failed']} failed, {result['repeats']} repeats, "
                  f"{result['wall_s']} s)"]
@@ -329,12 +385,15 @@ class ExportCommand(Command):
 
     def run(self, args: argparse.Namespace) -> dict[str, Any]:
         from autoquant.export import export_plan
-        from autoquant.search import load_run
+        from autoquant.search import fleet_member, is_fleet, load_run
 
         if args.trial != "best" and not args.trial.isdigit():
             raise UsageError(f"--trial must be 'best' or a trial number, got {args.trial!r}")
         check_output_folder(args.out, "--out")
-        run = load_run(args.run, trust_pickle=args.trust_pickle, storage=args.storage, target=args.target,
+        folder, target = args.run, args.target
+        if is_fleet(args.run):  # a fleet: --target picks the target's run
+            folder, target = fleet_member(args.run, args.target)
+        run = load_run(folder, trust_pickle=args.trust_pickle, storage=args.storage, target=target,
                        device=args.device, secret_file=args.secret_file)
         return export_plan(run, args.trial, fmt=args.format, out=args.out)
 

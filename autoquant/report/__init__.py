@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from autoquant.report._best import best_feasible, best_so_far, trials_to_reach
 from autoquant.report._compare import compare_table, hypervolume_reference, write_compare
+from autoquant.report._fleet import write_fleet_report
 from autoquant.report._hypervolume import hypervolume
 from autoquant.report._markdown import spearman, write_report
 from autoquant.report._pareto import DEFAULT_OBJECTIVES, pareto_front
@@ -23,6 +24,7 @@ __all__ = [
     "plot_pareto",
     "trials_to_reach",
     "write_compare",
+    "write_fleet_report",
     "spearman",
     "write_report",
 ]

@@ -38,6 +38,7 @@ from autoquant.search._artifacts import (
     read_run_info,
 )
 from autoquant.search._compare import compare
+from autoquant.search._fleet import Fleet, FleetInfo, fleet_member, is_fleet, load_fleet, parse_targets, start_fleet
 from autoquant.search._problem import ProblemSettings, SearchProblem, fidelity_score, plan_key
 from autoquant.search._record import TrialRecord, TrialResult
 from autoquant.search._run import Run, load_run, start_run
@@ -62,6 +63,8 @@ __all__ = [
     "AgentEntry",
     "AgentContext",
     "Attempt",
+    "Fleet",
+    "FleetInfo",
     "ConfirmFigures",
     "Confirmation",
     "ConfirmedPlan",
@@ -87,6 +90,11 @@ __all__ = [
     "compare",
     "disk_full",
     "fidelity_score",
+    "fleet_member",
+    "is_fleet",
+    "load_fleet",
+    "parse_targets",
+    "start_fleet",
     "load_run",
     "read_confirm",
     "read_run_info",

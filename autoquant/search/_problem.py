@@ -46,7 +46,7 @@ from autoquant.search._record import TrialResult
 from autoquant.runtimes import Runner
 from autoquant.targets import Target
 
-__all__ = ["MODES", "ProblemSettings", "SearchProblem", "fidelity_score", "numerics_agree", "plan_key"]
+__all__ = ["MODES", "PlayStore", "ProblemSettings", "SearchProblem", "fidelity_score", "numerics_agree", "plan_key"]
 
 MODES = ("single", "pareto")
 
@@ -127,6 +127,39 @@ def numerics_agree(a: np.ndarray, b: np.ndarray, reference: np.ndarray, discrete
 
 
 
+@dataclass(frozen=True)
+class Played:
+    """A plan's episodes, kept for the same plan elsewhere: on another runtime of the target
+    (where the numerics agree), or on another target of a fleet (the same graph)."""
+
+    runtime: str
+    target: str  # the name of the target whose trial played them
+    digest: str  # SHA-256 of the graph played
+    outputs: np.ndarray  # on the held-out states, in that target's numerics
+    episodes: EpisodeStats  # on the run's seeds, as far as the sequential test went
+    settled: EpisodeStats | None  # on every start, where the plan was settled
+
+
+class PlayStore:
+    """Episodes played so far, by plan and by graph. One per run; the runs of a fleet share
+    one (their seeds, protocol and fp32 episodes are the same, and every search episode is
+    played in the host's numerics of the plan's runtime, whatever the target: the same graph
+    on the same runtime plays the same games)."""
+
+    def __init__(self) -> None:
+        self.plans: dict[str, list[Played]] = {}  # by the plan without its runtime (``plan_key(plan, "")``)
+        self.games: dict[tuple[str, str, tuple[int, ...]], EpisodeStats] = {}  # (digest, runtime, seeds)
+        self.all_starts: tuple[list[int], EpisodeStats, EpisodeStats] | None = None  # see ``all_starts``
+
+
+def _digest(model: bytes) -> str:
+    """SHA-256 of what a graph computes: its graph, without the metadata (which names the
+    plan, its runtime included)."""
+    import onnx
+
+    return hashlib.sha256(onnx.load_from_string(model).graph.SerializeToString()).hexdigest()
+
+
 def _check_number(value: Any, what: str, interval: str, inside: Callable[[float], bool]) -> None:
     """``value`` is a number (not a bool) in ``interval``, else one line naming ``what``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not inside(value):
@@ -164,6 +197,7 @@ class SearchProblem:
         target_fingerprint: str,
         models_dir: Path | None = None,
         targets: Mapping[str, Target] | None = None,
+        store: PlayStore | None = None,
     ) -> None:
         self.bundle = bundle
         self.table = table
@@ -191,11 +225,10 @@ class SearchProblem:
         self._proxy_env: Any = None  # one env for the proxy's rollouts, made on first use
         self.models_dir = models_dir  # where fine-tuned trials keep their graphs (None: not kept)
         self._host_reference: np.ndarray | None = None  # fp32 on held-out states in the host's numerics
-        # Played plans by their plan without its runtime: (runtime, held-out outputs, episodes on
-        # the run's seeds, episodes on every start where the plan was settled),
-        # so that the same plan on a runtime whose numerics agree reuses the episodes.
-        self._played: dict[str, list[tuple[str, np.ndarray, EpisodeStats, EpisodeStats | None]]] = {}
-        self._all_starts: tuple[list[int], EpisodeStats, EpisodeStats] | None = None  # see ``all_starts``
+        # Played plans, so that the same plan on a runtime whose numerics agree (or, in a fleet,
+        # the same graph on another target) reuses the episodes.
+        self.store = store if store is not None else PlayStore()
+        self.target_name = str(getattr(target, "name", "target"))
 
     def _reference(self, x: np.ndarray) -> np.ndarray:
         """fp32's outputs on ``x``, with the target's numerics."""
@@ -293,7 +326,7 @@ class SearchProblem:
             test = self.retention_test()
             # Pareto searches want each plan's retention, not only its side of the floor: all episodes.
             stop = test.stop if self.settings.mode == "single" else None
-            shared = self._shared_episodes(plan, outputs)
+            shared = self._shared_episodes(plan, outputs, compressed.onnx)
             act = lambda obs: self.bundle.action.actions(runner(self.bundle.prepare(obs)))
             known: EpisodeStats | None = None  # the other runtime's episodes on every start, where it settled
             if shared is not None:
@@ -311,8 +344,9 @@ class SearchProblem:
                 episodes, decided, compared = self._settle(act, known)
                 settled = {"search_test": first, "episodes": len(episodes.seeds)}
             if shared is None and outputs is not None:
-                self._played.setdefault(self.key(plan.on(None)), []).append(
-                    (self.runtime_of(plan), outputs, searched, episodes if settled is not None else None))
+                self.store.plans.setdefault(plan_key(plan.on(None), ""), []).append(
+                    Played(self.runtime_of(plan), self.target_name, _digest(compressed.onnx), outputs, searched,
+                           episodes if settled is not None else None))
             paired = {k: compared[k] for k in ("mean_diff", "mean_diff_ci95", "distinct_pairs", "distinct_games",
                                                "exact", "protocol", "sticky_actions", "floor")}
             paired["retention"] = decided["retention"]  # against fp32 over all the seeds played, as the test
@@ -341,15 +375,15 @@ class SearchProblem:
     def all_starts(self) -> tuple[list[int], EpisodeStats, EpisodeStats]:
         """Every start of the finite protocol (the seeds confirmation plays), with fp32's and
         a random policy's episodes on them: played the first time they are asked for."""
-        if self._all_starts is None:
+        if self.store.all_starts is None:
             assert self.protocol.starts is not None
             seeds = episode_seeds(self.settings.seed + 1, self.protocol.starts, self.protocol)
             fp32 = self.play(self.reference_onnx, seeds)
             random_play = play_episodes(random_actor(self.bundle.action_space, self.settings.seed + 1),
                                         self.bundle.env_id, seeds, protocol=self.protocol,  # type: ignore[arg-type]
                                         n_envs=self.settings.n_envs)
-            self._all_starts = (seeds, fp32, random_play)
-        return self._all_starts
+            self.store.all_starts = (seeds, fp32, random_play)
+        return self.store.all_starts
 
     def _settle(self, act: Callable[[np.ndarray], np.ndarray], known: EpisodeStats | None
                 ) -> tuple[EpisodeStats, dict[str, Any], dict[str, Any]]:
@@ -363,19 +397,29 @@ class SearchProblem:
         test = RetentionTest(fp32, random_play, self.settings.min_retention, confidence=self.settings.confidence)
         return episodes, test.result(episodes), paired_comparison(episodes, fp32, random_play)
 
-    def _shared_episodes(self, plan: CompressionPlan, outputs: np.ndarray | None) -> dict[str, Any] | None:
-        """The episodes this plan played on another runtime of the target, where the two
-        runtimes' numerics agree on it (``numerics_agree``), with what was compared; None
-        where there are none to share (then the plan plays its own)."""
+    def _shared_episodes(self, plan: CompressionPlan, outputs: np.ndarray | None, model: bytes
+                         ) -> dict[str, Any] | None:
+        """Episodes this plan played elsewhere that it may take, with what was compared; None
+        where there are none to share (then the plan plays its own):
+
+        - on another runtime of this target, where the two runtimes' numerics agree on it
+          (``numerics_agree``, on the held-out states in the target's numerics);
+        - on another target of a fleet, where the graph and the runtime are the same: search
+          episodes are played in the host's numerics, so they are the very games this trial
+          would play (``identical_graph``)."""
         if outputs is None:
             return None
-        mine = self.runtime_of(plan)
-        for runtime, theirs, episodes, settled in self._played.get(self.key(plan.on(None)), []):
-            if runtime == mine:
-                continue
-            agreement = numerics_agree(outputs, theirs, self.reference_outputs, self.bundle.action.discrete)
-            if agreement is not None:
-                return {"runtime": runtime, **agreement, "episodes": episodes, "settled": settled}
+        mine, digest = self.runtime_of(plan), _digest(model)
+        for done in self.store.plans.get(plan_key(plan.on(None), ""), []):
+            if done.target == self.target_name:
+                if done.runtime == mine:
+                    continue  # the same trial again: the runner's cache answers repeats
+                agreement = numerics_agree(outputs, done.outputs, self.reference_outputs, self.bundle.action.discrete)
+                if agreement is not None:
+                    return {"runtime": done.runtime, **agreement, "episodes": done.episodes, "settled": done.settled}
+            elif done.runtime == mine and done.digest == digest:
+                return {"runtime": done.runtime, "target": done.target, "identical_graph": True,
+                        "episodes": done.episodes, "settled": done.settled}
         return None
 
     def try_finetune(self, plan: CompressionPlan, fid: dict[str, Any], *, deadline: float | None = None
@@ -475,6 +519,12 @@ class SearchProblem:
                              confidence=self.settings.confidence)
 
     def play(self, model: bytes, seeds: list[int], *, runtime: str | None = None) -> EpisodeStats:
-        """``model`` (ONNX) played on ``seeds`` in the numerics of ``runtime`` (default the target's)."""
-        return play_episodes(onnx_actor(self.bundle, model, runtime or self.runtime), self.bundle.env_id,
-                             seeds, protocol=self.protocol, n_envs=self.settings.n_envs)  # type: ignore[arg-type]
+        """``model`` (ONNX) played on ``seeds`` in the host's numerics of ``runtime`` (default the
+        target's): once per graph, runtime and seeds in the store (a fleet's targets confirm the
+        same graphs)."""
+        key = (_digest(model), runtime or self.runtime, tuple(seeds))
+        if key not in self.store.games:
+            self.store.games[key] = play_episodes(onnx_actor(self.bundle, model, runtime or self.runtime),
+                                                  self.bundle.env_id, seeds, protocol=self.protocol,  # type: ignore[arg-type]
+                                                  n_envs=self.settings.n_envs)
+        return self.store.games[key]

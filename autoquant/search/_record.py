@@ -94,10 +94,13 @@ class TrialResult:
 
     @property
     def shared_from(self) -> str | None:
-        """The runtime whose episodes of the same plan this trial took (numerics agreeing),
-        None where it played its own."""
+        """The runtime whose episodes of the same plan this trial took (numerics agreeing), or
+        "RUNTIME on TARGET" where another target of a fleet played the same graph; None where it
+        played its own."""
         shared = (self.reward or {}).get("shared_from") if self.played else None
-        return str(shared.get("runtime")) if isinstance(shared, dict) and shared.get("runtime") else None
+        if not isinstance(shared, dict) or not shared.get("runtime"):
+            return None
+        return f"{shared['runtime']} on {shared['target']}" if shared.get("target") else str(shared["runtime"])
 
     def replace(self, **changes: Any) -> TrialResult:
         return dataclasses.replace(self, **changes)

@@ -70,7 +70,7 @@ from autoquant.search._artifacts import (
     read_confirm_failed,
     read_run_info,
 )
-from autoquant.search._problem import SearchProblem
+from autoquant.search._problem import PlayStore, SearchProblem
 from autoquant.search._record import TrialRecord
 from autoquant.search._space import SearchSpace, load_space
 from autoquant.search._study import (
@@ -154,7 +154,10 @@ class Run:
     # --- searching ---------------------------------------------------------------------
 
     def search(self, *, agent_name: str | None = None, n_trials: int | None = None,
-               progress: Callable[[TrialOutcome, SearchRunner], None] | None = None) -> SearchRunner:
+               progress: Callable[[TrialOutcome, SearchRunner], None] | None = None,
+               on_fresh: Callable[[CompressionPlan, TrialOutcome, str | None], None] | None = None) -> SearchRunner:
+        """Run the agent until the budget (``n_trials``: this call's, else the run's) is used;
+        ``on_fresh`` is called with every plan measured for the first time (see ``SearchRunner``)."""
         name = agent_name or self.config.agent
         budget = n_trials or self.config.n_trials
         history = len(self.study().get_trials(deepcopy=False))
@@ -164,7 +167,7 @@ class Run:
         study = open_study(self.storage_url, self.study_name, settings.mode, agent.sampler())
         fail_dead_trials(study)
         runner = SearchRunner(study, self.space, self.problem, n_trials=budget, agent=name, progress=progress,
-                              time_budget_s=self.config.time_budget_s)
+                              time_budget_s=self.config.time_budget_s, on_fresh=on_fresh)
         try:
             agent.run(runner)
         finally:
@@ -377,7 +380,8 @@ def _load(config: RunConfig, *, trust_pickle: bool) -> _Loaded:
     return _Loaded(bundle, table, space, target, export_reference(bundle), targets)
 
 
-def _build(folder: Path, info: RunInfo, config: RunConfig, loaded: _Loaded) -> Run:
+def _build(folder: Path, info: RunInfo, config: RunConfig, loaded: _Loaded, *, store: PlayStore | None = None
+           ) -> Run:
     fingerprint = target_fingerprint(loaded.target)
     if fingerprint != info.target.fingerprint:
         raise UsageError(f"target {config.target!r} is now {fingerprint!r}, but this run measured on "
@@ -389,7 +393,7 @@ def _build(folder: Path, info: RunInfo, config: RunConfig, loaded: _Loaded) -> R
         loaded.bundle, loaded.table, loaded.target, states=states.states, held_out=held_out,
         reference_onnx=loaded.reference_onnx, settings=config.settings, episode_seeds=list(ref.seeds),
         fp32_episodes=ref.fp32, random_episodes=ref.random, target_fingerprint=info.target.fingerprint,
-        models_dir=folder / "models", targets=loaded.targets,
+        models_dir=folder / "models", targets=loaded.targets, store=store,
     )
     return Run(folder=folder, info=info, config=config, problem=problem, space=loaded.space, states=states,
                held_out=held_out)
@@ -404,12 +408,17 @@ def _check_new_folder(folder: Path) -> None:
 
 
 def start_run(folder: Path, config: RunConfig, *, trust_pickle: bool = False,
-              log: Callable[[str], None] = lambda s: None, share_from: Run | None = None) -> Run:
+              log: Callable[[str], None] = lambda s: None, share_from: Run | None = None,
+              across_targets: bool = False, store: PlayStore | None = None) -> Run:
     """Set up a new run folder: validate everything, record states, measure the
     references, and only then put the folder in place.
 
     ``share_from``: a run of the same policy, env, target and seed whose states and
-    references this one reuses (``compare`` gives every combination the same ones).
+    references this one reuses (``compare`` gives every combination the same ones). With
+    ``across_targets`` its target may differ (a fleet): the states, seeds and fp32 and random
+    episodes are taken, and the uniform-int8 reference points are measured again on this
+    target, their episodes and fidelity taken where the runtime is the same. ``store``: the
+    played episodes this run shares (a fleet's one store; default its own).
     """
     folder = Path(folder)
     _check_new_folder(folder)
@@ -427,7 +436,9 @@ def start_run(folder: Path, config: RunConfig, *, trust_pickle: bool = False,
         shutil.rmtree(stale, ignore_errors=True)
     try:
         staging.mkdir(parents=True)
-        if share_from is not None:
+        if share_from is not None and across_targets:
+            info = _share_across(share_from, staging, folder, config, loaded, log)
+        elif share_from is not None:
             info = _share(share_from, staging, folder, config, loaded.space)
         else:
             info = _measure_references(staging, folder, config, loaded, protocol, log)
@@ -443,7 +454,7 @@ def start_run(folder: Path, config: RunConfig, *, trust_pickle: bool = False,
             raise UsageError(f"no space left on the device of {folder} while setting the run up: nothing was kept; "
                              "free some space and start the search again") from None
         raise
-    return _build(folder, info, config, loaded)
+    return _build(folder, info, config, loaded, store=store)
 
 
 def _measure_references(staging: Path, folder: Path, config: RunConfig, loaded: _Loaded, protocol: Protocol,
@@ -501,6 +512,67 @@ def _share(source: Run, staging: Path, folder: Path, config: RunConfig, space: S
     return source.info.replace(config=config, space=space.to_json(),
                                study_name=config.study_name or folder.resolve().name,
                                shared_references_from=str(source.folder), version=RUN_VERSION)
+
+
+SHARED_SETTINGS = ("policy", "env_id", "activation", "conv_strides", "method", "seed", "n_states", "episodes",
+                   "n_envs", "sticky_actions")
+
+
+def shared_settings(c: RunConfig) -> dict[str, Any]:
+    """What a fleet's runs must agree on to share states, seeds and episodes: everything but
+    the target (and what only says where the study and the device are)."""
+    values = {"policy": c.policy, "env_id": c.env_id, "activation": c.activation, "conv_strides": c.conv_strides,
+              "method": c.method, "seed": c.settings.seed, "n_states": c.n_states,
+              "episodes": c.settings.episodes, "n_envs": c.settings.n_envs, "sticky_actions": c.sticky_actions}
+    return {k: values[k] for k in SHARED_SETTINGS}
+
+
+def _share_across(source: Run, staging: Path, folder: Path, config: RunConfig, loaded: _Loaded,
+                  log: Callable[[str], None]) -> RunInfo:
+    """A run on another target that takes ``source``'s states, seeds and fp32 and random
+    episodes, and measures its own uniform-int8 reference latencies."""
+    mine, theirs = shared_settings(config), shared_settings(source.config)
+    differs = [k for k in mine if mine[k] != theirs[k]]
+    if differs:
+        raise UsageError(f"cannot share states and episodes between targets whose runs differ in {differs}")
+    for name in ("states.npz", "held_out.npz"):
+        shutil.copyfile(source.folder / name, staging / name)
+    ref = source.info.references
+    states, held = source.states.states, source.held_out
+    seeds, fp32, random_play = list(ref.seeds), ref.fp32, ref.random
+    done = {"onnxruntime": ref.onnxruntime_int8, **(ref.runtime_int8 or {})}
+
+    def point(runtime: str, make: Callable[[], bytes]) -> dict[str, Any]:
+        found = done.get(runtime)
+        if isinstance(found, dict) and "latency_ratio" in found and "error" not in found:
+            log(f"measuring uniform int8 on {runtime} on {config.target} (its episodes taken from "
+                f"{source.config.target})")
+            try:
+                latency = loaded.targets.get(runtime, loaded.target).measure(make(), loaded.reference_onnx,
+                                                                             held[:1])
+            except Exception as exc:  # noqa: BLE001 - as ``_reference_point``: reported, not fatal
+                if isinstance(exc, DeviceUnreachable):
+                    raise
+                return {"error": describe_exception(exc)}
+            return {**found, "latency_ratio": latency.ratio, "shared_from": source.config.target}
+        log(f"measuring uniform int8 on {runtime} on {config.target} as a reference point")
+        return _reference_point(loaded, runtime, make, held, seeds, fp32, random_play, config.settings.n_envs)
+
+    ort_point = point("onnxruntime", lambda: onnxruntime_uniform_int8(loaded.reference_onnx, states))
+    runtime_points = {}
+    for runtime in loaded.targets:
+        if runtime != "onnxruntime":
+            plan = CompressionPlan.uniform(loaded.table).on(runtime)
+            made = point(runtime, lambda: compress(loaded.bundle, plan, states, verify_kernels=False).onnx)
+            runtime_points[runtime] = made if "error" in made or "plan" in made else {**made, "plan": plan.describe()}
+    target = loaded.target
+    return source.info.replace(
+        config=config, target=TargetInfo(name=target.name, facts=target.facts(), fingerprint=target_fingerprint(target)),
+        references=References(seeds=ref.seeds, fp32=fp32, random=random_play, fp32_size_bytes=ref.fp32_size_bytes,
+                              onnxruntime_int8=ort_point, runtime_int8=runtime_points or None),
+        space=loaded.space.to_json(), study_name=config.study_name or folder.resolve().name,
+        shared_references_from=str(source.folder), version=RUN_VERSION,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
 def _ort_reference(loaded: _Loaded, states: np.ndarray, held: np.ndarray, seeds: list[int], fp32: EpisodeStats,

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import optuna
 
+from autoquant.compress import CompressionPlan
 from autoquant.errors import AutoquantError, DeviceUnreachable, UsageError, describe_exception, first_line
 from autoquant.search._problem import SearchProblem
 from autoquant.search._record import (
@@ -277,13 +278,15 @@ class SearchRunner:
 
     def __init__(self, study: Any, space: SearchSpace, problem: SearchProblem, *, n_trials: int,
                  agent: str, progress: Callable[[TrialOutcome, SearchRunner], None] | None = None,
-                 max_repeats: int | None = None, time_budget_s: float | None = None) -> None:
+                 max_repeats: int | None = None, time_budget_s: float | None = None,
+                 on_fresh: Callable[[CompressionPlan, TrialOutcome, str | None], None] | None = None) -> None:
         self.study = study
         self.space = space
         self.problem = problem
         self.n_trials = n_trials
         self.agent = agent
         self.progress = progress
+        self.on_fresh = on_fresh  # called with each plan measured here for the first time (a fleet's other targets)
         self.settings = problem.settings
         self.cache: dict[str, TrialResult] = {}
         self.best_latency: float | None = None  # best feasible latency ratio so far
@@ -497,6 +500,8 @@ class SearchRunner:
         outcome = TrialOutcome(trial.number, chosen, result, None, cached, feasible)
         if self.progress:
             self.progress(outcome, self)
+        if self.on_fresh is not None and not cached:
+            self.on_fresh(plan, outcome, proposed_as)
         return outcome
 
 

@@ -59,7 +59,7 @@ def test_a_plan_below_the_floor_and_an_infinite_protocol_do_not_settle(cartpole_
     high = _problem(cartpole_problem, min_retention=1.5)  # no plan keeps 1.5
     result = _play(high)
     assert result.reward["test"]["decision"] != "above" and "settled" not in result.reward
-    assert high._all_starts is None and result.reward["episodes"] == 3
+    assert high.store.all_starts is None and result.reward["episodes"] == 3
     off = _play(_problem(cartpole_problem, settle=False))  # the old rule: undecided, judged on its mean
     assert off.reward["test"]["decision"] == "undecided" and "settled" not in off.reward
     plain = _play(cartpole_problem)  # seeded starts: each seed a game of its own
