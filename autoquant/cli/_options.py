@@ -86,7 +86,8 @@ def add_policy_arguments(parser: argparse.ArgumentParser, *, required: bool = Tr
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=None, help="hardware target: a name from 'autoquant targets' "
-                        "or a .toml path (default host; a resumed run keeps its own)")
+                        "or a .toml path (default host; a resumed run keeps its own); search: several, "
+                        "comma-separated, search them as one fleet; export from a fleet: the target's name")
     parser.add_argument("--device", metavar="HOST:PORT", help="the board of a remote target "
                         "(else AUTOQUANT_DEVICE, else the target's TOML)")
     parser.add_argument("--secret-file", help="the device's shared secret (else AUTOQUANT_SECRET_FILE, "

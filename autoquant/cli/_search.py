@@ -212,6 +212,11 @@ class SearchCommand(Command):
                                  "benchmarks/results/search.md)")
         parser.add_argument("--out", type=Path, help="run folder (default runs/<policy name>)")
         parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+        parser.add_argument("--fleet-proposals", choices=("turns", "each"), default="turns",
+                            help="several targets (--target a,b,...): 'turns' spends --trials plans in all, each "
+                                 "target's agent proposing in its turn, every plan measured on every target; 'each' "
+                                 "lets every target's agent propose --trials plans of its own, also measured on the "
+                                 "others (default turns; benchmarks/results/fleet.md measures both)")
         parser.add_argument("--storage", help="Optuna storage URL shared by workers (default: SQLite in --out)")
         parser.add_argument("--study", help="study name in --storage, the same for every worker of one search "
                             "(default: the run folder's name)")
@@ -285,7 +290,7 @@ class SearchCommand(Command):
             first = argparse.Namespace(**{**vars(args), "target": targets[0]})
             out = args.out or Path("runs") / args.policy.stem
             fleet = start_fleet(out, _config(first, method=args.method, agent=args.agent), targets,
-                                trust_pickle=args.trust_pickle, log=log)
+                                proposals=args.fleet_proposals, trust_pickle=args.trust_pickle, log=log)
         start = time.perf_counter()
         bars: list[_Progress] = []
 

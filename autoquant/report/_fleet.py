@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,14 @@ def _confirmed(best: Mapping[str, Any]) -> str:
     return f"{fmt(best.get('retention'))} {where}" + (f", {pairs} distinct pairs of games" if pairs is not None else "")
 
 
-def _cell(entry: Mapping[str, Any] | None) -> str:
-    """A plan on one target: its latency ratio, whether it kept the floor, where its episodes came from."""
-    if entry is None:
-        return "-"
+def _cell(entries: Sequence[Mapping[str, Any]] | None) -> str:
+    """A plan's layers on one target, on each runtime it was measured on there."""
+    return "; ".join(_entry(e) for e in entries) if entries else "-"
+
+
+def _entry(entry: Mapping[str, Any]) -> str:
+    """A plan on one target and runtime: its latency ratio, whether it kept the floor, where its
+    episodes came from."""
     text = fmt(entry.get("latency_ratio"))
     if entry.get("runtime"):
         text += f" on {entry['runtime']}"
@@ -46,7 +50,10 @@ def write_fleet_report(path: Path, data: Mapping[str, Any]) -> None:
     lines = [f"# autoquant fleet: {cell(data['policy'])} on {', '.join(names)}", "",
              f"- env {cell(data.get('env'))}; episodes {cell(data.get('protocol'))}, fp32 over "
              f"{data.get('fp32_episodes')} episodes ({data.get('fp32_distinct_games')} distinct games)",
-             f"- {data.get('n_trials')} trials per target; retention floor {fmt(data.get('floor'), 2)}",
+             f"- {data.get('n_trials')} trials per target ("
+             + ("every target's agent proposing that many plans of its own" if data.get("proposals") == "each" else
+                "that many plans in all, the targets' agents proposing in turns")
+             + f"); retention floor {fmt(data.get('floor'), 2)}",
              "- every plan is measured on every target; latency ratios are to fp32 on that target", "",
              "## Best plan per target", ""]
     rows = []
@@ -66,11 +73,12 @@ def write_fleet_report(path: Path, data: Mapping[str, Any]) -> None:
               "Latency ratio to fp32 on each target (✓ kept the floor when played, ✗ did not; "
               "episodes taken from another target's identical graph are marked).", ""]
     plans: Mapping[str, Mapping[str, Any]] = data["plans"]
-    order = sorted(plans, key=lambda p: min((c.get("latency_ratio") or 9e9) for c in plans[p]["cells"].values()))
+    order = sorted(plans, key=lambda p: min((c.get("latency_ratio") or 9e9) for cs in plans[p]["cells"].values()
+                                            for c in cs))
     rows = [[plan, *(_cell(plans[plan]["cells"].get(n)) for n in names)] for plan in order]
     lines += table(["plan", *names], rows, "l" + "r" * len(names))
-    played = {n: sum(1 for p in plans.values() if (p["cells"].get(n) or {}).get("played")) for n in names}
-    shared = {n: sum(1 for p in plans.values() if (p["cells"].get(n) or {}).get("shared_from")) for n in names}
+    played = {n: sum(1 for p in plans.values() for c in p["cells"].get(n, []) if c.get("played")) for n in names}
+    shared = {n: sum(1 for p in plans.values() for c in p["cells"].get(n, []) if c.get("shared_from")) for n in names}
     lines += ["", "## What the targets shared", "",
               *(f"- {n}: {played[n]} plans played, {shared[n]} of them on episodes another target or runtime "
                 "played" for n in names),

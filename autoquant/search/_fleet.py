@@ -24,13 +24,24 @@ measured per target and runtime and kept in the cache folder, keyed by the netwo
 target's fingerprint and the options (``LatencyModel.load_or_measure``), so a fleet reuses
 what earlier runs on the same targets measured.
 
-Every plan is measured on every target. The targets take turns: target k's agent proposes
-until its study holds ceil(n (k + 1) / T) trials, and every plan it measures for the first
-time is run at once as a trial of every other target's study (``proposed_as`` "fleet: NAME
-...") where that target's space holds it (a plan on a runtime a target lacks runs on its
-first runtime). So each study holds the fleet's plans with its own target's latency, each
-target's agent starts from what the targets before it found, and resume takes each study as
-it stands.
+Every plan is measured on every target. The targets take turns, and every plan a target's
+agent measures for the first time is run at once as a trial of every other target's study
+(``proposed_as`` "fleet: NAME ...") where that target's space holds it (a plan on a runtime a
+target lacks runs on its first runtime). With n trials per target:
+
+- ``turns`` (the default): n plans in all; target k's agent proposes until its study holds
+  ceil(n (k + 1) / T) trials, so each study ends with the same n plans.
+- ``each``: every target's agent proposes n plans of its own, and each study also holds the
+  other targets' plans.
+
+So each study holds the fleet's plans with its own target's latency, each target's agent
+starts from what the targets before it found, and resume takes each study as it stands.
+
+A target on a device or an emulator measures held-out fidelity and the proxy by running the
+graph there, a call per state. Where another such target measured the same graph on the same
+runtime, it runs only the first 16 held-out states, and takes the other's outputs and proxy
+if its own agree with them there (``numerics_agree``), recording from where
+(``fidelity.shared_from``); else it measures its own.
 """
 
 from __future__ import annotations
@@ -63,6 +74,11 @@ __all__ = ["FLEET_FORMAT", "FLEET_VERSION", "Fleet", "FleetInfo", "fleet_member"
 FLEET_FORMAT = "autoquant.fleet"
 FLEET_VERSION = 1
 MAX_FLEET = 16
+# How a fleet's agents share the budget of n trials per target (--fleet-proposals):
+# "turns": n plans in all, each target's agent proposing in its turn (each study holds n trials);
+# "each": every target's agent proposes n plans of its own (each study holds them and the others').
+PROPOSALS = ("turns", "each")
+FORWARDED = "fleet: "  # how a trial of another target's plan starts its ``proposed_as``
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -98,12 +114,13 @@ class FleetInfo:
     targets: tuple[str, ...]
     members: tuple[str, ...]
     n_trials: int
+    proposals: str = "turns"  # see PROPOSALS
     autoquant_version: str = __version__
     created: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FLEET_FORMAT, "version": FLEET_VERSION, "targets": list(self.targets),
-                "members": list(self.members), "n_trials": self.n_trials,
+                "members": list(self.members), "n_trials": self.n_trials, "proposals": self.proposals,
                 "autoquant_version": self.autoquant_version, "created": self.created}
 
     @classmethod
@@ -122,7 +139,10 @@ class FleetInfo:
             raise UsageError(f"{bad}: its member folders do not match its targets")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise UsageError(f"{bad}: n_trials {short_repr(n)} is not a positive integer")
-        return cls(targets=tuple(targets), members=tuple(members), n_trials=n,
+        proposals = data.get("proposals", "turns")
+        if proposals not in PROPOSALS:
+            raise UsageError(f"{bad}: proposals {short_repr(proposals)} is not one of {', '.join(PROPOSALS)}")
+        return cls(targets=tuple(targets), members=tuple(members), n_trials=n, proposals=proposals,
                    autoquant_version=str(data.get("autoquant_version", "")), created=data.get("created"))
 
 
@@ -168,7 +188,10 @@ def in_space(plan: CompressionPlan, space: SearchSpace) -> CompressionPlan | Non
     if any(name not in params or params[name] not in dists[name].choices for name in dists):
         return None
     made = space.plan(params)
-    return made if made.on(None).to_json() == plan.on(None).to_json() else None
+    names = {layer.name for layer in space.layers}
+    same = made.channel_multiple == plan.channel_multiple and set(plan.layers) <= names \
+        and all(made.spec(n) == plan.spec(n) for n in names)
+    return made if same else None
 
 
 @dataclass
@@ -202,10 +225,16 @@ class Fleet:
             words += ["--target", ",".join(self.info.targets)]
         return shlex.join(words)
 
-    def quota(self, k: int, n_trials: int | None = None) -> int:
-        """Trials target k's study holds once its turn ends."""
+    def quota(self, k: int, run: Run, n_trials: int | None = None) -> int:
+        """Trials target k's study (``run``'s) holds once its turn ends: its share of the n
+        plans in all (``turns``), or what it holds now plus the plans of its own still to
+        propose (``each``)."""
         n = n_trials or self.info.n_trials
-        return math.ceil(n * (k + 1) / len(self.members))
+        if self.info.proposals == "turns":
+            return math.ceil(n * (k + 1) / len(self.members))
+        counted = [r for r in run.records() if r.counted]
+        own = sum(1 for r in counted if not (r.proposed_as or "").startswith(FORWARDED))
+        return len(counted) + max(0, n - own)
 
     def search(self, *, n_trials: int | None = None, log: Callable[[str], None] = lambda s: None,
                progress: Callable[[str, int, int], Any] | None = None) -> dict[str, SearchRunner]:
@@ -217,7 +246,7 @@ class Fleet:
             write_json(self.folder / "fleet.json", self.info.to_json(), inside=self.folder)
         runners: dict[str, SearchRunner] = {}
         for k, (name, run) in enumerate(self.members.items()):
-            quota = self.quota(k, n)
+            quota = self.quota(k, run, n)
             used = sum(1 for r in run.records() if r.counted)
             if used >= quota:
                 continue
@@ -231,7 +260,7 @@ class Fleet:
                     if mapped is None:
                         log(f"{other}: plan {plan.describe()} is not in its space; not measured there")
                         continue
-                    runner.run_trial(target_run.space.params(mapped), proposed_as=f"fleet: {name}"
+                    runner.run_trial(target_run.space.params(mapped), proposed_as=f"{FORWARDED}{name}"
                                      + (f", {why}" if why else ""))
 
             log(f"{name}: its agent proposes until its study holds {quota} trials ({used} now); each new plan is "
@@ -241,9 +270,11 @@ class Fleet:
         return runners
 
     def _forwarder(self, run: Run, n: int) -> tuple[Run, SearchRunner]:
-        """A runner that measures other targets' plans on ``run``'s target, into its study."""
+        """A runner that measures other targets' plans on ``run``'s target, into its study (as
+        many as the fleet's plans can be)."""
         study = open_study(run.storage_url, run.study_name, run.config.settings.mode, ProposalSampler())
-        return run, SearchRunner(study, run.space, run.problem, n_trials=n, agent=run.config.agent)
+        cap = n if self.info.proposals == "turns" else n * len(self.members)
+        return run, SearchRunner(study, run.space, run.problem, n_trials=cap, agent=run.config.agent)
 
     def _share_sensitivities(self, run: Run) -> None:
         """The first target's sensitivities, copied to ``run`` where its first runtime is the
@@ -286,15 +317,16 @@ class Fleet:
                     continue
                 plan = CompressionPlan.from_json(record.plan)
                 row = plans.setdefault(plan.on(None).describe(), {"cells": {}})
-                row["cells"][name] = {
+                row["cells"].setdefault(name, []).append({
                     "runtime": plan.runtime, "latency_ratio": r.latency_ratio, "played": r.played,
                     "retention": r.retention, "feasible": r.feasible(floor), "shared_from": r.shared_from,
                     "episodes": r.episodes, "trial": record.number, "proposed_as": record.proposed_as,
-                    "best": best is not None and best.trial == record.number}
+                    "best": best is not None and best.trial == record.number})
         first = self.first
         fp32 = first.problem.fp32_episodes
         return {"policy": first.config.policy.name, "env": first.bundle.env_id, "targets": targets, "plans": plans,
-                "n_trials": self.info.n_trials, "floor": first.config.settings.min_retention,
+                "n_trials": self.info.n_trials, "proposals": self.info.proposals,
+                "floor": first.config.settings.min_retention,
                 "protocol": fp32.protocol.name if hasattr(fp32.protocol, "name") else str(fp32.protocol),
                 "fp32_episodes": len(fp32.seeds), "fp32_distinct_games": fp32.distinct_games}
 
@@ -316,8 +348,8 @@ def _check_fleet_config(config: RunConfig) -> None:
         raise UsageError("a fleet keeps each target's study in its own folder; drop --storage")
 
 
-def start_fleet(folder: Path, config: RunConfig, targets: Sequence[str], *, trust_pickle: bool = False,
-                log: Callable[[str], None] = lambda s: None) -> Fleet:
+def start_fleet(folder: Path, config: RunConfig, targets: Sequence[str], *, proposals: str = "turns",
+                trust_pickle: bool = False, log: Callable[[str], None] = lambda s: None) -> Fleet:
     """Set a fleet up: the first target's run measures the states and references, every other
     target's run copies them and measures its own reference latencies. Made in a staging
     folder renamed into place at the end: a fleet folder has every target's run, or does not
@@ -325,6 +357,8 @@ def start_fleet(folder: Path, config: RunConfig, targets: Sequence[str], *, trus
     folder = Path(folder)
     _check_new_folder(folder)
     _check_fleet_config(config)
+    if proposals not in PROPOSALS:
+        raise UsageError(f"--fleet-proposals must be one of {', '.join(PROPOSALS)}, got {short_repr(proposals)}")
     targets = list(targets)
     names = [member_name(t) for t in targets]
     parse_targets(",".join(targets))  # the same checks as the command line's
@@ -341,7 +375,7 @@ def start_fleet(folder: Path, config: RunConfig, targets: Sequence[str], *, trus
             log(f"setting up {name}" + (f" (states, seeds and fp32 episodes from {first.folder.name})" if first else ""))
             members[name] = start_run(staging / name, member, trust_pickle=trust_pickle, log=log, share_from=first,
                                       across_targets=True, store=store)
-        info = FleetInfo(targets=tuple(targets), members=tuple(names), n_trials=config.n_trials,
+        info = FleetInfo(targets=tuple(targets), members=tuple(names), n_trials=config.n_trials, proposals=proposals,
                          created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         write_json(staging / "fleet.json", info.to_json())
         if folder.exists():
@@ -366,6 +400,9 @@ def load_fleet(folder: Path, *, targets: Sequence[str] | None = None, trust_pick
     if targets is not None and list(targets) != list(info.targets):
         raise UsageError(f"--target {','.join(targets)}, but this fleet searches {','.join(info.targets)}: drop "
                          "--target, or start a new fleet")
+    if n_trials is not None and n_trials != info.n_trials:  # a resumed fleet may be given a larger budget
+        info = dataclasses.replace(info, n_trials=n_trials)
+        write_json(folder / "fleet.json", info.to_json(), inside=folder)
     store = PlayStore()
     members: dict[str, Run] = {}
     for name, target in zip(info.members, info.targets):

@@ -140,6 +140,20 @@ class Played:
     settled: EpisodeStats | None  # on every start, where the plan was settled
 
 
+@dataclass
+class Measured:
+    """A graph's held-out outputs (and proxy fidelity, once measured) in one target's numerics:
+    what another target of a fleet whose numerics agree on the graph takes instead of
+    measuring them again."""
+
+    target: str
+    outputs: np.ndarray
+    proxy: dict[str, Any] | None = None
+
+
+FIDELITY_PROBE = 16  # held-out states a target runs to check that another's outputs are its own
+
+
 class PlayStore:
     """Episodes played so far, by plan and by graph. One per run; the runs of a fleet share
     one (their seeds, protocol and fp32 episodes are the same, and every search episode is
@@ -150,6 +164,7 @@ class PlayStore:
         self.plans: dict[str, list[Played]] = {}  # by the plan without its runtime (``plan_key(plan, "")``)
         self.games: dict[tuple[str, str, tuple[int, ...]], EpisodeStats] = {}  # (digest, runtime, seeds)
         self.all_starts: tuple[list[int], EpisodeStats, EpisodeStats] | None = None  # see ``all_starts``
+        self.outputs: dict[tuple[str, str], list[Measured]] = {}  # (digest, runtime): on a device's numerics
 
 
 def _digest(model: bytes) -> str:
@@ -289,8 +304,10 @@ class SearchProblem:
         latency = target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
         t2 = time.perf_counter()
         runner = self.runner(plan, compressed.onnx)  # the host's session of the plan: rollouts, host fidelity
-        outputs: np.ndarray | None = self._candidate(compressed.onnx, runner, plan)(self.held_out)
+        outputs, borrowed = self._held_out_outputs(plan, compressed.onnx, runner)
         fid = fidelity(self.reference_outputs, outputs, self.bundle.action)
+        if borrowed is not None:
+            fid["shared_from"] = borrowed["shared_from"]
         t_fid = time.perf_counter()
         measured: dict[str, Any] = {}
 
@@ -306,7 +323,12 @@ class SearchProblem:
                         compressed, runner, fid = better
                         outputs = None  # a graph of its own: its episodes are never shared
                         latency = target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
-                measured["fidelity"] = self._proxy_fidelity(compressed.onnx, runner, plan)
+                if outputs is not None and borrowed is not None and borrowed["entry"].proxy is not None:
+                    measured["fidelity"] = {**borrowed["entry"].proxy, "shared_from": borrowed["shared_from"]}
+                else:
+                    measured["fidelity"] = self._proxy_fidelity(compressed.onnx, runner, plan)
+                    if outputs is not None and borrowed is None and self._device_infer is not None:
+                        self._outputs_entry(plan, compressed.onnx).proxy = measured["fidelity"]
                 measured["score"] = fidelity_score(measured["fidelity"])
             return float(measured["score"])
 
@@ -362,6 +384,39 @@ class SearchProblem:
         return result.replace(seconds={"compress": round(t1 - t0, 3), "measure": round(t2 - t1, 3),
                                        "fidelity": round(t_fid - t2, 3), "proxy": round(t3 - t_fid, 3),
                                        "play": round(t4 - t3, 3)})
+
+    def _held_out_outputs(self, plan: CompressionPlan, model: bytes, runner: Runner
+                          ) -> tuple[np.ndarray, dict[str, Any] | None]:
+        """The graph's outputs on the held-out states in the target's numerics, and where they
+        were taken from another target of a fleet (None where measured here).
+
+        Measuring them costs a device or an emulator a call per state (256 Pong states: about
+        19 s emulated). Where another target measured the same graph on the same runtime, this
+        target runs only the first ``FIDELITY_PROBE`` held-out states; if they agree with that
+        target's (``numerics_agree``: the same action on each, outputs within 1 % of fp32's
+        range), it takes that target's outputs, and its proxy where measured, and records from
+        where. Else it measures all its own."""
+        candidate = self._candidate(model, runner, plan)
+        if self._device_infer is None:  # the host's numerics: as cheap as the check itself
+            return candidate(self.held_out), None
+        key = (_digest(model), self.runtime_of(plan))
+        for entry in self.store.outputs.get(key, []):
+            if entry.target == self.target_name:
+                continue
+            probe = candidate(self.held_out[:FIDELITY_PROBE])
+            agreement = numerics_agree(probe, entry.outputs[:FIDELITY_PROBE],
+                                       self.reference_outputs[:FIDELITY_PROBE], self.bundle.action.discrete)
+            if agreement is not None:
+                return entry.outputs, {"entry": entry, "shared_from": {"target": entry.target, **agreement}}
+            break  # numerics that differ on this graph: measure all of them here
+        outputs = candidate(self.held_out)
+        self.store.outputs.setdefault(key, []).append(Measured(self.target_name, outputs))
+        return outputs, None
+
+    def _outputs_entry(self, plan: CompressionPlan, model: bytes) -> Measured:
+        """This target's entry for the graph in the store (made by ``_held_out_outputs``)."""
+        key = (_digest(model), self.runtime_of(plan))
+        return next(e for e in self.store.outputs[key] if e.target == self.target_name)
 
     def _to_settle(self, decided: Mapping[str, Any]) -> bool:
         """Whether the sequential test left the plan undecided on a mean at or above the floor
