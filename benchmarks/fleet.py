@@ -41,9 +41,9 @@ def log(text: str) -> None:
 
 
 def cached_models() -> set[str]:
-    from autoquant.agents._latency import cache_dir
-
-    folder = cache_dir() / "latency"
+    """The latency models in the cache folder (``AUTOQUANT_CACHE``, else ~/.cache/autoquant)."""
+    root = os.environ.get("AUTOQUANT_CACHE")
+    folder = (Path(root) if root else Path.home() / ".cache" / "autoquant") / "latency"
     return {p.name for p in folder.glob("*.json")} if folder.is_dir() else set()
 
 

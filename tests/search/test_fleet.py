@@ -12,6 +12,16 @@ import pytest
 
 from tests.conftest import cli_main
 
+FIRST = """name = "host-a"
+description = "this machine's CPU, onnxruntime, 1 thread, short timing windows"
+reach = "local"
+runtime = "onnxruntime"
+accelerated_precisions = ["fp32", "int8"]
+[protocol]
+warmup = 10
+calls = 100
+"""
+
 SECOND = """name = "host-b"
 description = "this machine's CPU again, onnxruntime or LiteRT, 1 thread"
 reach = "local"
@@ -70,16 +80,18 @@ def test_two_boards_whose_numerics_agree_measure_a_graphs_fidelity_once(cartpole
     measures gets its own."""
     from autoquant.compress import CompressionPlan, LayerSpec
     from autoquant.search._problem import FIDELITY_PROBE, PlayStore
-    from autoquant.targets import MeasureProtocol
-    from autoquant.targets._remote import RemoteTarget
-    from autoquant.targets._wire import read_secret
+    from autoquant.targets import get_target
     from tests.targets.device import start_device
 
     device = start_device(tmp_path)
     try:
         store = PlayStore()
-        boards = [RemoteTarget(name, device.address, read_secret(str(device.secret_file)),
-                               protocol=MeasureProtocol(warmup=5, calls=30)) for name in ("board-a", "board-b")]
+        boards = []
+        for name in ("board-a", "board-b"):  # two boards as a user declares them, both served by one server
+            toml = tmp_path / f"{name}.toml"
+            toml.write_text(f'name = "{name}"\ndescription = "a board"\nreach = "remote"\nruntime = "onnxruntime"\n'
+                            '[protocol]\nwarmup = 5\ncalls = 30\n')
+            boards.append(get_target(str(toml), device=device.address, secret_file=str(device.secret_file)))
         a, b = (_on(cartpole_problem, board, store) for board in boards)
         calls = []
         infer = boards[1].infer
@@ -162,62 +174,63 @@ def test_a_fleet_refuses_one_board_for_several_targets(cartpole_dqn_path: Path, 
 
 @pytest.mark.slow
 def test_one_search_for_two_targets(cartpole_dqn_path: Path, tmp_path: Path) -> None:
-    """A fleet of the host and a second host target with two runtimes: one folder, a complete
+    """A fleet of two host targets (short timing windows), the second with two runtimes: one folder, a complete
     run per target sharing states, seeds and fp32 episodes; every plan measured on both; the
     report's plan x target table; export of one target's plan; and resume to a larger budget."""
     from autoquant.compress import CompressionPlan
     from autoquant.search import load_fleet
 
-    second = tmp_path / "host-b.toml"
+    first, second = tmp_path / "host-a.toml", tmp_path / "host-b.toml"
+    first.write_text(FIRST)
     second.write_text(SECOND)
     out = tmp_path / "fleet"
-    targets = f"host,{second}"
+    targets = f"{first},{second}"
     common = ["--method", "quant", "--episodes", "3", "--confirm-episodes", "3", "--states", "256", "--quiet",
               "--json"]
-    proc = cli_main("search", "--policy", str(cartpole_dqn_path), "--target", targets, "--trials", "4",
+    proc = cli_main("search", "--policy", str(cartpole_dqn_path), "--target", targets, "--trials", "2",
                     "--out", str(out), *common)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert summary["fleet"] == ["host", "host-b"] and set(summary["targets"]) == {"host", "host-b"}
-    a, b = out / "host", out / "host-b"
+    assert summary["fleet"] == ["host-a", "host-b"] and set(summary["targets"]) == {"host-a", "host-b"}
+    a, b = out / "host-a", out / "host-b"
     for name in ("states.npz", "held_out.npz", "sensitivities.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     info_a, info_b = (json.loads((f / "run.json").read_text()) for f in (a, b))
     assert info_a["reference"]["seeds"] == info_b["reference"]["seeds"]
     assert info_a["reference"]["fp32"] == info_b["reference"]["fp32"]
-    assert info_b["reference"]["onnxruntime_int8"]["shared_from"] == "host"  # its episodes, its own latency
+    assert info_b["reference"]["onnxruntime_int8"]["shared_from"] == str(first)  # its episodes, its own latency
 
     fleet = load_fleet(out, targets=targets.split(","))
     plans = {name: {CompressionPlan.from_json(r.plan).on(None).describe() for r in run.records()
                     if r.result is not None} for name, run in fleet.members.items()}
-    assert plans["host"] == plans["host-b"]  # (no plan on LiteRT maps onto an onnxruntime plan measured before)
+    assert plans["host-a"] == plans["host-b"]  # (no plan on LiteRT maps onto an onnxruntime plan measured before)
     counted = {name: [r for r in run.records() if r.counted] for name, run in fleet.members.items()}
-    assert len(counted["host-b"]) == 4 and 2 <= len(counted["host"]) <= 4  # a plan host measured before: a repeat
+    assert len(counted["host-b"]) == 2 and 1 <= len(counted["host-a"]) <= 2  # a plan measured before: a repeat
     for name, found in counted.items():
         assert any((r.proposed_as or "").startswith("fleet: ") for r in found), name
     taken = [r for r in fleet.members["host-b"].records() if r.result is not None and r.result.shared_from]
-    host_rewards = {r.summary: r.result.reward["rewards"] for r in fleet.members["host"].records()
+    host_rewards = {r.summary: r.result.reward["rewards"] for r in fleet.members["host-a"].records()
                     if r.result is not None and r.result.played}
     for r in taken:
-        assert r.result.shared_from == "onnxruntime on host"
+        assert r.result.shared_from == "onnxruntime on host-a"
         assert r.result.reward["rewards"] == host_rewards[r.summary.removesuffix(" on onnxruntime")]
     report = (out / "report.md").read_text()
-    assert "## Plan x target" in report and "| plan | host | host-b |" in report
+    assert "## Plan x target" in report and "| plan | host-a | host-b |" in report
     assert (a / "report.md").is_file() and (b / "report.md").is_file()
 
     refused = cli_main("export", str(out), "--out", str(tmp_path / "x"))
     assert refused.returncode != 0 and "pass --target NAME" in refused.stderr
     toml_by_name = cli_main("export", str(out), "--target", "host-b", "--trial", "0", "--out", str(tmp_path / "x"))
     assert toml_by_name.returncode != 0 and "target file" in toml_by_name.stderr  # a folder never picks a file
-    exported = cli_main("export", str(out), "--target", "host", "--trial", "0", "--out", str(tmp_path / "e"))
+    exported = cli_main("export", str(out), "--target", str(first), "--trial", "0", "--out", str(tmp_path / "e"))
     assert exported.returncode == 0, exported.stderr
     assert (tmp_path / "e" / "policy.onnx").is_file()
 
-    more = cli_main("search", "--out", str(out), "--resume", "--target", targets, "--trials", "6", *common)
+    more = cli_main("search", "--out", str(out), "--resume", "--target", targets, "--trials", "3", *common)
     assert more.returncode == 0, more.stderr
     fleet = load_fleet(out, targets=targets.split(","))
-    assert fleet.info.n_trials == 6
-    assert len([r for r in fleet.members["host-b"].records() if r.counted]) == 6
+    assert fleet.info.n_trials == 3
+    assert len([r for r in fleet.members["host-b"].records() if r.counted]) == 3
     shutil.rmtree(out / "host-b")
     broken = cli_main("search", "--out", str(out), "--resume", "--target", targets, *common)
     assert broken.returncode != 0 and "missing" in broken.stderr
