@@ -92,13 +92,13 @@ def test_protocols_are_resolved_from_the_env_id_and_sticky_actions_only_apply_to
 @pytest.mark.slow
 def test_thirty_seeds_of_deterministic_pong_are_a_few_games(pong) -> None:  # type: ignore[no-untyped-def]
     """The reference Pong DQN on PongNoFrameskip-v4: every one of the 30 no-op starts played
-    (its first 400 steps, the first points: the whole games cost this test 50 s), the mean
+    (its first 250 steps, the first points: the whole games cost this test 50 s), the mean
     exact for the protocol, and the 30 episodes counted as the few games they are. Games
     played to the end are counted in benchmarks/results/headline.md (4)."""
     act = onnx_actor(pong, export_reference(pong))
     protocol = resolve_protocol("PongNoFrameskip-v4")
     stats = play_episodes(act, "PongNoFrameskip-v4", episode_seeds(0, 30, protocol), protocol=protocol,
-                          max_steps=400)
+                          max_steps=250)
     assert len(stats.seeds) == 30 and stats.exact and stats.ci95 == 0.0
     assert stats.distinct_games <= 8 and any(stats.rewards)  # the reference plays 4 (one per frame-skip phase)
     assert len({protocol.start_of(s) for s in stats.seeds}) == 30  # 30 starts, a few games: copies merged
