@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DEFAULT_POLICIES", "DEFAULT_RESULTS", "REPO", "Record", "code_state", "command_line", "exact_words", "finite", "header",
-           "pairs_words", "protocol_words", "quiet", "rel", "retention_words", "spread_words", "time_window",
-           "write_results"]
+           "pairs_words", "protocol_words", "quiet", "rel", "result_arguments", "retention_words", "run_or_render", "spread_words",
+           "time_window", "write_results"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_POLICIES = REPO / ".." / "shared" / "policies"
@@ -80,6 +80,28 @@ class Record:
         data = {**self.head, "wall_s": time.perf_counter() - self.start, **payload}
         write_results(data, out, write_markdown)
         return data
+
+
+def result_arguments(parser: Any, name: str) -> None:
+    """The options of a benchmark that searches in a work folder and writes results/NAME.{json,md}:
+    --policies, --work, --out and --render."""
+    parser.add_argument("--policies", type=Path, default=DEFAULT_POLICIES)
+    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "scratch" / name)
+    parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS / f"{name}.json")
+    parser.add_argument("--render", action="store_true", help="only write the .md again from the .json")
+
+
+def run_or_render(script: str, argv: Sequence[str] | None, args: Any, run_all: Callable[[Any], dict[str, Any]],
+                  write_markdown: Callable[[dict[str, Any], Path], None]) -> int:
+    """A benchmark's ``main`` where ``args`` has ``out`` and ``render``: the .md made again from
+    the .json (``--render``), or ``run_all(args)`` measured and saved with its prose."""
+    if args.render:
+        write_markdown(json.loads(args.out.read_text()), args.out.with_suffix(".md"))
+        return 0
+    quiet()
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    Record(script, argv).save(args.out, write_markdown, **run_all(args))
+    return 0
 
 
 def header(data: dict[str, Any], title: str) -> list[str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_POLICIES, DEFAULT_RESULTS, REPO, Record, header, quiet, rel  # noqa: E402
+from common import REPO, header, rel, result_arguments, run_or_render  # noqa: E402
 
 POLICY = Path("dqn-PongNoFrameskip-v4") / "dqn_pong.pt"
 ENV_ID = "PongNoFrameskip-v4"
@@ -210,23 +210,12 @@ def markdown(data: dict[str, Any], path: Path) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--trials", type=int, default=10, help="trials per target (default 10)")
-    p.add_argument("--policies", type=Path, default=DEFAULT_POLICIES)
-    p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "scratch" / "fleet")
-    p.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "fleet.json")
-    p.add_argument("--render", action="store_true", help="only write the .md again from the .json")
+    result_arguments(p, "fleet")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.render:
-        markdown(json.loads(args.out.read_text()), args.out.with_suffix(".md"))
-        return 0
-    quiet()
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    record = Record("benchmarks/fleet.py", argv)
-    record.save(args.out, markdown, **run_all(args))
-    return 0
+    return run_or_render("benchmarks/fleet.py", argv, parse_args(argv), run_all, markdown)
 
 
 if __name__ == "__main__":

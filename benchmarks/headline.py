@@ -41,7 +41,7 @@ from typing import Any
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_POLICIES, DEFAULT_RESULTS, REPO, Record, header, quiet, rel, time_window  # noqa: E402
+from common import REPO, header, rel, result_arguments, run_or_render, time_window  # noqa: E402
 
 POLICY = Path("dqn-PongNoFrameskip-v4") / "dqn_pong.pt"
 ENV_ID = "PongNoFrameskip-v4"
@@ -443,23 +443,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sticky-episodes", type=int, default=150,
                    help="claim episodes per arm under sticky actions, each a distinct game (default 150)")
     p.add_argument("--calls", type=int, default=1000, help="calls per model in the window (default 1000)")
-    p.add_argument("--policies", type=Path, default=DEFAULT_POLICIES)
-    p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "scratch" / "headline")
-    p.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "headline.json")
-    p.add_argument("--render", action="store_true", help="only write the .md again from the .json")
+    result_arguments(p, "headline")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.render:
-        markdown(json.loads(args.out.read_text()), args.out.with_suffix(".md"))
-        return 0
-    quiet()
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    record = Record("benchmarks/headline.py", argv)
-    record.save(args.out, markdown, **run_all(args))
-    return 0
+    return run_or_render("benchmarks/headline.py", argv, parse_args(argv), run_all, markdown)
 
 
 if __name__ == "__main__":

@@ -503,15 +503,20 @@ def _share(source: Run, staging: Path, folder: Path, config: RunConfig, space: S
                 "n_states": c.n_states, "episodes": c.settings.episodes, "n_envs": c.settings.n_envs,
                 "sticky_actions": c.sticky_actions}
 
-    mine, theirs = same(config), same(source.config)
-    differs = [k for k in mine if mine[k] != theirs[k]]
-    if differs:
-        raise UsageError(f"cannot share references between runs that differ in {differs}")
-    for name in ("states.npz", "held_out.npz"):
-        shutil.copyfile(source.folder / name, staging / name)
+    _copy_states(source, staging, same(config), same(source.config), "references between runs")
     return source.info.replace(config=config, space=space.to_json(),
                                study_name=config.study_name or folder.resolve().name,
                                shared_references_from=str(source.folder), version=RUN_VERSION)
+
+
+def _copy_states(source: Run, staging: Path, mine: dict[str, Any], theirs: dict[str, Any], what: str) -> None:
+    """``source``'s recorded and held-out states copied into ``staging``, where the settings
+    they depend on (``mine``, ``theirs``) agree; else one line naming those that differ."""
+    differs = [k for k in mine if mine[k] != theirs[k]]
+    if differs:
+        raise UsageError(f"cannot share {what} differ in {differs}")
+    for name in ("states.npz", "held_out.npz"):
+        shutil.copyfile(source.folder / name, staging / name)
 
 
 SHARED_SETTINGS = ("policy", "env_id", "activation", "conv_strides", "method", "seed", "n_states", "episodes",
@@ -531,12 +536,8 @@ def _share_across(source: Run, staging: Path, folder: Path, config: RunConfig, l
                   log: Callable[[str], None]) -> RunInfo:
     """A run on another target that takes ``source``'s states, seeds and fp32 and random
     episodes, and measures its own uniform-int8 reference latencies."""
-    mine, theirs = shared_settings(config), shared_settings(source.config)
-    differs = [k for k in mine if mine[k] != theirs[k]]
-    if differs:
-        raise UsageError(f"cannot share states and episodes between targets whose runs differ in {differs}")
-    for name in ("states.npz", "held_out.npz"):
-        shutil.copyfile(source.folder / name, staging / name)
+    _copy_states(source, staging, shared_settings(config), shared_settings(source.config),
+                 "states and episodes between targets whose runs")
     ref = source.info.references
     states, held = source.states.states, source.held_out
     seeds, fp32, random_play = list(ref.seeds), ref.fp32, ref.random
