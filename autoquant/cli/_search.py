@@ -35,11 +35,11 @@ __all__ = ["CompareCommand", "ExportCommand", "SearchCommand"]
 class _Progress:
     """trials, best so far, elapsed and ETA on stderr."""
 
-    def __init__(self, total: int, initial: int, quiet: bool) -> None:
+    def __init__(self, total: int, initial: int, quiet: bool, desc: str = "search") -> None:
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, initial=initial, unit="trial", file=sys.stderr, disable=quiet,
-                        dynamic_ncols=True, desc="search")
+                        dynamic_ncols=True, desc=desc)
 
     def __call__(self, outcome: Any, runner: Any) -> None:
         best = runner.best_latency
@@ -297,8 +297,7 @@ class SearchCommand(Command):
         def progress(name: str, quota: int, used: int) -> _Progress:
             for bar in bars:
                 bar.close()
-            bars.append(_Progress(quota, min(used, quota), args.quiet))
-            bars[-1].bar.set_description(name)
+            bars.append(_Progress(quota, min(used, quota), args.quiet, desc=name))
             return bars[-1]
 
         try:
@@ -431,8 +430,7 @@ class CompareCommand(Command):
         def progress(label: str, total: int) -> _Progress:
             for bar in bars:
                 bar.close()
-            bars.append(_Progress(total, 0, args.quiet))
-            bars[-1].bar.set_description(label)
+            bars.append(_Progress(total, 0, args.quiet, desc=label))
             return bars[-1]
 
         try:

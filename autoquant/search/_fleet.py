@@ -260,8 +260,10 @@ class Fleet:
                     if mapped is None:
                         log(f"{other}: plan {plan.describe()} is not in its space; not measured there")
                         continue
-                    runner.run_trial(target_run.space.params(mapped), proposed_as=f"{FORWARDED}{name}"
-                                     + (f", {why}" if why else ""))
+                    if runner.run_trial(target_run.space.params(mapped), proposed_as=f"{FORWARDED}{name}"
+                                        + (f", {why}" if why else "")) is None:
+                        log(f"{other}: its study holds its {runner.n_trials} trials; plan {plan.describe()} is not "
+                            "measured there")
 
             log(f"{name}: its agent proposes until its study holds {quota} trials ({used} now); each new plan is "
                 f"measured on {', '.join(others)} too")
