@@ -113,6 +113,18 @@ def test_two_boards_whose_numerics_agree_measure_a_graphs_fidelity_once(cartpole
         device.stop()
 
 
+def test_in_turns_the_targets_share_the_plans_in_order(tmp_path: Path) -> None:
+    """``turns``: n plans in all, target k's study holding ceil(n (k + 1) / T) at the end of its
+    turn (the ``each`` way is run by ``test_one_search_for_two_targets``)."""
+    from autoquant.search import Fleet, FleetInfo
+    from autoquant.search._problem import PlayStore
+
+    info = FleetInfo(targets=("a", "b", "c"), members=("a", "b", "c"), n_trials=10)
+    fleet = Fleet(folder=tmp_path, info=info, members=dict.fromkeys("abc"), store=PlayStore())  # type: ignore[arg-type]
+    assert [fleet.quota(k, None) for k in range(3)] == [4, 7, 10]  # type: ignore[arg-type]
+    assert [fleet.quota(k, None, 2) for k in range(3)] == [1, 2, 2]  # type: ignore[arg-type]
+
+
 def test_a_plan_moves_to_another_targets_space_or_is_refused() -> None:
     from autoquant.compress import CompressionPlan, LayerSpec
     from autoquant.search import SearchSpace
@@ -174,7 +186,8 @@ def test_a_fleet_refuses_one_board_for_several_targets(cartpole_dqn_path: Path, 
 
 @pytest.mark.slow
 def test_one_search_for_two_targets(cartpole_dqn_path: Path, tmp_path: Path) -> None:
-    """A fleet of two host targets (short timing windows), the second with two runtimes: one folder, a complete
+    """A fleet of two host targets (short timing windows), the second with two runtimes, each
+    target's agent proposing plans of its own (``each``): one folder, a complete
     run per target sharing states, seeds and fp32 episodes; every plan measured on both; the
     report's plan x target table; export of one target's plan; and resume to a larger budget."""
     from autoquant.compress import CompressionPlan
@@ -188,7 +201,7 @@ def test_one_search_for_two_targets(cartpole_dqn_path: Path, tmp_path: Path) -> 
     common = ["--method", "quant", "--episodes", "3", "--confirm-episodes", "3", "--states", "256", "--quiet",
               "--json"]
     proc = cli_main("search", "--policy", str(cartpole_dqn_path), "--target", targets, "--trials", "2",
-                    "--out", str(out), *common)
+                    "--fleet-proposals", "each", "--out", str(out), *common)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["fleet"] == ["host-a", "host-b"] and set(summary["targets"]) == {"host-a", "host-b"}
@@ -205,9 +218,9 @@ def test_one_search_for_two_targets(cartpole_dqn_path: Path, tmp_path: Path) -> 
                     if r.result is not None} for name, run in fleet.members.items()}
     assert plans["host-a"] == plans["host-b"]  # (no plan on LiteRT maps onto an onnxruntime plan measured before)
     counted = {name: [r for r in run.records() if r.counted] for name, run in fleet.members.items()}
-    assert len(counted["host-b"]) == 2 and 1 <= len(counted["host-a"]) <= 2  # a plan measured before: a repeat
-    for name, found in counted.items():
-        assert any((r.proposed_as or "").startswith("fleet: ") for r in found), name
+    own = {name: [r for r in found if not (r.proposed_as or "").startswith("fleet: ")] for name, found in counted.items()}
+    assert len(own["host-a"]) == len(own["host-b"]) == 2  # each agent proposed its 2 plans...
+    assert len(counted["host-b"]) == 4 and 3 <= len(counted["host-a"]) <= 4  # ...measured on both (or a repeat)
     taken = [r for r in fleet.members["host-b"].records() if r.result is not None and r.result.shared_from]
     host_rewards = {r.summary: r.result.reward["rewards"] for r in fleet.members["host-a"].records()
                     if r.result is not None and r.result.played}
@@ -229,8 +242,9 @@ def test_one_search_for_two_targets(cartpole_dqn_path: Path, tmp_path: Path) -> 
     more = cli_main("search", "--out", str(out), "--resume", "--target", targets, "--trials", "3", *common)
     assert more.returncode == 0, more.stderr
     fleet = load_fleet(out, targets=targets.split(","))
-    assert fleet.info.n_trials == 3
-    assert len([r for r in fleet.members["host-b"].records() if r.counted]) == 3
+    assert fleet.info.n_trials == 3 and fleet.info.proposals == "each"
+    for run in fleet.members.values():  # one more plan of its own each
+        assert len([r for r in run.records() if r.counted and not (r.proposed_as or "").startswith("fleet: ")]) == 3
     shutil.rmtree(out / "host-b")
     broken = cli_main("search", "--out", str(out), "--resume", "--target", targets, *common)
     assert broken.returncode != 0 and "missing" in broken.stderr
