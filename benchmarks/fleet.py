@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -151,6 +152,8 @@ def markdown(data: dict[str, Any], path: Path) -> None:
     fleets = {m: data["ways"][f"fleet-{m}"] for m in MODES if f"fleet-{m}" in data["ways"]}
     targets = data["targets"]
     meta = data["policy_meta"]
+    n, count = data["trials"], len(targets)
+    turns = ", ".join(f"{t} {math.ceil(n * (k + 1) / count) - math.ceil(n * k / count)}" for k, t in enumerate(targets))
     lines = header(data, "One search for three targets against three separate searches (Pong)")
     lines += [f"Policy `{data['policy']}` ({meta.get('trained_env_steps')} env steps; meta.json: mean reward "
               f"{meta.get('mean_reward')}). Targets: {', '.join(targets)}. {data['trials']} trials per target, ILP "
@@ -158,9 +161,9 @@ def markdown(data: dict[str, Any], path: Path) -> None:
               f"states, no fine-tuning, seed 0. Episodes: {data['protocol']}; fp32 over {data['fp32_episodes']} "
               f"episodes, {data['fp32_distinct_games']} distinct games. Retention in the search is judged on the "
               "search's starts; each target's best plan is confirmed on all 30 starts (exact, deterministic).", "",
-              "Two ways to spend a fleet's budget (`--fleet-proposals`): **turns**, 10 plans in all, the targets' "
-              "agents proposing in turn (host 4, A72 3, A76 3), every plan measured on every target; **each**, every "
-              "target's agent proposing 10 plans of its own, every plan also measured on the other targets.", "",
+              f"Two ways to spend a fleet's budget (`--fleet-proposals`): **turns**, {n} plans in all, the targets' "
+              f"agents proposing in turn ({turns}), every plan measured on every target; **each**, every target's "
+              f"agent proposing {n} plans of its own, every plan also measured on the other targets.", "",
               "## Wall-clock, end to end (set-up, agents, trials, confirmation)", "",
               "| way | " + " | ".join(targets) + " | total | vs separate |", "|:---|" + "---:|" * (len(targets) + 2)]
     sep = separate["process"]
