@@ -329,7 +329,7 @@ class Fleet:
         return {"policy": first.config.policy.name, "env": first.bundle.env_id, "targets": targets, "plans": plans,
                 "n_trials": self.info.n_trials, "proposals": self.info.proposals,
                 "floor": first.config.settings.min_retention,
-                "protocol": fp32.protocol.name if hasattr(fp32.protocol, "name") else str(fp32.protocol),
+                "protocol": fp32.protocol.name,
                 "fp32_episodes": len(fp32.seeds), "fp32_distinct_games": fp32.distinct_games}
 
     def write_report(self) -> None:

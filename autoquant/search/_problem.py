@@ -304,10 +304,11 @@ class SearchProblem:
         latency = target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
         t2 = time.perf_counter()
         runner = self.runner(plan, compressed.onnx)  # the host's session of the plan: rollouts, host fidelity
-        outputs, borrowed = self._held_out_outputs(plan, compressed.onnx, runner)
+        digest = _digest(compressed.onnx)
+        outputs, entry, borrowed = self._held_out_outputs(plan, compressed.onnx, digest, runner)
         fid = fidelity(self.reference_outputs, outputs, self.bundle.action)
         if borrowed is not None:
-            fid["shared_from"] = borrowed["shared_from"]
+            fid["shared_from"] = borrowed
         t_fid = time.perf_counter()
         measured: dict[str, Any] = {}
 
@@ -323,12 +324,12 @@ class SearchProblem:
                         compressed, runner, fid = better
                         outputs = None  # a graph of its own: its episodes are never shared
                         latency = target.measure(compressed.onnx, self.reference_onnx, self.held_out[:1])
-                if outputs is not None and borrowed is not None and borrowed["entry"].proxy is not None:
-                    measured["fidelity"] = {**borrowed["entry"].proxy, "shared_from": borrowed["shared_from"]}
+                if outputs is not None and borrowed is not None and entry is not None and entry.proxy is not None:
+                    measured["fidelity"] = {**entry.proxy, "shared_from": borrowed}
                 else:
                     measured["fidelity"] = self._proxy_fidelity(compressed.onnx, runner, plan)
-                    if outputs is not None and borrowed is None and self._device_infer is not None:
-                        self._outputs_entry(plan, compressed.onnx).proxy = measured["fidelity"]
+                    if outputs is not None and borrowed is None and entry is not None:
+                        entry.proxy = measured["fidelity"]  # this target's own: for the next one
                 measured["score"] = fidelity_score(measured["fidelity"])
             return float(measured["score"])
 
@@ -348,7 +349,7 @@ class SearchProblem:
             test = self.retention_test()
             # Pareto searches want each plan's retention, not only its side of the floor: all episodes.
             stop = test.stop if self.settings.mode == "single" else None
-            shared = self._shared_episodes(plan, outputs, compressed.onnx)
+            shared = self._shared_episodes(plan, outputs, digest)
             act = lambda obs: self.bundle.action.actions(runner(self.bundle.prepare(obs)))
             known: EpisodeStats | None = None  # the other runtime's episodes on every start, where it settled
             if shared is not None:
@@ -367,7 +368,7 @@ class SearchProblem:
                 settled = {"search_test": first, "episodes": len(episodes.seeds)}
             if shared is None and outputs is not None:
                 self.store.plans.setdefault(plan_key(plan.on(None), ""), []).append(
-                    Played(self.runtime_of(plan), self.target_name, _digest(compressed.onnx), outputs, searched,
+                    Played(self.runtime_of(plan), self.target_name, digest, outputs, searched,
                            episodes if settled is not None else None))
             paired = {k: compared[k] for k in ("mean_diff", "mean_diff_ci95", "distinct_pairs", "distinct_games",
                                                "exact", "protocol", "sticky_actions", "floor")}
@@ -385,10 +386,11 @@ class SearchProblem:
                                        "fidelity": round(t_fid - t2, 3), "proxy": round(t3 - t_fid, 3),
                                        "play": round(t4 - t3, 3)})
 
-    def _held_out_outputs(self, plan: CompressionPlan, model: bytes, runner: Runner
-                          ) -> tuple[np.ndarray, dict[str, Any] | None]:
-        """The graph's outputs on the held-out states in the target's numerics, and where they
-        were taken from another target of a fleet (None where measured here).
+    def _held_out_outputs(self, plan: CompressionPlan, model: bytes, digest: str, runner: Runner
+                          ) -> tuple[np.ndarray, Measured | None, dict[str, Any] | None]:
+        """The graph's outputs on the held-out states in the target's numerics; the store's entry
+        they are (None on the host); and, where they were taken from another target of a fleet,
+        from where (None where measured here).
 
         Measuring them costs a device or an emulator a call per state (256 Pong states: about
         19 s emulated). Where another target measured the same graph on the same runtime, this
@@ -398,8 +400,8 @@ class SearchProblem:
         where. Else it measures all its own."""
         candidate = self._candidate(model, runner, plan)
         if self._device_infer is None:  # the host's numerics: as cheap as the check itself
-            return candidate(self.held_out), None
-        key = (_digest(model), self.runtime_of(plan))
+            return candidate(self.held_out), None, None
+        key = (digest, self.runtime_of(plan))
         for entry in self.store.outputs.get(key, []):
             if entry.target == self.target_name:
                 continue
@@ -407,16 +409,11 @@ class SearchProblem:
             agreement = numerics_agree(probe, entry.outputs[:FIDELITY_PROBE],
                                        self.reference_outputs[:FIDELITY_PROBE], self.bundle.action.discrete)
             if agreement is not None:
-                return entry.outputs, {"entry": entry, "shared_from": {"target": entry.target, **agreement}}
+                return entry.outputs, entry, {"target": entry.target, **agreement}
             break  # numerics that differ on this graph: measure all of them here
-        outputs = candidate(self.held_out)
-        self.store.outputs.setdefault(key, []).append(Measured(self.target_name, outputs))
-        return outputs, None
-
-    def _outputs_entry(self, plan: CompressionPlan, model: bytes) -> Measured:
-        """This target's entry for the graph in the store (made by ``_held_out_outputs``)."""
-        key = (_digest(model), self.runtime_of(plan))
-        return next(e for e in self.store.outputs[key] if e.target == self.target_name)
+        own = Measured(self.target_name, candidate(self.held_out))
+        self.store.outputs.setdefault(key, []).append(own)
+        return own.outputs, own, None
 
     def _to_settle(self, decided: Mapping[str, Any]) -> bool:
         """Whether the sequential test left the plan undecided on a mean at or above the floor
@@ -452,7 +449,7 @@ class SearchProblem:
         test = RetentionTest(fp32, random_play, self.settings.min_retention, confidence=self.settings.confidence)
         return episodes, test.result(episodes), paired_comparison(episodes, fp32, random_play)
 
-    def _shared_episodes(self, plan: CompressionPlan, outputs: np.ndarray | None, model: bytes
+    def _shared_episodes(self, plan: CompressionPlan, outputs: np.ndarray | None, digest: str
                          ) -> dict[str, Any] | None:
         """Episodes this plan played elsewhere that it may take, with what was compared; None
         where there are none to share (then the plan plays its own):
@@ -464,7 +461,7 @@ class SearchProblem:
           would play (``identical_graph``)."""
         if outputs is None:
             return None
-        mine, digest = self.runtime_of(plan), _digest(model)
+        mine = self.runtime_of(plan)
         for done in self.store.plans.get(plan_key(plan.on(None), ""), []):
             if done.target == self.target_name:
                 if done.runtime == mine:

@@ -498,10 +498,9 @@ def _measure_references(staging: Path, folder: Path, config: RunConfig, loaded: 
 
 def _share(source: Run, staging: Path, folder: Path, config: RunConfig, space: SearchSpace) -> RunInfo:
     def same(c: RunConfig) -> dict[str, Any]:
-        """What the states and references depend on."""
-        return {"policy": c.policy, "env_id": c.env_id, "target": c.target, "seed": c.settings.seed,
-                "n_states": c.n_states, "episodes": c.settings.episodes, "n_envs": c.settings.n_envs,
-                "sticky_actions": c.sticky_actions}
+        """What the states and references depend on: a fleet's shared settings on one target,
+        for any method (``compare`` shares them across methods)."""
+        return {**{k: v for k, v in shared_settings(c).items() if k != "method"}, "target": c.target}
 
     _copy_states(source, staging, same(config), same(source.config), "references between runs")
     return source.info.replace(config=config, space=space.to_json(),
@@ -519,17 +518,12 @@ def _copy_states(source: Run, staging: Path, mine: dict[str, Any], theirs: dict[
         shutil.copyfile(source.folder / name, staging / name)
 
 
-SHARED_SETTINGS = ("policy", "env_id", "activation", "conv_strides", "method", "seed", "n_states", "episodes",
-                   "n_envs", "sticky_actions")
-
-
 def shared_settings(c: RunConfig) -> dict[str, Any]:
     """What a fleet's runs must agree on to share states, seeds and episodes: everything but
     the target (and what only says where the study and the device are)."""
-    values = {"policy": c.policy, "env_id": c.env_id, "activation": c.activation, "conv_strides": c.conv_strides,
-              "method": c.method, "seed": c.settings.seed, "n_states": c.n_states,
-              "episodes": c.settings.episodes, "n_envs": c.settings.n_envs, "sticky_actions": c.sticky_actions}
-    return {k: values[k] for k in SHARED_SETTINGS}
+    return {"policy": c.policy, "env_id": c.env_id, "activation": c.activation, "conv_strides": c.conv_strides,
+            "method": c.method, "seed": c.settings.seed, "n_states": c.n_states, "episodes": c.settings.episodes,
+            "n_envs": c.settings.n_envs, "sticky_actions": c.sticky_actions}
 
 
 def _share_across(source: Run, staging: Path, folder: Path, config: RunConfig, loaded: _Loaded,
