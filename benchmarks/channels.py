@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_POLICIES, DEFAULT_RESULTS, Record, header, quiet, rel  # noqa: E402
+from common import DEFAULT_POLICIES, DEFAULT_RESULTS, header, rel, run_or_render  # noqa: E402
 
 LAYERS = {"conv1": 4, "conv2": 4, "conv3": 4, "fc1": 32}  # layer -> step of the kept counts
 MULTIPLES = (8, 16, 32)
@@ -127,11 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=600, help="host timed calls per model")
     parser.add_argument("--policies", type=Path, default=DEFAULT_POLICIES)
     parser.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "channels.json")
-    args = parser.parse_args(argv)
-    quiet()
-    record = Record("benchmarks/channels.py", argv)
-    record.save(args.out, markdown, **measure(args))
-    return 0
+    parser.add_argument("--render", action="store_true", help="only write the .md again from the .json")
+    return run_or_render("benchmarks/channels.py", argv, parser.parse_args(argv), measure, markdown)
 
 
 if __name__ == "__main__":

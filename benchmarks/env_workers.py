@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_POLICIES, DEFAULT_RESULTS, Record, header, quiet  # noqa: E402
+from common import DEFAULT_POLICIES, DEFAULT_RESULTS, header, run_or_render  # noqa: E402
 
 ENV_ID = "PongNoFrameskip-v4"
 
@@ -90,11 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sticky", type=float, default=0.0)
     p.add_argument("--policies", type=Path, default=DEFAULT_POLICIES)
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "env_workers.json")
-    args = p.parse_args(argv)
-    quiet()
-    record = Record("benchmarks/env_workers.py", argv)
-    record.save(args.out, markdown, **run(args))
-    return 0
+    p.add_argument("--render", action="store_true", help="only write the .md again from the .json")
+    return run_or_render("benchmarks/env_workers.py", argv, p.parse_args(argv), run, markdown)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ higher retention.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_RESULTS, Record, exact_words, header, protocol_words, quiet, rel  # noqa: E402
+from common import DEFAULT_RESULTS, exact_words, header, protocol_words, rel, run_or_render  # noqa: E402
 
 FIGURES = ("held_out_agreement", "proxy", "output_error")
 
@@ -149,15 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=DEFAULT_RESULTS / "finetune_keep.json")
     p.add_argument("--render", action="store_true", help="only write the .md again from the .json")
     args = p.parse_args(argv)
-    if args.render:
-        markdown(json.loads(args.out.read_text()), args.out.with_suffix(".md"))
-        return 0
-    if args.run is None:
+    if args.run is None and not args.render:
         p.error("--run is required (a finished run folder), unless --render")
-    quiet()
-    record = Record("benchmarks/finetune_keep.py", argv)
-    record.save(args.out, markdown, **run_all(args))
-    return 0
+    return run_or_render("benchmarks/finetune_keep.py", argv, args, run_all, markdown)
 
 
 if __name__ == "__main__":
