@@ -21,7 +21,13 @@ bundle's manifest (``broadcast``).
 ``run_actorq`` (``autoquant actorq run``) is the whole loop: Ray actors with the bundle's
 quantized policy (or fp32, for comparison) feed an fp32 stable-baselines3 learner: DQN
 for Q-networks, PPO for policies, which corrects for the actors' quantized behaviour
-policy with truncated importance sampling on the log-probabilities they ship.
+policy with truncated importance sampling on the log-probabilities they ship, or IMPALA,
+whose actors act on their own schedule and whose learner corrects their stale, quantized
+samples with V-trace. ``--monitor`` (``Monitor``) re-calibrates the actors' activation
+ranges on their recent states at every broadcast, measures KL(mu || pi), and raises their
+precision along a ladder of bundles up to fp32 when it passes a bound. ``collect_central``
+and ``collect_local`` measure SEED RL's layout (one batched inference server, env-only
+actors) against local quantized actors.
 
 The learners are entries of a registry (``learners()``, ``LearnerEntry``): the loop and
 ``autoquant actorq run``'s ``--learner`` and learner options are read from it. A new
@@ -32,8 +38,9 @@ Rooms: ``_bundle`` (the bundle format), ``_quantizer`` (per-broadcast quantizati
 ``_rebuild`` (sessions per broadcast: a graph optimized once, checked), ``_actors``
 (actor builders and the actor), ``_learners`` (the learner registry, and which learner a
 bundle trains with), ``_learner`` (the DQN learner, its presets and entry), ``_ppo`` (the
-PPO learner, its presets, the correction and its entry), ``_loop`` (the Ray loop and its
-report). The numpy recipe that rebuilds a layer's initializers lives with the graph it
+PPO learner, its presets, the correction and its entry), ``_impala`` (the IMPALA learner,
+V-trace and its entry), ``_monitor`` (re-calibration, KL and precision levels), ``_central``
+(central inference), ``_loop`` (the Ray loop and its report). The numpy recipe that rebuilds a layer's initializers lives with the graph it
 fills, in ``autoquant.compress``.
 """
 
@@ -41,6 +48,8 @@ from __future__ import annotations
 
 from autoquant.actorq._actors import ActorWorker, Fp32ActorBuilder, hidden_activation, sample_logits
 from autoquant.actorq._bundle import BUNDLE_FORMAT, BUNDLE_VERSION, ActorBundle, load_bundle, target_entry, write_bundle
+from autoquant.actorq._central import collect_central, collect_local
+from autoquant.actorq._impala import IMPALA_LEARNER, IMPALA_PRESETS, ImpalaConfig, ImpalaLearner, impala_preset, vtrace
 from autoquant.actorq._learner import DQN_LEARNER, DQN_PRESETS, DQNConfig, DQNLearner, dqn_preset
 from autoquant.actorq._learners import (
     LearnerEntry,
@@ -51,6 +60,7 @@ from autoquant.actorq._learners import (
     register_learner,
 )
 from autoquant.actorq._loop import ActorRunConfig, run_actorq
+from autoquant.actorq._monitor import Monitor, activation_inputs, recalibrated
 from autoquant.actorq._ppo import CORRECTIONS, PPO_LEARNER, PPO_PRESETS, PPOConfig, PPOLearner, ppo_preset
 from autoquant.actorq._quantizer import ActorPolicy, ActorQuantizer
 from autoquant.actorq._rebuild import REBUILD_PATHS, Rebuilder
@@ -63,6 +73,8 @@ __all__ = [
     "CORRECTIONS",
     "DQN_LEARNER",
     "DQN_PRESETS",
+    "IMPALA_LEARNER",
+    "IMPALA_PRESETS",
     "PPO_LEARNER",
     "PPO_PRESETS",
     "REBUILD_PATHS",
@@ -76,25 +88,34 @@ __all__ = [
     "DQNConfig",
     "DQNLearner",
     "Fp32ActorBuilder",
+    "ImpalaConfig",
+    "ImpalaLearner",
     "LayerRecipe",
     "LearnerEntry",
     "LearnerOption",
+    "Monitor",
     "NetworkMismatchError",
     "PPOConfig",
     "PPOLearner",
     "Rebuilder",
     "SlotSpec",
+    "activation_inputs",
+    "collect_central",
+    "collect_local",
     "dqn_preset",
     "encode_layer",
     "hidden_activation",
+    "impala_preset",
     "learner_algo",
     "learner_entry",
     "learners",
     "load_bundle",
     "ppo_preset",
+    "recalibrated",
     "register_learner",
     "run_actorq",
     "sample_logits",
     "target_entry",
+    "vtrace",
     "write_bundle",
 ]

@@ -131,6 +131,7 @@ class ActorWorker:
         from autoquant.policy import make_env
 
         self.builder = builder
+        self.builder_id: Any = None
         self.central = central
         self.envs = [make_env(env_id) for _ in range(envs)]
         for j, env in enumerate(self.envs):
@@ -159,9 +160,22 @@ class ActorWorker:
             pass
         return {"node_id": node, "pid": os.getpid(), "host": socket.gethostname()}
 
-    def collect(self, box: Sequence[Any], version: int, epsilon: float | None, rounds: int) -> dict[str, Any]:
-        """``rounds`` lockstep steps of every env with the broadcast in ``box`` ([ObjectRef] or [weights])."""
+    def collect(self, box: Sequence[Any], version: int, epsilon: float | None, rounds: int,
+                builder: Sequence[Any] | None = None) -> dict[str, Any]:
+        """``rounds`` lockstep steps of every env with the broadcast in ``box`` ([ObjectRef] or [weights]).
+
+        ``builder``, when given, is ``[id, builder or its ObjectRef, central]``: the builder this
+        and later broadcasts are built with (a monitor's precision level or re-calibration),
+        taken when its id is new, and whether the broadcast is its quantized payload."""
         rebuild_s = rebuild_cpu_s = 0.0
+        if builder is not None and builder[0] != self.builder_id:
+            found = builder[1]
+            if not hasattr(found, "build"):
+                import ray
+
+                found = ray.get(found)
+            self.builder, self.builder_id, self.central = found, builder[0], bool(builder[2])
+            self.version = -1  # a new network: rebuild whatever the version
         if version != self.version:
             weights = box[0]
             if not isinstance(weights, Mapping):
@@ -178,6 +192,7 @@ class ActorWorker:
         obs = np.empty((rounds, n, *self.space.shape), dtype=self.space.dtype)
         next_obs = np.empty_like(obs)
         log_probs = np.zeros((rounds, n), dtype=np.float64)
+        logits: np.ndarray | None = None  # the behaviour policy's logits, when it samples
         # Per-step values in Python lists: CartPole steps in microseconds, numpy calls on tiny arrays cost as much.
         actions: list[list[int]] = []
         rewards: list[list[float]] = []
@@ -196,7 +211,10 @@ class ActorWorker:
             t0 = time.perf_counter()
             if epsilon is None:
                 c0 = time.thread_time()  # onnxruntime runs one intra-op thread: this one
-                sampled, log_probs[i] = policy.sample(current, rng)
+                sampled, log_probs[i], row_logits = policy.sample_with_logits(current, rng)
+                if logits is None:
+                    logits = np.empty((rounds, n, row_logits.shape[1]), dtype=np.float32)
+                logits[i] = row_logits
                 policy_cpu_s += time.thread_time() - c0
                 policy_s += time.perf_counter() - t0
                 policy_calls, policy_steps = policy_calls + 1, policy_steps + n
@@ -243,7 +261,7 @@ class ActorWorker:
         self.obs = current
         busy_s, cpu_s = time.perf_counter() - start, time.thread_time() - cpu_start
         return {"obs": obs, "next_obs": next_obs, "actions": np.asarray(actions, dtype=np.int64),
-                "log_probs": log_probs, "rewards": np.asarray(rewards, dtype=np.float32),
+                "log_probs": log_probs, "logits": logits, "rewards": np.asarray(rewards, dtype=np.float32),
                 "terminated": np.asarray(terminated, dtype=bool), "truncated": np.asarray(truncated, dtype=bool),
                 "episode_starts": np.asarray(starts, dtype=bool),
                 "last_obs": current.copy(), "episodes": episodes, "steps": rounds * n, "envs": n,

@@ -7,7 +7,7 @@ runs it; ``weights``, what each broadcast sends; ``facts``, its part of the repo
 actors behave; its command-line options; and which bundles it trains. The loop (``_loop``)
 and the command line read entries and never branch on a learner's name.
 
-The built-in entries are DQN (``_learner``) and PPO (``_ppo``). They are named here by
+The built-in entries are DQN (``_learner``), PPO (``_ppo``) and IMPALA (``_impala``). They are named here by
 entry point (``"module:NAME"``) and imported on first use, so that their modules may
 import this one. Adding a learner is its own module, which defines its entry, plus one
 line in ``BUILTIN`` (or one ``register_learner`` call, for a learner outside the package).
@@ -25,6 +25,10 @@ ways to drive a learner:
 - ``loop.run_sync(cadence)``: every broadcast, every actor steps its envs
   ``learner.rounds`` times and the learner trains on all of it (``learner.iterate(rollouts)``).
   PPO's.
+- ``loop.run_stream()``: every actor is asked for its next unroll of ``learner.rounds``
+  steps as soon as it returns one, with the newest broadcast, and the learner then takes
+  the returned one (``learner.ingest(unroll, actor=, lag_updates=, lag_versions=)``):
+  actors act while the learner trains, one unroll in flight each. IMPALA's.
 
 A learner that needs another loop writes its own ``drive`` from the loop's parts
 (``broadcast``, ``received``, ``evaluate``, ``report``).
@@ -59,6 +63,7 @@ __all__ = [
 BUILTIN = (
     "autoquant.actorq._learner:DQN_LEARNER",
     "autoquant.actorq._ppo:PPO_LEARNER",
+    "autoquant.actorq._impala:IMPALA_LEARNER",
 )
 
 # Activations in an exported graph besides ReLU, for a learner's ``check_network``.
@@ -175,7 +180,7 @@ def learner_algo(bundle: ActorBundle, asked: str | None) -> str:
     if bundle.manifest["policy"]["action"]["kind"] != "argmax":
         raise ActorQError(f"actorq run's {name.upper()} learner needs discrete actions; the bundle's network "
                           "does not output one value per discrete action")
-    if natural is not None and entry is not natural:
+    if natural is not None and entry is not natural and entry.outputs != natural.outputs:
         raise UsageError(f"--learner {name}: the bundle's {bundle.algo} network outputs {natural.outputs}, which a "
                          f"{name.upper()} learner does not train; drop --learner or pass --learner {natural.name}")
     import onnx

@@ -46,7 +46,7 @@ from autoquant._version import __version__
 from autoquant.actorq._actors import ActorWorker, Fp32ActorBuilder
 from autoquant.actorq._bundle import ActorBundle, load_bundle
 from autoquant.actorq._learners import check_env, learner_algo, learner_entry
-from autoquant.actorq._ppo import CORRECTIONS
+from autoquant.actorq._monitor import Monitor
 from autoquant.actorq._quantizer import ActorQuantizer
 from autoquant.actorq._rebuild import REBUILD_PATHS
 from autoquant.errors import Interrupted, UsageError, first_line
@@ -55,6 +55,7 @@ __all__ = ["ActorRunConfig", "run_actorq"]
 
 RUN_FORMAT = "autoquant.actorq.run"
 RUN_VERSION = 1
+CORRECTIONS = ("tis", "vtrace", "none")  # each learner takes its own (PPO: tis, none; IMPALA: vtrace, none)
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,15 @@ class ActorRunConfig:
     actor_threads: int = 1
     learner_algo: str | None = None  # a learner's name (learners()); None: the bundle's policy's own
     envs_per_actor: int = 1  # envs an actor steps in lockstep, one batched policy call per step
-    correction: str = "tis"  # PPO: "tis" (truncated importance sampling) | "none"
+    correction: str | None = None  # the learner's default; PPO: "tis" | "none"; IMPALA: "vtrace" | "none"
     is_truncation: float = 2.0  # PPO: the largest importance weight
     rebuild: str = "auto"  # actors' rebuild path (ActorQuantizer's rebuild)
+    stop_at: float | None = None  # stop once a greedy evaluation's mean reaches this score
+    monitor: bool = False  # re-calibrate, measure KL(mu || pi) and move precision at every broadcast
+    kl_bound: float = 0.02  # the monitor's bound on KL(mu || pi)
+    monitor_patience: int = 3  # checks under half the bound before the precision goes back down
+    recalibrate_tolerance: float = 1.25  # ratio of ranges past which a quantizer is re-calibrated
+    precision_levels: tuple[str, ...] = ()  # further bundles, more precise, between the bundle and fp32
 
     def __post_init__(self) -> None:
         for name, high in (("actors", MAX_ACTORS), ("steps", MAX_STEPS), ("broadcast_every", MAX_STEPS),
@@ -97,12 +104,28 @@ class ActorRunConfig:
             raise UsageError("actorq run: --central quantizes on the learner for quantized actors; "
                              "fp32 actors receive fp32 weights: drop --central or --fp32-actors")
 
-        if self.correction not in CORRECTIONS:
+        if self.correction is not None and self.correction not in CORRECTIONS:
             raise UsageError(f"actorq run: --correction {self.correction!r} is not one of {', '.join(CORRECTIONS)}")
         if not self.is_truncation >= 1.0:
             raise UsageError(f"actorq run: --is-truncation must be >= 1, got {self.is_truncation!r}")
         if self.rebuild not in REBUILD_PATHS:
             raise UsageError(f"actorq run: --rebuild {self.rebuild!r} is not one of {', '.join(REBUILD_PATHS)}")
+        if self.stop_at is not None and not np.isfinite(self.stop_at):
+            raise UsageError(f"actorq run: --stop-at must be a finite score, got {self.stop_at!r}")
+        if self.stop_at is not None and self.eval_episodes == 0:
+            raise UsageError("actorq run: --stop-at stops at a greedy evaluation's score; --eval-episodes 0 runs none")
+        if self.monitor and self.fp32_actors:
+            raise UsageError("actorq run: --monitor keeps quantized actors close to the learner; fp32 actors have "
+                             "nothing to monitor: drop --monitor or --fp32-actors")
+        if self.precision_levels and not self.monitor:
+            raise UsageError("actorq run: --precision-level bundles are the monitor's levels: add --monitor")
+        if self.monitor:
+            check_integer(self.monitor_patience, "actorq run: --monitor-patience", 1, 1000)
+            if not self.kl_bound > 0:
+                raise UsageError(f"actorq run: --kl-bound must be > 0, got {self.kl_bound!r}")
+            if not self.recalibrate_tolerance > 1:
+                raise UsageError("actorq run: --recalibrate-tolerance is a ratio of ranges and must be > 1, got "
+                                 f"{self.recalibrate_tolerance!r}")
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -313,6 +336,21 @@ def run_actorq(config: ActorRunConfig, *, log: Callable[[str], None] | None = No
         else:
             builder = ActorQuantizer(bundle, threads=config.actor_threads, rebuild=config.rebuild)
         builder.check(weights_of())
+        monitor = None
+        if config.monitor:
+            if learner.epsilon is not None or not hasattr(learner, "log_probs"):
+                raise UsageError(f"actorq run: --monitor compares the actors' policy with the learner's; a "
+                                 f"{entry.name.upper()} learner's actors act epsilon-greedily on Q-values: use the "
+                                 "ppo or impala learner")
+            levels = [bundle, *(load_bundle(path) for path in config.precision_levels)]
+            for level in levels[1:]:
+                if level.fingerprint_id != bundle.fingerprint_id:
+                    raise UsageError(f"actorq run: --precision-level {level.folder} was made for another network "
+                                     f"(fingerprint {level.fingerprint_id}, the bundle's {bundle.fingerprint_id}): "
+                                     "export every level from runs on the same policy")
+            monitor = Monitor(levels, learner.log_probs, kl_bound=config.kl_bound, patience=config.monitor_patience,
+                              tolerance=config.recalibrate_tolerance, threads=config.actor_threads,
+                              rebuild=config.rebuild)
         seeds = episode_seeds(config.seed, config.eval_episodes) if config.eval_episodes else []
         random_stats = None
         if seeds:
@@ -327,7 +365,8 @@ def run_actorq(config: ActorRunConfig, *, log: Callable[[str], None] | None = No
                 f"{ray_facts['cpus']:.0f} CPUs); {config.actors} {kind} actors x {config.envs_per_actor} envs, "
                 f"{entry.name.upper()} learner, {config.steps} env steps")
             try:
-                loop = _Loop(ray, config, bundle, env_id, model, learner, builder, weights_of, seeds, say, signals)
+                loop = _Loop(ray, config, bundle, env_id, model, learner, builder, weights_of, seeds, say, signals,
+                             monitor=monitor)
                 result = entry.drive(loop)
             finally:
                 if started:
@@ -339,7 +378,7 @@ def run_actorq(config: ActorRunConfig, *, log: Callable[[str], None] | None = No
     final_weights = weights_of()
     final: dict[str, Any] = {}
     if seeds:
-        actor = builder.build(final_weights)
+        actor = loop.builder.build(final_weights)
         final["actor"] = play_episodes(lambda obs: actor.predict(obs)[0], env_id, seeds).to_json()
         final["learner_fp32"] = result["curve"]["eval"][-1]["stats"]
         final["random"] = random_stats.to_json() if random_stats is not None else None
@@ -379,7 +418,7 @@ class _Loop:
 
     def __init__(self, ray: Any, config: ActorRunConfig, bundle: ActorBundle, env_id: str, model: Any,
                  learner: Any, builder: Any, weights_of: Callable[[], dict[str, np.ndarray]], seeds: list[int],
-                 say: Callable[[str], None], signals: _Signals | None = None) -> None:
+                 say: Callable[[str], None], signals: _Signals | None = None, monitor: Monitor | None = None) -> None:
         self.ray, self.config, self.bundle, self.env_id = ray, config, bundle, env_id
         self.model, self.learner, self.builder, self.weights_of = model, learner, builder, weights_of
         self.seeds, self.say = seeds, say
@@ -396,16 +435,47 @@ class _Loop:
         self.curve_eval: list[dict[str, Any]] = []
         self.episodes: list[list[float]] = []  # [env step at the end, return, length, actor]
         self.recent: np.ndarray | None = None  # states for the actor-agreement probe
+        self.monitor = monitor
+        self.builder_box: list[Any] | None = None  # [id, builder ref, central] once the monitor changed it
+        self.updates_at: list[int] = []  # per broadcast version: the learner's updates then
+        self.received_steps = 0  # env steps the learner took so far (the monitor's and evaluations' step)
+        self.reached: dict[str, Any] | None = None  # the evaluation that reached --stop-at
+        self.loop_start = time.perf_counter()
 
     def broadcast(self) -> Any:
-        start = time.perf_counter()
         weights = self.weights_of()
-        payload = self.builder.quantize(weights, check=False) if self.config.central else weights
+        if self.monitor is not None and self.monitor.check(self.received_steps, self.version + 1, weights,
+                                                           self.recent):
+            self.builder = self.monitor.builder
+            self.builder_box = [self.monitor.builder_id, self.ray.put(self.builder), self._central()]
+            decision = self.monitor.decisions[-1]
+            self.say(f"step {self.received_steps}: monitor: {decision['action']} "
+                     + (f"to {decision['to']}" if "to" in decision else f"{sorted(decision['scales'])}")
+                     + f" (KL {decision.get('kl_before', decision.get('kl_below', 0.0)):.4f})")
+        start = time.perf_counter()
+        payload = self.builder.quantize(weights, check=False) if self._central() else weights
         ref = self.ray.put(payload)
         self.prepare_s.append(time.perf_counter() - start)
         self.payload_bytes.append(sum(int(v.nbytes) for v in payload.values()))
         self.version += 1
+        self.updates_at.append(int(self.learner.updates))
         return ref
+
+    def _central(self) -> bool:
+        """Whether broadcasts carry the quantized payload (the learner quantizes): --central, at a
+        quantized level (the monitor's fp32 level takes the fp32 weights)."""
+        return bool(self.config.central and hasattr(self.builder, "quantize"))
+
+    def _reached(self, stats: Any, step: int) -> None:
+        if self.config.stop_at is None or self.reached is not None or stats.mean < self.config.stop_at:
+            return
+        wall = time.perf_counter() - self.loop_start
+        evals = sum(e["eval_s"] for e in self.curve_eval[1:])
+        self.reached = {"score": self.config.stop_at, "reached": True, "mean": stats.mean, "ci95": stats.ci95, "env_steps": step,
+                        "loop_s": wall, "eval_s": evals, "train_wall_s": wall - evals,
+                        "note": ("train_wall_s: wall-clock from the first broadcast to the evaluation that reached "
+                                 "the score, less the greedy evaluations before it (the learner pauses for them; "
+                                 "the actors do not)")}
 
     def received(self, i: int, r: Mapping[str, Any], base: int) -> None:
         self.totals[i].add(r)
@@ -423,7 +493,9 @@ class _Loop:
         agreement = _actor_agreement(states, self.builder, self.weights_of(), self.model)
         self.curve_eval.append({"step": step, "mean": stats.mean, "ci95": stats.ci95, "updates": self.learner.updates,
                                 "actor_agreement": agreement, "eval_s": time.perf_counter() - start,
-                                "stats": stats.to_json()})
+                                "wall_s": time.perf_counter() - self.loop_start, "stats": stats.to_json()})
+        if step > 0:
+            self._reached(stats, step)
         text = f", actor agrees on {agreement:.1%}" if agreement is not None else ""
         eps = self.learner.epsilon
         say_eps = f", epsilon {eps:.3f}" if eps is not None else ""
@@ -438,7 +510,7 @@ class _Loop:
         eval_every = config.eval_every or max(config.steps // 10, 1)
         try:
             self.evaluate(0, None)
-            loop_start = time.perf_counter()
+            loop_start = self.loop_start = time.perf_counter()
             ref = self.broadcast()
             last_broadcast, updates_at_broadcast = 0, 0
             submitted, received = 0, 0
@@ -462,6 +534,7 @@ class _Loop:
                 self.received(i, r, received)
                 learner.ingest(r)
                 received += int(r["steps"])
+                self.received_steps = received
                 if received - last_broadcast >= config.broadcast_every and learner.updates > updates_at_broadcast:
                     ref = self.broadcast()
                     last_broadcast, updates_at_broadcast = received, learner.updates
@@ -469,9 +542,12 @@ class _Loop:
                     self.evaluate(received, learner.recent_states())
                     while next_eval <= received:
                         next_eval += eval_every
+                    if self.reached is not None:
+                        break
                 submit(i)
             loop_s = time.perf_counter() - loop_start
-            self.evaluate(received, learner.recent_states())
+            if self.reached is None:
+                self.evaluate(received, learner.recent_states())
         finally:
             for actor in actors:
                 ray.kill(actor)
@@ -486,15 +562,17 @@ class _Loop:
         eval_every = config.eval_every or max(config.steps // 10, 1)
         try:
             self.evaluate(0, None)
-            loop_start = time.perf_counter()
+            loop_start = self.loop_start = time.perf_counter()
             received, next_eval = 0, eval_every
-            while received < config.steps:
+            while received < config.steps and self.reached is None:
                 self.signals.check()
                 ref = self.broadcast()
-                rollouts = ray.get([actor.collect.remote([ref], self.version, None, rounds) for actor in actors])
+                rollouts = ray.get([actor.collect.remote([ref], self.version, None, rounds, self.builder_box)
+                                    for actor in actors])
                 for i, r in enumerate(rollouts):
                     self.received(i, r, received + i * int(r["steps"]))
                 received += per_iteration
+                self.received_steps = received
                 self.recent = np.concatenate([np.asarray(r["obs"]).reshape(-1, *self.bundle.input_shape)
                                               for r in rollouts])
                 learner.iterate(rollouts)
@@ -503,11 +581,74 @@ class _Loop:
                     while next_eval <= received:
                         next_eval += eval_every
             loop_s = time.perf_counter() - loop_start
-            self.evaluate(received, self.recent)
+            if self.reached is None:
+                self.evaluate(received, self.recent)
         finally:
             for actor in actors:
                 ray.kill(actor)
         return self.report(received, loop_s, cadence, per_iteration)
+
+    def run_stream(self) -> dict[str, Any]:
+        """Actors act on their own schedule: each returned unroll (``learner.rounds`` steps of
+        every env) is answered at once with a request for the next, on the newest broadcast,
+        and only then does the learner take it (``learner.ingest``), so actors act while it
+        trains. One unroll in flight per actor bounds the queue: an actor whose unroll waits
+        for the learner waits with it (back-pressure). Broadcasts every ``broadcast_every`` env
+        steps once the learner updated; each unroll's policy lag is the learner's updates since
+        the broadcast it acted with."""
+        config, learner, ray, actors = self.config, self.learner, self.ray, self.actors
+        per_request = learner.rounds * config.envs_per_actor
+        eval_every = config.eval_every or max(config.steps // 10, 1)
+        recent: list[np.ndarray] = []  # the latest unrolls' states, for the monitor and the agreement probe
+        try:
+            self.evaluate(0, None)
+            loop_start = self.loop_start = time.perf_counter()
+            ref = self.broadcast()
+            last_broadcast, updates_at_broadcast = 0, 0
+            submitted, received, next_eval = 0, 0, eval_every
+            pending: dict[Any, int] = {}
+
+            def submit(i: int) -> None:
+                nonlocal submitted
+                if submitted < config.steps:
+                    pending[actors[i].collect.remote([ref], self.version, None, learner.rounds,
+                                                     self.builder_box)] = i
+                    submitted += per_request
+
+            for i in range(len(actors)):
+                submit(i)
+            while pending:
+                self.signals.check()
+                done, _ = ray.wait(list(pending), num_returns=1)
+                i = pending.pop(done[0])
+                r = ray.get(done[0])
+                submit(i)
+                self.received(i, r, received)
+                acted_with = int(r["version"])
+                learner.ingest(r, actor=i, lag_updates=learner.updates - self.updates_at[acted_with],
+                               lag_versions=self.version - acted_with)
+                received += int(r["steps"])
+                self.received_steps = received
+                recent.append(np.asarray(r["obs"]).reshape(-1, *self.bundle.input_shape))
+                while sum(len(x) for x in recent) - len(recent[0]) >= 1024:
+                    recent.pop(0)
+                self.recent = np.concatenate(recent)
+                if received - last_broadcast >= config.broadcast_every and learner.updates > updates_at_broadcast:
+                    ref = self.broadcast()
+                    last_broadcast, updates_at_broadcast = received, learner.updates
+                if received >= next_eval and received < config.steps:
+                    self.evaluate(received, self.recent)
+                    while next_eval <= received:
+                        next_eval += eval_every
+                    if self.reached is not None:
+                        break
+            loop_s = time.perf_counter() - loop_start
+            if self.reached is None:
+                self.evaluate(received, self.recent)
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+        return self.report(received, loop_s, "every", config.broadcast_every)
 
     def report(self, received: int, loop_s: float, cadence: str, every: int) -> dict[str, Any]:
         totals = self.totals
@@ -518,7 +659,8 @@ class _Loop:
         rebuilds = [s for t in totals for s in t.rebuilds]
         rebuilds_cpu = [s for t in totals for s in t.rebuilds_cpu]
         first_rebuilds = [t.first_rebuild for t in totals if t.first_rebuild is not None]
-        eval_s = sum(e["eval_s"] for e in self.curve_eval[1:-1])
+        # The evaluations inside the loop: all but the first, and the last unless it ended the loop (--stop-at).
+        eval_s = sum(e["eval_s"] for e in (self.curve_eval[1:] if self.reached else self.curve_eval[1:-1]))
         paths = sorted({t.rebuild_choice["path"] for t in totals if t.rebuild_choice})
         return {
             "env_steps": received,
@@ -557,4 +699,8 @@ class _Loop:
                                     "the policy from the initial weights) also loads onnxruntime's kernels and, "
                                     "with rebuild 'auto', optimizes the graph once and times both rebuild paths")},
             "curve": {"episodes": self.episodes, "eval": self.curve_eval, "eval_seeds": self.seeds},
+            "threshold": (self.reached if self.reached is not None else
+                          {"score": self.config.stop_at, "reached": False} if self.config.stop_at is not None
+                          else None),
+            "monitor": self.monitor.to_json() if self.monitor is not None else None,
         }

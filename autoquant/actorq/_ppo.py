@@ -188,6 +188,14 @@ class PPOLearner:
         state = self.model.policy.state_dict()
         return {key: state[key].detach().cpu().numpy().copy() for key in self.keys}
 
+    def log_probs(self, states: np.ndarray) -> np.ndarray:
+        """log pi(.|x) of the learner's policy for a batch of states, (N, actions)."""
+        import torch
+
+        with torch.no_grad():
+            dist = self.model.policy.get_distribution(torch.as_tensor(np.asarray(states, dtype=np.float32)))
+            return dist.distribution.logits.numpy().astype(np.float64)  # torch's Categorical: normalized
+
     def iterate(self, rollouts: Sequence[Mapping[str, Any]]) -> None:
         """One PPO update from one rollout per actor (arrays shaped (n_steps, envs, ...))."""
         import torch
@@ -254,9 +262,13 @@ def _make(bundle: ActorBundle, env_id: str, hyper: PPOConfig, run: Any) -> PPOLe
     if run.init_from_policy:
         raise UsageError("actorq run: --init-from-policy starts a DQN learner; the PPO learner starts "
                          "from scratch")
+    correction = run.correction or "tis"
+    if correction not in CORRECTIONS:
+        raise UsageError(f"actorq run: --correction {correction} is not the PPO learner's: it corrects with "
+                         f"{' or '.join(CORRECTIONS)}")
     model = make_ppo_learner(bundle, env_id, hyper, activation=hidden_activation(bundle), seed=run.seed)
     return PPOLearner(model, hyper, bundle, run.steps, n_envs=run.actors * run.envs_per_actor,
-                      correction=run.correction, truncation=run.is_truncation)
+                      correction=correction, truncation=run.is_truncation)
 
 
 def _drive(loop: Any) -> dict[str, Any]:
@@ -270,7 +282,7 @@ def _weights(learner: PPOLearner, bundle: ActorBundle) -> dict[str, np.ndarray]:
 def _facts(learner: PPOLearner, bundle: ActorBundle, run: Any) -> dict[str, Any]:
     policy_kwargs = {k: (v.__name__ if isinstance(v, type) else v) for k, v in learner.model.policy_kwargs.items()}
     return {"algo": "PPO", "policy": "MlpPolicy", "policy_kwargs": policy_kwargs,
-            "correction": run.correction if not run.fp32_actors else "none (fp32 actors)",
+            "correction": learner.correction if not run.fp32_actors else "none (fp32 actors)",
             "is_truncation": run.is_truncation, "iterations": learner.iterations,
             "importance_weights": _weight_summary(learner.weights)}
 

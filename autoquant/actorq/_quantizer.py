@@ -78,11 +78,20 @@ class ActorPolicy:
     def sample(self, observation: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(actions, log-probabilities) drawn from the policy's categorical distribution, for a
         batch of observations: what an on-policy learner's actors act with and ship."""
+        actions, log_probs, _ = self.sample_with_logits(observation, rng)
+        return actions, log_probs
+
+    def sample_with_logits(self, observation: np.ndarray, rng: np.random.Generator
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``sample``'s actions and log-probabilities, and the logits they were drawn from
+        (what a monitor compares with the learner's policy: KL(mu || pi) over all actions)."""
         if self.action.kind != "argmax" or self.algo in _GREEDY_ALGOS:
             raise ActorQError(f"a {self.algo} network's outputs are not a categorical policy's logits: sampling "
                               "needs a discrete-action policy-gradient network (PPO, A2C)")
         x, _ = self.prepare(observation)
-        return sample_logits(self.forward(x), rng)
+        logits = self.forward(x)
+        actions, log_probs = sample_logits(logits, rng)
+        return actions, log_probs, logits
 
     def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
                 deterministic: bool = True) -> tuple[np.ndarray, None]:

@@ -59,9 +59,25 @@ class ActorQCommand(Command):
         parser.add_argument("--learner", choices=tuple(entries),
                             help=("the learner: " + "; ".join(f"{e.name}: {e.help}" for e in entries.values())
                                   + " (default: the one the bundle's policy was trained with)").replace("%", "%%"))
-        parser.add_argument("--correction", choices=("tis", "none"), default="tis",
-                            help="PPO: off-policy correction for quantized actors: truncated importance sampling "
-                                 "(default) or none")
+        parser.add_argument("--correction", choices=("tis", "vtrace", "none"), default=None,
+                            help="off-policy correction for quantized (and, for IMPALA, stale) actors: PPO's "
+                                 "truncated importance sampling (its default), IMPALA's V-trace (its default), "
+                                 "or none")
+        parser.add_argument("--stop-at", type=float, default=None, metavar="SCORE",
+                            help="stop once a greedy evaluation's mean reaches SCORE; the report gives the "
+                                 "wall-clock to it (time to threshold)")
+        parser.add_argument("--monitor", action="store_true",
+                            help="at every broadcast: re-calibrate the actors' activation ranges on their recent "
+                                 "states, measure KL(mu || pi), and raise the actors' precision above --kl-bound "
+                                 "(PPO and IMPALA learners)")
+        parser.add_argument("--kl-bound", type=float, default=0.02, help="the monitor's bound on KL(mu || pi)")
+        parser.add_argument("--monitor-patience", type=integer(1, 1000), default=3,
+                            help="checks in a row under half the bound before the precision goes back down")
+        parser.add_argument("--recalibrate-tolerance", type=float, default=1.25,
+                            help="re-calibrate a quantizer whose range moved by more than this ratio (default 1.25)")
+        parser.add_argument("--precision-level", type=Path, action="append", default=[], metavar="BUNDLE",
+                            help="a more precise bundle of the same network, a level between the bundle and fp32 "
+                                 "(repeat, cheapest first; e.g. plans from the search's Pareto front)")
         parser.add_argument("--is-truncation", type=float, default=2.0,
                             help="PPO: the largest importance weight pi_learner / pi_actor (default 2)")
         parser.add_argument("--rebuild", choices=("auto", "session", "preoptimized"), default="auto",
@@ -135,7 +151,10 @@ class ActorQCommand(Command):
             learner_source=f"{source} with {', '.join(sorted(overrides))} given" if overrides else None,
             learner_threads=args.learner_threads,
             actor_threads=args.actor_threads, learner_algo=algo, envs_per_actor=args.envs_per_actor,
-            correction=args.correction, is_truncation=args.is_truncation, rebuild=args.rebuild)
+            correction=args.correction, is_truncation=args.is_truncation, rebuild=args.rebuild,
+            stop_at=args.stop_at, monitor=args.monitor, kl_bound=args.kl_bound,
+            monitor_patience=args.monitor_patience, recalibrate_tolerance=args.recalibrate_tolerance,
+            precision_levels=tuple(str(p) for p in args.precision_level))
         log = (lambda s: None) if args.quiet else (lambda s: print(f"autoquant: {s}", file=sys.stderr, flush=True))
         report = run_actorq(config, log=log)
         if args.out is not None:
@@ -172,6 +191,23 @@ class ActorQCommand(Command):
             lines.append(f"  importance weights pi_learner/pi_actor ({learner['correction']}): mean "
                          f"{weights['rho_mean']:.3f}, range [{weights['rho_min']:.3f}, {weights['rho_max']:.3f}], "
                          f"{weights['truncated_share']:.2%} above {learner['is_truncation']:g}")
+        vt = learner.get("vtrace")
+        if vt:
+            lag = vt["policy_lag_updates"]
+            lines.append(f"  V-trace ({learner['correction']}): rho mean {vt['rho_mean']:.3f}, "
+                         f"{vt['rho_clipped_share']:.2%} clipped; policy lag {lag['mean']:.1f} updates (max "
+                         f"{lag['max']:.0f}); KL(mu||pi) {vt['kl_mu_pi_mean']:.2e}")
+        monitor = result.get("monitor")
+        if monitor:
+            kl = monitor["kl"] or {}
+            lines.append(f"  monitor: {monitor['checks']} checks, KL mean {kl.get('mean', float('nan')):.2e} (bound "
+                         f"{monitor['kl_bound']:g}), {len(monitor['decisions'])} decisions, final level "
+                         f"{monitor['final_level']}")
+        reached = result.get("threshold")
+        if reached:
+            lines.append(f"  reached {reached['score']:g} at {reached['env_steps']} env steps, "
+                         f"{reached['train_wall_s']:.1f} s" if reached.get("reached") else
+                         f"  never reached {reached['score']:g}")
         evals = result["curve"]["eval"]
         if evals:
             lines.append("  greedy learner (fp32): " + ", ".join(f"{e['step']}: {e['mean']:.1f}" for e in evals))

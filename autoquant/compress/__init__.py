@@ -5,7 +5,7 @@ compressed graph's initializers from fp32 weights."""
 from __future__ import annotations
 
 from autoquant.compress._build import (ActivationCache, BuiltGraph, QuantizedLayer, build_graph, correct_bias,
-                                       pruned_net, slice_net)
+                                       percentile_scale, pruned_net, slice_net)
 from autoquant.compress._compress import CompressedPolicy, compress, export_reference, weight_bytes
 from autoquant.compress._to_onnx import export_onnx, onnx_metadata
 from autoquant.compress._finetune import FinetuneResult, distill
@@ -47,6 +47,7 @@ __all__ = [
     "export_reference",
     "kept_count",
     "onnx_metadata",
+    "percentile_scale",
     "prune",
     "pruned_net",
     "recipe_graph",

@@ -51,6 +51,7 @@ __all__ = [
     "emit",
     "input_scales",
     "calibrate_activations",
+    "percentile_scale",
     "correct_bias",
     "encode_weights",
     "kept_channels",
@@ -372,16 +373,29 @@ def calibrate_activations(steps: Sequence[Step], sliced: Mapping[str, _Sliced], 
                     per_batch[step.name] = cache.stats(keys[i], batches)
                 else:
                     per_batch[step.name] = [torch.clamp(_abs_percentile(x), min=SCALE_MIN) for x in batches]
-    out = {}
-    for step in wanted:
-        values = per_batch[step.name]
-        total = torch.ones(()) * values[0]
-        for counter, value in enumerate(values[1:], start=1):  # Brevitas' running average, in its order
-            total.mul_(counter / (counter + 1))
-            total.add_(value / (counter + 1))
-        threshold = 128.0 if step.signed else 255.0
-        out[step.name] = float(torch.clamp(total, min=SCALE_MIN) / threshold)
-    return out
+    return {step.name: _scale_of(per_batch[step.name], signed=step.signed) for step in wanted}
+
+
+def _scale_of(values: Sequence[torch.Tensor], *, signed: bool) -> float:
+    """A quantizer's scale from its per-batch statistics: Brevitas' running average, in its
+    order, divided by 128 (signed) or 255 (unsigned)."""
+    total = torch.ones(()) * values[0]
+    for counter, value in enumerate(values[1:], start=1):
+        total.mul_(counter / (counter + 1))
+        total.add_(value / (counter + 1))
+    threshold = 128.0 if signed else 255.0
+    return float(torch.clamp(total, min=SCALE_MIN) / threshold)
+
+
+def percentile_scale(activations: np.ndarray, *, signed: bool, batch_size: int = CALIBRATION_BATCH) -> float:
+    """The scale ``calibrate_activations``' percentile method gives a quantizer whose float
+    inputs over the calibration states are ``activations`` (one row per state, in order):
+    what re-calibrating a quantizer on new states computes."""
+    x = torch.as_tensor(np.ascontiguousarray(activations, dtype=np.float32))
+    batches = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+    if not batches:
+        raise ValueError("percentile_scale needs at least one state")
+    return _scale_of([torch.clamp(_abs_percentile(b), min=SCALE_MIN) for b in batches], signed=signed)
 
 
 # --- weights --------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def test_help_lists_every_learner_and_its_options() -> None:
 
     text = _help()
     entries = learners()
-    assert {"dqn", "ppo"} <= set(entries)
+    assert {"dqn", "ppo", "impala"} <= set(entries)
     choices = re.search(r"--learner \{([^}]*)\}", text)
     assert choices is not None and choices.group(1).split(",") == list(entries)
     for entry in entries.values():
@@ -90,7 +90,7 @@ def test_a_learner_given_another_learners_hyperparameters_is_refused_in_one_line
 
 def test_an_option_of_another_learner_or_an_unknown_learner_is_one_line(dqn_bundle: Path) -> None:
     proc = cli_main("actorq", "run", "--bundle", str(dqn_bundle), "--env", "CartPole-v1", "--n-steps", "64")
-    _one_line(proc, "--n-steps sets a PPO learner's option", "this run's learner is DQN")
+    _one_line(proc, "--n-steps sets a PPO or IMPALA learner's option", "this run's learner is DQN")
     proc = cli_main("actorq", "run", "--bundle", str(dqn_bundle), "--env", "CartPole-v1", "--learner", "a3c")
     _one_line(proc, "--learner", "a3c")
     proc = cli_main("actorq", "run", "--bundle", str(dqn_bundle), "--env", "CartPole-v1", "--batch-size", "0")
@@ -107,7 +107,7 @@ def test_a_registered_learner_reaches_the_command_line() -> None:
     register_learner(extra)
     try:
         text = _help()
-        assert "{dqn,ppo,dqn-copy}" in text and _squeezed("dqn-copy: a copy of the DQN learner") in _squeezed(text)
+        assert "{dqn,ppo,impala,dqn-copy}" in text and _squeezed("dqn-copy: a copy of the DQN learner") in _squeezed(text)
         assert _squeezed("--tau TAU learner: DQN-COPY: soft update coefficient") in _squeezed(text), text
     finally:
         learners().pop("dqn-copy")
