@@ -47,7 +47,8 @@ fills, in ``autoquant.compress``.
 from __future__ import annotations
 
 from autoquant.actorq._actors import ActorWorker, Fp32ActorBuilder, hidden_activation, sample_logits
-from autoquant.actorq._bundle import BUNDLE_FORMAT, BUNDLE_VERSION, ActorBundle, load_bundle, target_entry, write_bundle
+from autoquant.actorq._bundle import (BUNDLE_FORMAT, BUNDLE_VERSION, ActorBundle, is_ladder, load_bundle, load_ladder,
+                                     target_entry, write_bundle, write_ladder)
 from autoquant.actorq._central import collect_central, collect_local
 from autoquant.actorq._impala import IMPALA_LEARNER, IMPALA_PRESETS, ImpalaConfig, ImpalaLearner, impala_preset, vtrace
 from autoquant.actorq._learner import DQN_LEARNER, DQN_PRESETS, DQNConfig, DQNLearner, dqn_preset
@@ -106,10 +107,12 @@ __all__ = [
     "encode_layer",
     "hidden_activation",
     "impala_preset",
+    "is_ladder",
     "learner_algo",
     "learner_entry",
     "learners",
     "load_bundle",
+    "load_ladder",
     "ppo_preset",
     "recalibrated",
     "register_learner",
@@ -118,4 +121,5 @@ __all__ = [
     "target_entry",
     "vtrace",
     "write_bundle",
+    "write_ladder",
 ]

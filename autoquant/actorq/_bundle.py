@@ -42,10 +42,14 @@ __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_VERSION",
     "ActorBundle",
+    "LADDER",
     "conv_strides",
+    "is_ladder",
     "load_bundle",
+    "load_ladder",
     "target_entry",
     "write_bundle",
+    "write_ladder",
 ]
 
 BUNDLE_FORMAT = "autoquant.actorq"
@@ -57,6 +61,10 @@ ARRAYS = "arrays.npz"
 FILE_ROLES = ("graph", "template", "arrays")  # the files a manifest names, each a plain name in the folder
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_FILE_BYTES = 1 << 30  # a graph, template or arrays file
+LADDER = "ladder.json"  # a folder of bundles, cheapest first: the monitor's precision levels
+LADDER_FORMAT = "autoquant.actorq.ladder"
+LADDER_VERSION = 1
+MAX_LADDER_LEVELS = 64
 
 BROADCAST = {
     "recomputed": [
@@ -350,3 +358,55 @@ def _self_check(result: ActorBundle, bundle: Any, recipe: Any) -> None:
                 raise ActorQError(
                     f"layer {layer.name}: the exported {name.rsplit('/', 1)[1]} differs from round-to-nearest of the "
                     "learner weights: compress the plan with rounding='nearest' and no fine-tuning for a bundle")
+
+
+# --- ladders: bundles of one network from a search's Pareto front, cheapest first -----------------
+
+
+def is_ladder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a ladder (``ladder.json``) rather than one bundle."""
+    path = Path(folder) / LADDER
+    return path.is_file() or path.is_symlink()
+
+
+def write_ladder(folder: str | Path, levels: list[dict[str, Any]]) -> Path:
+    """``folder/ladder.json`` naming the bundle folders in ``folder``, cheapest first (each level:
+    ``path``, a plain folder name, and what the search measured for it)."""
+    path = Path(folder) / LADDER
+    write_json(path, {"format": LADDER_FORMAT, "version": LADDER_VERSION, "autoquant_version": __version__,
+                      "order": "cheapest first: ascending latency, ascending reward retention (the Pareto front)",
+                      "levels": levels})
+    return path
+
+
+def load_ladder(folder: str | Path) -> list[ActorBundle]:
+    """The bundles of a ladder, cheapest first. A ladder naming folders outside itself, symlinks,
+    bundles of different networks or no level at all is a BundleFormatError."""
+    folder = Path(folder)
+    where = f"{folder}: the ladder"
+    data = loads_json(read_file_in(folder, LADDER, what=where, error=BundleFormatError, max_bytes=MAX_MANIFEST_BYTES),
+                      what=str(folder / LADDER), error=BundleFormatError, max_bytes=MAX_MANIFEST_BYTES)
+    if not isinstance(data, dict) or data.get("format") != LADDER_FORMAT or data.get("version") != LADDER_VERSION:
+        raise BundleFormatError(f"{folder / LADDER}: not a version-{LADDER_VERSION} ActorQ ladder; export it again "
+                                "(autoquant export RUN --trial front --format actorq --out DIR)")
+    levels = data.get("levels")
+    if not isinstance(levels, list) or not 1 <= len(levels) <= MAX_LADDER_LEVELS:
+        raise BundleFormatError(f"{folder / LADDER}: \"levels\" must list 1 to {MAX_LADDER_LEVELS} bundle folders")
+    bundles = []
+    for level in levels:
+        name = level.get("path") if isinstance(level, dict) else None
+        if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+                or "\x00" in name or len(name) > 255):
+            raise BundleFormatError(f"{where} names the level {short_repr(name)}: only a plain folder name inside "
+                                    "the ladder is allowed; the ladder is not one autoquant wrote")
+        path = folder / name
+        if path.is_symlink() or not path.is_dir():
+            raise BundleFormatError(f"{where}: level {path} is {'a symlink' if path.is_symlink() else 'missing'}; "
+                                    "a ladder's levels are folders inside it")
+        bundles.append(load_bundle(path))
+    first = bundles[0].fingerprint_id
+    for bundle in bundles[1:]:
+        if bundle.fingerprint_id != first:
+            raise BundleFormatError(f"{where}: level {bundle.folder} was made for another network (fingerprint "
+                                    f"{bundle.fingerprint_id}, the first level's {first}); export it again")
+    return bundles

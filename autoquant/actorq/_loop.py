@@ -6,10 +6,20 @@ The loop, with a DQN learner (asynchronous: an actor's chunk is ingested as it a
       weights -> ray.put, version v  ---------------->  pull v when it changed, rebuild the policy
       replay_buffer.add, _on_step, train  <-----------  K epsilon-greedy steps: transitions, returns, timing
 
-and with a PPO learner (synchronous, on-policy): every iteration broadcasts, every actor
+with a PPO learner (synchronous, on-policy): every iteration broadcasts, every actor
 returns ``n_steps`` steps of each env sampled from its own policy with the behaviour
 log-probabilities, and the learner trains on them with truncated importance sampling
-(``_ppo.py``) or without correction.
+(``_ppo.py``) or without correction; and with the IMPALA learner (``_impala.py``,
+asynchronous): an actor that returns an unroll is asked for the next at once, on the
+newest broadcast, and acts while the learner trains on what it sent, corrected for the
+actor's stale and quantized policy with V-trace (``run_stream``).
+
+``--monitor`` (``_monitor.py``) checks every broadcast of a PPO or IMPALA run: it
+re-calibrates the actors' activation quantizers on their latest states, measures
+KL(mu || pi) and moves the actors along the precision levels (bundles, then fp32); a new
+builder reaches the actors with their next request. ``--stop-at`` ends a run at the first
+greedy evaluation that reaches a score, and the report's ``threshold`` gives the
+wall-clock to it.
 
 The learners (``_learner.py``, ``_ppo.py``) and the actors (``_actors.py``) have rooms of
 their own; this one starts Ray, places the actors, broadcasts, evaluates and reports. It

@@ -159,6 +159,7 @@ class Monitor:
         self.checks: list[dict[str, Any]] = []
         self.decisions: list[dict[str, Any]] = []
         self.seconds = 0.0
+        self.kl_by_level: dict[str, list[float]] = {}  # every KL measured of a level, in use or as the one below
 
     def _builder(self, level: int) -> Any:
         bundle = self.bundles[level]
@@ -213,6 +214,7 @@ class Monitor:
                                    "kl_before": before[0], "kl_after": after[0], "agreement_after": after[1]})
             before, changed = after, True
         record.update(kl=before[0], agreement=before[1])
+        self._seen(self.level, before[0])
         if before[0] > self.kl_bound and self.level < len(self.builders) - 1:
             self.level += 1
             self._recalibrate(self.level, weights, states)
@@ -225,6 +227,7 @@ class Monitor:
             self._recalibrate(self.level - 1, weights, states)
             below = self._kl(self.level - 1, weights, states, pi)
             record["kl_below"] = below[0]
+            self._seen(self.level - 1, below[0])
             self.calm = self.calm + 1 if below[0] < self.kl_bound / 2 else 0
             if self.calm >= self.patience:
                 self.level -= 1
@@ -239,6 +242,9 @@ class Monitor:
         self.seconds += time.perf_counter() - start
         return changed
 
+    def _seen(self, level: int, kl: float) -> None:
+        self.kl_by_level.setdefault(self.labels[level], []).append(kl)
+
     def to_json(self) -> dict[str, Any]:
         kls = np.asarray([c["kl"] for c in self.checks]) if self.checks else np.zeros(0)
         levels = [c["level"] for c in self.checks]
@@ -248,8 +254,12 @@ class Monitor:
                 "kl": ({"mean": float(kls.mean()), "max": float(kls.max()),
                         "over_bound_share": float(np.mean(kls > self.kl_bound))} if len(kls) else None),
                 "checks_per_level": {self.labels[i]: levels.count(i) for i in range(len(self.labels))},
+                "kl_by_level": {label: {"checks": len(v), "mean": float(np.mean(v)), "max": float(np.max(v)),
+                                        "over_bound_share": float(np.mean(np.asarray(v) > self.kl_bound))}
+                                for label, v in self.kl_by_level.items()},
                 "final_level": self.labels[self.level], "decisions": self.decisions, "history": self.checks,
                 "note": ("kl: KL(mu || pi) over all actions, mu the actors' policy at the level in use (after any "
                          "re-calibration at that check) built from the broadcast weights, pi the learner's, on the "
                          "actors' latest states; it measures quantization only (the learner's V-trace statistics "
-                         "add staleness)")}
+                         "add staleness). kl_by_level: every KL measured of each level, in use or as the level "
+                         "below the one in use")}

@@ -49,7 +49,8 @@ class ActorQCommand(Command):
         entries = learners()
         parser.add_argument("action", choices=("run",))
         parser.add_argument("--bundle", required=True, type=Path,
-                            help="ActorQ bundle folder (autoquant export RUN --format actorq --out DIR)")
+                            help="ActorQ bundle folder (autoquant export RUN --format actorq --out DIR), or a ladder "
+                                 "of them (--trial front) with --monitor")
         parser.add_argument("--env", required=True, help="gymnasium id; must be the bundle's env")
         parser.add_argument("--actors", type=integer(1, MAX_ACTORS), default=4,
                             help=f"Ray actors (default 4, at most {MAX_ACTORS:,})")
@@ -119,7 +120,8 @@ class ActorQCommand(Command):
         import dataclasses
 
         from autoquant._io import write_json
-        from autoquant.actorq import ActorRunConfig, learner_algo, learner_entry, learners, load_bundle, run_actorq
+        from autoquant.actorq import (ActorRunConfig, is_ladder, learner_algo, learner_entry, learners, load_bundle,
+                                      load_ladder, run_actorq)
         from autoquant.errors import UsageError
         from autoquant.report import plot_learning_curves
 
@@ -128,7 +130,16 @@ class ActorQCommand(Command):
         if not args.bundle.is_dir():
             raise UsageError(f"--bundle {args.bundle} is not a folder: pass an ActorQ bundle "
                              "(autoquant export RUN --format actorq --out DIR)")
-        algo = learner_algo(load_bundle(args.bundle), args.learner)
+        bundle_folder, levels = args.bundle, [str(p) for p in args.precision_level]
+        if is_ladder(args.bundle):  # a ladder: its cheapest level is the bundle, the others the monitor's levels
+            if not args.monitor:
+                raise UsageError(f"--bundle {args.bundle} is a ladder of bundles, the monitor's precision levels: add "
+                                 "--monitor, or pass one of its level folders")
+            if levels:
+                raise UsageError("--precision-level with a ladder: the ladder names its levels; drop one of them")
+            ladder = load_ladder(args.bundle)
+            bundle_folder, levels = ladder[0].folder, [str(b.folder) for b in ladder[1:]]
+        algo = learner_algo(load_bundle(bundle_folder), args.learner)
         entry = learner_entry(algo)
         mine = {option.flag: option for option in entry.options}
         overrides: dict[str, Any] = {}
@@ -143,7 +154,7 @@ class ActorQCommand(Command):
         source, preset = entry.preset(args.env)
         learner = dataclasses.replace(preset, **overrides) if overrides else None
         config = ActorRunConfig(
-            bundle=str(args.bundle), env_id=args.env, actors=args.actors, steps=args.steps,
+            bundle=str(bundle_folder), env_id=args.env, actors=args.actors, steps=args.steps,
             fp32_actors=args.fp32_actors, central=args.central, broadcast_every=args.broadcast_every,
             chunk=args.chunk, eval_every=args.eval_every, eval_episodes=args.eval_episodes, seed=args.seed,
             init_from_policy=str(args.init_from_policy) if args.init_from_policy else None,
@@ -154,7 +165,7 @@ class ActorQCommand(Command):
             correction=args.correction, is_truncation=args.is_truncation, rebuild=args.rebuild,
             stop_at=args.stop_at, monitor=args.monitor, kl_bound=args.kl_bound,
             monitor_patience=args.monitor_patience, recalibrate_tolerance=args.recalibrate_tolerance,
-            precision_levels=tuple(str(p) for p in args.precision_level))
+            precision_levels=tuple(levels))
         log = (lambda s: None) if args.quiet else (lambda s: print(f"autoquant: {s}", file=sys.stderr, flush=True))
         report = run_actorq(config, log=log)
         if args.out is not None:

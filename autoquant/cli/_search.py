@@ -375,7 +375,9 @@ class ExportCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("run", type=Path, help="run folder")
-        parser.add_argument("--trial", default="best", help="'best' (confirmed) or a trial number")
+        parser.add_argument("--trial", default="best",
+                            help="'best' (confirmed), a trial number, or 'front' (with --format actorq: the Pareto "
+                                 "front as a ladder of bundles, cheapest first, for 'actorq run --monitor')")
         from autoquant.export import export_formats, exporter_help
 
         parser.add_argument("--format", choices=export_formats(), default="onnx", help=exporter_help())
@@ -391,8 +393,8 @@ class ExportCommand(Command):
         from autoquant.export import export_plan
         from autoquant.search import fleet_member, is_fleet, load_run
 
-        if args.trial != "best" and not args.trial.isdigit():
-            raise UsageError(f"--trial must be 'best' or a trial number, got {args.trial!r}")
+        if args.trial not in ("best", "front") and not args.trial.isdigit():
+            raise UsageError(f"--trial must be 'best', 'front' or a trial number, got {args.trial!r}")
         check_output_folder(args.out, "--out")
         folder, target = args.run, args.target
         if is_fleet(args.run):  # a fleet: --target picks the target's run
@@ -402,6 +404,12 @@ class ExportCommand(Command):
         return export_plan(run, args.trial, fmt=args.format, out=args.out)
 
     def render(self, result: dict[str, Any]) -> str:
+        if result["trial"] == "front":
+            lines = [f"exported the Pareto front as a ladder of {len(result['levels'])} ActorQ bundles, cheapest first"]
+            lines += [f"  {level['path']}: trial {level['trial']} ({level['summary']})" for level in result["levels"]]
+            if result["skipped_fine_tuned"]:
+                lines.append(f"  left out, fine-tuned: trials {result['skipped_fine_tuned']}")
+            return "\n".join(lines)
         return "\n".join([f"exported trial {result['trial']} ({result['summary']}) as {result['format']}",
                           *(f"  {f}" for f in result["files"])])
 

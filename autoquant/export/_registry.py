@@ -53,13 +53,48 @@ def exporter_help() -> str:
 
 def export_plan(run: Run, trial: int | str, *, fmt: str, out: Path) -> dict[str, Any]:
     """Export trial ``trial`` (a number, or "best" for the confirmed best plan) of ``run``
-    in format ``fmt`` into the folder ``out``."""
+    in format ``fmt`` into the folder ``out``; ``trial="front"`` with the actorq format: every
+    plan of the run's Pareto front as a ladder of bundles, cheapest first (``export_ladder``)."""
     formats = export_formats()
     if fmt not in formats:
         raise UsageError(f"unknown export format {fmt!r}: use one of {formats}")
+    if trial == "front":
+        if fmt != "actorq":
+            raise UsageError("--trial front exports the Pareto front as a ladder of ActorQ bundles (the actors' "
+                             "precision levels): add --format actorq, or export one trial")
+        return export_ladder(run, Path(out))
     number, plan = run.plan_of(trial if trial == "best" else int(trial))
     out = Path(out)
     check_output_folder(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     written = EXPORTERS[fmt](run, number, plan, out)
     return {"trial": number, "summary": plan.describe(), "format": fmt, **written}
+
+
+def export_ladder(run: Run, out: Path) -> dict[str, Any]:
+    """The run's Pareto front (latency against reward retention) as ActorQ bundles in
+    ``out/level-K``, cheapest first, and ``out/ladder.json``: the precision levels that
+    ``actorq run --monitor`` moves its actors along. Fine-tuned plans are left out (actors
+    rebuild from the learner's weights, which fine-tuning does not see)."""
+    from autoquant.actorq import write_ladder
+
+    check_output_folder(out, "--out")
+    front = run.pareto_front()
+    levels, skipped, files = [], [], []
+    for record in front:
+        number, plan = run.plan_of(int(record["number"]))
+        if run.fine_tuned(plan) is not None:
+            skipped.append(number)
+            continue
+        name = f"level-{len(levels)}"
+        (out / name).mkdir(parents=True, exist_ok=True)
+        written = export_actorq(run, number, plan, out / name)
+        files += written["files"]
+        levels.append({"path": name, "trial": number, "summary": plan.describe(),
+                       "latency_ratio": record.get("latency_ratio"), "retention": record.get("retention")})
+    if not levels:
+        raise UsageError(f"the run's Pareto front has no plan a bundle can be made of ({len(front)} on the front, "
+                         f"fine-tuned: {skipped}): search further, or without fine-tuning")
+    files.append(str(write_ladder(out, levels)))
+    return {"trial": "front", "summary": f"{len(levels)} levels, cheapest first", "format": "actorq",
+            "levels": levels, "skipped_fine_tuned": skipped, "files": files}

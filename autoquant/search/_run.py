@@ -198,6 +198,12 @@ class Run:
         start = next((r.started_at for r in records if r.started_at is not None), None)
         return [r.to_json(min_retention=self.config.settings.min_retention, study_start=start) for r in records]
 
+    def pareto_front(self) -> list[dict[str, Any]]:
+        """The report records no other dominates in latency ratio and reward retention, fastest first."""
+        from autoquant.report import pareto_front
+
+        return pareto_front(self.report_records())
+
     def references(self) -> dict[str, dict[str, Any]]:
         """Points every report shows beside the search's: fp32, and onnxruntime's uniform int8."""
         points = {"fp32": dict(FP32_POINT)}

@@ -562,3 +562,46 @@ def test_malformed_arrays_and_manifests_are_one_line(ppo_bundle: Path, tmp_path:
     digest = hashlib.sha256(arrays.read_bytes()).hexdigest()
     _set_manifest(bundle, lambda m: m["files"]["arrays"].__setitem__("sha256", digest))
     _refused(bundle, {"object-array": "no pickles", "short-data": "corrupt", "not-npy": "not a .npy"}[case])
+
+
+@pytest.mark.slow
+def test_the_pareto_front_exports_as_a_ladder_of_bundles(cartpole_export: dict[str, Any], tmp_path: Path) -> None:
+    """``--trial front``: every plan of the run's front as a bundle, cheapest first, which
+    ``load_ladder`` reads back; a ladder that names a folder outside itself, or a level that is
+    a symlink, is refused in one line, and ``actorq run`` takes a ladder only with --monitor."""
+    import shutil
+
+    from autoquant.actorq import load_ladder
+    from autoquant.errors import BundleFormatError
+
+    out = tmp_path / "ladder"
+    proc = cli_main("export", str(cartpole_export["run"]), "--trial", "front", "--format", "actorq", "--out",
+                    str(out), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    levels = result["levels"]
+    assert levels and [level["path"] for level in levels] == [f"level-{k}" for k in range(len(levels))]
+    latencies = [level["latency_ratio"] for level in levels]
+    retentions = [level["retention"] for level in levels]
+    assert latencies == sorted(latencies) and retentions == sorted(retentions)  # cheapest first, along the front
+    bundles = load_ladder(out)
+    assert [b.manifest["measured"]["trial"] for b in bundles] == [level["trial"] for level in levels]
+    assert len({b.fingerprint_id for b in bundles}) == 1
+    assert cli_main("export", str(cartpole_export["run"]), "--trial", "front", "--out", str(tmp_path / "x")
+                    ).returncode == 2  # a ladder is of ActorQ bundles only
+    proc = cli_main("actorq", "run", "--bundle", str(out), "--env", "CartPole-v1")
+    assert proc.returncode == 2 and "add --monitor" in proc.stderr, proc.stderr
+    # Hostile ladders.
+    ladder = json.loads((out / "ladder.json").read_text())
+    ladder["levels"][0]["path"] = "../actor"
+    (out / "ladder.json").write_text(json.dumps(ladder))
+    with pytest.raises(BundleFormatError) as caught:
+        load_ladder(out)
+    assert "\n" not in str(caught.value) and "only a plain folder name" in str(caught.value), caught.value
+    ladder["levels"][0]["path"] = "level-0"
+    (out / "ladder.json").write_text(json.dumps(ladder))
+    shutil.rmtree(out / "level-0")
+    (out / "level-0").symlink_to(cartpole_export["out"], target_is_directory=True)
+    with pytest.raises(BundleFormatError) as caught:
+        load_ladder(out)
+    assert "\n" not in str(caught.value) and "a symlink" in str(caught.value), caught.value

@@ -155,6 +155,8 @@ def test_the_monitor_recalibrates_clipping_inputs_and_moves_precision_by_kl(
     assert [d["action"] for d in report["decisions"]] == ["raise", "lower"] and report["checks"] == 3
     assert report["levels"][-1] == "fp32" and report["final_level"] == report["levels"][0]
     assert report["checks_per_level"] == {report["levels"][0]: 1, "fp32": 2}
+    by_level = report["kl_by_level"]  # the int8 level measured in use once, then as the level below twice
+    assert by_level[report["levels"][0]]["checks"] == 3 and by_level["fp32"]["checks"] == 2
 
 
 @pytest.mark.slow
