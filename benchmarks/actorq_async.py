@@ -379,16 +379,21 @@ def _central_findings(rows: list[dict[str, Any]]) -> list[str]:
         pairs.append((row, local["steps_per_cpu_s"] / row["steps_per_cpu_s"]))
     low, high = min(pairs, key=lambda p: p[1]), max(pairs, key=lambda p: p[1])
     wins = [p for p in pairs if p[1] < 1]
-    best = max((p[0] for p in pairs), key=lambda r: r["steps_per_cpu_s"])
-    widest = max((p[0] for p in pairs), key=lambda r: (r["server"] or {}).get("rows_per_call") or 0)
+    central = {(r["actors"], r["envs"], r["kind"]): r for r, _ in pairs}
+    fewest, most = min(r["actors"] for r, _ in pairs), max(r["actors"] for r, _ in pairs)
+    changes = [central[(most, e, k)]["steps_per_cpu_s"] / central[(fewest, e, k)]["steps_per_cpu_s"]
+               for (n, e, k) in central if n == fewest and (most, e, k) in central]
+    envs = sorted({r["envs"] for r, _ in pairs})
+    by_envs = {e: float(np.mean([r["steps_per_cpu_s"] for r, _ in pairs if r["envs"] == e])) for e in envs}
     return [f"- Local actors collected {low[1]:.1f}x ({low[0]['actors']} x {low[0]['envs']}, {low[0]['kind']}) to "
             f"{high[1]:.1f}x ({high[0]['actors']} x {high[0]['envs']}, {high[0]['kind']}) the env steps per "
             f"CPU-second of central inference; central inference won in {len(wins)} of {len(pairs)} settings.",
-            f"- Each request to the server costs more CPU than the policy call it replaces. Sending an actor's envs "
-            f"in one request narrows the gap; batching more actors per server call did not (central at its best: "
-            f"{best['steps_per_cpu_s']:,.0f} env steps per CPU-s at {best['actors']} x {best['envs']}; with the "
-            f"widest batches, {(widest['server'] or {}).get('rows_per_call', 0):.1f} rows per call at "
-            f"{widest['actors']} x {widest['envs']}, {widest['steps_per_cpu_s']:,.0f}).",
+            "- Each request to the server costs more CPU than the policy call it replaces. Sending an actor's envs "
+            "in one request narrows the gap (central: "
+            + ", ".join(f"{by_envs[e]:,.0f} env steps per CPU-s with {e} env{'s' if e > 1 else ''} per actor"
+                        for e in envs)
+            + f"); {most} actors sharing the server instead of {fewest}, which fills its batches more, changed that "
+            f"by a factor of {min(changes):.2f} to {max(changes):.2f}.",
             "- Central inference can only pay where a round trip to the server costs less than the policy it "
             "saves the actors: a policy far costlier than these MLPs, or one on an accelerator, which this "
             "machine does not have (not measured here).", ""]

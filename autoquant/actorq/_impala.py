@@ -192,7 +192,7 @@ class ImpalaLearner:
         self.train_s = 0.0
         self.ingest_s = 0.0
         self.log: list[dict[str, float]] = []  # per update: weights, lag, KL
-        self.actor_kl: dict[int, list[float]] = {}  # actor -> [sum of per-state KL, states]
+        self.actor_kl: dict[int, list[float]] = {}  # actor -> [sum of per-state KL, states agreeing, states]
         self.model.policy.set_training_mode(False)
 
     epsilon = None  # actors sample from their own policy
@@ -283,13 +283,14 @@ class ImpalaLearner:
         self.train_s += time.perf_counter() - start
         rhos = np.exp(first_log_pi - log_mu).reshape(-1)
         kl = kl_mu_pi(mu_logits, log_pi_all)  # (steps, envs)
+        agree = mu_logits.argmax(axis=-1) == log_pi_all.argmax(axis=-1)
         column = 0
         for u, actor, *_ in batch:
             width = int(np.shape(u["actions"])[1])
-            per_state = kl[:, column:column + width]
-            total = self.actor_kl.setdefault(actor, [0.0, 0.0])
-            total[0] += float(per_state.sum())
-            total[1] += per_state.size
+            total = self.actor_kl.setdefault(actor, [0.0, 0.0, 0.0])
+            total[0] += float(kl[:, column:column + width].sum())
+            total[1] += float(agree[:, column:column + width].sum())
+            total[2] += kl[:, column:column + width].size
             column += width
         self.log.append({"update": self.updates, "rho_mean": float(rhos.mean()), "rho_min": float(rhos.min()),
                          "rho_max": float(rhos.max()), "rho_clipped": float(np.mean(rhos > hyper.rho_bar)),
@@ -347,9 +348,14 @@ def _weights(learner: ImpalaLearner, bundle: ActorBundle) -> dict[str, np.ndarra
 
 def _facts(learner: ImpalaLearner, bundle: ActorBundle, run: Any) -> dict[str, Any]:
     policy_kwargs = {k: (v.__name__ if isinstance(v, type) else v) for k, v in learner.model.policy_kwargs.items()}
-    per_actor = {str(actor): total[0] / total[1] for actor, total in sorted(learner.actor_kl.items()) if total[1]}
+    totals = sorted(learner.actor_kl.items())
     return {"algo": "IMPALA", "policy": "MlpPolicy", "policy_kwargs": policy_kwargs,
-            "correction": learner.correction, "vtrace": _summary(learner.log), "kl_mu_pi_per_actor": per_actor,
+            "correction": learner.correction, "vtrace": _summary(learner.log),
+            "kl_mu_pi_per_actor": {str(actor): t[0] / t[2] for actor, t in totals if t[2]},
+            "agreement_per_actor": {str(actor): t[1] / t[2] for actor, t in totals if t[2]},
+            "per_actor_note": ("over every state an actor sent, against the learner's policy at the update that used "
+                               "it: KL(mu || pi) over all actions, and the share where both take the same most "
+                               "likely action (staleness and quantization together)"),
             "per_update": learner.log}
 
 

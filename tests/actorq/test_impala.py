@@ -173,7 +173,8 @@ def test_impala_learns_from_asynchronous_int8_actors_with_vtrace_and_the_monitor
     # Actors act while the learner trains: unrolls arrive acted with older weights.
     assert vt["updates"] == learner["updates"] > 10 and vt["policy_lag_updates"]["mean"] > 0
     assert 0.5 < vt["rho_mean"] < 1.5 and vt["rho_min"] < 1 < vt["rho_max"] and 0 < vt["kl_mu_pi_mean"] < 0.5
-    assert sorted(learner["kl_mu_pi_per_actor"]) == ["0", "1"]
+    assert sorted(learner["kl_mu_pi_per_actor"]) == sorted(learner["agreement_per_actor"]) == ["0", "1"]
+    assert all(0.5 < a <= 1 for a in learner["agreement_per_actor"].values())
     per_update = learner["per_update"]
     assert len(per_update) == vt["updates"] and all(u["lag_updates"] >= 0 for u in per_update)
     monitor = report["monitor"]
