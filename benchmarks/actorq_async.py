@@ -124,12 +124,10 @@ def scale_out(bundle: Path) -> list[dict[str, Any]]:
 
 
 def central_inference(ray: Any, bundle: Path) -> list[dict[str, Any]]:
-    from autoquant.actorq import ActorQuantizer, Fp32ActorBuilder, collect_central, collect_local, load_bundle
-    from autoquant.actorq._impala import make_impala_model
+    from autoquant.actorq import (ActorQuantizer, Fp32ActorBuilder, collect_central, collect_local, impala_preset,
+                                  load_bundle, make_impala_model)
 
     loaded = load_bundle(bundle)
-    from autoquant.actorq import impala_preset
-
     model = make_impala_model(loaded, "LunarLander-v3", impala_preset("LunarLander-v3")[1], seed=0)
     state = model.policy.state_dict()
     keys = [k for layer in loaded.manifest["fingerprint"]["layers"] for k in (layer["weight_key"], layer["bias_key"])

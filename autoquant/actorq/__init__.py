@@ -50,7 +50,8 @@ from autoquant.actorq._actors import ActorWorker, Fp32ActorBuilder, hidden_activ
 from autoquant.actorq._bundle import (BUNDLE_FORMAT, BUNDLE_VERSION, ActorBundle, is_ladder, load_bundle, load_ladder,
                                      target_entry, write_bundle, write_ladder)
 from autoquant.actorq._central import collect_central, collect_local
-from autoquant.actorq._impala import IMPALA_LEARNER, IMPALA_PRESETS, ImpalaConfig, ImpalaLearner, impala_preset, vtrace
+from autoquant.actorq._impala import (IMPALA_LEARNER, IMPALA_PRESETS, ImpalaConfig, ImpalaLearner, impala_preset,
+                                     make_impala_model, vtrace)
 from autoquant.actorq._learner import DQN_LEARNER, DQN_PRESETS, DQNConfig, DQNLearner, dqn_preset
 from autoquant.actorq._learners import (
     LearnerEntry,
@@ -113,6 +114,7 @@ __all__ = [
     "learners",
     "load_bundle",
     "load_ladder",
+    "make_impala_model",
     "ppo_preset",
     "recalibrated",
     "register_learner",

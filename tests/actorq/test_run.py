@@ -90,31 +90,6 @@ def test_short_run_learns_with_quantized_ray_actors(cartpole_bundle: Path, tmp_p
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.slow
-def test_ppo_learns_from_quantized_actors_with_importance_sampling(ppo_bundle: Path) -> None:
-    """Actors sample from their int8 policy and ship log-probs; the PPO learner weights each
-    sample by min(pi_learner / pi_actor, 2) and learns; 2 actors x 4 envs, batched policy calls."""
-    proc = run_cli("actorq", "run", "--bundle", str(ppo_bundle), "--env", "CartPole-v1", "--actors", "2",
-                   "--envs-per-actor", "4", "--steps", "30000", "--eval-episodes", "10", "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
-    learner = report["learner"]
-    assert learner["algo"] == "PPO" and learner["correction"] == "tis" and learner["is_truncation"] == 2.0
-    assert learner["hyperparameters_source"] == "rl-zoo3 ppo.yml CartPole-v1"
-    assert learner["policy_kwargs"]["net_arch"] == {"pi": [64, 64], "vf": [64, 64]}
-    assert learner["policy_kwargs"]["activation_fn"] == "Tanh"
-    # 32 steps x 8 envs per iteration: the budget rounds up to whole iterations.
-    assert report["env_steps"] == 256 * 118 and learner["iterations"] == 118
-    weights = learner["importance_weights"]
-    assert weights["iterations"] == 118 and 0.9 < weights["rho_mean"] < 1.1 and weights["rho_min"] < 1 < weights["rho_max"]
-    assert report["actors"]["envs_per_actor"] == 4 and report["broadcasts"]["count"] == 118
-    per_actor = report["per_actor"]
-    assert all(a["policy_steps"] == 4 * a["policy_calls"] for a in per_actor)  # one batched call per lockstep step
-    final, random = report["final"]["learner_fp32"], report["final"]["random"]
-    assert final["mean"] > random["mean"] + 100, ([e["mean"] for e in report["curve"]["eval"]], random["mean"])
-    assert report["final"]["actor"]["mean"] > random["mean"] + 100
-
-
 def _assert_one_line(proc: subprocess.CompletedProcess[str], *words: str) -> None:
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     lines = [line for line in proc.stderr.splitlines() if line.startswith("autoquant: error:")]

@@ -27,8 +27,21 @@ def _run(name: str, space, problem, tmp_path: Path, budget: int = BUDGET):  # ty
     return study, runner
 
 
+@pytest.fixture()
+def short_inner_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The RL agents train on the surrogate between proposals (400 episodes before the first,
+    100 between): that makes their proposals better, and nothing these rules check depends on
+    it. 60 and 20 (still past the off-policy agents' 50 random warm-up episodes) keep the
+    conformance run short."""
+    from autoquant.agents import _rl
+
+    monkeypatch.setattr(_rl, "INNER_FIRST", 60)
+    monkeypatch.setattr(_rl, "INNER_EACH", 20)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(AGENTS))
+@pytest.mark.usefixtures("short_inner_loop")
 def test_agent_conformance(name: str, space, cartpole_problem, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     calls = []
     real = cartpole_problem.evaluate
