@@ -36,6 +36,7 @@ from autoquant._limits import MAX_ACTORS, MAX_ENVS, MAX_STEPS, check_integer
 from autoquant.actorq._actors import hidden_activation
 from autoquant.actorq._bundle import ActorBundle
 from autoquant.actorq._learners import LearnerEntry, LearnerOption
+from autoquant.actorq._ppo import SampledPolicyLearner, bundle_keys
 from autoquant.errors import EnvMismatchError, NetworkMismatchError, UsageError
 
 __all__ = ["IMPALA_LEARNER", "IMPALA_PRESETS", "ImpalaConfig", "ImpalaLearner", "impala_preset", "vtrace"]
@@ -174,7 +175,7 @@ def kl_mu_pi(mu_logits: np.ndarray, pi_log_probs: np.ndarray) -> np.ndarray:
     return np.sum(np.exp(log_mu) * (log_mu - np.asarray(pi_log_probs, dtype=np.float64)), axis=-1)
 
 
-class ImpalaLearner:
+class ImpalaLearner(SampledPolicyLearner):
     """Unrolls in, one V-trace update per ``batch_chunks`` of them."""
 
     def __init__(self, model: Any, hyper: ImpalaConfig, bundle: ActorBundle, total_steps: int, *,
@@ -183,8 +184,7 @@ class ImpalaLearner:
             raise UsageError(f"the IMPALA learner corrects with 'vtrace' or not at all ('none'), not {correction!r}")
         self.model = model
         self.hyper = hyper
-        self.keys = [key for layer in bundle.manifest["fingerprint"]["layers"]
-                     for key in (layer["weight_key"], layer["bias_key"]) if key is not None]
+        self.keys = bundle_keys(bundle)
         self.total = total_steps
         self.correction = correction
         self.pending: list[tuple[Mapping[str, Any], int, int, int]] = []  # (unroll, actor, lag updates, lag versions)
@@ -194,27 +194,6 @@ class ImpalaLearner:
         self.log: list[dict[str, float]] = []  # per update: weights, lag, KL
         self.actor_kl: dict[int, list[float]] = {}  # actor -> [sum of per-state KL, states agreeing, states]
         self.model.policy.set_training_mode(False)
-
-    epsilon = None  # actors sample from their own policy
-    init = None  # it starts from scratch
-
-    @property
-    def rounds(self) -> int:
-        """Steps each env of each actor takes per request (the unroll length)."""
-        return self.hyper.n_steps
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """The policy network's weights under the bundle's keys (what each broadcast sends)."""
-        state = self.model.policy.state_dict()
-        return {key: state[key].detach().cpu().numpy().copy() for key in self.keys}
-
-    def log_probs(self, states: np.ndarray) -> np.ndarray:
-        """log pi(.|x) of the learner's policy for a batch of states, (N, actions)."""
-        import torch
-
-        with torch.no_grad():
-            dist = self.model.policy.get_distribution(torch.as_tensor(np.asarray(states, dtype=np.float32)))
-            return dist.distribution.logits.numpy().astype(np.float64)  # torch's Categorical: normalized
 
     def ingest(self, r: Mapping[str, Any], *, actor: int = 0, lag_updates: int = 0, lag_versions: int = 0) -> None:
         """An actor's unroll, arrays shaped (n_steps, envs, ...); trains once ``batch_chunks`` came."""

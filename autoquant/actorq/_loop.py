@@ -471,6 +471,13 @@ class _Loop:
         self.updates_at.append(int(self.learner.updates))
         return ref
 
+    def _next(self, pending: dict[Any, int]) -> tuple[int, Mapping[str, Any]]:
+        """The first request of ``pending`` (ref -> actor) to finish: (its actor, its result),
+        taken out of ``pending``; a signal that came stops the loop here."""
+        self.signals.check()
+        done, _ = self.ray.wait(list(pending), num_returns=1)
+        return pending.pop(done[0]), self.ray.get(done[0])
+
     def _central(self) -> bool:
         """Whether broadcasts carry the quantized payload (the learner quantizes): --central, at a
         quantized level (the monitor's fp32 level takes the fp32 weights)."""
@@ -537,10 +544,7 @@ class _Loop:
             for i in range(len(actors)):
                 submit(i)
             while pending:
-                self.signals.check()
-                done, _ = ray.wait(list(pending), num_returns=1)
-                i = pending.pop(done[0])
-                r = ray.get(done[0])
+                i, r = self._next(pending)
                 self.received(i, r, received)
                 learner.ingest(r)
                 received += int(r["steps"])
@@ -628,10 +632,7 @@ class _Loop:
             for i in range(len(actors)):
                 submit(i)
             while pending:
-                self.signals.check()
-                done, _ = ray.wait(list(pending), num_returns=1)
-                i = pending.pop(done[0])
-                r = ray.get(done[0])
+                i, r = self._next(pending)
                 submit(i)
                 self.received(i, r, received)
                 acted_with = int(r["version"])

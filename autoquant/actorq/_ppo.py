@@ -147,41 +147,23 @@ def make_ppo_learner(bundle: ActorBundle, env_id: str, hyper: PPOConfig, *, acti
     return model
 
 
-class PPOLearner:
-    """One PPO iteration per broadcast: the actors' rollouts in, ``PPO.train`` on them."""
+class SampledPolicyLearner:
+    """What a learner whose actors sample from their own softmax shares (PPO, IMPALA): the
+    bundle's keys, the steps per request, the broadcast weights and the learner's log pi.
+    ``model`` (an SB3 actor-critic), ``hyper`` (with ``n_steps``) and ``keys`` are set by
+    the subclass."""
 
-    def __init__(self, model: Any, hyper: PPOConfig, bundle: ActorBundle, total_steps: int, *, n_envs: int,
-                 correction: str, truncation: float) -> None:
-        from stable_baselines3.common.buffers import RolloutBuffer
+    model: Any
+    hyper: Any
+    keys: list[str]
 
-        if correction not in CORRECTIONS:
-            raise UsageError(f"--correction {correction!r} is not one of {', '.join(CORRECTIONS)}")
-        if not truncation >= 1.0:
-            raise UsageError(f"--is-truncation must be >= 1 (the largest importance weight), got {truncation!r}")
-        self.model = model
-        self.hyper = hyper
-        self.keys = [key for layer in bundle.manifest["fingerprint"]["layers"]
-                     for key in (layer["weight_key"], layer["bias_key"]) if key is not None]
-        self.total = total_steps
-        self.n_envs = n_envs
-        self.correction = correction
-        self.truncation = float(truncation)
-        model.rollout_buffer = RolloutBuffer(hyper.n_steps, model.observation_space, model.action_space,
-                                             device=model.device, gamma=hyper.gamma, gae_lambda=hyper.gae_lambda,
-                                             n_envs=n_envs)
-        self.updates = 0
-        self.iterations = 0
-        self.train_s = 0.0
-        self.ingest_s = 0.0
-        self.weights: list[dict[str, float]] = []  # per iteration: importance-weight statistics
-
-    epsilon = None  # actors sample from their policy (ActorWorker.collect's on-policy behaviour)
+    epsilon = None  # actors sample from their own policy (ActorWorker.collect's on-policy behaviour)
     init = None  # it starts from scratch
 
     @property
     def rounds(self) -> int:
-        """Steps each env of each actor takes per iteration."""
-        return self.hyper.n_steps
+        """Steps each env of each actor takes per request."""
+        return int(self.hyper.n_steps)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The policy network's weights under the bundle's keys (what each broadcast sends)."""
@@ -195,6 +177,40 @@ class PPOLearner:
         with torch.no_grad():
             dist = self.model.policy.get_distribution(torch.as_tensor(np.asarray(states, dtype=np.float32)))
             return dist.distribution.logits.numpy().astype(np.float64)  # torch's Categorical: normalized
+
+
+def bundle_keys(bundle: ActorBundle) -> list[str]:
+    """The state-dict keys of the bundle's layers, weights and biases, in order."""
+    return [key for layer in bundle.manifest["fingerprint"]["layers"]
+            for key in (layer["weight_key"], layer["bias_key"]) if key is not None]
+
+
+class PPOLearner(SampledPolicyLearner):
+    """One PPO iteration per broadcast: the actors' rollouts in, ``PPO.train`` on them."""
+
+    def __init__(self, model: Any, hyper: PPOConfig, bundle: ActorBundle, total_steps: int, *, n_envs: int,
+                 correction: str, truncation: float) -> None:
+        from stable_baselines3.common.buffers import RolloutBuffer
+
+        if correction not in CORRECTIONS:
+            raise UsageError(f"--correction {correction!r} is not one of {', '.join(CORRECTIONS)}")
+        if not truncation >= 1.0:
+            raise UsageError(f"--is-truncation must be >= 1 (the largest importance weight), got {truncation!r}")
+        self.model = model
+        self.hyper = hyper
+        self.keys = bundle_keys(bundle)
+        self.total = total_steps
+        self.n_envs = n_envs
+        self.correction = correction
+        self.truncation = float(truncation)
+        model.rollout_buffer = RolloutBuffer(hyper.n_steps, model.observation_space, model.action_space,
+                                             device=model.device, gamma=hyper.gamma, gae_lambda=hyper.gae_lambda,
+                                             n_envs=n_envs)
+        self.updates = 0
+        self.iterations = 0
+        self.train_s = 0.0
+        self.ingest_s = 0.0
+        self.weights: list[dict[str, float]] = []  # per iteration: importance-weight statistics
 
     def iterate(self, rollouts: Sequence[Mapping[str, Any]]) -> None:
         """One PPO update from one rollout per actor (arrays shaped (n_steps, envs, ...))."""
