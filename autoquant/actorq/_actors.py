@@ -168,6 +168,7 @@ class ActorWorker:
         and later broadcasts are built with (a monitor's precision level or re-calibration),
         taken when its id is new, and whether the broadcast is its quantized payload."""
         rebuild_s = rebuild_cpu_s = 0.0
+        new_network = False
         if builder is not None and builder[0] != self.builder_id:
             found = builder[1]
             if not hasattr(found, "build"):
@@ -176,6 +177,7 @@ class ActorWorker:
                 found = ray.get(found)
             self.builder, self.builder_id, self.central = found, builder[0], bool(builder[2])
             self.version = -1  # a new network: rebuild whatever the version
+            new_network = True
         if version != self.version:
             weights = box[0]
             if not isinstance(weights, Mapping):
@@ -267,6 +269,6 @@ class ActorWorker:
                 "last_obs": current.copy(), "episodes": episodes, "steps": rounds * n, "envs": n,
                 "busy_s": busy_s, "cpu_s": cpu_s, "policy_s": policy_s, "policy_cpu_s": policy_cpu_s, "env_s": env_s,
                 "policy_calls": policy_calls, "policy_steps": policy_steps, "rebuild_s": rebuild_s,
-                "rebuild_cpu_s": rebuild_cpu_s,
+                "rebuild_cpu_s": rebuild_cpu_s, "new_network": new_network,
                 "rebuild_choice": getattr(self.builder, "rebuild_choice", None) if rebuild_s else None,
                 "version": version}

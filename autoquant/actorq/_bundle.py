@@ -396,17 +396,18 @@ def load_ladder(folder: str | Path) -> list[ActorBundle]:
     for level in levels:
         name = level.get("path") if isinstance(level, dict) else None
         if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
-                or "\x00" in name or len(name) > 255):
+                or not name.isprintable() or len(name.encode("utf-8", "surrogatepass")) > 255):
             raise BundleFormatError(f"{where} names the level {short_repr(name)}: only a plain folder name inside "
                                     "the ladder is allowed; the ladder is not one autoquant wrote")
         path = folder / name
-        if path.is_symlink() or not path.is_dir():
-            raise BundleFormatError(f"{where}: level {path} is {'a symlink' if path.is_symlink() else 'missing'}; "
-                                    "a ladder's levels are folders inside it")
+        if path.is_symlink() or not path.is_dir() or path.resolve().parent != folder.resolve():
+            what = "a symlink" if path.is_symlink() else "not a folder inside it"
+            raise BundleFormatError(f"{where}: level {short_repr(name)} is {what}; a ladder's levels are folders "
+                                    "inside it")
         bundles.append(load_bundle(path))
     first = bundles[0].fingerprint_id
-    for bundle in bundles[1:]:
+    for name, bundle in zip((level["path"] for level in levels), bundles):
         if bundle.fingerprint_id != first:
-            raise BundleFormatError(f"{where}: level {bundle.folder} was made for another network (fingerprint "
+            raise BundleFormatError(f"{where}: level {short_repr(name)} was made for another network (fingerprint "
                                     f"{bundle.fingerprint_id}, the first level's {first}); export it again")
     return bundles

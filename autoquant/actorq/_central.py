@@ -5,7 +5,8 @@ batch to one inference server beside the learner, which batches the requests of 
 actors into one call on an accelerator. ``InferenceServer`` is that server as a Ray actor
 on CPU: the policy (any builder's: the bundle's quantized one or fp32) and an event loop
 that gathers requests arriving within ``wait_ms`` (or until ``max_batch`` rows) and answers
-them with one call. ``EnvActor`` steps its envs and asks the server for every action.
+them with one call (at once when every client's request is in). ``EnvActor`` steps its envs
+and asks the server for every action.
 
 ``collect_central`` and ``collect_local`` run the same envs for the same number of steps in
 either layout and count the CPU-seconds of every process that took part (actors, and the
@@ -33,9 +34,10 @@ class InferenceServer:
     """Batched inference for many actors (a Ray async actor): ``act(obs)`` -> (actions, log-probs)."""
 
     def __init__(self, builder: Any, weights: Mapping[str, np.ndarray], *, max_batch: int = 256,
-                 wait_ms: float = 1.0, seed: int = 0) -> None:
+                 wait_ms: float = 1.0, seed: int = 0, clients: int | None = None) -> None:
         self.policy = builder.build(weights)
         self.max_batch = int(max_batch)
+        self.clients = clients  # a batch is complete once this many requests wait (each client sends one)
         self.wait_s = float(wait_ms) / 1e3
         self.rng = np.random.default_rng(seed)
         self.queue: list[tuple[np.ndarray, asyncio.Future[Any]]] = []
@@ -46,10 +48,15 @@ class InferenceServer:
         self.cpu_start = time.process_time()
 
     async def act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        obs = np.asarray(obs)
+        if obs.shape[1:] != self.policy.input_shape:
+            raise ValueError(f"act() takes a batch of observations shaped (n, *{self.policy.input_shape}), got "
+                             f"{obs.shape}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self.queue.append((np.asarray(obs), future))
-        if sum(len(o) for o, _ in self.queue) >= self.max_batch:
+        self.queue.append((obs, future))
+        if (sum(len(o) for o, _ in self.queue) >= self.max_batch
+                or (self.clients is not None and len(self.queue) >= self.clients)):
             self._flush()
         elif self.timer is None:
             self.timer = loop.call_later(self.wait_s, self._flush)
@@ -60,13 +67,19 @@ class InferenceServer:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        batch, self.queue = self.queue, []
+        batch, self.queue = [item for item in self.queue if not item[1].done()], []  # a cancelled caller: skipped
         if not batch:
             return
         start = time.thread_time()
-        x, _ = self.policy.prepare(np.concatenate([o for o, _ in batch]))
-        actions, log_probs = sample_logits(self.policy.forward(x), self.rng)
-        self.policy_cpu_s += time.thread_time() - start
+        try:
+            x, _ = self.policy.prepare(np.concatenate([o for o, _ in batch]))
+            actions, log_probs = sample_logits(self.policy.forward(x), self.rng)
+        except Exception as exc:  # every caller of the batch gets the error, none waits for an answer
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        finally:
+            self.policy_cpu_s += time.thread_time() - start
         self.calls += 1
         self.rows += len(actions)
         at = 0
@@ -152,7 +165,7 @@ def collect_central(ray: Any, builder: Any, weights: Mapping[str, np.ndarray], e
     """``actors`` env-only actors of ``envs`` envs, ``rounds`` steps each, against one server
     (each of them a Ray actor holding ``cpus_per_actor`` of Ray's CPU slots)."""
     server = ray.remote(num_cpus=cpus_per_actor, max_concurrency=max(64, 4 * actors))(InferenceServer).remote(
-        builder, dict(weights), max_batch=max_batch, wait_ms=wait_ms, seed=seed)
+        builder, dict(weights), max_batch=max_batch, wait_ms=wait_ms, seed=seed, clients=actors)
     remote = ray.remote(num_cpus=cpus_per_actor)(EnvActor)
     workers = [remote.remote(env_id, envs=envs, seed=seed * 1000 + 1 + i) for i in range(actors)]
     try:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,7 +187,7 @@ class ImpalaLearner(SampledPolicyLearner):
         self.keys = bundle_keys(bundle)
         self.total = total_steps
         self.correction = correction
-        self.pending: list[tuple[Mapping[str, Any], int, int, int]] = []  # (unroll, actor, lag updates, lag versions)
+        self.pending: list[tuple[Mapping[str, Any], int, Callable[[], tuple[int, int]]]] = []  # (unroll, actor, lag)
         self.updates = 0
         self.train_s = 0.0
         self.ingest_s = 0.0
@@ -195,12 +195,18 @@ class ImpalaLearner(SampledPolicyLearner):
         self.actor_kl: dict[int, list[float]] = {}  # actor -> [sum of per-state KL, states agreeing, states]
         self.model.policy.set_training_mode(False)
 
-    def ingest(self, r: Mapping[str, Any], *, actor: int = 0, lag_updates: int = 0, lag_versions: int = 0) -> None:
-        """An actor's unroll, arrays shaped (n_steps, envs, ...); trains once ``batch_chunks`` came."""
-        if int(np.shape(r["actions"])[0]) != self.hyper.n_steps or r.get("logits") is None:
-            raise UsageError(f"an IMPALA unroll must hold {self.hyper.n_steps} sampled steps with their logits; "
-                             f"got {np.shape(r['actions'])[0]}")
-        self.pending.append((r, actor, lag_updates, lag_versions))
+    def ingest(self, r: Mapping[str, Any], *, actor: int = 0,
+               lag: Callable[[], tuple[int, int]] = lambda: (0, 0)) -> None:
+        """An actor's unroll, arrays shaped (n_steps, envs, ...); trains once ``batch_chunks`` came.
+        ``lag()``: (learner updates, broadcasts) since the weights the unroll was acted with, asked
+        when the update that uses it runs."""
+        if int(np.shape(r["actions"])[0]) != self.hyper.n_steps:
+            raise UsageError(f"an IMPALA unroll must hold {self.hyper.n_steps} steps of each env; got "
+                             f"{np.shape(r['actions'])[0]}")
+        if r.get("logits") is None:
+            raise UsageError("an IMPALA unroll must carry the behaviour policy's logits: its actors sample from "
+                             "their policy (epsilon=None)")
+        self.pending.append((r, actor, lag))
         if len(self.pending) >= self.hyper.batch_chunks:
             self._update()
 
@@ -208,6 +214,7 @@ class ImpalaLearner(SampledPolicyLearner):
         import torch
 
         batch, self.pending = self.pending, []
+        lags = [lag() for _, _, lag in batch]  # before this update counts
         model, hyper, policy = self.model, self.hyper, self.model.policy
         start = time.perf_counter()
 
@@ -221,13 +228,9 @@ class ImpalaLearner(SampledPolicyLearner):
         steps, envs = actions.shape
         flat_obs = torch.as_tensor(obs.reshape(steps * envs, *obs.shape[2:]), dtype=torch.float32)
         flat_actions = torch.as_tensor(actions.reshape(-1))
-        with torch.no_grad():
-            cut = truncated & ~terminated  # time limits: bootstrap from the state the episode was cut at
-            if cut.any():
-                final = torch.as_tensor(cat("next_obs")[cut], dtype=torch.float32)
-                rewards[cut] += hyper.gamma * policy.predict_values(final).flatten().numpy()
-            last = torch.as_tensor(np.concatenate([np.asarray(u["last_obs"]) for u, *_ in batch]), dtype=torch.float32)
-            bootstrap = policy.predict_values(last).flatten().numpy()
+        cut = truncated & ~terminated  # time limits: bootstrap from the state the episode was cut at
+        final = torch.as_tensor(cat("next_obs")[cut], dtype=torch.float32) if cut.any() else None
+        last = torch.as_tensor(np.concatenate([np.asarray(u["last_obs"]) for u, *_ in batch]), dtype=torch.float32)
         log_mu_all = _log_softmax(mu_logits)
         log_mu = np.take_along_axis(log_mu_all, actions[..., None], axis=-1)[..., 0]
         discounts = hyper.gamma * ~(terminated | truncated)
@@ -236,6 +239,11 @@ class ImpalaLearner(SampledPolicyLearner):
             group["lr"] = model.lr_schedule(progress)
         policy.set_training_mode(True)
         for epoch in range(hyper.n_epochs):
+            with torch.no_grad():  # the values V-trace bootstraps from, by this epoch's network
+                step_rewards = rewards.copy()
+                if final is not None:
+                    step_rewards[cut] += hyper.gamma * policy.predict_values(final).flatten().numpy()
+                bootstrap = policy.predict_values(last).flatten().numpy()
             features = policy.extract_features(flat_obs)
             latent_pi, latent_vf = policy.mlp_extractor(features)
             dist = policy._get_action_dist_from_latent(latent_pi)
@@ -247,7 +255,7 @@ class ImpalaLearner(SampledPolicyLearner):
                 log_pi_all = dist.distribution.logits.detach().numpy().astype(np.float64).reshape(steps, envs, -1)
                 first_log_pi = log_pi_np
             log_rhos = log_pi_np - log_mu if self.correction == "vtrace" else np.zeros_like(log_mu)
-            vs, advantages = vtrace(log_rhos, discounts, rewards, values.detach().numpy().reshape(steps, envs),
+            vs, advantages = vtrace(log_rhos, discounts, step_rewards, values.detach().numpy().reshape(steps, envs),
                                     bootstrap, rho_bar=hyper.rho_bar, c_bar=hyper.c_bar)
             pg_loss = -(torch.as_tensor(advantages.reshape(-1), dtype=torch.float32) * log_pi).mean()
             value_loss = 0.5 * ((torch.as_tensor(vs.reshape(-1), dtype=torch.float32) - values) ** 2).mean()
@@ -274,9 +282,9 @@ class ImpalaLearner(SampledPolicyLearner):
         self.log.append({"update": self.updates, "rho_mean": float(rhos.mean()), "rho_min": float(rhos.min()),
                          "rho_max": float(rhos.max()), "rho_clipped": float(np.mean(rhos > hyper.rho_bar)),
                          "c_mean": float(np.minimum(hyper.c_bar, rhos).mean()), "kl_mu_pi": float(kl.mean()),
-                         "lag_updates": float(np.mean([b[2] for b in batch])),
-                         "lag_versions": float(np.mean([b[3] for b in batch])),
-                         "lag_updates_max": float(max(b[2] for b in batch))})
+                         "lag_updates": float(np.mean([u for u, _ in lags])),
+                         "lag_versions": float(np.mean([v for _, v in lags])),
+                         "lag_updates_max": float(max(u for u, _ in lags))})
 
 
 def _summary(log: Sequence[Mapping[str, float]]) -> dict[str, Any] | None:

@@ -27,7 +27,8 @@ ways to drive a learner:
   PPO's.
 - ``loop.run_stream()``: every actor is asked for its next unroll of ``learner.rounds``
   steps as soon as it returns one, with the newest broadcast, and the learner then takes
-  the returned one (``learner.ingest(unroll, actor=, lag_updates=, lag_versions=)``):
+  the returned one (``learner.ingest(unroll, actor=, lag=)``, ``lag()`` giving the learner
+  updates and broadcasts since the weights it acted with, when the learner uses it):
   actors act while the learner trains, one unroll in flight each. IMPALA's.
 
 A learner that needs another loop writes its own ``drive`` from the loop's parts

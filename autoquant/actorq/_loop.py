@@ -171,6 +171,7 @@ class _ActorTotals:
     policy_calls: int = 0
     policy_steps: int = 0
     first_rebuild: float | None = None  # an actor's first build also loads onnxruntime's kernels
+    network_builds: list[float] = field(default_factory=list)  # builds on a new graph the monitor sent
     rebuilds: list[float] = field(default_factory=list)
     rebuilds_cpu: list[float] = field(default_factory=list)
     requests: int = 0
@@ -190,7 +191,9 @@ class _ActorTotals:
         if r.get("rebuild_choice") is not None:
             self.rebuild_choice = dict(r["rebuild_choice"])
         if r["rebuild_s"]:
-            if self.first_rebuild is None:
+            if r.get("new_network"):  # a graph the monitor sent: optimized (and with "auto", timed) once more
+                self.network_builds.append(float(r["rebuild_s"]))
+            elif self.first_rebuild is None:
                 self.first_rebuild = float(r["rebuild_s"])
             else:
                 self.rebuilds.append(float(r["rebuild_s"]))
@@ -208,8 +211,9 @@ class _ActorTotals:
                 "policy_calls": self.policy_calls, "policy_steps": self.policy_steps,
                 "policy_cpu_share": self.policy_cpu_s / self.cpu_s if self.cpu_s > 0 else None,
                 "env_ms_per_step": 1e3 * self.env_s / max(self.steps, 1),
-                "requests": self.requests, "rebuilds": len(self.rebuilds) + (self.first_rebuild is not None),
+                "requests": self.requests, "rebuilds": len(self.rebuilds) + (self.first_rebuild is not None) + len(self.network_builds),
                 "first_rebuild_ms": 1e3 * self.first_rebuild if self.first_rebuild is not None else None,
+                "new_network_builds": len(self.network_builds),
                 "rebuild_ms": _stats_ms(self.rebuilds), "rebuild_cpu_ms": _stats_ms(self.rebuilds_cpu),
                 "rebuild_path": self.rebuild_choice,
                 "where": self.where}
@@ -390,6 +394,7 @@ def run_actorq(config: ActorRunConfig, *, log: Callable[[str], None] | None = No
     if seeds:
         actor = loop.builder.build(final_weights)
         final["actor"] = play_episodes(lambda obs: actor.predict(obs)[0], env_id, seeds).to_json()
+        final["actor_level"] = monitor.labels[monitor.level] if monitor is not None else kind
         final["learner_fp32"] = result["curve"]["eval"][-1]["stats"]
         final["random"] = random_stats.to_json() if random_stats is not None else None
     learner_facts = entry.facts(learner, bundle, config)
@@ -450,6 +455,7 @@ class _Loop:
         self.updates_at: list[int] = []  # per broadcast version: the learner's updates then
         self.received_steps = 0  # env steps the learner took so far (the monitor's and evaluations' step)
         self.reached: dict[str, Any] | None = None  # the evaluation that reached --stop-at
+        self.loop_evals = 0  # evaluations made by the end of the loop's timed part
         self.loop_start = time.perf_counter()
 
     def broadcast(self) -> Any:
@@ -560,6 +566,7 @@ class _Loop:
                         break
                 submit(i)
             loop_s = time.perf_counter() - loop_start
+            self.loop_evals = len(self.curve_eval)
             if self.reached is None:
                 self.evaluate(received, learner.recent_states())
         finally:
@@ -595,6 +602,7 @@ class _Loop:
                     while next_eval <= received:
                         next_eval += eval_every
             loop_s = time.perf_counter() - loop_start
+            self.loop_evals = len(self.curve_eval)
             if self.reached is None:
                 self.evaluate(received, self.recent)
         finally:
@@ -636,8 +644,8 @@ class _Loop:
                 submit(i)
                 self.received(i, r, received)
                 acted_with = int(r["version"])
-                learner.ingest(r, actor=i, lag_updates=learner.updates - self.updates_at[acted_with],
-                               lag_versions=self.version - acted_with)
+                learner.ingest(r, actor=i, lag=lambda v=acted_with: (learner.updates - self.updates_at[v],
+                                                                      self.version - v))
                 received += int(r["steps"])
                 self.received_steps = received
                 recent.append(np.asarray(r["obs"]).reshape(-1, *self.bundle.input_shape))
@@ -654,6 +662,7 @@ class _Loop:
                     if self.reached is not None:
                         break
             loop_s = time.perf_counter() - loop_start
+            self.loop_evals = len(self.curve_eval)
             if self.reached is None:
                 self.evaluate(received, self.recent)
         finally:
@@ -670,8 +679,9 @@ class _Loop:
         rebuilds = [s for t in totals for s in t.rebuilds]
         rebuilds_cpu = [s for t in totals for s in t.rebuilds_cpu]
         first_rebuilds = [t.first_rebuild for t in totals if t.first_rebuild is not None]
-        # The evaluations inside the loop: all but the first, and the last unless it ended the loop (--stop-at).
-        eval_s = sum(e["eval_s"] for e in (self.curve_eval[1:] if self.reached else self.curve_eval[1:-1]))
+        network_builds = [s for t in totals for s in t.network_builds]
+        # The evaluations inside the loop's time: all but the first (before it) and any after it.
+        eval_s = sum(e["eval_s"] for e in self.curve_eval[1:self.loop_evals])
         paths = sorted({t.rebuild_choice["path"] for t in totals if t.rebuild_choice})
         return {
             "env_steps": received,
@@ -700,9 +710,11 @@ class _Loop:
             "broadcasts": {"count": self.version + 1, "cadence": cadence, "every": every,
                            "payload": "int8 (central)" if self.config.central else "fp32 state dict",
                            "payload_bytes": self.payload_bytes[0] if self.payload_bytes else None,
+                           "payload_bytes_last": self.payload_bytes[-1] if self.payload_bytes else None,
                            "learner_prepare_ms": _stats_ms(self.prepare_s), "actor_rebuild_ms": _stats_ms(rebuilds),
                            "actor_rebuild_cpu_ms": _stats_ms(rebuilds_cpu),
                            "actor_first_rebuild_ms": _stats_ms(first_rebuilds),
+                           "actor_new_network_build_ms": _stats_ms(network_builds),
                            "rebuild_paths": paths,
                            "note": ("actor_rebuild_ms: every rebuild after an actor's first, wall time (a busy machine "
                                     "makes it wait for a core); actor_rebuild_cpu_ms: its CPU time on the actor's "

@@ -80,7 +80,9 @@ def recalibrated(bundle: ActorBundle, scales: Mapping[str, float]) -> ActorBundl
 
     The graph's QuantizeLinear and its DequantizeLinear read the new scale; the layer's
     recipe takes it as its input scale, so the int32 bias each build encodes follows. The
-    manifest says which quantizers moved, from what to what."""
+    manifest says which quantizers moved, from what to what. (The template keeps its
+    export-time weights, int32 biases included: a re-calibrated bundle is for actors' builds,
+    not for ``write_bundle``.)"""
     import onnx
     from onnx import numpy_helper
 
@@ -127,6 +129,9 @@ def recalibrated(bundle: ActorBundle, scales: Mapping[str, float]) -> ActorBundl
         act = manifest["layers"][name]["input_activation"]
         moved[name] = {"from": moved.get(name, {}).get("from", act["scale"]), "to": float(scale)}
         act["scale"] = float(np.float32(scale))
+        for record in manifest.get("activations", []):
+            if record.get("node") == act["node"]:
+                record["scale"] = act["scale"]
     manifest["recalibrated"] = moved
     return ActorBundle(manifest=manifest, graph=graphs[0], template=graphs[1], arrays=bundle.arrays,
                        folder=bundle.folder)
@@ -148,7 +153,7 @@ class Monitor:
         if not tolerance > 1.0:
             raise UsageError(f"--recalibrate-tolerance must be > 1 (a ratio of ranges), got {tolerance!r}")
         self.bundles: list[ActorBundle | None] = [*levels, None]  # None: fp32
-        self.labels = [str(b.manifest.get("summary") or f"bundle {i}") for i, b in enumerate(levels)] + ["fp32"]
+        self.labels = [f"{i}: {b.manifest.get('summary') or 'bundle'}" for i, b in enumerate(levels)] + ["fp32"]
         self.learner_log_probs = learner_log_probs
         self.kl_bound, self.patience, self.tolerance = float(kl_bound), int(patience), float(tolerance)
         self.threads, self.rebuild, self.recalibrate = threads, rebuild, recalibrate

@@ -75,17 +75,25 @@ def export_ladder(run: Run, out: Path) -> dict[str, Any]:
     """The run's Pareto front (latency against reward retention) as ActorQ bundles in
     ``out/level-K``, cheapest first, and ``out/ladder.json``: the precision levels that
     ``actorq run --monitor`` moves its actors along. Fine-tuned plans are left out (actors
-    rebuild from the learner's weights, which fine-tuning does not see)."""
+    rebuild from the learner's weights, which fine-tuning does not see), and so are plans no
+    faster than fp32 (fp32 is the top level) and repeats of a plan. The order is the
+    search's: latency and retention as measured, with its rounding; the bundles round to
+    nearest, which ``template_fidelity`` in each level's manifest measures."""
     from autoquant.actorq import write_ladder
 
     check_output_folder(out, "--out")
+    (out / "ladder.json").unlink(missing_ok=True)  # an old ladder never names levels half written over
     front = run.pareto_front()
-    levels, skipped, files = [], [], []
+    levels, skipped, files, seen = [], [], [], set()
     for record in front:
         number, plan = run.plan_of(int(record["number"]))
         if run.fine_tuned(plan) is not None:
             skipped.append(number)
             continue
+        ratio = record.get("latency_ratio")
+        if plan.describe() in seen or (ratio is not None and ratio >= 1.0):
+            continue  # a plan twice, or one no faster than fp32 (the level above them all)
+        seen.add(plan.describe())
         name = f"level-{len(levels)}"
         (out / name).mkdir(parents=True, exist_ok=True)
         written = export_actorq(run, number, plan, out / name)

@@ -170,3 +170,27 @@ def test_impala_and_monitor_refuse_bad_input_in_one_line(ppo_bundle: Path, tmp_p
     one_line(cli_main(*base, "--learner", "impala", "--rho-bar", "0.5"), "rho_bar", ">= 1")
     one_line(cli_main(*base, "--monitor", "--kl-bound", "0"), "--kl-bound")
 
+
+
+def test_the_inference_server_batches_its_clients_and_never_leaves_one_waiting(
+        ppo_bundle: Path, weights: dict[str, np.ndarray], calibration_states: np.ndarray) -> None:
+    """SEED RL's server, driven by asyncio as Ray drives it: three clients' requests are one
+    policy call once all three are in, each gets its own rows back; a malformed request is
+    refused to its caller alone."""
+    import asyncio
+
+    from autoquant.actorq import ActorQuantizer
+    from autoquant.actorq._central import InferenceServer
+
+    server = InferenceServer(ActorQuantizer(ppo_bundle), weights, wait_ms=10_000, clients=3)  # no timer would fire
+    batches = [calibration_states[i * 5:(i + 1) * 5 + i] for i in range(3)]  # 5, 6 and 7 rows
+
+    async def three() -> list[tuple[np.ndarray, np.ndarray]]:
+        return await asyncio.gather(*(server.act(b) for b in batches))
+
+    answers = asyncio.run(three())
+    assert [len(a) for a, _ in answers] == [5, 6, 7] and server.stats()["calls"] == 1 == server.calls
+    assert server.rows == 18 and all(np.all(lp <= 0) for _, lp in answers)
+    with pytest.raises(ValueError, match="batch of observations"):
+        asyncio.run(server.act(calibration_states[0]))  # one observation, not a batch
+    assert server.queue == [] and server.calls == 1
