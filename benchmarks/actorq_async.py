@@ -204,10 +204,13 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         rates = [r["achieved_steps_per_s"] for r in rows]
         ratios = [r["achieved_steps_per_s"] / base[r["seed"]]["achieved_steps_per_s"] for r in rows if r["seed"] in base]
         rmean, rhalf = _interval(ratios) if key != "fp32" else (None, None)
+        cpu_ratios = [r["steps_per_cpu_s"] / base[r["seed"]]["steps_per_cpu_s"] for r in rows if r["seed"] in base]
+        cmean, chalf = _interval(cpu_ratios) if key != "fp32" else (None, None)
         out[key] = {"reached": sum(r["reached"] for r in rows), "seeds": len(rows), "time_mean": mean,
                     "time_ci95": half, "steps_mean": float(np.mean(steps)), "minus_fp32_mean": dmean,
                     "minus_fp32_ci95": dhalf, "times": times, "rate_mean": float(np.mean(rates)),
-                    "rate_ratio_mean": rmean, "rate_ratio_ci95": rhalf,
+                    "rate_ratio_mean": rmean, "rate_ratio_ci95": rhalf, "cpu_ratio_mean": cmean,
+                    "cpu_ratio_ci95": chalf,
                     "steps_per_cpu_s": float(np.mean([r["steps_per_cpu_s"] for r in rows])),
                     "policy_cpu_ms_per_call": float(np.mean([r["policy_cpu_ms_per_call"] for r in rows]))}
     return out
@@ -334,9 +337,10 @@ def _threshold_findings(spec: dict[str, Any], runs: dict[str, list[dict[str, Any
         f"- **Goal (int8 faster to the threshold, the interval of int8 - fp32 below 0): "
         f"{'met' if met else 'not met'}** on {spec['env_id']}: {_fmt(int8['minus_fp32_mean'], int8['minus_fp32_ci95'])}.",
         f"- The learning, not the actors, sets the time: fp32 runs took {min(fp32['times']):.1f} to "
-        f"{max(fp32['times']):.1f} s from seed to seed. The actors' speed, which is what int8 changes, moved the "
-        f"loop's env steps per second by a factor of {_fmt(int8['rate_ratio_mean'], int8['rate_ratio_ci95'], '', 3)}; "
-        f"the int8 policy costs {policy_ratio:.2f}x the fp32 one per call here "
+        f"{max(fp32['times']):.1f} s from seed to seed. The actors' speed, which is what int8 changes: int8 actors "
+        f"collected {_fmt(int8['cpu_ratio_mean'], int8['cpu_ratio_ci95'], '', 3)} times the env steps per CPU-second "
+        "of fp32 actors (per seed; the loop's env steps per second also depend on how long a run lasts, its start "
+        f"weighing more in a short one); the int8 policy costs {policy_ratio:.2f}x the fp32 one per call here "
         f"({int8['policy_cpu_ms_per_call']:.4f} ms against {fp32['policy_cpu_ms_per_call']:.4f} ms of CPU), so it "
         "cannot make the actors faster on this CPU.",
         f"- The learner saw KL(mu‖pi) of {kl_learner['int8']:.2e} from int8 and {kl_learner['fp32']:.2e} from fp32 "
