@@ -188,15 +188,27 @@ class _StoredTrial:
         self._storage.set_trial_user_attr(self._id, key, value)
 
 
+UNCLAIMED_GRACE_S = 600.0  # a RUNNING trial without a worker this long after it started: its worker died
+
+
 def fail_dead_trials(study: Any) -> list[int]:
     """Mark RUNNING trials of processes on this host that no longer exist as FAIL
-    (interrupted): what a killed worker left behind. Returns their numbers."""
+    (interrupted): what a killed worker left behind. Returns their numbers.
+
+    A worker asks the study for a trial and then records itself on it: a trial that names
+    no worker yet may be another live worker's between those two steps (or one paused
+    there), so it is failed only once it started ``UNCLAIMED_GRACE_S`` ago."""
+    import datetime
+
     host = socket.gethostname()
+    now = datetime.datetime.now()
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = worker_of(trial)
         w_host, _, w_pid = worker.rpartition(":")
-        if not worker or (w_host == host and w_pid.isdigit() and not _pid_alive(int(w_pid))):
+        unclaimed = (not worker and trial.datetime_start is not None
+                     and (now - trial.datetime_start).total_seconds() > UNCLAIMED_GRACE_S)
+        if unclaimed or (worker and w_host == host and w_pid.isdigit() and not _pid_alive(int(w_pid))):
             record_interrupted(_StoredTrial(study, trial._trial_id), "worker died")
             study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
             failed.append(trial.number)

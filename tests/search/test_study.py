@@ -49,3 +49,33 @@ def test_the_time_budget_stops_fine_tuning_at_the_best_epoch_so_far(cartpole_pro
     assert tuned is not None and tuned["deadline_reached"] is True, tuned
     assert tuned["epochs"] < 1000 and tuned["loss_after"] <= tuned["loss_before"]
     assert elapsed < 30, elapsed  # 1000 epochs and two DAgger rounds of 1000 take minutes
+
+
+def test_a_trial_no_worker_claimed_yet_is_failed_only_after_the_grace(tmp_path: Path) -> None:
+    """A worker asks for a trial, then writes its name on it. A second worker starting in between
+    (or while the first is paused there) failed that trial as a dead worker's, and the first one
+    then stopped with Optuna's UpdateFinishedTrialError. Now it is left alone until it is
+    ``UNCLAIMED_GRACE_S`` old; a dead worker's trial is failed at once."""
+    import datetime
+
+    import optuna
+
+    from autoquant.search._study import UNCLAIMED_GRACE_S, fail_dead_trials, worker_id
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s")
+    fresh = study.ask()  # asked a moment ago, its worker not written yet
+    old = optuna.trial.FrozenTrial(
+        number=0, state=optuna.trial.TrialState.RUNNING, value=None, values=None,
+        datetime_start=datetime.datetime.now() - datetime.timedelta(seconds=UNCLAIMED_GRACE_S + 60),
+        datetime_complete=None, params={}, distributions={}, user_attrs={}, system_attrs={},
+        intermediate_values={}, trial_id=0)
+    stale = study._storage.create_new_trial(study._study_id, template_trial=old)
+    dead = study.ask()
+    dead.set_user_attr("worker", worker_id().rsplit(":", 1)[0] + ":999999999")  # no such process
+    live = study.ask()
+    live.set_user_attr("worker", worker_id())
+    failed = fail_dead_trials(study)
+    states = {t._trial_id: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[fresh._trial_id] == states[live._trial_id] == optuna.trial.TrialState.RUNNING
+    assert states[stale] == states[dead._trial_id] == optuna.trial.TrialState.FAIL
+    assert len(failed) == 2
