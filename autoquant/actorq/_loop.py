@@ -477,6 +477,24 @@ class _Loop:
         self.updates_at.append(int(self.learner.updates))
         return ref
 
+    def _evaluate_when_due(self, received: int, next_eval: int, every: int,
+                           states: Callable[[], np.ndarray | None]) -> int:
+        """A greedy evaluation once ``received`` passed ``next_eval`` (not at the budget's end,
+        which ``_end`` plays); the next one's step."""
+        if received >= next_eval and received < self.config.steps:
+            self.evaluate(received, states())
+            while next_eval <= received:
+                next_eval += every
+        return next_eval
+
+    def _end(self, loop_start: float, received: int, states: Callable[[], np.ndarray | None]) -> float:
+        """The loop's time, then the final evaluation unless one inside it reached --stop-at."""
+        loop_s = time.perf_counter() - loop_start
+        self.loop_evals = len(self.curve_eval)
+        if self.reached is None:
+            self.evaluate(received, states())
+        return loop_s
+
     def _next(self, pending: dict[Any, int]) -> tuple[int, Mapping[str, Any]]:
         """The first request of ``pending`` (ref -> actor) to finish: (its actor, its result),
         taken out of ``pending``; a signal that came stops the loop here."""
@@ -558,17 +576,11 @@ class _Loop:
                 if received - last_broadcast >= config.broadcast_every and learner.updates > updates_at_broadcast:
                     ref = self.broadcast()
                     last_broadcast, updates_at_broadcast = received, learner.updates
-                if received >= next_eval and received < config.steps:
-                    self.evaluate(received, learner.recent_states())
-                    while next_eval <= received:
-                        next_eval += eval_every
-                    if self.reached is not None:
-                        break
+                next_eval = self._evaluate_when_due(received, next_eval, eval_every, learner.recent_states)
+                if self.reached is not None:
+                    break
                 submit(i)
-            loop_s = time.perf_counter() - loop_start
-            self.loop_evals = len(self.curve_eval)
-            if self.reached is None:
-                self.evaluate(received, learner.recent_states())
+            loop_s = self._end(loop_start, received, learner.recent_states)
         finally:
             for actor in actors:
                 ray.kill(actor)
@@ -597,14 +609,8 @@ class _Loop:
                 self.recent = np.concatenate([np.asarray(r["obs"]).reshape(-1, *self.bundle.input_shape)
                                               for r in rollouts])
                 learner.iterate(rollouts)
-                if received >= next_eval and received < config.steps:
-                    self.evaluate(received, self.recent)
-                    while next_eval <= received:
-                        next_eval += eval_every
-            loop_s = time.perf_counter() - loop_start
-            self.loop_evals = len(self.curve_eval)
-            if self.reached is None:
-                self.evaluate(received, self.recent)
+                next_eval = self._evaluate_when_due(received, next_eval, eval_every, lambda: self.recent)
+            loop_s = self._end(loop_start, received, lambda: self.recent)
         finally:
             for actor in actors:
                 ray.kill(actor)
@@ -655,16 +661,10 @@ class _Loop:
                 if received - last_broadcast >= config.broadcast_every and learner.updates > updates_at_broadcast:
                     ref = self.broadcast()
                     last_broadcast, updates_at_broadcast = received, learner.updates
-                if received >= next_eval and received < config.steps:
-                    self.evaluate(received, self.recent)
-                    while next_eval <= received:
-                        next_eval += eval_every
-                    if self.reached is not None:
-                        break
-            loop_s = time.perf_counter() - loop_start
-            self.loop_evals = len(self.curve_eval)
-            if self.reached is None:
-                self.evaluate(received, self.recent)
+                next_eval = self._evaluate_when_due(received, next_eval, eval_every, lambda: self.recent)
+                if self.reached is not None:
+                    break
+            loop_s = self._end(loop_start, received, lambda: self.recent)
         finally:
             for actor in actors:
                 ray.kill(actor)
