@@ -36,7 +36,7 @@ from autoquant._limits import MAX_ACTORS, MAX_ENVS, MAX_STEPS, check_integer
 from autoquant.actorq._actors import hidden_activation
 from autoquant.actorq._bundle import ActorBundle
 from autoquant.actorq._learners import LearnerEntry, LearnerOption
-from autoquant.actorq._ppo import SampledPolicyLearner, bundle_keys
+from autoquant.actorq._ppo import SampledPolicyLearner, bundle_keys, check_policy_network, policy_weights
 from autoquant.errors import EnvMismatchError, NetworkMismatchError, UsageError
 
 __all__ = ["IMPALA_LEARNER", "IMPALA_PRESETS", "ImpalaConfig", "ImpalaLearner", "impala_preset", "vtrace"]
@@ -329,14 +329,9 @@ def _drive(loop: Any) -> dict[str, Any]:
     return loop.run_stream()  # type: ignore[no-any-return]
 
 
-def _weights(learner: ImpalaLearner, bundle: ActorBundle) -> dict[str, np.ndarray]:
-    return learner.state_dict()
-
-
 def _facts(learner: ImpalaLearner, bundle: ActorBundle, run: Any) -> dict[str, Any]:
-    policy_kwargs = {k: (v.__name__ if isinstance(v, type) else v) for k, v in learner.model.policy_kwargs.items()}
     totals = sorted(learner.actor_kl.items())
-    return {"algo": "IMPALA", "policy": "MlpPolicy", "policy_kwargs": policy_kwargs,
+    return {"algo": "IMPALA", **learner.network_facts(),
             "correction": learner.correction, "vtrace": _summary(learner.log),
             "kl_mu_pi_per_actor": {str(actor): t[0] / t[2] for actor, t in totals if t[2]},
             "agreement_per_actor": {str(actor): t[1] / t[2] for actor, t in totals if t[2]},
@@ -344,12 +339,6 @@ def _facts(learner: ImpalaLearner, bundle: ActorBundle, run: Any) -> dict[str, A
                                "it: KL(mu || pi) over all actions, and the share where both take the same most "
                                "likely action (staleness and quantization together)"),
             "per_update": learner.log}
-
-
-def _check_network(bundle: ActorBundle, ops: set[str]) -> None:
-    from autoquant.actorq._ppo import _check_network as ppo_check
-
-    ppo_check(bundle, ops)
 
 
 IMPALA_LEARNER = LearnerEntry(
@@ -360,13 +349,13 @@ IMPALA_LEARNER = LearnerEntry(
     preset=impala_preset,
     make=_make,
     drive=_drive,
-    weights=_weights,
+    weights=policy_weights,
     facts=_facts,
     behaviour="softmax samples with their logits, on the actor's own schedule",
     trains="discrete policies",
     outputs="policy logits",
     natural=(),
-    check_network=_check_network,
+    check_network=check_policy_network,
     options=(
         LearnerOption("--learning-rate", "learning_rate", float, "RMSprop learning rate"),
         LearnerOption("--gamma", "gamma", float, "discount"),

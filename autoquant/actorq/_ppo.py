@@ -178,6 +178,16 @@ class SampledPolicyLearner:
             dist = self.model.policy.get_distribution(torch.as_tensor(np.asarray(states, dtype=np.float32)))
             return dist.distribution.logits.numpy().astype(np.float64)  # torch's Categorical: normalized
 
+    def network_facts(self) -> dict[str, Any]:
+        """The report's description of the learner's network."""
+        kwargs = {k: (v.__name__ if isinstance(v, type) else v) for k, v in self.model.policy_kwargs.items()}
+        return {"policy": "MlpPolicy", "policy_kwargs": kwargs}
+
+
+def policy_weights(learner: SampledPolicyLearner, bundle: ActorBundle) -> dict[str, np.ndarray]:
+    """What a broadcast of a sampled-policy learner sends (a registry entry's ``weights``)."""
+    return learner.state_dict()
+
 
 def bundle_keys(bundle: ActorBundle) -> list[str]:
     """The state-dict keys of the bundle's layers, weights and biases, in order."""
@@ -291,13 +301,8 @@ def _drive(loop: Any) -> dict[str, Any]:
     return loop.run_sync("every PPO iteration")  # type: ignore[no-any-return]
 
 
-def _weights(learner: PPOLearner, bundle: ActorBundle) -> dict[str, np.ndarray]:
-    return learner.state_dict()
-
-
 def _facts(learner: PPOLearner, bundle: ActorBundle, run: Any) -> dict[str, Any]:
-    policy_kwargs = {k: (v.__name__ if isinstance(v, type) else v) for k, v in learner.model.policy_kwargs.items()}
-    return {"algo": "PPO", "policy": "MlpPolicy", "policy_kwargs": policy_kwargs,
+    return {"algo": "PPO", **learner.network_facts(),
             "correction": learner.correction if not run.fp32_actors else "none (fp32 actors)",
             "is_truncation": run.is_truncation, "iterations": learner.iterations,
             "importance_weights": _weight_summary(learner.weights)}
@@ -316,7 +321,8 @@ def _weight_summary(weights: Sequence[Mapping[str, float]]) -> dict[str, Any] | 
             "iterations": len(weights)}
 
 
-def _check_network(bundle: ActorBundle, ops: set[str]) -> None:
+def check_policy_network(bundle: ActorBundle, ops: set[str]) -> None:
+    """Refuse a bundle whose network a sampled-policy learner cannot build (ReLU or Tanh only)."""
     other = sorted(op for op in ops & NON_RELU_ACTIVATIONS if op != "Tanh")
     if other:
         raise NetworkMismatchError(f"the bundle's network uses {other}; the PPO learner builds ReLU or Tanh "
@@ -330,13 +336,13 @@ PPO_LEARNER = LearnerEntry(
     preset=ppo_preset,
     make=_make,
     drive=_drive,
-    weights=_weights,
+    weights=policy_weights,
     facts=_facts,
     behaviour="softmax samples with log-probs",
     trains="discrete policies",
     outputs="policy logits",
     natural=("ppo", "a2c"),
-    check_network=_check_network,
+    check_network=check_policy_network,
     options=(
         LearnerOption("--learning-rate", "learning_rate", float, "Adam learning rate"),
         LearnerOption("--batch-size", "batch_size", int, f"minibatch size, at most {MAX_BATCH_SIZE:,}",
